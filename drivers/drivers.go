@@ -1,0 +1,371 @@
+// Package drivers is the contract between the cnm Controller and network drivers.
+//
+// A driver is a Go value that implements [Driver]: seven methods, each taking a context and a
+// request struct. Extra abilities are optional interfaces ([OptionParser], [Reconciler],
+// [Closer]) that the [Registry] discovers once, at registration, with a type assertion. The
+// built-in drivers (bridge, host, null, and later macvlan and overlay) use nothing that a
+// third-party driver could not: a custom driver registers with the Controller exactly like them.
+//
+// # Lifecycle
+//
+// The Controller calls CreateNetwork once per network and again, with the same request, when it
+// restarts (so CreateNetwork must converge: re-creating something identical returns nil).
+// CreateEndpoint reserves an endpoint (its addresses are already allocated by IPAM); Join plumbs
+// it into a sandbox's network namespace; Leave undoes Join; DeleteEndpoint and DeleteNetwork
+// undo the rest. Deleting something that is already gone returns nil.
+//
+// A driver is called concurrently for different networks and endpoints, and must be safe for
+// concurrent use. The Controller never calls Join and Leave for the same endpoint at once.
+package drivers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"sort"
+	"sync"
+
+	"github.com/cnmkit/cnm/internal/errclass"
+)
+
+// ErrNotSupported is returned (wrapped) for an operation or option a driver does not have, or a
+// kernel feature that is missing. It matches cnm.ErrNotSupported.
+var ErrNotSupported = errclass.ErrNotSupported
+
+// NetworkID identifies a network: 64 lowercase hex characters.
+type NetworkID string
+
+// Short returns the first 12 characters of the ID, as docker prints it.
+func (id NetworkID) Short() string { return short(string(id)) }
+
+// EndpointID identifies an endpoint: 64 lowercase hex characters.
+type EndpointID string
+
+// Short returns the first 12 characters of the ID.
+func (id EndpointID) Short() string { return short(string(id)) }
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+// Scope says where a driver's state lives and how far its networks reach.
+type Scope int
+
+const (
+	// LocalScope: one host; state in the local store.
+	LocalScope Scope = iota + 1
+	// GlobalScope: all hosts; state in the global store (etcd or Consul).
+	GlobalScope
+)
+
+// String returns "local" or "global".
+func (s Scope) String() string {
+	switch s {
+	case LocalScope:
+		return "local"
+	case GlobalScope:
+		return "global"
+	}
+	return fmt.Sprintf("scope(%d)", int(s))
+}
+
+// MarshalText encodes the scope as its name.
+func (s Scope) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText decodes "local" or "global".
+func (s *Scope) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "local":
+		*s = LocalScope
+	case "global":
+		*s = GlobalScope
+	default:
+		return errclass.Invalid("scope", string(b), `want "local" or "global"`)
+	}
+	return nil
+}
+
+// SandboxKind says which sandboxes a driver's endpoints can join.
+type SandboxKind int
+
+const (
+	// NamespaceSandbox: a sandbox with its own network namespace (the usual case).
+	NamespaceSandbox SandboxKind = iota
+	// HostSandbox: only a sandbox that is the host's own namespace (the host driver).
+	HostSandbox
+	// IsolatedSandbox: a namespace with loopback only, joined to no other network (the null
+	// driver, "none").
+	IsolatedSandbox
+)
+
+// Capabilities describes a driver.
+type Capabilities struct {
+	// DataScope is where the driver's networks are stored. Zero means LocalScope.
+	DataScope Scope
+	// ConnectivityScope is how far its networks reach. Zero means DataScope.
+	ConnectivityScope Scope
+	// Sandbox is the kind of sandbox its endpoints join.
+	Sandbox SandboxKind
+	// NoIPAM reports whether the driver's networks take no subnet and its endpoints no address
+	// (host, null).
+	NoIPAM bool
+}
+
+// NetworkOptions is a driver's typed network configuration, such as bridge.NetworkOptions.
+type NetworkOptions interface {
+	// DriverType returns the name of the driver type the options are for ("bridge"); the
+	// Controller refuses options given to a network of another driver.
+	DriverType() string
+	// Labels returns the options as string labels (com.docker.network.* keys), the form shown
+	// by inspect and kept in the store; the driver's ParseNetworkOptions reads them back.
+	Labels() map[string]string
+}
+
+// IPAMData is one subnet of a network, with its gateway and reserved addresses.
+type IPAMData struct {
+	Subnet       netip.Prefix          // masked
+	Range        netip.Prefix          // zero when the whole subnet is used
+	Gateway      netip.Addr            // zero when the network has no gateway
+	AuxAddresses map[string]netip.Addr // reserved by name; may be nil
+}
+
+// CreateNetworkRequest asks a driver to create (or, on restart, verify) a network.
+type CreateNetworkRequest struct {
+	NetworkID  NetworkID
+	Name       string
+	Options    NetworkOptions // nil: driver defaults
+	IPv4       []IPAMData     // empty for NoIPAM drivers
+	IPv6       []IPAMData
+	Internal   bool // no route outside the network
+	EnableIPv6 bool
+}
+
+// DeleteNetworkRequest asks a driver to delete a network.
+type DeleteNetworkRequest struct {
+	NetworkID NetworkID
+}
+
+// CreateEndpointRequest asks a driver to reserve an endpoint. Addresses come from IPAM; the
+// driver must not change them.
+type CreateEndpointRequest struct {
+	NetworkID  NetworkID
+	EndpointID EndpointID
+	MAC        net.HardwareAddr // nil: the driver may choose one and return it
+	IPv4       netip.Prefix     // address with the subnet's length; zero for none
+	IPv6       netip.Prefix
+}
+
+// CreateEndpointResult is what a driver reports back from CreateEndpoint.
+type CreateEndpointResult struct {
+	MAC net.HardwareAddr // the MAC the endpoint uses; nil to keep the requested one
+}
+
+// DeleteEndpointRequest asks a driver to delete an endpoint.
+type DeleteEndpointRequest struct {
+	NetworkID  NetworkID
+	EndpointID EndpointID
+}
+
+// JoinRequest asks a driver to connect an endpoint to a sandbox.
+type JoinRequest struct {
+	NetworkID  NetworkID
+	EndpointID EndpointID
+	// SandboxKey is the path of the sandbox's network namespace (a bind mount, or /proc/.../ns/net).
+	SandboxKey string
+	// NetnsFD is an open descriptor of that namespace, valid for the duration of the call: a
+	// driver creates the container end of its link directly in it (netlink IFLA_NET_NS_FD).
+	NetnsFD int
+	// IfName is the interface name the endpoint gets inside the sandbox ("eth0").
+	IfName string
+	MAC    net.HardwareAddr
+	IPv4   netip.Prefix
+	IPv6   netip.Prefix
+}
+
+// JoinResult tells the sandbox how to finish plumbing the endpoint.
+type JoinResult struct {
+	// InterfaceInSandbox reports whether the driver created IfName inside the sandbox itself,
+	// with the requested MAC and its MTU set (the fast path). The sandbox then only adds
+	// addresses and routes and sets it up.
+	InterfaceInSandbox bool
+	// SrcName, when InterfaceInSandbox is false and NoInterface is false, names a link in the
+	// host namespace that the sandbox moves in, renames to IfName and configures.
+	SrcName string
+	// NoInterface reports whether there is nothing to plumb (host and null drivers).
+	NoInterface bool
+	// Gateway and GatewayIPv6 are the default gateways the endpoint offers; zero for none.
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
+	// StaticRoutes are extra routes through the interface.
+	StaticRoutes []Route
+}
+
+// Route is a route the sandbox adds through an endpoint's interface. A zero NextHop makes it
+// a connected (on-link) route.
+type Route struct {
+	Destination netip.Prefix
+	NextHop     netip.Addr
+}
+
+// LeaveRequest asks a driver to disconnect an endpoint from a sandbox.
+type LeaveRequest struct {
+	NetworkID  NetworkID
+	EndpointID EndpointID
+	SandboxKey string
+	IfName     string
+	// SandboxGone reports whether the sandbox's namespace has been removed already, taking the
+	// container end of the link with it: the driver must not wait on deleting links the kernel
+	// removes by itself.
+	SandboxGone bool
+}
+
+// Driver is the interface every network driver implements, the null driver included.
+type Driver interface {
+	// Capabilities describes the driver. It is called once, at registration.
+	Capabilities() Capabilities
+	// CreateNetwork creates the network's kernel state, or verifies and adopts it when it
+	// exists and matches (restart). A mismatch is an error.
+	CreateNetwork(ctx context.Context, req CreateNetworkRequest) error
+	// DeleteNetwork removes the network's kernel state. A missing network returns nil.
+	DeleteNetwork(ctx context.Context, req DeleteNetworkRequest) error
+	// CreateEndpoint reserves an endpoint.
+	CreateEndpoint(ctx context.Context, req CreateEndpointRequest) (CreateEndpointResult, error)
+	// DeleteEndpoint releases an endpoint. A missing endpoint returns nil.
+	DeleteEndpoint(ctx context.Context, req DeleteEndpointRequest) error
+	// Join connects an endpoint to a sandbox. On error nothing it made is left behind.
+	Join(ctx context.Context, req JoinRequest) (JoinResult, error)
+	// Leave disconnects an endpoint from a sandbox. Leaving twice returns nil.
+	Leave(ctx context.Context, req LeaveRequest) error
+}
+
+// OptionParser is implemented by drivers that take network options.
+type OptionParser interface {
+	// ParseNetworkOptions parses string labels (com.docker.network.* keys) into the driver's
+	// typed options. Unknown keys and bad values are refused with an error naming them that
+	// matches cnm.ErrInvalidParameter.
+	ParseNetworkOptions(labels map[string]string) (NetworkOptions, error)
+}
+
+// Reconciler is implemented by drivers that can find kernel state left behind by a crash.
+type Reconciler interface {
+	// Reconcile removes (or adopts) what the driver finds in the kernel that belongs to none of
+	// the live networks and endpoints, and reports each repair. It is called once on
+	// Controller start, after every live network was re-created with CreateNetwork.
+	Reconcile(ctx context.Context, live LiveState) ([]Repair, error)
+}
+
+// LiveState lists the networks and endpoints the Controller holds for one driver.
+type LiveState struct {
+	Networks  []NetworkID
+	Endpoints []EndpointID
+}
+
+// Repair is one thing a reconciliation fixed.
+type Repair struct {
+	Object string // "link br-1a2b3c4d5e6f", "netns /run/cnm/netns/db", "address 10.0.0.7"
+	Action string // "removed", "adopted", "released", "recreated"
+	Reason string // "no network record"
+}
+
+// String renders the repair as one line.
+func (r Repair) String() string { return fmt.Sprintf("%s %s: %s", r.Action, r.Object, r.Reason) }
+
+// Closer is implemented by drivers that hold resources; the Controller calls Close when it closes.
+type Closer interface {
+	Close() error
+}
+
+// Entry is a registered driver with the capabilities found at registration.
+type Entry struct {
+	Name       string
+	Driver     Driver
+	Caps       Capabilities
+	Parser     OptionParser // nil when the driver takes no options
+	Reconciler Reconciler   // nil when it has none
+}
+
+// Registry holds the drivers of one Controller. It is safe for concurrent use.
+type Registry struct {
+	mu      sync.RWMutex // guards following
+	drivers map[string]*Entry
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
+
+// Register adds driver d under name. Names are lowercase letters, digits, '.', '_' and '-',
+// at most 64 characters. Registering a name twice fails with an error matching
+// cnm.ErrAlreadyExists.
+func (r *Registry) Register(name string, d Driver) error {
+	if !nameRE.MatchString(name) {
+		return errclass.Invalid("driver name", name, "want lowercase letters, digits, '.', '_' or '-', at most 64")
+	}
+	if d == nil {
+		return errclass.Invalid("driver", name, "nil driver")
+	}
+	caps := d.Capabilities()
+	if caps.DataScope == 0 {
+		caps.DataScope = LocalScope
+	}
+	if caps.ConnectivityScope == 0 {
+		caps.ConnectivityScope = caps.DataScope
+	}
+	if caps.DataScope != LocalScope && caps.DataScope != GlobalScope {
+		return errclass.Invalid("driver data scope", caps.DataScope.String(), "want local or global")
+	}
+	e := &Entry{Name: name, Driver: d, Caps: caps}
+	e.Parser, _ = d.(OptionParser)
+	e.Reconciler, _ = d.(Reconciler)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.drivers[name]; ok {
+		return &errclass.AlreadyExistsError{Kind: "driver", Name: name}
+	}
+	if r.drivers == nil {
+		r.drivers = make(map[string]*Entry)
+	}
+	r.drivers[name] = e
+	return nil
+}
+
+// Get returns the driver registered under name, or an error matching cnm.ErrNotFound.
+func (r *Registry) Get(name string) (*Entry, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if e, ok := r.drivers[name]; ok {
+		return e, nil
+	}
+	return nil, &errclass.NotFoundError{Kind: "driver", Name: name}
+}
+
+// Names returns the registered names, sorted.
+func (r *Registry) Names() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	names := make([]string, 0, len(r.drivers))
+	for n := range r.drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Close closes every registered driver that implements Closer and joins their errors.
+func (r *Registry) Close() error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var errs []error
+	for _, e := range r.drivers {
+		if c, ok := e.Driver.(Closer); ok {
+			if err := c.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("driver %s: close: %w", e.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

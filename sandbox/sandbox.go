@@ -1,0 +1,112 @@
+// Package sandbox is a container's network stack: a network namespace with its interfaces,
+// addresses and routes, and the /etc/hosts and /etc/resolv.conf contents the container gets.
+//
+// A sandbox knows nothing of networks or drivers: endpoints hand it interfaces to configure
+// (AddInterface) and take them away (RemoveInterface). Three modes exist, as users know them
+// from `docker run --net`:
+//   - ModeNamespace: the sandbox's own namespace, bind-mounted under the run directory, with
+//     loopback up;
+//   - ModeHost: the host's own namespace; nothing is created, no interface can be added;
+//   - ModeContainer: the namespace of another sandbox, shared ("container:<id>").
+//
+// Lifecycle: New creates a sandbox, Open re-opens one after a restart, Delete removes it. Every
+// method is safe for concurrent use.
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Mode is how a sandbox gets its namespace.
+type Mode int
+
+const (
+	ModeNamespace Mode = iota // its own namespace
+	ModeHost                  // the host's namespace
+	ModeContainer             // another sandbox's namespace
+)
+
+// String returns "namespace", "host" or "container".
+func (m Mode) String() string {
+	switch m {
+	case ModeNamespace:
+		return "namespace"
+	case ModeHost:
+		return "host"
+	case ModeContainer:
+		return "container"
+	}
+	return fmt.Sprintf("mode(%d)", int(m))
+}
+
+// Route is an extra route through an interface; a zero NextHop makes it on-link.
+type Route struct {
+	Destination netip.Prefix
+	NextHop     netip.Addr
+}
+
+// InterfaceConfig describes an interface for AddInterface.
+type InterfaceConfig struct {
+	// Name is the interface name in the sandbox, as returned by ReserveName.
+	Name string
+	// InSandbox reports whether the link already exists in the sandbox under Name with its
+	// MAC set (a driver created it there). Otherwise SrcName names a link in the host
+	// namespace to move in, rename and give MAC.
+	InSandbox bool
+	SrcName   string
+	MAC       net.HardwareAddr
+	// IPv4 and IPv6 are the addresses with their subnet's length; zero for none.
+	IPv4 netip.Prefix
+	IPv6 netip.Prefix
+	// Gateway and GatewayIPv6, when valid, make this interface a candidate for the default
+	// route. The first interface added with a gateway provides it; when it is removed, the
+	// next one (in the order added) takes over.
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
+	Routes      []Route
+}
+
+// Interface is an interface configured in a sandbox.
+type Interface struct {
+	Name        string
+	MAC         net.HardwareAddr
+	IPv4        netip.Prefix
+	IPv6        netip.Prefix
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
+	Routes      []Route
+}
+
+// Sandbox is a container's network stack. It has one implementation, *Namespace; an
+// orchestrator may wrap it.
+type Sandbox interface {
+	// ID returns the sandbox's ID (the container's ID or name, as given to New).
+	ID() string
+	// Mode returns how the sandbox gets its namespace.
+	Mode() Mode
+	// Key returns the path of the network namespace (for ModeHost, the host's).
+	Key() string
+	// NetnsFD returns an open descriptor of the namespace, valid until Delete.
+	NetnsFD() int
+	// Interfaces returns copies of the configured interfaces in the order they were added.
+	Interfaces() []Interface
+	// ReserveName reserves the lowest free interface name ethN and returns it with a function
+	// that releases it unless AddInterface used it. ModeHost and ModeContainer sandboxes
+	// refuse with an error matching cnm.ErrConflict.
+	ReserveName() (name string, release func(), err error)
+	// AddInterface configures an interface: addresses, link up, routes, default route when it
+	// provides the gateway; then rewrites the hosts file. On error the link is removed and
+	// nothing else is left.
+	AddInterface(ctx context.Context, cfg InterfaceConfig) error
+	// RemoveInterface deletes the interface from the namespace if it is still there (a veth
+	// takes its peer with it), moves the default route to the next interface with a gateway,
+	// and rewrites the hosts file. Removing a missing interface returns nil.
+	RemoveInterface(ctx context.Context, name string) error
+	// HostsPath and ResolvConfPath return the files holding the container's /etc/hosts and
+	// /etc/resolv.conf contents.
+	HostsPath() string
+	ResolvConfPath() string
+}
