@@ -9,8 +9,13 @@
 //   - ModeHost: the host's own namespace; nothing is created, no interface can be added;
 //   - ModeContainer: the namespace of another sandbox, shared ("container:<id>").
 //
-// Lifecycle: New creates a sandbox, Open re-opens one after a restart, Delete removes it. Every
-// method is safe for concurrent use.
+// Lifecycle: New creates a sandbox, Open re-opens one after a restart, Delete removes it, and
+// Close lets go of it without removing it (for a restart). Every method is safe for
+// concurrent use.
+//
+// The implementation, *Namespace, is Linux only and needs CAP_NET_ADMIN and CAP_SYS_ADMIN. It
+// never changes the namespace of the calling thread: it works through netlink handles opened
+// in the sandbox's and the host's namespaces (see internal/netns).
 package sandbox
 
 import (
@@ -89,7 +94,8 @@ type Sandbox interface {
 	Mode() Mode
 	// Key returns the path of the network namespace (for ModeHost, the host's).
 	Key() string
-	// NetnsFD returns an open descriptor of the namespace, valid until Delete.
+	// NetnsFD returns an open descriptor of the namespace, valid until Delete (or, for
+	// *Namespace, Close).
 	NetnsFD() int
 	// Interfaces returns copies of the configured interfaces in the order they were added.
 	Interfaces() []Interface
