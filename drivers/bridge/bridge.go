@@ -1,0 +1,548 @@
+package bridge
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ drivers.Driver       = (*Driver)(nil)
+	_ drivers.OptionParser = (*Driver)(nil)
+	_ drivers.Reconciler   = (*Driver)(nil)
+	_ drivers.Closer       = (*Driver)(nil)
+)
+
+// socketTimeout bounds every netlink request: netlink calls cannot be canceled.
+const socketTimeout = 10 * time.Second
+
+// aliasPrefix starts the alias (IFLA_IFALIAS) of every bridge the driver makes; the network ID
+// follows.
+const aliasPrefix = "cnm:"
+
+// Config configures a [Driver].
+type Config struct {
+	// HostNetns is the path of the network namespace the bridges and the host ends of the veths
+	// live in (a bind mount or /proc/<pid>/ns/net). "" means the namespace of the thread that
+	// calls New.
+	HostNetns string
+	// Logger receives the driver's logs. Nil means none.
+	Logger *slog.Logger
+}
+
+// Driver is the bridge driver. Create one with [New] and release it with [Driver.Close]. Its
+// methods are safe for concurrent use; operations on different networks and endpoints run in
+// parallel, and CreateNetwork and DeleteNetwork of the same network run one at a time.
+type Driver struct {
+	log  *slog.Logger
+	h    *netlink.Handle // NETLINK_ROUTE in the host namespace
+	raw  rawSocket       // the same, for the hand-built Join and Leave messages
+	once sync.Once       // closes h and raw
+
+	mu       sync.Mutex // guards following
+	networks map[drivers.NetworkID]*network
+	names    map[string]drivers.NetworkID        // bridge names held by networks, made or being made
+	busy     map[drivers.NetworkID]chan struct{} // closed when the running CreateNetwork or DeleteNetwork ends
+}
+
+// network is what the driver remembers of a network it created or adopted. It is immutable
+// once stored.
+type network struct {
+	bridge   string
+	index    int
+	mtu      int
+	gw4, gw6 netip.Addr // the first gateway of each family; zero for none
+	internal bool
+}
+
+// New opens netlink sockets in the host namespace and returns a driver that keeps them until
+// Close. It does not touch the kernel's state; CreateNetwork rebuilds what the driver knows
+// of each network after a restart.
+func New(cfg Config) (*Driver, error) {
+	var (
+		ns  *netns.NS
+		err error
+	)
+	if cfg.HostNetns == "" {
+		ns, err = netns.Current()
+	} else {
+		ns, err = netns.Open(cfg.HostNetns)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bridge: host namespace: %w", err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: netlink handle in %s: %w", ns.Path(), err)
+	}
+	if err := h.SetSocketTimeout(socketTimeout); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("bridge: netlink socket timeout: %w", err)
+	}
+	raw, err := newRawSocket(ns.Handle(), socketTimeout)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("bridge: netlink socket in %s: %w", ns.Path(), err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{
+		log:      log.With("driver", DriverType),
+		h:        h,
+		raw:      raw,
+		networks: make(map[drivers.NetworkID]*network),
+		names:    make(map[string]drivers.NetworkID),
+		busy:     make(map[drivers.NetworkID]chan struct{}),
+	}, nil
+}
+
+// Close closes the driver's netlink sockets. It leaves the kernel's state alone. It must not
+// be called while another method runs; calling it again does nothing.
+func (d *Driver) Close() error {
+	d.once.Do(func() {
+		d.h.Close()
+		d.raw.close()
+	})
+	return nil
+}
+
+// Capabilities reports a local-scope driver with IPAM whose endpoints join namespace sandboxes.
+func (d *Driver) Capabilities() drivers.Capabilities {
+	return drivers.Capabilities{DataScope: drivers.LocalScope, Sandbox: drivers.NamespaceSandbox}
+}
+
+// ParseNetworkOptions implements [drivers.OptionParser] with the package's
+// [ParseNetworkOptions]; the options it returns are a NetworkOptions value.
+func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkOptions, error) {
+	o, err := ParseNetworkOptions(labels)
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// CreateNetwork makes the network's bridge: named after req.Options (by default "br-" and the
+// first 12 characters of the network ID), with the options' MTU, the alias "cnm:" and the
+// network ID, each subnet's gateway as an address (gateway/subnet length), and up.
+//
+// It converges: when a bridge of that name with the network's alias exists (a restart), it is
+// adopted and brought to the same state, and calling CreateNetwork again with the same request
+// returns nil. Any other link of that name, or another network of this driver using the name,
+// is a conflict (an error matching cnm.ErrConflict) and nothing is touched. Bad options fail
+// with an error matching cnm.ErrInvalidParameter before any kernel work. On error, what the
+// call made is removed again.
+func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkRequest) error {
+	nid := req.NetworkID
+	cfg, err := networkConfig(req)
+	if err != nil {
+		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
+	}
+	unlock, err := d.lockNetwork(ctx, nid)
+	if err != nil {
+		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
+	}
+	defer unlock()
+
+	d.mu.Lock()
+	old := d.networks[nid]
+	owner, held := d.names[cfg.bridge]
+	switch {
+	case old != nil && old.bridge != cfg.bridge:
+		err = &errclass.ConflictError{Kind: "network", Name: string(nid),
+			Reason: fmt.Sprintf("exists with bridge %q, not %q", old.bridge, cfg.bridge)}
+	case held && owner != nid:
+		err = &errclass.ConflictError{Kind: "bridge", Name: cfg.bridge,
+			Reason: "bridge name used by network " + owner.Short()}
+	default:
+		d.names[cfg.bridge] = nid
+	}
+	d.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
+	}
+
+	index, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		if old == nil {
+			delete(d.names, cfg.bridge)
+		}
+		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
+	}
+	cfg.index = index
+	d.networks[nid] = cfg
+	return nil
+}
+
+// networkConfig checks req and returns the network it asks for, without an ifindex.
+func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
+	if err := checkID("network ID", string(req.NetworkID)); err != nil {
+		return nil, err
+	}
+	var o NetworkOptions
+	switch opts := req.Options.(type) {
+	case nil:
+	case NetworkOptions:
+		o = opts
+	case *NetworkOptions:
+		if opts != nil {
+			o = *opts
+		}
+	default:
+		return nil, errclass.Invalid("network options", opts.DriverType(), "not bridge options")
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	n := &network{bridge: o.BridgeName, mtu: o.MTU, internal: req.Internal}
+	if n.bridge == "" {
+		n.bridge = defaultBridgeName(req.NetworkID)
+	}
+	if n.mtu == 0 {
+		n.mtu = DefaultMTU
+	}
+	for _, s := range req.IPv4 {
+		if !s.Subnet.Addr().Is4() || (s.Gateway.IsValid() && (!s.Gateway.Is4() || !s.Subnet.Contains(s.Gateway))) {
+			return nil, errclass.Invalid("IPv4 gateway", s.Gateway.String()+" in "+s.Subnet.String(), "want an IPv4 address in an IPv4 subnet")
+		}
+		if !n.gw4.IsValid() {
+			n.gw4 = s.Gateway
+		}
+	}
+	for _, s := range req.IPv6 {
+		if !s.Subnet.Addr().Is6() || (s.Gateway.IsValid() && (!s.Gateway.Is6() || !s.Subnet.Contains(s.Gateway))) {
+			return nil, errclass.Invalid("IPv6 gateway", s.Gateway.String()+" in "+s.Subnet.String(), "want an IPv6 address in an IPv6 subnet")
+		}
+		if !n.gw6.IsValid() {
+			n.gw6 = s.Gateway
+		}
+	}
+	if len(req.IPv6) > 0 && n.mtu < MinIPv6MTU {
+		return nil, errclass.Invalid(LabelMTU, fmt.Sprint(n.mtu), "a network with IPv6 subnets needs at least 1280")
+	}
+	return n, nil
+}
+
+// gatewayAddrs returns the bridge addresses of req's gateways.
+func gatewayAddrs(req drivers.CreateNetworkRequest) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range append(append([]drivers.IPAMData(nil), req.IPv4...), req.IPv6...) {
+		if s.Gateway.IsValid() {
+			out = append(out, netip.PrefixFrom(s.Gateway, s.Subnet.Bits()))
+		}
+	}
+	return out
+}
+
+// lockNetwork waits until no other CreateNetwork or DeleteNetwork of nid runs, and marks one
+// running until unlock is called.
+func (d *Driver) lockNetwork(ctx context.Context, nid drivers.NetworkID) (unlock func(), err error) {
+	for {
+		d.mu.Lock()
+		ch, ok := d.busy[nid]
+		if !ok {
+			ch = make(chan struct{})
+			d.busy[nid] = ch
+			d.mu.Unlock()
+			return func() {
+				d.mu.Lock()
+				delete(d.busy, nid)
+				d.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		d.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// DeleteNetwork removes the network's bridge if it is the driver's (a bridge with the
+// network's alias); a missing bridge, or a link of that name that is not the network's, is
+// left alone and the call returns nil. After a restart that did not re-create the network, the
+// bridge is found by its alias.
+func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkRequest) error {
+	nid := req.NetworkID
+	unlock, err := d.lockNetwork(ctx, nid)
+	if err != nil {
+		return fmt.Errorf("bridge: delete network %s: %w", nid.Short(), err)
+	}
+	defer unlock()
+
+	d.mu.Lock()
+	n := d.networks[nid]
+	d.mu.Unlock()
+	var link netlink.Link
+	if n != nil {
+		link, err = d.h.LinkByName(n.bridge)
+		if errors.As(err, new(netlink.LinkNotFoundError)) {
+			link, err = nil, nil
+		}
+	} else {
+		link, err = d.findByAlias(aliasPrefix + string(nid))
+	}
+	if err == nil && link != nil {
+		if isOurs(link, nid) {
+			err = d.h.LinkDel(link)
+			if err == nil {
+				d.log.DebugContext(ctx, "deleted bridge", "network", nid.Short(), "bridge", link.Attrs().Name)
+			}
+		} else {
+			d.log.WarnContext(ctx, "bridge of network is not ours; left alone", "network", nid.Short(), "bridge", link.Attrs().Name)
+		}
+	}
+	if err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("bridge: delete network %s: %w", nid.Short(), err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if n != nil {
+		delete(d.names, n.bridge)
+	}
+	delete(d.networks, nid)
+	return nil
+}
+
+// findByAlias returns the bridge whose alias is alias, or nil.
+func (d *Driver) findByAlias(alias string) (netlink.Link, error) {
+	links, err := d.linkList()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range links {
+		if l.Type() == "bridge" && l.Attrs().Alias == alias {
+			return l, nil
+		}
+	}
+	return nil, nil
+}
+
+// isOurs reports whether link is the bridge of network nid.
+func isOurs(link netlink.Link, nid drivers.NetworkID) bool {
+	return link.Type() == "bridge" && link.Attrs().Alias == aliasPrefix+string(nid)
+}
+
+// CreateEndpoint checks the request; it does no kernel work. It fails with an error matching
+// cnm.ErrNotFound when the network is unknown. When req.MAC is nil, the result's MAC is derived
+// from the IPv4 address as Docker does (02:42 and the four bytes of the address), or is random
+// and locally administered when there is no IPv4 address.
+func (d *Driver) CreateEndpoint(ctx context.Context, req drivers.CreateEndpointRequest) (drivers.CreateEndpointResult, error) {
+	if _, err := d.network(req.NetworkID); err != nil {
+		return drivers.CreateEndpointResult{}, fmt.Errorf("bridge: create endpoint %s: %w", req.EndpointID.Short(), err)
+	}
+	if err := checkID("endpoint ID", string(req.EndpointID)); err != nil {
+		return drivers.CreateEndpointResult{}, fmt.Errorf("bridge: create endpoint %s: %w", req.EndpointID.Short(), err)
+	}
+	if req.MAC != nil {
+		if err := checkMAC(req.MAC); err != nil {
+			return drivers.CreateEndpointResult{}, fmt.Errorf("bridge: create endpoint %s: %w", req.EndpointID.Short(), err)
+		}
+		return drivers.CreateEndpointResult{}, nil
+	}
+	return drivers.CreateEndpointResult{MAC: endpointMAC(req.IPv4.Addr())}, nil
+}
+
+// DeleteEndpoint does no kernel work and returns nil.
+func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
+	return nil
+}
+
+// Join creates the endpoint's veth pair with one netlink message: the host end
+// "veth<first 11 characters of the endpoint ID>" up and enslaved to the bridge, and the other
+// end, named req.IfName with req.MAC and the network's MTU, directly in the sandbox's namespace
+// (req.NetnsFD), left down. The kernel makes all of it or nothing. A stale host end left by a
+// crash is deleted and the create retried once.
+//
+// It fails with an error matching cnm.ErrNotFound when the network is unknown, and with one
+// matching cnm.ErrConflict when req.IfName exists in the sandbox. The result reports
+// InterfaceInSandbox and the network's first IPv4 and IPv6 gateways, none for an internal
+// network.
+func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.JoinResult, error) {
+	n, err := d.network(req.NetworkID)
+	if err == nil {
+		err = checkJoin(req)
+	}
+	if err != nil {
+		return drivers.JoinResult{}, fmt.Errorf("bridge: join endpoint %s: %w", req.EndpointID.Short(), err)
+	}
+	host := hostVethName(req.EndpointID)
+	err = d.raw.exec(vethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
+	if errors.Is(err, unix.EEXIST) {
+		if err = d.removeStaleVeth(ctx, host, req.IfName); err == nil {
+			err = d.raw.exec(vethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
+			if errors.Is(err, unix.EEXIST) {
+				err = &errclass.ConflictError{Kind: "interface", Name: req.IfName, Reason: "exists in the sandbox"}
+			}
+		}
+	}
+	if err != nil {
+		return drivers.JoinResult{}, fmt.Errorf("bridge: join endpoint %s: create veth %s: %w", req.EndpointID.Short(), host, err)
+	}
+	res := drivers.JoinResult{InterfaceInSandbox: true}
+	if !n.internal {
+		res.Gateway, res.GatewayIPv6 = n.gw4, n.gw6
+	}
+	return res, nil
+}
+
+func checkJoin(req drivers.JoinRequest) error {
+	if err := checkID("endpoint ID", string(req.EndpointID)); err != nil {
+		return err
+	}
+	if err := checkIfName("interface name", req.IfName); err != nil {
+		return err
+	}
+	if req.NetnsFD < 0 {
+		return errclass.Invalid("netns fd", fmt.Sprint(req.NetnsFD), "not an open descriptor")
+	}
+	if req.MAC != nil {
+		return checkMAC(req.MAC)
+	}
+	return nil
+}
+
+// removeStaleVeth deletes the host link name after an EEXIST, if it is a veth. When there is
+// no such link, the name that exists is ifName, in the sandbox.
+func (d *Driver) removeStaleVeth(ctx context.Context, name, ifName string) error {
+	link, err := d.h.LinkByName(name)
+	switch {
+	case errors.As(err, new(netlink.LinkNotFoundError)):
+		return &errclass.ConflictError{Kind: "interface", Name: ifName, Reason: "exists in the sandbox"}
+	case err != nil:
+		return err
+	case link.Type() != "veth":
+		return &errclass.ConflictError{Kind: "interface", Name: name, Reason: "host interface name taken by a foreign " + link.Type() + " device"}
+	}
+	d.log.WarnContext(ctx, "removing stale veth", "link", name)
+	if err := d.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete stale veth: %w", err)
+	}
+	return nil
+}
+
+// Leave deletes the host end of the endpoint's veth pair, which takes the sandbox end with it,
+// unless req.SandboxGone. A veth that is gone already (the sandbox usually deletes its end
+// first) returns nil.
+func (d *Driver) Leave(ctx context.Context, req drivers.LeaveRequest) error {
+	if req.SandboxGone {
+		return nil
+	}
+	if err := checkID("endpoint ID", string(req.EndpointID)); err != nil {
+		return fmt.Errorf("bridge: leave endpoint %s: %w", req.EndpointID.Short(), err)
+	}
+	host := hostVethName(req.EndpointID)
+	if err := d.raw.exec(delLinkRequest(host)); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("bridge: leave endpoint %s: delete veth %s: %w", req.EndpointID.Short(), host, err)
+	}
+	return nil
+}
+
+// network returns the network nid, or an error matching cnm.ErrNotFound.
+func (d *Driver) network(nid drivers.NetworkID) (*network, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.networks[nid]
+	if n == nil {
+		return nil, &errclass.NotFoundError{Kind: "bridge network", Name: string(nid)}
+	}
+	return n, nil
+}
+
+// linkList lists the host namespace's links, retrying a dump the kernel interrupted.
+func (d *Driver) linkList() ([]netlink.Link, error) {
+	return retryDump(d.h.LinkList)
+}
+
+// retryDump calls list until its dump is not interrupted, at most five times.
+func retryDump[T any](list func() ([]T, error)) ([]T, error) {
+	var (
+		out []T
+		err error
+	)
+	for range 5 {
+		out, err = list()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return nil, err
+}
+
+// defaultBridgeName returns "br-" and the first 12 characters of the network ID.
+func defaultBridgeName(nid drivers.NetworkID) string { return "br-" + nid.Short() }
+
+// hostVethName returns "veth" and the first 11 characters of the endpoint ID: 15 bytes, the
+// longest interface name.
+func hostVethName(eid drivers.EndpointID) string {
+	s := string(eid)
+	if len(s) > 11 {
+		s = s[:11]
+	}
+	return "veth" + s
+}
+
+// isHostVethName reports whether name has the form of hostVethName.
+func isHostVethName(name string) bool {
+	return len(name) == 15 && strings.HasPrefix(name, "veth") && isHex(name[4:])
+}
+
+// checkID checks that id has the form cnm gives IDs: 12 to 64 lowercase hex characters (the
+// bridge and veth names use the first 12 and 11).
+func checkID(field, id string) error {
+	if len(id) < 12 || len(id) > 64 || !isHex(id) {
+		return errclass.Invalid(field, id, "want 12 to 64 lowercase hex characters")
+	}
+	return nil
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func checkMAC(mac net.HardwareAddr) error {
+	if len(mac) != 6 || mac[0]&1 != 0 || [6]byte(mac) == [6]byte{} {
+		return errclass.Invalid("MAC", mac.String(), "want a 6-byte unicast address")
+	}
+	return nil
+}
+
+// endpointMAC returns Docker's MAC for an endpoint with IPv4 address a: 02:42 followed by the
+// four bytes of a. Without an IPv4 address, it returns a random locally administered unicast
+// MAC.
+func endpointMAC(a netip.Addr) net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	if a.Is4() {
+		mac[0], mac[1] = 0x02, 0x42
+		b := a.As4()
+		copy(mac[2:], b[:])
+		return mac
+	}
+	rand.Read(mac) // never fails (crypto/rand docs)
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}

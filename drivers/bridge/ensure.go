@@ -1,0 +1,190 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ensureBridge makes the bridge of network nid as n describes (n.index is ignored), with the
+// addresses addrs, or adopts it when it exists and is the network's; it returns the bridge's
+// ifindex. A link of that name that is not the network's bridge is a conflict and is left
+// alone. On error, what the call made is removed again.
+//
+// A bridge named defaultBridgeName(nid) with no alias is taken as the network's: a crash
+// between creating the bridge and setting its alias leaves one, and the name comes from the
+// network ID. A bridge with any other name needs the alias.
+func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (int, error) {
+	link, err := d.h.LinkByName(n.bridge)
+	switch {
+	case errors.As(err, new(netlink.LinkNotFoundError)):
+		return d.createBridge(ctx, nid, n, addrs)
+	case err != nil:
+		return 0, fmt.Errorf("look up link %q: %w", n.bridge, err)
+	}
+	alias := link.Attrs().Alias
+	if link.Type() != "bridge" || (alias != aliasPrefix+string(nid) && (alias != "" || n.bridge != defaultBridgeName(nid))) {
+		return 0, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
+	}
+	return d.adoptBridge(ctx, nid, link, n, addrs)
+}
+
+// createBridge makes the bridge: create with the MTU, alias, addresses, up.
+func (d *Driver) createBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (_ int, err error) {
+	la := netlink.NewLinkAttrs()
+	la.Name = n.bridge
+	la.MTU = n.mtu
+	br := &netlink.Bridge{LinkAttrs: la}
+	if err := d.h.LinkAdd(br); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return 0, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
+		}
+		return 0, fmt.Errorf("create bridge %q: %w", n.bridge, err)
+	}
+	var undo undoStack
+	undo.push("delete bridge "+n.bridge, func() error { return d.h.LinkDel(br) })
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, undo.run(context.WithoutCancel(ctx), d))
+		}
+	}()
+	if br.Index == 0 { // LinkAdd looks the index up, but ignores a failure
+		l, err := d.h.LinkByName(n.bridge)
+		if err != nil {
+			return 0, fmt.Errorf("look up new bridge %q: %w", n.bridge, err)
+		}
+		br.Index = l.Attrs().Index
+	}
+	// The kernel ignores IFLA_IFALIAS in a create message: set it now.
+	if err := d.h.LinkSetAlias(br, aliasPrefix+string(nid)); err != nil {
+		return 0, fmt.Errorf("set alias of bridge %q: %w", n.bridge, err)
+	}
+	for _, p := range addrs {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if err := d.h.AddrAdd(br, bridgeAddr(p)); err != nil {
+			return 0, fmt.Errorf("add address %s to bridge %q: %w", p, n.bridge, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := d.h.LinkSetUp(br); err != nil {
+		return 0, fmt.Errorf("set bridge %q up: %w", n.bridge, err)
+	}
+	d.log.DebugContext(ctx, "created bridge", "network", nid.Short(), "bridge", n.bridge, "index", br.Index, "mtu", n.mtu)
+	return br.Index, nil
+}
+
+// adoptBridge brings the network's existing bridge to the state createBridge makes. It adds
+// what is missing and removes, on error, only what it added.
+func (d *Driver) adoptBridge(ctx context.Context, nid drivers.NetworkID, link netlink.Link, n *network, addrs []netip.Prefix) (_ int, err error) {
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, undo.run(context.WithoutCancel(ctx), d))
+		}
+	}()
+	a := link.Attrs()
+	if a.Alias == "" {
+		if err := d.h.LinkSetAlias(link, aliasPrefix+string(nid)); err != nil {
+			return 0, fmt.Errorf("set alias of bridge %q: %w", n.bridge, err)
+		}
+	}
+	if a.MTU != n.mtu {
+		if err := d.h.LinkSetMTU(link, n.mtu); err != nil {
+			return 0, fmt.Errorf("set MTU of bridge %q to %d: %w", n.bridge, n.mtu, err)
+		}
+	}
+	have, err := retryDump(func() ([]netlink.Addr, error) { return d.h.AddrList(link, netlink.FAMILY_ALL) })
+	if err != nil {
+		return 0, fmt.Errorf("list addresses of bridge %q: %w", n.bridge, err)
+	}
+	present := make(map[netip.Prefix]bool, len(have))
+	for _, h := range have {
+		if p, ok := prefixOf(h.IPNet); ok {
+			present[p] = true
+		}
+	}
+	for _, p := range addrs {
+		if present[p] {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		addr := bridgeAddr(p)
+		if err := d.h.AddrAdd(link, addr); err != nil {
+			return 0, fmt.Errorf("add address %s to bridge %q: %w", p, n.bridge, err)
+		}
+		undo.push("delete address "+p.String()+" of bridge "+n.bridge, func() error { return d.h.AddrDel(link, addr) })
+	}
+	if a.Flags&net.FlagUp == 0 {
+		if err := d.h.LinkSetUp(link); err != nil {
+			return 0, fmt.Errorf("set bridge %q up: %w", n.bridge, err)
+		}
+	}
+	d.log.DebugContext(ctx, "adopted bridge", "network", nid.Short(), "bridge", n.bridge, "index", a.Index)
+	return a.Index, nil
+}
+
+// bridgeAddr returns the netlink address for p. An IPv6 address skips duplicate address
+// detection, which would keep it tentative, unusable, until the bridge has carrier.
+func bridgeAddr(p netip.Prefix) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{
+		IP:   p.Addr().AsSlice(),
+		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+	}}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+// prefixOf converts n to a prefix that keeps the address (not masked).
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, bits := n.Mask.Size()
+	if bits == 0 || bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+// undoStack holds the steps that take back what a call made, run in reverse on error.
+type undoStack []undoStep
+
+type undoStep struct {
+	what string
+	f    func() error
+}
+
+func (u *undoStack) push(what string, f func() error) { *u = append(*u, undoStep{what, f}) }
+
+// run runs the steps, newest first, and joins their errors. ctx is for logging: the caller
+// passes it through context.WithoutCancel so the rollback is not cut short.
+func (u undoStack) run(ctx context.Context, d *Driver) error {
+	var errs []error
+	for i := len(u) - 1; i >= 0; i-- {
+		if err := u[i].f(); err != nil {
+			errs = append(errs, fmt.Errorf("rollback: %s: %w", u[i].what, err))
+			d.log.ErrorContext(ctx, "rollback failed", "step", u[i].what, "err", err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,137 @@
+package bridge
+
+import (
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
+)
+
+// DriverType is the driver type that [NetworkOptions] are for.
+const DriverType = "bridge"
+
+// The labels that [ParseNetworkOptions] reads and [NetworkOptions.Labels] writes; they are
+// Docker's.
+const (
+	LabelBridgeName = "com.docker.network.bridge.name" // NetworkOptions.BridgeName
+	LabelMTU        = "com.docker.network.driver.mtu"  // NetworkOptions.MTU, decimal
+)
+
+// Defaults and limits of [NetworkOptions].
+const (
+	DefaultMTU = 1500
+	MinMTU     = 68    // the IPv4 minimum
+	MaxMTU     = 65535 // the largest a bridge or veth takes
+	// MinIPv6MTU is the least MTU of a network with IPv6 subnets: below it the kernel turns
+	// IPv6 off on the link.
+	MinIPv6MTU = 1280
+)
+
+var _ drivers.NetworkOptions = NetworkOptions{}
+
+// NetworkOptions is the typed configuration of a bridge network, passed as
+// [drivers.CreateNetworkRequest].Options (a value or a pointer). The zero value means the
+// defaults.
+type NetworkOptions struct {
+	// BridgeName is the name of the Linux bridge: a valid interface name (1 to 15 bytes, no
+	// '/', ':' or white space). "" means "br-" and the first 12 characters of the network ID.
+	BridgeName string
+	// MTU is the MTU of the bridge and of every veth of the network, in bytes, 68 to 65535
+	// (at least 1280 when the network has IPv6 subnets). 0 means 1500.
+	MTU int
+}
+
+// DriverType returns "bridge".
+func (o NetworkOptions) DriverType() string { return DriverType }
+
+// Labels returns the options that are set (not zero) as Docker labels: LabelBridgeName and
+// LabelMTU. The map is new on every call.
+func (o NetworkOptions) Labels() map[string]string {
+	m := make(map[string]string, 2)
+	if o.BridgeName != "" {
+		m[LabelBridgeName] = o.BridgeName
+	}
+	if o.MTU != 0 {
+		m[LabelMTU] = strconv.Itoa(o.MTU)
+	}
+	return m
+}
+
+// ParseNetworkOptions parses Docker labels into NetworkOptions. It knows LabelBridgeName and
+// LabelMTU; an unknown key, a bad bridge name or an MTU that is not a decimal number from 68 to
+// 65535 is refused with an *errclass.InvalidParameterError (matching cnm.ErrInvalidParameter)
+// that names the key and the value. When several labels are bad, the error is about the first
+// in key order. Nil or empty labels give the zero NetworkOptions (the defaults).
+//
+// It is the only place where bridge labels are parsed.
+func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
+	var o NetworkOptions
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		v := labels[k]
+		switch k {
+		case LabelBridgeName:
+			if err := checkIfName(k, v); err != nil {
+				return NetworkOptions{}, err
+			}
+			o.BridgeName = v
+		case LabelMTU:
+			mtu, err := strconv.Atoi(v)
+			if err != nil {
+				return NetworkOptions{}, &errclass.InvalidParameterError{Field: k, Value: v, Reason: "not a decimal number"}
+			}
+			if err := checkMTU(k, v, mtu); err != nil {
+				return NetworkOptions{}, err
+			}
+			o.MTU = mtu
+		default:
+			return NetworkOptions{}, errclass.Invalid(k, v, "unknown bridge network option")
+		}
+	}
+	return o, nil
+}
+
+// validate checks o as CreateNetwork gets it (the fields may not have come from labels).
+func (o NetworkOptions) validate() error {
+	if o.BridgeName != "" {
+		if err := checkIfName("bridge name", o.BridgeName); err != nil {
+			return err
+		}
+	}
+	if o.MTU != 0 {
+		if err := checkMTU("MTU", strconv.Itoa(o.MTU), o.MTU); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkMTU(field, value string, mtu int) error {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return errclass.Invalid(field, value, "want 68 to 65535")
+	}
+	return nil
+}
+
+// checkIfName checks name as the kernel does (dev_valid_name), and also refuses control
+// characters.
+func checkIfName(field, name string) error {
+	switch {
+	case name == "":
+		return errclass.Invalid(field, name, "empty interface name")
+	case len(name) > 15:
+		return errclass.Invalid(field, name, "interface name longer than 15 bytes")
+	case name == "." || name == "..":
+		return errclass.Invalid(field, name, "not an interface name")
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c == '/' || c == ':':
+			return errclass.Invalid(field, name, "interface name with '/' or ':'")
+		case c == ' ' || c == 0x7f || c < 0x20:
+			return errclass.Invalid(field, name, "interface name with white space or a control character")
+		}
+	}
+	return nil
+}

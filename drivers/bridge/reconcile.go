@@ -1,0 +1,90 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Reconcile removes what a crash left in the host namespace: every bridge whose alias starts
+// with "cnm:" and names a network not in live.Networks, and every veth named like a host end
+// ("veth" and 11 hex characters) that is enslaved to such a "cnm:" bridge and belongs to no
+// endpoint in live.Endpoints. It reports one [drivers.Repair] per link removed (veths first)
+// and joins the errors of the removals that failed, going on after each. Links of other
+// programs are never touched.
+//
+// It must not run concurrently with CreateNetwork, DeleteNetwork or Join; the Controller calls
+// it once, on start, after re-creating the live networks.
+func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drivers.Repair, error) {
+	links, err := d.linkList()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: reconcile: list links: %w", err)
+	}
+	liveNets := make(map[drivers.NetworkID]bool, len(live.Networks))
+	for _, id := range live.Networks {
+		liveNets[id] = true
+	}
+	liveVeths := make(map[string]bool, len(live.Endpoints))
+	for _, id := range live.Endpoints {
+		liveVeths[hostVethName(id)] = true
+	}
+
+	ourBridges := make(map[int]bool) // ifindex of every "cnm:" bridge
+	var orphanBridges []netlink.Link
+	for _, l := range links {
+		alias := l.Attrs().Alias
+		if l.Type() != "bridge" || !strings.HasPrefix(alias, aliasPrefix) {
+			continue
+		}
+		ourBridges[l.Attrs().Index] = true
+		if !liveNets[drivers.NetworkID(strings.TrimPrefix(alias, aliasPrefix))] {
+			orphanBridges = append(orphanBridges, l)
+		}
+	}
+
+	var (
+		repairs []drivers.Repair
+		errs    []error
+	)
+	remove := func(l netlink.Link, reason string) {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		name := l.Attrs().Name
+		if err := d.h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("bridge: reconcile: delete link %s: %w", name, err))
+			return
+		}
+		r := drivers.Repair{Object: "link " + name, Action: "removed", Reason: reason}
+		d.log.InfoContext(ctx, "reconcile", "repair", r.String())
+		repairs = append(repairs, r)
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() == "veth" && isHostVethName(a.Name) && ourBridges[a.MasterIndex] && !liveVeths[a.Name] {
+			remove(l, "no live endpoint")
+		}
+	}
+	for _, l := range orphanBridges {
+		remove(l, "no live network")
+	}
+
+	if len(orphanBridges) > 0 {
+		d.mu.Lock()
+		for _, l := range orphanBridges {
+			nid := drivers.NetworkID(strings.TrimPrefix(l.Attrs().Alias, aliasPrefix))
+			if n := d.networks[nid]; n != nil && d.busy[nid] == nil {
+				delete(d.names, n.bridge)
+				delete(d.networks, nid)
+			}
+		}
+		d.mu.Unlock()
+	}
+	return repairs, errors.Join(errs...)
+}
