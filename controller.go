@@ -1,0 +1,708 @@
+// Package cnm is an embeddable implementation of the Container Networking Model: the
+// Controller that owns drivers, IPAM and the store, and creates networks and sandboxes.
+//
+// A Go program imports it to give containers networks, as Docker's libnetwork did:
+//
+//	c, err := cnm.New(ctx, cnm.Config{DataDir: dir})
+//	nw, err := c.NewNetwork(ctx, "new_bridge", "bridge", network.WithSubnet(netip.MustParsePrefix("10.10.0.0/24")))
+//	db, err := c.NewSandbox(ctx, "db")
+//	ep, err := nw.CreateEndpoint(ctx, "db")
+//	err = ep.Join(ctx, db) // db now has eth0 with an address on new_bridge
+//
+// # Privileges
+//
+// The Controller works on the kernel: it needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN). It acts
+// on the host namespace named by Config.HostNetns (by default the caller's), and creates a
+// namespace per sandbox, bind-mounted under Config.RunDir.
+//
+// # State and restart
+//
+// Networks, endpoints and sandboxes are kept in a kvstore.Store (bbolt under Config.DataDir by
+// default): an endpoint's record is the only copy of its addresses. New on the same DataDir
+// restores every object, replays IPAM from the live endpoints, and reconciles the kernel with
+// the store: leftovers of a crash (a namespace, bridge or veth without a record) are removed,
+// records whose kernel objects vanished are cleaned up. Repairs returns what was fixed.
+//
+// # Concurrency
+//
+// Every method of the Controller, and of the networks, endpoints and sandboxes it returns, is
+// safe for concurrent use. Lock order: Controller, then network, then endpoint, then sandbox;
+// no lock is held across a driver, IPAM, store or netlink call.
+package cnm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/bridge"
+	"github.com/cnmkit/cnm/drivers/host"
+	"github.com/cnmkit/cnm/drivers/null"
+	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/kvstore/boltdb"
+	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/sandbox"
+	"github.com/vishvananda/netlink"
+)
+
+// Names of the predefined networks, created on first start like Docker's.
+const (
+	DefaultNetwork = "bridge" // bridge driver, device DefaultBridge
+	HostNetwork    = "host"   // host driver
+	NoneNetwork    = "none"   // null driver
+	DefaultBridge  = "cnm0"
+)
+
+// DefaultSubnet is the default bridge network's subnet unless it overlaps a host route.
+var DefaultSubnet = netip.MustParsePrefix("172.17.0.0/16")
+
+// Config configures a Controller. The zero value is usable as root on a Linux host.
+type Config struct {
+	// DataDir holds the store (DataDir/local.db) and the sandboxes' hosts and resolv.conf files
+	// (DataDir/sandboxes/<id>/). Default /var/lib/cnm.
+	DataDir string
+	// RunDir holds the sandboxes' namespace bind mounts (RunDir/netns/<id>). Default /run/cnm.
+	RunDir string
+	// HostNetns is the path of the namespace the Controller treats as the host's (bridges live
+	// there; host-mode sandboxes use it). Default: the caller's namespace at New.
+	HostNetns string
+	// Store replaces the embedded bbolt store. The Controller does not close a Store it was given.
+	Store kvstore.Store
+	// IPAM replaces the default allocator (ipam.Default with its default pools).
+	IPAM ipam.Allocator
+	// Drivers registers extra drivers by name, next to the built-in bridge, host and null.
+	Drivers map[string]drivers.Driver
+	// NoPredefinedNetworks skips creating the bridge, host and none networks.
+	NoPredefinedNetworks bool
+	// Logger receives the Controller's logs. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Controller is the entry point: it owns the drivers, IPAM and the store, and creates networks
+// and sandboxes. Create it with New and release it with Close.
+type Controller struct {
+	cfg      Config
+	log      *slog.Logger
+	store    kvstore.Store
+	ownStore bool
+	ipam     ipam.Allocator
+	reg      drivers.Registry
+	hostNS   *netns.NS
+	hostPath string
+	hostNL   *netlink.Handle
+	seq      atomic.Uint64
+	repairs  []drivers.Repair // written only in New
+
+	mu        sync.Mutex // guards following
+	networks  map[string]*network.Net
+	netNames  map[string]string // name -> ID; "" while being created
+	sandboxes map[string]*sbox  // by ID; nil while being created
+	closed    bool
+}
+
+type sbox struct {
+	ns       *sandbox.Namespace
+	rec      sandboxRecord
+	deleting bool
+}
+
+// New creates a Controller, restoring and reconciling the state kept in its store.
+func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = "/var/lib/cnm"
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = "/run/cnm"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Controller{
+		cfg: cfg, log: cfg.Logger, store: cfg.Store, ipam: cfg.IPAM,
+		networks: make(map[string]*network.Net), netNames: make(map[string]string),
+		sandboxes: make(map[string]*sbox),
+	}
+	defer func() {
+		if err != nil {
+			c.closeResources()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cnm: data dir: %w", err)
+	}
+	if cfg.HostNetns == "" {
+		if c.hostNS, err = netns.Current(); err != nil {
+			return nil, fmt.Errorf("cnm: host namespace: %w", err)
+		}
+		c.hostPath = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), c.hostNS.FD())
+	} else {
+		if c.hostNS, err = netns.Open(cfg.HostNetns); err != nil {
+			return nil, fmt.Errorf("cnm: host namespace: %w", err)
+		}
+		c.hostPath = cfg.HostNetns
+	}
+	if c.hostNL, err = netlink.NewHandleAt(c.hostNS.Handle()); err != nil {
+		return nil, fmt.Errorf("cnm: host netlink: %w", err)
+	}
+	if c.store == nil {
+		s, err := boltdb.Open(filepath.Join(cfg.DataDir, "local.db"), boltdb.Config{Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("cnm: store: %w", err)
+		}
+		c.store, c.ownStore = s, true
+	}
+	if c.ipam == nil {
+		a, err := ipam.NewDefault(ipam.DefaultConfig{})
+		if err != nil {
+			return nil, fmt.Errorf("cnm: ipam: %w", err)
+		}
+		c.ipam = a
+	}
+	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("cnm: bridge driver: %w", err)
+	}
+	builtin := map[string]drivers.Driver{"bridge": br, "host": host.New(), "null": null.New()}
+	for _, name := range slices.Sorted(maps.Keys(builtin)) {
+		if err := c.reg.Register(name, builtin[name]); err != nil {
+			return nil, fmt.Errorf("cnm: %w", err)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.Drivers)) {
+		if err := c.reg.Register(name, cfg.Drivers[name]); err != nil {
+			return nil, fmt.Errorf("cnm: register driver: %w", err)
+		}
+	}
+	if err := c.restore(ctx); err != nil {
+		return nil, err
+	}
+	if !cfg.NoPredefinedNetworks {
+		if err := c.ensurePredefined(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// RegisterDriver adds driver d under name, exactly as the built-in drivers are registered.
+func (c *Controller) RegisterDriver(name string, d drivers.Driver) error {
+	if err := c.reg.Register(name, d); err != nil {
+		return fmt.Errorf("cnm: register driver: %w", err)
+	}
+	return nil
+}
+
+// Drivers returns the names of the registered drivers, sorted.
+func (c *Controller) Drivers() []string { return c.reg.Names() }
+
+// Repairs returns what New found and fixed while reconciling the store with the kernel.
+func (c *Controller) Repairs() []drivers.Repair { return slices.Clone(c.repairs) }
+
+func (c *Controller) repaired(r drivers.Repair) {
+	c.repairs = append(c.repairs, r)
+	c.log.Warn("repaired", "object", r.Object, "action", r.Action, "reason", r.Reason)
+}
+
+func (c *Controller) checkOpen() error {
+	if c.closed {
+		return &errclass.UnavailableError{What: "controller", Err: errors.New("closed")}
+	}
+	return nil
+}
+
+// ensurePredefined creates the bridge, host and none networks if they are missing.
+func (c *Controller) ensurePredefined(ctx context.Context) error {
+	for _, p := range []struct{ name, driver string }{{NoneNetwork, "null"}, {HostNetwork, "host"}, {DefaultNetwork, "bridge"}} {
+		if _, err := c.Network(p.name); err == nil {
+			continue
+		}
+		var opts []network.Option
+		if p.name == DefaultNetwork {
+			opts = append(opts, network.WithDriverOptions(bridge.NetworkOptions{BridgeName: DefaultBridge}))
+			if !c.overlapsHost(DefaultSubnet) {
+				opts = append(opts, network.WithSubnet(DefaultSubnet))
+			}
+		}
+		if _, err := c.NewNetwork(ctx, p.name, p.driver, opts...); err != nil {
+			return fmt.Errorf("cnm: predefined network: %w", err)
+		}
+	}
+	return nil
+}
+
+// hostRoutes returns the destinations of the host namespace's routes (default routes left out):
+// subnets IPAM must not pick.
+func (c *Controller) hostRoutes() []netip.Prefix {
+	routes, err := c.hostNL.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 0}, 0)
+	if err != nil {
+		c.log.Warn("list host routes", "err", err)
+		return nil
+	}
+	var out []netip.Prefix
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		bits, _ := r.Dst.Mask.Size()
+		p := netip.PrefixFrom(a.Unmap(), bits).Masked()
+		if p.Bits() == 0 || p.Addr().IsLinkLocalUnicast() || p.Addr().IsMulticast() {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (c *Controller) overlapsHost(p netip.Prefix) bool {
+	for _, r := range c.hostRoutes() {
+		if r.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Controller) netConfig(e *drivers.Entry) network.Config {
+	cfg := network.Config{
+		Entry: e, Store: c.store, IPAM: c.ipam, OnDelete: c.dropNetwork,
+		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log,
+	}
+	if !e.Caps.NoIPAM {
+		cfg.Exclude = c.hostRoutes()
+	}
+	return cfg
+}
+
+func (c *Controller) dropNetwork(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, ok := c.networks[id]; ok {
+		delete(c.netNames, n.Name())
+		delete(c.networks, id)
+	}
+}
+
+// driverOptions turns the typed options or string labels of spec into the driver's typed options.
+func driverOptions(e *drivers.Entry, spec network.Spec) (drivers.NetworkOptions, error) {
+	switch {
+	case spec.DriverOptions != nil:
+		if e.Parser == nil {
+			return nil, errclass.Invalid("driver options", spec.DriverOptions.DriverType(), fmt.Sprintf("driver %s takes no options", e.Name))
+		}
+		// A round trip through the driver's parser checks the options are of its type and valid.
+		parsed, err := e.Parser.ParseNetworkOptions(spec.DriverOptions.Labels())
+		if err != nil {
+			return nil, err
+		}
+		if parsed.DriverType() != spec.DriverOptions.DriverType() {
+			return nil, errclass.Invalid("driver options", spec.DriverOptions.DriverType(), fmt.Sprintf("options for driver type %s given to driver %s (%s)", spec.DriverOptions.DriverType(), e.Name, parsed.DriverType()))
+		}
+		return parsed, nil
+	case len(spec.DriverLabels) > 0:
+		if e.Parser == nil {
+			keys := slices.Sorted(maps.Keys(spec.DriverLabels))
+			return nil, errclass.Invalid("driver option", keys[0], fmt.Sprintf("driver %s takes no options", e.Name))
+		}
+		return e.Parser.ParseNetworkOptions(spec.DriverLabels)
+	}
+	return nil, nil
+}
+
+// NewNetwork creates a network named name (unique on the Controller) with the driver registered
+// as driverName. Errors: invalid parameter (bad name, subnet, gateway, option), not found
+// (driver), already exists (name), conflict (the subnet overlaps another network's). On error
+// nothing is left behind.
+func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, opts ...network.Option) (network.Network, error) {
+	if err := network.ValidateName("network", name); err != nil {
+		return nil, fmt.Errorf("cnm: new network: %w", err)
+	}
+	spec, err := network.Apply(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
+	}
+	e, err := c.reg.Get(driverName)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
+	}
+	dopts, err := driverOptions(e, spec)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
+	}
+	c.mu.Lock()
+	if err := c.checkOpen(); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	if _, taken := c.netNames[name]; taken {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("cnm: new network: %w", &errclass.AlreadyExistsError{Kind: "network", Name: name})
+	}
+	c.netNames[name] = ""
+	c.mu.Unlock()
+
+	n, err := network.Create(ctx, c.netConfig(e), name, spec, dopts)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		delete(c.netNames, name)
+		return nil, fmt.Errorf("cnm: new %w", err)
+	}
+	c.networks[n.ID()] = n
+	c.netNames[name] = n.ID()
+	return n, nil
+}
+
+// Network returns the network with that name, ID, or unique ID prefix.
+func (c *Controller) Network(nameOrID string) (network.Network, error) {
+	n, err := c.network(nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+func (c *Controller) network(nameOrID string) (*network.Net, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if id := c.netNames[nameOrID]; id != "" {
+		return c.networks[id], nil
+	}
+	var found *network.Net
+	if nameOrID != "" {
+		for id, n := range c.networks {
+			if strings.HasPrefix(id, nameOrID) {
+				if found != nil {
+					return nil, errclass.Invalid("network", nameOrID, "ambiguous ID prefix")
+				}
+				found = n
+			}
+		}
+	}
+	if found == nil {
+		return nil, &errclass.NotFoundError{Kind: "network", Name: nameOrID}
+	}
+	return found, nil
+}
+
+// Networks returns every network, sorted by name.
+func (c *Controller) Networks() []network.Network {
+	c.mu.Lock()
+	ns := slices.Collect(maps.Values(c.networks))
+	c.mu.Unlock()
+	sort.Slice(ns, func(i, j int) bool { return ns[i].Name() < ns[j].Name() })
+	out := make([]network.Network, len(ns))
+	for i, n := range ns {
+		out[i] = n
+	}
+	return out
+}
+
+// DeleteNetwork removes the network with that name or ID. The predefined networks cannot be
+// removed; a network with endpoints is refused with an error matching ErrConflict.
+func (c *Controller) DeleteNetwork(ctx context.Context, nameOrID string) error {
+	n, err := c.network(nameOrID)
+	if err != nil {
+		return fmt.Errorf("cnm: delete network: %w", err)
+	}
+	if !c.cfg.NoPredefinedNetworks && slices.Contains([]string{DefaultNetwork, HostNetwork, NoneNetwork}, n.Name()) {
+		return &errclass.ConflictError{Kind: "network", Name: n.Name(), Reason: "a predefined network cannot be removed"}
+	}
+	if err := n.Delete(ctx); err != nil {
+		return fmt.Errorf("cnm: delete %w", err)
+	}
+	return nil
+}
+
+// NewSandbox creates a sandbox for the container id: by default a new network namespace with
+// loopback only. HostMode and ContainerMode choose the host's namespace or another sandbox's.
+func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxOption) (sandbox.Sandbox, error) {
+	if err := network.ValidateName("sandbox", id); err != nil {
+		return nil, fmt.Errorf("cnm: new sandbox: %w", err)
+	}
+	var spec SandboxSpec
+	for _, o := range opts {
+		if o != nil {
+			o(&spec)
+		}
+	}
+	c.mu.Lock()
+	if err := c.checkOpen(); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	if _, taken := c.sandboxes[id]; taken {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("cnm: new sandbox: %w", &errclass.AlreadyExistsError{Kind: "sandbox", Name: id})
+	}
+	var share *sbox
+	if spec.Mode == sandbox.ModeContainer {
+		share = c.sandboxes[spec.Share]
+		if share == nil || share.deleting {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("cnm: new sandbox %s: container mode: %w", id, &errclass.NotFoundError{Kind: "sandbox", Name: spec.Share})
+		}
+		if share.rec.Mode != sandbox.ModeNamespace {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("cnm: new sandbox %s: %w", id, &errclass.ConflictError{Kind: "sandbox", Name: spec.Share, Reason: "only a sandbox with its own namespace can be shared"})
+		}
+	}
+	c.sandboxes[id] = nil
+	c.mu.Unlock()
+
+	rec := sandboxRecord{
+		ID: id, Mode: spec.Mode, Share: spec.Share, Hostname: spec.Hostname, Domainname: spec.Domainname,
+		DNS: spec.DNS, DNSSearch: spec.DNSSearch, DNSOptions: spec.DNSOptions, ExtraHosts: spec.ExtraHosts,
+		Created: time.Now().UTC(),
+	}
+	sb, err := c.createSandbox(ctx, rec, share)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		delete(c.sandboxes, id)
+		return nil, fmt.Errorf("cnm: new sandbox %s: %w", id, err)
+	}
+	c.sandboxes[id] = sb
+	return sb.ns, nil
+}
+
+func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Config {
+	cfg := sandbox.Config{
+		ID: rec.ID, Mode: rec.Mode, RunDir: c.cfg.RunDir,
+		FilesDir: filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID), HostNetns: c.hostPath,
+		Hostname: rec.Hostname, Domainname: rec.Domainname, DNS: rec.DNS, DNSSearch: rec.DNSSearch,
+		DNSOptions: rec.DNSOptions, ExtraHosts: rec.ExtraHosts, Logger: c.log,
+	}
+	if share != nil {
+		cfg.Share = share.ns
+	}
+	return cfg
+}
+
+func (c *Controller) createSandbox(ctx context.Context, rec sandboxRecord, share *sbox) (*sbox, error) {
+	ns, err := sandbox.New(ctx, c.sandboxConfig(rec, share))
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(rec)
+	if err == nil {
+		_, err = c.store.AtomicPut(ctx, sandboxPrefix+rec.ID, b, 0)
+	}
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("store: %w", err), ns.Delete(context.WithoutCancel(ctx)))
+	}
+	return &sbox{ns: ns, rec: rec}, nil
+}
+
+// Sandbox returns the sandbox with that ID.
+func (c *Controller) Sandbox(id string) (sandbox.Sandbox, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sb := c.sandboxes[id]; sb != nil {
+		return sb.ns, nil
+	}
+	return nil, &errclass.NotFoundError{Kind: "sandbox", Name: id}
+}
+
+// Sandboxes returns every sandbox, sorted by ID.
+func (c *Controller) Sandboxes() []sandbox.Sandbox {
+	c.mu.Lock()
+	var out []sandbox.Sandbox
+	for _, sb := range c.sandboxes {
+		if sb != nil {
+			out = append(out, sb.ns)
+		}
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID() < out[j].ID() })
+	return out
+}
+
+// endpointsOf returns the endpoints joined to sandbox id, on every network.
+func (c *Controller) endpointsOf(id string) []*endpoint.Ep {
+	c.mu.Lock()
+	nets := slices.Collect(maps.Values(c.networks))
+	c.mu.Unlock()
+	var eps []*endpoint.Ep
+	for _, n := range nets {
+		for _, ep := range n.Eps() {
+			if ep.Info().SandboxID == id {
+				eps = append(eps, ep)
+			}
+		}
+	}
+	return eps
+}
+
+// DeleteSandbox removes the sandbox id as `docker rm` does: its namespace goes (taking its
+// interfaces with it, in one step), and the endpoints joined to it are left and deleted,
+// releasing their addresses. A sandbox whose namespace another sandbox shares is refused with
+// an error matching ErrConflict. Deleting a missing sandbox fails with ErrNotFound.
+func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
+	c.mu.Lock()
+	sb := c.sandboxes[id]
+	if sb == nil {
+		c.mu.Unlock()
+		return fmt.Errorf("cnm: delete sandbox: %w", &errclass.NotFoundError{Kind: "sandbox", Name: id})
+	}
+	if sb.deleting {
+		c.mu.Unlock()
+		return &errclass.ConflictError{Kind: "sandbox", Name: id, Reason: "being deleted"}
+	}
+	for _, other := range c.sandboxes {
+		if other != nil && other.rec.Share == id {
+			c.mu.Unlock()
+			return &errclass.ConflictError{Kind: "sandbox", Name: id, Reason: fmt.Sprintf("its namespace is shared by sandbox %q", other.rec.ID)}
+		}
+	}
+	sb.deleting = true
+	c.mu.Unlock()
+
+	err := c.deleteSandbox(ctx, sb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		sb.deleting = false
+		return fmt.Errorf("cnm: delete sandbox %s: %w", id, err)
+	}
+	delete(c.sandboxes, id)
+	return nil
+}
+
+func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	eps := c.endpointsOf(sb.rec.ID)
+	if err := sb.ns.Delete(ctx); err != nil {
+		return err
+	}
+	// From here on the sandbox is gone from the kernel: finish on a context that cannot be
+	// cancelled, and keep going past errors.
+	rb := context.WithoutCancel(ctx)
+	var errs []error
+	for _, ep := range eps {
+		if err := ep.LeaveGone(rb); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := ep.Delete(rb); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := c.store.Delete(rb, sandboxPrefix+sb.rec.ID); err != nil {
+		errs = append(errs, fmt.Errorf("store: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Connect creates an endpoint named after the sandbox on the network and joins it to the
+// sandbox (docker network connect). On error nothing is left behind.
+func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, opts ...endpoint.Option) (endpoint.Endpoint, error) {
+	n, err := c.network(nameOrID)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: connect: %w", err)
+	}
+	sb, err := c.Sandbox(sandboxID)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: connect: %w", err)
+	}
+	ep, err := n.CreateEndpoint(ctx, sandboxID, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
+	}
+	if err := ep.Join(ctx, sb); err != nil {
+		return nil, errors.Join(fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err), ep.Delete(context.WithoutCancel(ctx)))
+	}
+	return ep, nil
+}
+
+// Disconnect leaves and deletes the endpoint joining the sandbox to the network (docker
+// network disconnect). It fails with ErrNotFound when the sandbox is not connected.
+func (c *Controller) Disconnect(ctx context.Context, nameOrID, sandboxID string) error {
+	n, err := c.network(nameOrID)
+	if err != nil {
+		return fmt.Errorf("cnm: disconnect: %w", err)
+	}
+	sb, err := c.Sandbox(sandboxID)
+	if err != nil {
+		return fmt.Errorf("cnm: disconnect: %w", err)
+	}
+	for _, ep := range n.Eps() {
+		if ep.Info().SandboxID != sandboxID {
+			continue
+		}
+		if err := ep.Leave(ctx, sb); err != nil {
+			return fmt.Errorf("cnm: disconnect %s from %s: %w", sandboxID, n.Name(), err)
+		}
+		if err := ep.Delete(ctx); err != nil {
+			return fmt.Errorf("cnm: disconnect %s from %s: %w", sandboxID, n.Name(), err)
+		}
+		return nil
+	}
+	return fmt.Errorf("cnm: disconnect: %w", &errclass.NotFoundError{Kind: "endpoint", Name: sandboxID + " on network " + n.Name()})
+}
+
+// Close releases the Controller: its drivers, store and open handles. Networks, sandboxes and
+// their kernel state stay, for the next Controller on the same DataDir. Close is idempotent.
+func (c *Controller) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	return c.closeResources()
+}
+
+func (c *Controller) closeResources() error {
+	var errs []error
+	c.mu.Lock()
+	sbs := slices.Collect(maps.Values(c.sandboxes))
+	c.mu.Unlock()
+	for _, sb := range sbs {
+		if sb != nil {
+			errs = append(errs, sb.ns.Close())
+		}
+	}
+	errs = append(errs, c.reg.Close())
+	if c.ownStore && c.store != nil {
+		errs = append(errs, c.store.Close())
+	}
+	if c.hostNL != nil {
+		c.hostNL.Close()
+	}
+	errs = append(errs, c.hostNS.Close())
+	return errors.Join(errs...)
+}
+
+func mapsKeys[V any](m map[string]V) func(func(string) bool) { return maps.Keys(m) }
+
+func parseMAC(s string) (net.HardwareAddr, error) {
+	if s == "" {
+		return nil, nil
+	}
+	return net.ParseMAC(s)
+}

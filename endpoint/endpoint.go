@@ -1,0 +1,448 @@
+// Package endpoint is one attachment of a sandbox to a network: an interface with a MAC
+// address, IPv4 and IPv6 addresses, and the gateway its network offers.
+//
+// An endpoint is created by its network (network.Network.CreateEndpoint), which allocates its
+// addresses and asks the driver to reserve it. Join plumbs it into a sandbox, Leave takes it
+// out again (keeping its addresses), Delete releases it. The endpoint's record in the store
+// holds its addresses and, while joined, the sandbox and interface name: it is the only copy of
+// those facts, from which IPAM and the sandboxes are rebuilt after a restart.
+//
+// Every method is safe for concurrent use. Join and Leave of one endpoint are serialized; an
+// endpoint busy with one refuses the other with an error matching cnm.ErrConflict.
+package endpoint
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/sandbox"
+)
+
+// Endpoint is an attachment point of a network. It has one implementation, *Ep; an
+// orchestrator may wrap it.
+type Endpoint interface {
+	// ID returns the endpoint's ID (64 hex characters).
+	ID() string
+	// Name returns the endpoint's name, unique in its network.
+	Name() string
+	// NetworkID returns the ID of the endpoint's network.
+	NetworkID() string
+	// Info returns a snapshot of the endpoint's addresses and attachment.
+	Info() Info
+	// Join connects the endpoint to sb. Joining the sandbox it is joined to already returns
+	// nil; joining another fails with an error matching cnm.ErrConflict.
+	Join(ctx context.Context, sb sandbox.Sandbox) error
+	// Leave disconnects the endpoint from sb; its addresses are kept. Leaving a sandbox it is
+	// not joined to returns nil.
+	Leave(ctx context.Context, sb sandbox.Sandbox) error
+	// Delete releases the endpoint and its addresses. A joined endpoint is refused with an
+	// error matching cnm.ErrConflict. Deleting twice returns nil.
+	Delete(ctx context.Context) error
+}
+
+// Info is a snapshot of an endpoint.
+type Info struct {
+	ID          string
+	Name        string
+	NetworkID   string
+	MAC         net.HardwareAddr
+	IPv4        netip.Prefix // zero when none
+	IPv6        netip.Prefix
+	SandboxID   string // "" when not joined
+	IfName      string // interface name in the sandbox, when joined
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
+}
+
+// Record is an endpoint as kept in the store, under Key(networkID, id).
+type Record struct {
+	ID        string       `json:"id"`
+	Name      string       `json:"name"`
+	NetworkID string       `json:"network_id"`
+	MAC       string       `json:"mac,omitempty"`
+	IPv4      netip.Prefix `json:"ipv4,omitzero"`
+	IPv6      netip.Prefix `json:"ipv6,omitzero"`
+	Created   time.Time    `json:"created"`
+	// While joined:
+	SandboxID   string          `json:"sandbox_id,omitempty"`
+	IfName      string          `json:"ifname,omitempty"`
+	Gateway     netip.Addr      `json:"gateway,omitzero"`
+	GatewayIPv6 netip.Addr      `json:"gateway_ipv6,omitzero"`
+	Routes      []sandbox.Route `json:"routes,omitempty"`
+	JoinSeq     uint64          `json:"join_seq,omitempty"` // orders the interfaces of a sandbox
+}
+
+// KeyPrefix is the store prefix of every endpoint record.
+const KeyPrefix = "cnm/v1/endpoints/"
+
+// Key returns the store key of an endpoint record.
+func Key(networkID, id string) string { return KeyPrefix + networkID + "/" + id }
+
+// Config is what an endpoint needs from its network. All fields are required except IPAM and
+// pools (nil and zero for drivers without IPAM), OnDelete and Logger.
+type Config struct {
+	Driver     drivers.Driver
+	DriverName string
+	Caps       drivers.Capabilities
+	Store      kvstore.Store
+	IPAM       ipam.Allocator
+	PoolV4     ipam.PoolID
+	PoolV6     ipam.PoolID
+	// OnDelete is called once the endpoint is deleted, to drop it from its network.
+	OnDelete func(id string)
+	// Seq returns a number larger than any it returned before; it orders joins.
+	Seq    func() uint64
+	Logger *slog.Logger
+}
+
+// Ep is the implementation of Endpoint.
+type Ep struct {
+	cfg Config
+	id  string // immutable
+	nid string // immutable
+
+	mu       sync.Mutex // guards following
+	rec      Record
+	revision uint64
+	busy     bool // a Join, Leave or Delete is running
+	deleted  bool
+	sb       sandbox.Sandbox // the joined sandbox, when rec.SandboxID != ""
+}
+
+var _ Endpoint = (*Ep)(nil)
+
+// New returns the endpoint for rec, stored at revision rev. The network calls it after it
+// created the record (or read it back on restart).
+func New(cfg Config, rec Record, rev uint64) *Ep {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Ep{cfg: cfg, id: rec.ID, nid: rec.NetworkID, rec: rec, revision: rev}
+}
+
+// ID implements Endpoint.
+func (e *Ep) ID() string { return e.id }
+
+// NetworkID implements Endpoint.
+func (e *Ep) NetworkID() string { return e.nid }
+
+// Name implements Endpoint.
+func (e *Ep) Name() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rec.Name
+}
+
+// Info implements Endpoint.
+func (e *Ep) Info() Info {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return infoOf(e.rec)
+}
+
+// Record returns a copy of the endpoint's record.
+func (e *Ep) Record() Record {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.rec
+	r.Routes = append([]sandbox.Route(nil), r.Routes...)
+	return r
+}
+
+func infoOf(r Record) Info {
+	mac, _ := net.ParseMAC(r.MAC)
+	return Info{
+		ID: r.ID, Name: r.Name, NetworkID: r.NetworkID, MAC: mac,
+		IPv4: r.IPv4, IPv6: r.IPv6, SandboxID: r.SandboxID, IfName: r.IfName,
+		Gateway: r.Gateway, GatewayIPv6: r.GatewayIPv6,
+	}
+}
+
+// begin marks the endpoint busy; the caller must call end.
+func (e *Ep) beginLocked(op string) error {
+	if e.deleted {
+		return &errclass.NotFoundError{Kind: "endpoint", Name: e.rec.Name}
+	}
+	if e.busy {
+		return &errclass.ConflictError{Kind: "endpoint", Name: e.rec.Name, Reason: op + ": another operation is in progress"}
+	}
+	e.busy = true
+	return nil
+}
+
+func (e *Ep) end() {
+	e.mu.Lock()
+	e.busy = false
+	e.mu.Unlock()
+}
+
+// checkSandbox refuses a sandbox the driver's endpoints cannot join.
+func (e *Ep) checkSandbox(sb sandbox.Sandbox, name string) error {
+	mode := sb.Mode()
+	switch e.cfg.Caps.Sandbox {
+	case drivers.HostSandbox:
+		if mode != sandbox.ModeHost {
+			return &errclass.ConflictError{Kind: "sandbox", Name: sb.ID(), Reason: fmt.Sprintf("only a host-mode sandbox can join host network endpoint %q", name)}
+		}
+	default:
+		if mode == sandbox.ModeHost {
+			return &errclass.ConflictError{Kind: "sandbox", Name: sb.ID(), Reason: fmt.Sprintf("a host-mode sandbox can join only the host network, not endpoint %q (driver %s)", name, e.cfg.DriverName)}
+		}
+		if mode == sandbox.ModeContainer {
+			return &errclass.ConflictError{Kind: "sandbox", Name: sb.ID(), Reason: "it shares another sandbox's namespace: connect that sandbox instead"}
+		}
+	}
+	return nil
+}
+
+// Join implements Endpoint.
+func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
+	if sb == nil {
+		return errclass.Invalid("sandbox", "<nil>", "a sandbox is required")
+	}
+	e.mu.Lock()
+	name := e.rec.Name
+	if e.rec.SandboxID != "" {
+		joined := e.rec.SandboxID
+		e.mu.Unlock()
+		if joined == sb.ID() {
+			return nil
+		}
+		return &errclass.ConflictError{Kind: "endpoint", Name: name, Reason: fmt.Sprintf("already joined to sandbox %q", joined)}
+	}
+	if err := e.beginLocked("join"); err != nil {
+		e.mu.Unlock()
+		return err
+	}
+	rec := e.rec
+	rev := e.revision
+	e.mu.Unlock()
+	defer e.end()
+
+	if err := e.checkSandbox(sb, name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err)
+	}
+	rb := context.WithoutCancel(ctx)
+	mac, _ := net.ParseMAC(rec.MAC)
+	req := drivers.JoinRequest{
+		NetworkID: drivers.NetworkID(rec.NetworkID), EndpointID: drivers.EndpointID(rec.ID),
+		SandboxKey: sb.Key(), NetnsFD: sb.NetnsFD(), MAC: mac, IPv4: rec.IPv4, IPv6: rec.IPv6,
+	}
+	var release func()
+	if e.cfg.Caps.Sandbox == drivers.NamespaceSandbox {
+		var err error
+		req.IfName, release, err = sb.ReserveName()
+		if err != nil {
+			return fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err)
+		}
+		defer release()
+	}
+	res, err := e.cfg.Driver.Join(ctx, req)
+	if err != nil {
+		return fmt.Errorf("endpoint %s: join %s: driver %s: %w", name, sb.ID(), e.cfg.DriverName, err)
+	}
+	leave := func() error {
+		return e.cfg.Driver.Leave(rb, drivers.LeaveRequest{
+			NetworkID: req.NetworkID, EndpointID: req.EndpointID, SandboxKey: req.SandboxKey, IfName: req.IfName,
+		})
+	}
+	if !res.NoInterface && req.IfName == "" {
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: driver %s returned an interface for a sandbox kind without one", name, sb.ID(), e.cfg.DriverName), leave())
+	}
+	routes := make([]sandbox.Route, 0, len(res.StaticRoutes))
+	for _, r := range res.StaticRoutes {
+		routes = append(routes, sandbox.Route{Destination: r.Destination, NextHop: r.NextHop})
+	}
+	if !res.NoInterface {
+		err := sb.AddInterface(ctx, sandbox.InterfaceConfig{
+			Name: req.IfName, InSandbox: res.InterfaceInSandbox, SrcName: res.SrcName, MAC: mac,
+			IPv4: rec.IPv4, IPv6: rec.IPv6, Gateway: res.Gateway, GatewayIPv6: res.GatewayIPv6, Routes: routes,
+		})
+		if err != nil {
+			return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err), leave())
+		}
+	}
+	rec.SandboxID = sb.ID()
+	rec.IfName = req.IfName
+	rec.Gateway, rec.GatewayIPv6, rec.Routes = res.Gateway, res.GatewayIPv6, routes
+	if e.cfg.Seq != nil {
+		rec.JoinSeq = e.cfg.Seq()
+	}
+	newRev, err := e.store(ctx, rec, rev)
+	if err != nil {
+		var rerr error
+		if !res.NoInterface {
+			rerr = sb.RemoveInterface(rb, req.IfName)
+		}
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err), rerr, leave())
+	}
+	e.mu.Lock()
+	e.rec, e.revision, e.sb = rec, newRev, sb
+	e.mu.Unlock()
+	return nil
+}
+
+func (e *Ep) store(ctx context.Context, rec Record, rev uint64) (uint64, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	return e.cfg.Store.AtomicPut(ctx, Key(rec.NetworkID, rec.ID), b, rev)
+}
+
+// Leave implements Endpoint.
+func (e *Ep) Leave(ctx context.Context, sb sandbox.Sandbox) error {
+	if sb == nil {
+		return errclass.Invalid("sandbox", "<nil>", "a sandbox is required")
+	}
+	return e.leave(ctx, sb.ID(), false)
+}
+
+// LeaveGone records that the endpoint's sandbox was removed (its namespace and the interfaces
+// in it are gone) and tells the driver. The Controller calls it when it deletes a sandbox.
+func (e *Ep) LeaveGone(ctx context.Context) error {
+	e.mu.Lock()
+	sbID := e.rec.SandboxID
+	e.mu.Unlock()
+	if sbID == "" {
+		return nil
+	}
+	return e.leave(ctx, sbID, true)
+}
+
+func (e *Ep) leave(ctx context.Context, sbID string, gone bool) error {
+	e.mu.Lock()
+	name := e.rec.Name
+	if e.rec.SandboxID != sbID || e.deleted {
+		e.mu.Unlock()
+		return nil
+	}
+	if err := e.beginLocked("leave"); err != nil {
+		e.mu.Unlock()
+		return err
+	}
+	rec, rev, sb := e.rec, e.revision, e.sb
+	e.mu.Unlock()
+	defer e.end()
+
+	var errs []error
+	if !gone && rec.IfName != "" && sb != nil {
+		if err := sb.RemoveInterface(ctx, rec.IfName); err != nil {
+			return fmt.Errorf("endpoint %s: leave %s: %w", name, sbID, err)
+		}
+	}
+	if err := e.cfg.Driver.Leave(ctx, drivers.LeaveRequest{
+		NetworkID: drivers.NetworkID(rec.NetworkID), EndpointID: drivers.EndpointID(rec.ID),
+		SandboxKey: sandboxKey(sb), IfName: rec.IfName, SandboxGone: gone,
+	}); err != nil {
+		errs = append(errs, fmt.Errorf("driver %s: %w", e.cfg.DriverName, err))
+	}
+	rec.SandboxID, rec.IfName, rec.Gateway, rec.GatewayIPv6, rec.Routes, rec.JoinSeq = "", "", netip.Addr{}, netip.Addr{}, nil, 0
+	newRev, err := e.store(context.WithoutCancel(ctx), rec, rev)
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		e.mu.Lock()
+		e.rec, e.revision, e.sb = rec, newRev, nil
+		e.mu.Unlock()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("endpoint %s: leave %s: %w", name, sbID, err)
+	}
+	return nil
+}
+
+func sandboxKey(sb sandbox.Sandbox) string {
+	if sb == nil {
+		return ""
+	}
+	return sb.Key()
+}
+
+// Delete implements Endpoint.
+func (e *Ep) Delete(ctx context.Context) error {
+	e.mu.Lock()
+	if e.deleted {
+		e.mu.Unlock()
+		return nil
+	}
+	name := e.rec.Name
+	if e.rec.SandboxID != "" {
+		sbID := e.rec.SandboxID
+		e.mu.Unlock()
+		return &errclass.ConflictError{Kind: "endpoint", Name: name, Reason: fmt.Sprintf("joined to sandbox %q: leave it first", sbID)}
+	}
+	if err := e.beginLocked("delete"); err != nil {
+		e.mu.Unlock()
+		return err
+	}
+	rec, rev := e.rec, e.revision
+	e.mu.Unlock()
+	defer e.end()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("endpoint %s: delete: %w", name, err)
+	}
+	if err := e.cfg.Driver.DeleteEndpoint(ctx, drivers.DeleteEndpointRequest{
+		NetworkID: drivers.NetworkID(rec.NetworkID), EndpointID: drivers.EndpointID(rec.ID),
+	}); err != nil {
+		return fmt.Errorf("endpoint %s: delete: driver %s: %w", name, e.cfg.DriverName, err)
+	}
+	// The record is the lease: once it is gone the addresses are free.
+	err := e.cfg.Store.AtomicDelete(ctx, Key(rec.NetworkID, rec.ID), rev)
+	if err != nil && !errors.Is(err, kvstore.ErrKeyNotFound) {
+		return fmt.Errorf("endpoint %s: delete: %w", name, err)
+	}
+	e.mu.Lock()
+	e.deleted = true
+	e.mu.Unlock()
+	e.ReleaseAddresses(context.WithoutCancel(ctx))
+	if e.cfg.OnDelete != nil {
+		e.cfg.OnDelete(e.id)
+	}
+	return nil
+}
+
+// ReleaseAddresses gives the endpoint's addresses back to IPAM. Delete calls it; the network
+// calls it to roll back an endpoint it could not create.
+func (e *Ep) ReleaseAddresses(ctx context.Context) {
+	if e.cfg.IPAM == nil {
+		return
+	}
+	rec := e.Record()
+	if rec.IPv4.IsValid() {
+		if err := e.cfg.IPAM.ReleaseAddress(ctx, e.cfg.PoolV4, rec.IPv4.Addr()); err != nil {
+			e.cfg.Logger.Warn("release address", "endpoint", rec.Name, "address", rec.IPv4.Addr(), "err", err)
+		}
+	}
+	if rec.IPv6.IsValid() {
+		if err := e.cfg.IPAM.ReleaseAddress(ctx, e.cfg.PoolV6, rec.IPv6.Addr()); err != nil {
+			e.cfg.Logger.Warn("release address", "endpoint", rec.Name, "address", rec.IPv6.Addr(), "err", err)
+		}
+	}
+}
+
+// Restore re-attaches a restored endpoint to its sandbox object after a restart, without any
+// kernel or store work.
+func (e *Ep) Restore(sb sandbox.Sandbox) {
+	e.mu.Lock()
+	e.sb = sb
+	e.mu.Unlock()
+}
+
+// Forget clears the join state of an endpoint whose interface was lost (found missing on
+// restart), writes the record and tells the driver the sandbox side is gone.
+func (e *Ep) Forget(ctx context.Context) error { return e.LeaveGone(ctx) }

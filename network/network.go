@@ -1,0 +1,597 @@
+// Package network is a set of endpoints that can reach each other, made by one driver and
+// addressed by IPAM.
+//
+// A network is created by the Controller (cnm.Controller.NewNetwork), which checks its name
+// and driver; this package allocates its subnets, asks the driver to build it, stores its
+// record, and creates, lists and deletes its endpoints. Inspect reports it in the shape of
+// `docker network inspect`.
+//
+// Every method is safe for concurrent use. Lock order: a network's lock is taken after the
+// Controller's and before an endpoint's; none is held across driver, IPAM or store calls.
+package network
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/kvstore"
+)
+
+// Network is a network of endpoints. It has one implementation, *Net; an orchestrator may
+// wrap it.
+type Network interface {
+	// ID returns the network's ID (64 hex characters).
+	ID() string
+	// Name returns the network's name, unique on the Controller.
+	Name() string
+	// Driver returns the name of the network's driver.
+	Driver() string
+	// Scope returns the driver's data scope.
+	Scope() drivers.Scope
+	// CreateEndpoint creates an endpoint named name (unique in the network) and allocates its
+	// addresses. Errors: invalid parameter (bad name, a static address outside the subnet),
+	// already exists, conflict (the address is taken, the network is being deleted).
+	CreateEndpoint(ctx context.Context, name string, opts ...endpoint.Option) (endpoint.Endpoint, error)
+	// Endpoints returns the network's endpoints, sorted by name.
+	Endpoints() []endpoint.Endpoint
+	// Endpoint returns the endpoint with that name or ID (or unique ID prefix).
+	Endpoint(nameOrID string) (endpoint.Endpoint, error)
+	// Inspect returns the network's state as `docker network inspect` shows it.
+	Inspect() Inspect
+	// Delete removes the network. A network with endpoints is refused with an error matching
+	// cnm.ErrConflict.
+	Delete(ctx context.Context) error
+}
+
+// Record is a network as kept in the store under Key(id).
+type Record struct {
+	ID         string            `json:"id"`
+	Name       string            `json:"name"`
+	Driver     string            `json:"driver"`
+	Scope      drivers.Scope     `json:"scope"`
+	Created    time.Time         `json:"created"`
+	EnableIPv6 bool              `json:"enable_ipv6,omitempty"`
+	Internal   bool              `json:"internal,omitempty"`
+	Attachable bool              `json:"attachable,omitempty"`
+	IPv4       []IPAMConfig      `json:"ipv4,omitempty"`
+	IPv6       []IPAMConfig      `json:"ipv6,omitempty"`
+	Options    map[string]string `json:"options,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+}
+
+// KeyPrefix is the store prefix of network records.
+const KeyPrefix = "cnm/v1/networks/"
+
+// Key returns the store key of a network record.
+func Key(id string) string { return KeyPrefix + id }
+
+// Config is what a network needs from the Controller.
+type Config struct {
+	Entry *drivers.Entry
+	Store kvstore.Store
+	IPAM  ipam.Allocator
+	// Exclude lists prefixes an auto-picked subnet must avoid (the host's routes).
+	Exclude []netip.Prefix
+	// OnDelete is called once the network is deleted.
+	OnDelete func(id string)
+	// Seq orders endpoint joins.
+	Seq    func() uint64
+	Logger *slog.Logger
+}
+
+// Net is the implementation of Network.
+type Net struct {
+	cfg    Config
+	rec    Record // immutable after creation
+	poolV4 ipam.PoolID
+	poolV6 ipam.PoolID
+	opts   drivers.NetworkOptions
+
+	mu        sync.Mutex // guards following
+	endpoints map[string]*endpoint.Ep
+	names     map[string]string // endpoint name -> ID ("" while being created)
+	deleting  bool
+	deleted   bool
+}
+
+var _ Network = (*Net)(nil)
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// ValidateName checks a network, endpoint or sandbox name: 1 to 64 characters of letters,
+// digits, '_', '.', '-', starting with a letter or digit.
+func ValidateName(kind, name string) error {
+	switch {
+	case name == "":
+		return errclass.Invalid(kind+" name", name, "empty")
+	case len(name) > 64:
+		return errclass.Invalid(kind+" name", name, "longer than 64 characters")
+	case !nameRE.MatchString(name):
+		return errclass.Invalid(kind+" name", name, "use letters, digits, '_', '.' and '-', starting with a letter or digit")
+	}
+	return nil
+}
+
+// NewID returns a random 64-hex-character ID.
+func NewID() string {
+	var b [32]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Create makes a new network: it allocates its subnets and gateways, asks the driver to create
+// it and stores its record (one commit). On error, everything it did is undone. The caller has
+// checked that the name is free and resolved opts (the driver's typed options, or nil).
+func Create(ctx context.Context, cfg Config, name string, spec Spec, opts drivers.NetworkOptions) (*Net, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	rec := Record{
+		ID: NewID(), Name: name, Driver: cfg.Entry.Name, Scope: cfg.Entry.Caps.DataScope,
+		Created: time.Now().UTC(), EnableIPv6: spec.EnableIPv6, Internal: spec.Internal,
+		Attachable: spec.Attachable, Labels: maps.Clone(spec.Labels),
+	}
+	if opts != nil {
+		rec.Options = opts.Labels()
+	}
+	for _, c := range spec.IPv4 {
+		rec.IPv4 = append(rec.IPv4, c.Clone())
+	}
+	for _, c := range spec.IPv6 {
+		rec.IPv6 = append(rec.IPv6, c.Clone())
+	}
+	n := newNet(cfg, rec, opts)
+	rb := context.WithoutCancel(ctx)
+	if err := n.allocate(ctx, true); err != nil {
+		return nil, fmt.Errorf("network %s: %w", name, err)
+	}
+	if err := cfg.Entry.Driver.CreateNetwork(ctx, n.driverRequest()); err != nil {
+		n.releasePools(rb)
+		return nil, fmt.Errorf("network %s: driver %s: %w", name, cfg.Entry.Name, err)
+	}
+	b, err := json.Marshal(n.rec)
+	if err == nil {
+		_, err = cfg.Store.AtomicPut(ctx, Key(rec.ID), b, 0)
+	}
+	if err != nil {
+		derr := cfg.Entry.Driver.DeleteNetwork(rb, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(rec.ID)})
+		n.releasePools(rb)
+		return nil, errors.Join(fmt.Errorf("network %s: store: %w", name, err), derr)
+	}
+	return n, nil
+}
+
+// Restore rebuilds a network from its record after a restart: it replays its IPAM pools and
+// asks the driver to re-create (or verify) it. opts are the driver's options parsed from
+// rec.Options.
+func Restore(ctx context.Context, cfg Config, rec Record, opts drivers.NetworkOptions) (*Net, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	n := newNet(cfg, rec, opts)
+	if err := n.allocate(ctx, false); err != nil {
+		return nil, fmt.Errorf("network %s: restore: %w", rec.Name, err)
+	}
+	if err := cfg.Entry.Driver.CreateNetwork(ctx, n.driverRequest()); err != nil {
+		n.releasePools(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("network %s: restore: driver %s: %w", rec.Name, cfg.Entry.Name, err)
+	}
+	return n, nil
+}
+
+func newNet(cfg Config, rec Record, opts drivers.NetworkOptions) *Net {
+	return &Net{cfg: cfg, rec: rec, opts: opts, endpoints: make(map[string]*endpoint.Ep), names: make(map[string]string)}
+}
+
+// allocate requests the pools, gateways and aux addresses of the record from IPAM, filling in
+// what IPAM picks when pick is true (a new network).
+func (n *Net) allocate(ctx context.Context, pick bool) (err error) {
+	if n.cfg.Entry.Caps.NoIPAM {
+		if len(n.rec.IPv4)+len(n.rec.IPv6) > 0 {
+			return errclass.Invalid("subnet", n.rec.IPv4Subnets(), fmt.Sprintf("driver %s takes no addresses", n.rec.Driver))
+		}
+		return nil
+	}
+	defer func() {
+		if err != nil {
+			n.releasePools(context.WithoutCancel(ctx))
+		}
+	}()
+	if len(n.rec.IPv4) == 0 && pick {
+		n.rec.IPv4 = []IPAMConfig{{}}
+	}
+	if len(n.rec.IPv6) == 0 && n.rec.EnableIPv6 && pick {
+		n.rec.IPv6 = []IPAMConfig{{}}
+	}
+	space := ipam.LocalSpace
+	if n.rec.Scope == drivers.GlobalScope {
+		space = ipam.GlobalSpace
+	}
+	for i := range n.rec.IPv4 {
+		if n.poolV4, err = n.allocOne(ctx, space, &n.rec.IPv4[i], false); err != nil {
+			return err
+		}
+	}
+	for i := range n.rec.IPv6 {
+		if n.poolV6, err = n.allocOne(ctx, space, &n.rec.IPv6[i], true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Net) allocOne(ctx context.Context, space ipam.AddressSpace, c *IPAMConfig, v6 bool) (ipam.PoolID, error) {
+	pool, err := n.cfg.IPAM.RequestPool(ctx, ipam.PoolRequest{
+		Space: space, Subnet: c.Subnet, Range: c.IPRange, V6: v6, Exclude: n.cfg.Exclude,
+	})
+	if err != nil {
+		return "", err
+	}
+	c.Subnet = pool.Subnet
+	gw, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.Gateway)
+	if err != nil {
+		_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
+		return "", fmt.Errorf("gateway: %w", err)
+	}
+	c.Gateway = gw
+	for _, name := range slices.Sorted(maps.Keys(c.AuxAddresses)) {
+		if _, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.AuxAddresses[name]); err != nil {
+			_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
+			return "", fmt.Errorf("aux-address %s: %w", name, err)
+		}
+	}
+	return pool.ID, nil
+}
+
+func (n *Net) releasePools(ctx context.Context) {
+	for _, id := range []ipam.PoolID{n.poolV4, n.poolV6} {
+		if id != "" {
+			if err := n.cfg.IPAM.ReleasePool(ctx, id); err != nil {
+				n.cfg.Logger.Warn("release pool", "network", n.rec.Name, "pool", id, "err", err)
+			}
+		}
+	}
+}
+
+// IPv4Subnets returns the record's IPv4 subnets, comma-separated.
+func (r Record) IPv4Subnets() string {
+	var s []string
+	for _, c := range r.IPv4 {
+		s = append(s, c.Subnet.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func ipamData(cs []IPAMConfig) []drivers.IPAMData {
+	var d []drivers.IPAMData
+	for _, c := range cs {
+		d = append(d, drivers.IPAMData{Subnet: c.Subnet, Range: c.IPRange, Gateway: c.Gateway, AuxAddresses: maps.Clone(c.AuxAddresses)})
+	}
+	return d
+}
+
+func (n *Net) driverRequest() drivers.CreateNetworkRequest {
+	return drivers.CreateNetworkRequest{
+		NetworkID: drivers.NetworkID(n.rec.ID), Name: n.rec.Name, Options: n.opts,
+		IPv4: ipamData(n.rec.IPv4), IPv6: ipamData(n.rec.IPv6),
+		Internal: n.rec.Internal, EnableIPv6: n.rec.EnableIPv6,
+	}
+}
+
+// ID implements Network.
+func (n *Net) ID() string { return n.rec.ID }
+
+// Name implements Network.
+func (n *Net) Name() string { return n.rec.Name }
+
+// Driver implements Network.
+func (n *Net) Driver() string { return n.rec.Driver }
+
+// Scope implements Network.
+func (n *Net) Scope() drivers.Scope { return n.rec.Scope }
+
+// Record returns a copy of the network's record.
+func (n *Net) Record() Record {
+	r := n.rec
+	r.IPv4 = slices.Clone(r.IPv4)
+	r.IPv6 = slices.Clone(r.IPv6)
+	for i := range r.IPv4 {
+		r.IPv4[i] = r.IPv4[i].Clone()
+	}
+	for i := range r.IPv6 {
+		r.IPv6[i] = r.IPv6[i].Clone()
+	}
+	r.Options, r.Labels = maps.Clone(r.Options), maps.Clone(r.Labels)
+	return r
+}
+
+func (n *Net) epConfig() endpoint.Config {
+	return endpoint.Config{
+		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
+		Store: n.cfg.Store, IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
+		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger,
+	}
+}
+
+func (n *Net) dropEndpoint(id string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ep, ok := n.endpoints[id]; ok {
+		delete(n.names, ep.Name())
+		delete(n.endpoints, id)
+	}
+}
+
+func subnetPrefix(c []IPAMConfig, a netip.Addr) netip.Prefix {
+	if len(c) == 0 || !a.IsValid() {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(a, c[0].Subnet.Bits())
+}
+
+// CreateEndpoint implements Network.
+func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.Option) (_ endpoint.Endpoint, err error) {
+	if err := ValidateName("endpoint", name); err != nil {
+		return nil, fmt.Errorf("network %s: create endpoint: %w", n.rec.Name, err)
+	}
+	var spec endpoint.Spec
+	for _, o := range opts {
+		if o != nil {
+			o(&spec)
+		}
+	}
+	if err := n.checkSpec(spec); err != nil {
+		return nil, fmt.Errorf("network %s: create endpoint %s: %w", n.rec.Name, name, err)
+	}
+	n.mu.Lock()
+	switch {
+	case n.deleting || n.deleted:
+		n.mu.Unlock()
+		return nil, &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "being deleted"}
+	case n.names[name] != "" || hasKey(n.names, name):
+		n.mu.Unlock()
+		return nil, fmt.Errorf("network %s: %w", n.rec.Name, &errclass.AlreadyExistsError{Kind: "endpoint", Name: name})
+	}
+	n.names[name] = "" // reserved while being created
+	n.mu.Unlock()
+	defer func() {
+		if err != nil {
+			n.mu.Lock()
+			delete(n.names, name)
+			n.mu.Unlock()
+		}
+	}()
+
+	rb := context.WithoutCancel(ctx)
+	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC()}
+	if !n.cfg.Entry.Caps.NoIPAM {
+		if n.poolV4 != "" {
+			a, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV4, spec.IPv4)
+			if err != nil {
+				return nil, fmt.Errorf("network %s: create endpoint %s: ipv4: %w", n.rec.Name, name, err)
+			}
+			rec.IPv4 = subnetPrefix(n.rec.IPv4, a)
+		}
+		if n.poolV6 != "" {
+			a, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV6, spec.IPv6)
+			if err != nil {
+				if rec.IPv4.IsValid() {
+					_ = n.cfg.IPAM.ReleaseAddress(rb, n.poolV4, rec.IPv4.Addr())
+				}
+				return nil, fmt.Errorf("network %s: create endpoint %s: ipv6: %w", n.rec.Name, name, err)
+			}
+			rec.IPv6 = subnetPrefix(n.rec.IPv6, a)
+		}
+	}
+	ep := endpoint.New(n.epConfig(), rec, 0)
+	release := func() { ep.ReleaseAddresses(rb) }
+
+	res, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
+		NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID),
+		MAC: spec.MAC, IPv4: rec.IPv4, IPv6: rec.IPv6,
+	})
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("network %s: create endpoint %s: driver %s: %w", n.rec.Name, name, n.cfg.Entry.Name, err)
+	}
+	mac := spec.MAC
+	if res.MAC != nil {
+		mac = res.MAC
+	}
+	if mac != nil {
+		rec.MAC = mac.String()
+	}
+	b, err := json.Marshal(rec)
+	var rev uint64
+	if err == nil {
+		rev, err = n.cfg.Store.AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
+	}
+	if err != nil {
+		derr := n.cfg.Entry.Driver.DeleteEndpoint(rb, drivers.DeleteEndpointRequest{NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID)})
+		release()
+		return nil, errors.Join(fmt.Errorf("network %s: create endpoint %s: store: %w", n.rec.Name, name, err), derr)
+	}
+	ep = endpoint.New(n.epConfig(), rec, rev)
+	n.mu.Lock()
+	n.endpoints[rec.ID] = ep
+	n.names[name] = rec.ID
+	n.mu.Unlock()
+	return ep, nil
+}
+
+func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+
+func (n *Net) checkSpec(s endpoint.Spec) error {
+	if s.MAC != nil && len(s.MAC) != 6 {
+		return errclass.Invalid("mac address", s.MAC.String(), "want 6 bytes")
+	}
+	if s.MAC != nil && s.MAC[0]&1 == 1 {
+		return errclass.Invalid("mac address", s.MAC.String(), "multicast address")
+	}
+	if n.cfg.Entry.Caps.NoIPAM && (s.IPv4.IsValid() || s.IPv6.IsValid()) {
+		return errclass.Invalid("ip", s.IPv4.String(), fmt.Sprintf("driver %s takes no addresses", n.rec.Driver))
+	}
+	check := func(field string, a netip.Addr, cs []IPAMConfig) error {
+		if !a.IsValid() {
+			return nil
+		}
+		if len(cs) == 0 {
+			return errclass.Invalid(field, a.String(), "the network has no subnet of that family")
+		}
+		if !cs[0].Subnet.Contains(a.Unmap()) {
+			return errclass.Invalid(field, a.String(), fmt.Sprintf("not inside subnet %s", cs[0].Subnet))
+		}
+		return nil
+	}
+	if err := check("ip", s.IPv4, n.rec.IPv4); err != nil {
+		return err
+	}
+	return check("ip6", s.IPv6, n.rec.IPv6)
+}
+
+// RestoreEndpoint adds an endpoint read back from the store after a restart, replaying its
+// addresses into IPAM.
+func (n *Net) RestoreEndpoint(ctx context.Context, rec endpoint.Record, rev uint64) (*endpoint.Ep, error) {
+	if !n.cfg.Entry.Caps.NoIPAM {
+		if rec.IPv4.IsValid() && n.poolV4 != "" {
+			if _, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV4, rec.IPv4.Addr()); err != nil {
+				return nil, fmt.Errorf("endpoint %s: restore %s: %w", rec.Name, rec.IPv4.Addr(), err)
+			}
+		}
+		if rec.IPv6.IsValid() && n.poolV6 != "" {
+			if _, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV6, rec.IPv6.Addr()); err != nil {
+				if rec.IPv4.IsValid() {
+					_ = n.cfg.IPAM.ReleaseAddress(ctx, n.poolV4, rec.IPv4.Addr())
+				}
+				return nil, fmt.Errorf("endpoint %s: restore %s: %w", rec.Name, rec.IPv6.Addr(), err)
+			}
+		}
+	}
+	if _, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
+		NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID),
+		MAC: parseMAC(rec.MAC), IPv4: rec.IPv4, IPv6: rec.IPv6,
+	}); err != nil {
+		return nil, fmt.Errorf("endpoint %s: restore: driver %s: %w", rec.Name, n.cfg.Entry.Name, err)
+	}
+	ep := endpoint.New(n.epConfig(), rec, rev)
+	n.mu.Lock()
+	n.endpoints[rec.ID] = ep
+	n.names[rec.Name] = rec.ID
+	n.mu.Unlock()
+	return ep, nil
+}
+
+func parseMAC(s string) net.HardwareAddr {
+	m, _ := net.ParseMAC(s)
+	return m
+}
+
+// Endpoints implements Network.
+func (n *Net) Endpoints() []endpoint.Endpoint {
+	eps := n.eps()
+	out := make([]endpoint.Endpoint, len(eps))
+	for i, e := range eps {
+		out[i] = e
+	}
+	return out
+}
+
+// Eps returns the network's endpoints as their implementation type, sorted by name.
+func (n *Net) eps() []*endpoint.Ep {
+	n.mu.Lock()
+	eps := slices.Collect(maps.Values(n.endpoints))
+	n.mu.Unlock()
+	sort.Slice(eps, func(i, j int) bool { return eps[i].Name() < eps[j].Name() })
+	return eps
+}
+
+// Eps returns the network's endpoints as *endpoint.Ep, sorted by name.
+func (n *Net) Eps() []*endpoint.Ep { return n.eps() }
+
+// Endpoint implements Network.
+func (n *Net) Endpoint(nameOrID string) (endpoint.Endpoint, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if id := n.names[nameOrID]; id != "" {
+		return n.endpoints[id], nil
+	}
+	var found *endpoint.Ep
+	if nameOrID != "" {
+		for id, ep := range n.endpoints {
+			if strings.HasPrefix(id, nameOrID) {
+				if found != nil {
+					return nil, errclass.Invalid("endpoint", nameOrID, "ambiguous ID prefix")
+				}
+				found = ep
+			}
+		}
+	}
+	if found == nil {
+		return nil, &errclass.NotFoundError{Kind: "endpoint", Name: nameOrID}
+	}
+	return found, nil
+}
+
+// Delete implements Network.
+func (n *Net) Delete(ctx context.Context) error {
+	n.mu.Lock()
+	if n.deleted {
+		n.mu.Unlock()
+		return nil
+	}
+	if n.deleting {
+		n.mu.Unlock()
+		return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "being deleted"}
+	}
+	if len(n.names) > 0 {
+		names := slices.Sorted(maps.Keys(n.names))
+		n.mu.Unlock()
+		return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: fmt.Sprintf("has active endpoints (%s)", strings.Join(names, ", "))}
+	}
+	n.deleting = true
+	n.mu.Unlock()
+	err := n.delete(ctx)
+	n.mu.Lock()
+	n.deleting = false
+	n.deleted = err == nil
+	n.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if n.cfg.OnDelete != nil {
+		n.cfg.OnDelete(n.rec.ID)
+	}
+	return nil
+}
+
+func (n *Net) delete(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("network %s: delete: %w", n.rec.Name, err)
+	}
+	if err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)}); err != nil {
+		return fmt.Errorf("network %s: delete: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err)
+	}
+	if err := n.cfg.Store.Delete(ctx, Key(n.rec.ID)); err != nil {
+		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
+	}
+	n.releasePools(context.WithoutCancel(ctx))
+	return nil
+}

@@ -1,0 +1,216 @@
+package network
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
+)
+
+// IPAMConfig is one subnet of a network as the user asked for it (docker network create
+// --subnet, --ip-range, --gateway, --aux-address). Zero fields are picked by IPAM.
+type IPAMConfig struct {
+	Subnet       netip.Prefix          `json:"subnet,omitzero"`
+	IPRange      netip.Prefix          `json:"ip_range,omitzero"`
+	Gateway      netip.Addr            `json:"gateway,omitzero"`
+	AuxAddresses map[string]netip.Addr `json:"aux_addresses,omitempty"`
+}
+
+// Clone returns a deep copy.
+func (c IPAMConfig) Clone() IPAMConfig {
+	c.AuxAddresses = maps.Clone(c.AuxAddresses)
+	return c
+}
+
+// Spec is the per-call configuration of a new network, set by Options.
+type Spec struct {
+	// IPv4 and IPv6 hold at most one subnet each (more are refused for now). An empty IPv4
+	// asks IPAM to pick a subnet from its default pools.
+	IPv4 []IPAMConfig
+	IPv6 []IPAMConfig
+	// EnableIPv6 gives the network an IPv6 subnet too (picked when IPv6 is empty).
+	EnableIPv6 bool
+	// Internal networks have no route to the outside.
+	Internal bool
+	// Attachable is recorded and reported (docker network create --attachable).
+	Attachable bool
+	// Labels are the user's metadata.
+	Labels map[string]string
+	// DriverOptions are the driver's typed options; DriverLabels the same as string labels
+	// (-o key=value), parsed by the driver. At most one of the two.
+	DriverOptions drivers.NetworkOptions
+	DriverLabels  map[string]string
+
+	errs []error // from options that could not apply
+}
+
+// Option sets a field of a Spec. It never fails or panics: problems are reported by
+// validation, once all options are applied.
+type Option func(*Spec)
+
+// Apply returns the Spec the options make, validated.
+func Apply(opts ...Option) (Spec, error) {
+	var s Spec
+	for _, o := range opts {
+		if o != nil {
+			o(&s)
+		}
+	}
+	return s, s.validate()
+}
+
+func (s *Spec) last(v6 bool) *IPAMConfig {
+	l := &s.IPv4
+	if v6 {
+		l = &s.IPv6
+	}
+	if len(*l) == 0 {
+		return nil
+	}
+	return &(*l)[len(*l)-1]
+}
+
+// WithSubnet gives the network the subnet p (--subnet). An IPv6 subnet also enables IPv6.
+func WithSubnet(p netip.Prefix) Option {
+	return func(s *Spec) {
+		if !p.IsValid() {
+			s.errs = append(s.errs, errclass.Invalid("subnet", p.String(), "not a valid prefix"))
+			return
+		}
+		if p.Addr().Unmap().Is6() {
+			s.IPv6 = append(s.IPv6, IPAMConfig{Subnet: p})
+			s.EnableIPv6 = true
+			return
+		}
+		s.IPv4 = append(s.IPv4, IPAMConfig{Subnet: netip.PrefixFrom(p.Addr().Unmap(), p.Bits())})
+	}
+}
+
+// WithGateway sets the gateway of the last subnet given of a's family (--gateway).
+func WithGateway(a netip.Addr) Option {
+	return func(s *Spec) {
+		a = a.Unmap()
+		c := s.last(a.Is6())
+		if c == nil {
+			s.errs = append(s.errs, errclass.Invalid("gateway", a.String(), "give a subnet of the same family first"))
+			return
+		}
+		c.Gateway = a
+	}
+}
+
+// WithIPRange limits dynamic allocation in the last subnet of p's family to p (--ip-range).
+func WithIPRange(p netip.Prefix) Option {
+	return func(s *Spec) {
+		c := s.last(p.Addr().Unmap().Is6())
+		if c == nil || !p.IsValid() {
+			s.errs = append(s.errs, errclass.Invalid("ip-range", p.String(), "give a valid range after a subnet of the same family"))
+			return
+		}
+		c.IPRange = netip.PrefixFrom(p.Addr().Unmap(), p.Bits())
+	}
+}
+
+// WithAuxAddress reserves a for name in the last subnet of a's family (--aux-address).
+func WithAuxAddress(name string, a netip.Addr) Option {
+	return func(s *Spec) {
+		a = a.Unmap()
+		c := s.last(a.Is6())
+		if c == nil {
+			s.errs = append(s.errs, errclass.Invalid("aux-address", name+"="+a.String(), "give a subnet of the same family first"))
+			return
+		}
+		if c.AuxAddresses == nil {
+			c.AuxAddresses = make(map[string]netip.Addr)
+		}
+		c.AuxAddresses[name] = a
+	}
+}
+
+// WithIPv6 enables IPv6 (--ipv6); without an IPv6 subnet, one is picked.
+func WithIPv6() Option { return func(s *Spec) { s.EnableIPv6 = true } }
+
+// WithInternal makes the network internal (--internal).
+func WithInternal() Option { return func(s *Spec) { s.Internal = true } }
+
+// WithAttachable marks the network attachable (--attachable).
+func WithAttachable() Option { return func(s *Spec) { s.Attachable = true } }
+
+// WithLabels adds metadata labels (--label).
+func WithLabels(l map[string]string) Option {
+	return func(s *Spec) {
+		if s.Labels == nil {
+			s.Labels = make(map[string]string, len(l))
+		}
+		maps.Copy(s.Labels, l)
+	}
+}
+
+// WithDriverOptions gives the driver its typed options, such as bridge.NetworkOptions.
+func WithDriverOptions(o drivers.NetworkOptions) Option {
+	return func(s *Spec) { s.DriverOptions = o }
+}
+
+// WithDriverLabels gives the driver options as string labels (-o key=value); the driver
+// parses them and refuses unknown keys.
+func WithDriverLabels(l map[string]string) Option {
+	return func(s *Spec) {
+		if s.DriverLabels == nil {
+			s.DriverLabels = make(map[string]string, len(l))
+		}
+		maps.Copy(s.DriverLabels, l)
+	}
+}
+
+func (s *Spec) validate() error {
+	if len(s.errs) > 0 {
+		return s.errs[0]
+	}
+	if len(s.IPv4) > 1 || len(s.IPv6) > 1 {
+		return errclass.Invalid("subnet", fmt.Sprint(len(s.IPv4)+len(s.IPv6)), "at most one IPv4 and one IPv6 subnet per network")
+	}
+	if s.DriverOptions != nil && len(s.DriverLabels) > 0 {
+		return errclass.Invalid("driver options", "", "give typed options or labels, not both")
+	}
+	for _, c := range append(append([]IPAMConfig(nil), s.IPv4...), s.IPv6...) {
+		if err := c.validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c IPAMConfig) validate() error {
+	sub := c.Subnet
+	if sub != sub.Masked() {
+		return errclass.Invalid("subnet", sub.String(), fmt.Sprintf("host bits set (did you mean %s?)", sub.Masked()))
+	}
+	if sub.Addr().Is4() && sub.Bits() > 30 {
+		return errclass.Invalid("subnet", sub.String(), "too small: an IPv4 subnet needs at least /30")
+	}
+	if sub.Addr().Is6() && sub.Bits() > 126 {
+		return errclass.Invalid("subnet", sub.String(), "too small: an IPv6 subnet needs at least /126")
+	}
+	if c.IPRange.IsValid() {
+		if c.IPRange != c.IPRange.Masked() {
+			return errclass.Invalid("ip-range", c.IPRange.String(), "host bits set")
+		}
+		if c.IPRange.Bits() < sub.Bits() || !sub.Contains(c.IPRange.Addr()) {
+			return errclass.Invalid("ip-range", c.IPRange.String(), fmt.Sprintf("not inside subnet %s", sub))
+		}
+	}
+	if c.Gateway.IsValid() && !sub.Contains(c.Gateway) {
+		return errclass.Invalid("gateway", c.Gateway.String(), fmt.Sprintf("not inside subnet %s", sub))
+	}
+	for name, a := range c.AuxAddresses {
+		if !sub.Contains(a) {
+			return errclass.Invalid("aux-address", name+"="+a.String(), fmt.Sprintf("not inside subnet %s", sub))
+		}
+		if a == c.Gateway {
+			return errclass.Invalid("aux-address", name+"="+a.String(), "is the gateway")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+package cnm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/sandbox"
+)
+
+// restore rebuilds the Controller from its store and reconciles the kernel with it. It runs
+// in New, before the Controller is shared, and records each repair.
+func (c *Controller) restore(ctx context.Context) error {
+	// 1. Networks: replay their IPAM pools and let their drivers re-create or adopt them.
+	pairs, err := c.store.List(ctx, network.KeyPrefix)
+	if err != nil {
+		return fmt.Errorf("cnm: restore networks: %w", err)
+	}
+	for _, p := range pairs {
+		var rec network.Record
+		if err := json.Unmarshal(p.Value, &rec); err != nil {
+			c.log.Error("restore: bad network record", "key", p.Key, "err", err)
+			continue
+		}
+		n, err := c.restoreNetwork(ctx, rec)
+		if err != nil {
+			c.log.Error("restore network", "network", rec.Name, "err", err)
+			c.repaired(drivers.Repair{Object: "network " + rec.Name, Action: "not restored", Reason: err.Error()})
+			continue
+		}
+		c.networks[n.ID()] = n
+		c.netNames[n.Name()] = n.ID()
+	}
+
+	// 2. Endpoints: their records are the leases; replay them into IPAM.
+	pairs, err = c.store.List(ctx, endpoint.KeyPrefix)
+	if err != nil {
+		return fmt.Errorf("cnm: restore endpoints: %w", err)
+	}
+	var maxSeq uint64
+	eps := map[string][]*endpoint.Ep{} // sandbox ID -> joined endpoints
+	for _, p := range pairs {
+		var rec endpoint.Record
+		if err := json.Unmarshal(p.Value, &rec); err != nil {
+			c.log.Error("restore: bad endpoint record", "key", p.Key, "err", err)
+			continue
+		}
+		n := c.networks[rec.NetworkID]
+		if n == nil {
+			c.dropRecord(ctx, p.Key, "endpoint "+rec.Name, "its network is gone")
+			continue
+		}
+		ep, err := n.RestoreEndpoint(ctx, rec, p.Revision)
+		if err != nil {
+			c.dropRecord(ctx, p.Key, "endpoint "+rec.Name, err.Error())
+			continue
+		}
+		maxSeq = max(maxSeq, rec.JoinSeq)
+		if rec.SandboxID != "" {
+			eps[rec.SandboxID] = append(eps[rec.SandboxID], ep)
+		}
+	}
+	c.seq.Store(maxSeq)
+
+	// 3. Sandboxes: re-open their namespaces and adopt their interfaces. Own namespaces first,
+	// so container-mode sandboxes find the one they share.
+	pairs, err = c.store.List(ctx, sandboxPrefix)
+	if err != nil {
+		return fmt.Errorf("cnm: restore sandboxes: %w", err)
+	}
+	var recs []sandboxRecord
+	for _, p := range pairs {
+		var rec sandboxRecord
+		if err := json.Unmarshal(p.Value, &rec); err != nil {
+			c.log.Error("restore: bad sandbox record", "key", p.Key, "err", err)
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	sort.SliceStable(recs, func(i, j int) bool {
+		return recs[i].Mode == sandbox.ModeNamespace && recs[j].Mode != sandbox.ModeNamespace
+	})
+	for _, rec := range recs {
+		joined := eps[rec.ID]
+		delete(eps, rec.ID)
+		c.restoreSandbox(ctx, rec, joined)
+	}
+	// Endpoints that claim a sandbox without a record: the sandbox was deleted mid-way.
+	for id, joined := range eps {
+		for _, ep := range joined {
+			c.loseEndpoint(ctx, ep, "sandbox "+id+" has no record")
+		}
+	}
+
+	// 4. Namespaces under RunDir that no sandbox owns: a crash between creating one and
+	// storing its record.
+	names, err := sandbox.ListNamespaces(c.cfg.RunDir)
+	if err != nil {
+		c.log.Warn("restore: list namespaces", "err", err)
+	}
+	for _, id := range names {
+		if _, ok := c.sandboxes[id]; ok {
+			continue
+		}
+		obj := "netns " + id
+		if err := sandbox.RemoveNamespace(c.cfg.RunDir, id); err != nil {
+			c.log.Error("restore: remove namespace", "netns", id, "err", err)
+			continue
+		}
+		c.repaired(drivers.Repair{Object: obj, Action: "removed", Reason: "no sandbox record"})
+	}
+
+	// 5. Drivers: remove their kernel objects that belong to no live network or endpoint.
+	for _, name := range c.reg.Names() {
+		e, _ := c.reg.Get(name)
+		if e.Reconciler == nil {
+			continue
+		}
+		var live drivers.LiveState
+		for _, n := range c.networks {
+			if n.Driver() != name {
+				continue
+			}
+			live.Networks = append(live.Networks, drivers.NetworkID(n.ID()))
+			for _, ep := range n.Eps() {
+				if ep.Info().SandboxID != "" {
+					live.Endpoints = append(live.Endpoints, drivers.EndpointID(ep.ID()))
+				}
+			}
+		}
+		reps, err := e.Reconciler.Reconcile(ctx, live)
+		for _, r := range reps {
+			c.repaired(r)
+		}
+		if err != nil {
+			c.log.Error("restore: reconcile", "driver", name, "err", err)
+		}
+	}
+	return nil
+}
+
+func (c *Controller) restoreNetwork(ctx context.Context, rec network.Record) (*network.Net, error) {
+	e, err := c.reg.Get(rec.Driver)
+	if err != nil {
+		return nil, err
+	}
+	var opts drivers.NetworkOptions
+	if len(rec.Options) > 0 {
+		if e.Parser == nil {
+			return nil, errclass.Invalid("driver options", strings.Join(slices.Sorted(mapsKeys(rec.Options)), ","), "driver takes no options")
+		}
+		if opts, err = e.Parser.ParseNetworkOptions(rec.Options); err != nil {
+			return nil, err
+		}
+	}
+	return network.Restore(ctx, c.netConfig(e), rec, opts)
+}
+
+func (c *Controller) dropRecord(ctx context.Context, key, object, reason string) {
+	if err := c.store.Delete(ctx, key); err != nil {
+		c.log.Error("restore: delete record", "key", key, "err", err)
+		return
+	}
+	c.repaired(drivers.Repair{Object: object, Action: "removed record", Reason: reason})
+}
+
+// loseEndpoint handles an endpoint whose sandbox vanished: the driver is told, the endpoint is
+// deleted and its addresses freed, as DeleteSandbox would have done.
+func (c *Controller) loseEndpoint(ctx context.Context, ep *endpoint.Ep, reason string) {
+	name := ep.Name()
+	err := errors.Join(ep.LeaveGone(ctx), ep.Delete(ctx))
+	if err != nil {
+		c.log.Error("restore: drop endpoint", "endpoint", name, "err", err)
+		return
+	}
+	c.repaired(drivers.Repair{Object: "endpoint " + name, Action: "removed", Reason: reason})
+}
+
+func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, joined []*endpoint.Ep) {
+	sort.Slice(joined, func(i, j int) bool { return joined[i].Record().JoinSeq < joined[j].Record().JoinSeq })
+	var ifaces []sandbox.Interface
+	byName := map[string]*endpoint.Ep{}
+	for _, ep := range joined {
+		r := ep.Record()
+		if r.IfName == "" {
+			continue
+		}
+		byName[r.IfName] = ep
+		mac, _ := parseMAC(r.MAC)
+		ifaces = append(ifaces, sandbox.Interface{
+			Name: r.IfName, MAC: mac, IPv4: r.IPv4, IPv6: r.IPv6,
+			Gateway: r.Gateway, GatewayIPv6: r.GatewayIPv6, Routes: r.Routes,
+		})
+	}
+	var share *sbox
+	if rec.Mode == sandbox.ModeContainer {
+		share = c.sandboxes[rec.Share]
+	}
+	var (
+		ns      *sandbox.Namespace
+		dropped []string
+		err     error
+	)
+	if rec.Mode == sandbox.ModeContainer && share == nil {
+		err = &errclass.NotFoundError{Kind: "sandbox", Name: rec.Share}
+	} else {
+		ns, dropped, err = sandbox.Open(ctx, c.sandboxConfig(rec, share), ifaces)
+	}
+	if err != nil && !errors.Is(err, errclass.ErrNotFound) {
+		// Something else failed: keep the records for the next start to try again.
+		c.log.Error("restore sandbox", "sandbox", rec.ID, "err", err)
+		c.repaired(drivers.Repair{Object: "sandbox " + rec.ID, Action: "not restored", Reason: err.Error()})
+		return
+	}
+	if err != nil {
+		// The namespace is gone (a reboot, or a crash while deleting): so is the sandbox.
+		for _, ep := range joined {
+			c.loseEndpoint(ctx, ep, "sandbox "+rec.ID+" is gone")
+		}
+		c.dropRecord(ctx, sandboxPrefix+rec.ID, "sandbox "+rec.ID, err.Error())
+		return
+	}
+	for _, name := range dropped {
+		if ep := byName[name]; ep != nil {
+			if err := ep.Forget(ctx); err != nil {
+				c.log.Error("restore: forget interface", "sandbox", rec.ID, "interface", name, "err", err)
+				continue
+			}
+			c.repaired(drivers.Repair{Object: "interface " + name + " of sandbox " + rec.ID, Action: "left", Reason: "missing from the namespace"})
+		}
+	}
+	for _, ep := range joined {
+		if ep.Info().SandboxID == rec.ID {
+			ep.Restore(ns)
+		}
+	}
+	c.sandboxes[rec.ID] = &sbox{ns: ns, rec: rec}
+}
