@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	cnl "github.com/cnmkit/cnm/internal/nl"
 	"net"
 	"testing"
 	"time"
@@ -38,11 +39,11 @@ func BenchmarkPrivilegedJoin(b *testing.B) {
 		var split splitTimer
 		for b.Loop() {
 			split.start()
-			if err := e.d.raw.exec(vethRequest(host, n.index, n.mtu, "eth0", mac, sb.FD())); err != nil {
+			if err := e.d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, "eth0", mac, sb.FD())); err != nil {
 				b.Fatal(err)
 			}
 			split.mid()
-			if err := e.d.raw.exec(delLinkRequest(host)); err != nil {
+			if err := e.d.raw.Exec(cnl.DelLinkRequest(host)); err != nil {
 				b.Fatal(err)
 			}
 			split.stop()

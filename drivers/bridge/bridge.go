@@ -15,6 +15,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/netns"
+	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -49,7 +50,7 @@ type Config struct {
 type Driver struct {
 	log  *slog.Logger
 	h    *netlink.Handle // NETLINK_ROUTE in the host namespace
-	raw  rawSocket       // the same, for the hand-built Join and Leave messages
+	raw  cnl.Socket      // the same, for the hand-built Join and Leave messages
 	once sync.Once       // closes h and raw
 
 	mu       sync.Mutex // guards following
@@ -93,7 +94,7 @@ func New(cfg Config) (*Driver, error) {
 		h.Close()
 		return nil, fmt.Errorf("bridge: netlink socket timeout: %w", err)
 	}
-	raw, err := newRawSocket(ns.Handle(), socketTimeout)
+	raw, err := cnl.NewSocket(ns.Handle(), socketTimeout)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("bridge: netlink socket in %s: %w", ns.Path(), err)
@@ -117,7 +118,7 @@ func New(cfg Config) (*Driver, error) {
 func (d *Driver) Close() error {
 	d.once.Do(func() {
 		d.h.Close()
-		d.raw.close()
+		d.raw.Close()
 	})
 	return nil
 }
@@ -386,10 +387,10 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.Joi
 		return drivers.JoinResult{}, fmt.Errorf("bridge: join endpoint %s: %w", req.EndpointID.Short(), err)
 	}
 	host := hostVethName(req.EndpointID)
-	err = d.raw.exec(vethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
+	err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
 	if errors.Is(err, unix.EEXIST) {
 		if err = d.removeStaleVeth(ctx, host, req.IfName); err == nil {
-			err = d.raw.exec(vethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
+			err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
 			if errors.Is(err, unix.EEXIST) {
 				err = &errclass.ConflictError{Kind: "interface", Name: req.IfName, Reason: "exists in the sandbox"}
 			}
@@ -451,7 +452,7 @@ func (d *Driver) Leave(ctx context.Context, req drivers.LeaveRequest) error {
 		return fmt.Errorf("bridge: leave endpoint %s: %w", req.EndpointID.Short(), err)
 	}
 	host := hostVethName(req.EndpointID)
-	if err := d.raw.exec(delLinkRequest(host)); err != nil && !errors.Is(err, unix.ENODEV) {
+	if err := d.raw.Exec(cnl.DelLinkRequest(host)); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("bridge: leave endpoint %s: delete veth %s: %w", req.EndpointID.Short(), host, err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
+	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -94,7 +95,7 @@ func renderLink(t *testing.T, prefix string, b []byte) []string {
 // for the host end, and the peer's name, MTU, MAC and namespace.
 func TestVethRequest(t *testing.T) {
 	mac := net.HardwareAddr{0x02, 0x42, 0x0a, 0x00, 0x00, 0x02}
-	got := renderRequest(t, vethRequest("veth89abcdef012", 7, 1400, "eth0", mac, 9))
+	got := renderRequest(t, cnl.VethRequest("veth89abcdef012", 7, 1400, "eth0", mac, 9))
 	want := []string{
 		"RTM_NEWLINK REQUEST|ACK|EXCL|CREATE",
 		"ifinfomsg index=0 flags=0x1 change=0x1",
@@ -111,7 +112,7 @@ func TestVethRequest(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("veth request (-want +got):\n%s", diff)
 	}
-	got = renderRequest(t, vethRequest("veth89abcdef012", 7, 1500, "eth1", nil, 9))
+	got = renderRequest(t, cnl.VethRequest("veth89abcdef012", 7, 1500, "eth1", nil, 9))
 	for _, l := range got {
 		if strings.HasPrefix(l, "PEER.ADDRESS") {
 			t.Errorf("request without a MAC has %s", l)
@@ -120,7 +121,7 @@ func TestVethRequest(t *testing.T) {
 }
 
 func TestDelLinkRequest(t *testing.T) {
-	got := renderRequest(t, delLinkRequest("veth89abcdef012"))
+	got := renderRequest(t, cnl.DelLinkRequest("veth89abcdef012"))
 	want := []string{
 		"RTM_DELLINK REQUEST|ACK",
 		"ifinfomsg index=0 flags=0x0 change=0x0",
