@@ -628,7 +628,7 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect: %w", err)
 	}
-	ep, err := n.CreateEndpoint(ctx, sandboxID, opts...)
+	ep, err := n.CreateEndpointForJoin(ctx, sandboxID, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
 	}

@@ -267,29 +267,52 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 	for _, r := range res.StaticRoutes {
 		routes = append(routes, sandbox.Route{Destination: r.Destination, NextHop: r.NextHop})
 	}
-	if !res.NoInterface {
-		err := sb.AddInterface(ctx, sandbox.InterfaceConfig{
-			Name: req.IfName, InSandbox: res.InterfaceInSandbox, SrcName: res.SrcName, MAC: mac,
-			IPv4: rec.IPv4, IPv6: rec.IPv6, Gateway: res.Gateway, GatewayIPv6: res.GatewayIPv6, Routes: routes,
-		})
-		if err != nil {
-			return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err), leave())
-		}
-	}
+	old := rec
 	rec.SandboxID = sb.ID()
 	rec.IfName = req.IfName
 	rec.Gateway, rec.GatewayIPv6, rec.Routes = res.Gateway, res.GatewayIPv6, routes
 	if e.cfg.Seq != nil {
 		rec.JoinSeq = e.cfg.Seq()
 	}
-	newRev, err := e.store(ctx, rec, rev)
-	if err != nil {
+	// The record is committed while the sandbox configures the interface: the fsync and the
+	// netlink calls overlap. A crash in between is repaired on restart either way (a record
+	// whose interface is missing is left; an interface without a record is removed).
+	type stored struct {
+		rev uint64
+		err error
+	}
+	done := make(chan stored, 1)
+	go func() {
+		r, err := e.store(rb, rec, rev)
+		done <- stored{r, err}
+	}()
+	var addErr error
+	if !res.NoInterface {
+		addErr = sb.AddInterface(ctx, sandbox.InterfaceConfig{
+			Name: req.IfName, InSandbox: res.InterfaceInSandbox, SrcName: res.SrcName, MAC: mac,
+			IPv4: rec.IPv4, IPv6: rec.IPv6, Gateway: res.Gateway, GatewayIPv6: res.GatewayIPv6, Routes: routes,
+		})
+	}
+	st := <-done
+	switch {
+	case addErr != nil:
+		var rerr error
+		if st.err == nil { // put the record back as it was
+			if rev == 0 {
+				rerr = e.cfg.Store.Delete(rb, Key(rec.NetworkID, rec.ID))
+			} else {
+				_, rerr = e.store(rb, old, st.rev)
+			}
+		}
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), addErr), leave(), rerr)
+	case st.err != nil:
 		var rerr error
 		if !res.NoInterface {
 			rerr = sb.RemoveInterface(rb, req.IfName)
 		}
-		return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err), rerr, leave())
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), st.err), rerr, leave())
 	}
+	newRev := st.rev
 	e.mu.Lock()
 	e.rec, e.revision, e.sb = rec, newRev, sb
 	e.mu.Unlock()

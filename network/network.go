@@ -348,7 +348,22 @@ func subnetPrefix(c []IPAMConfig, a netip.Addr) netip.Prefix {
 }
 
 // CreateEndpoint implements Network.
-func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.Option) (_ endpoint.Endpoint, err error) {
+func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.Option) (endpoint.Endpoint, error) {
+	ep, err := n.createEndpoint(ctx, name, true, opts)
+	if err != nil {
+		return nil, err
+	}
+	return ep, nil
+}
+
+// CreateEndpointForJoin creates an endpoint whose record is not written yet: the Join that
+// must follow writes it, so create+join costs one store commit (Controller.Connect). Until
+// then a restart forgets the endpoint; if the Join fails, Delete it.
+func (n *Net) CreateEndpointForJoin(ctx context.Context, name string, opts ...endpoint.Option) (*endpoint.Ep, error) {
+	return n.createEndpoint(ctx, name, false, opts)
+}
+
+func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts []endpoint.Option) (_ *endpoint.Ep, err error) {
 	if err := ValidateName("endpoint", name); err != nil {
 		return nil, fmt.Errorf("network %s: create endpoint: %w", n.rec.Name, err)
 	}
@@ -419,10 +434,13 @@ func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.
 	if mac != nil {
 		rec.MAC = mac.String()
 	}
-	b, err := json.Marshal(rec)
 	var rev uint64
-	if err == nil {
-		rev, err = n.cfg.Store.AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
+	if store {
+		var b []byte
+		b, err = json.Marshal(rec)
+		if err == nil {
+			rev, err = n.cfg.Store.AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
+		}
 	}
 	if err != nil {
 		derr := n.cfg.Entry.Driver.DeleteEndpoint(rb, drivers.DeleteEndpointRequest{NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID)})
