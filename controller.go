@@ -599,20 +599,44 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		return err
 	}
 	// From here on the sandbox is gone from the kernel: finish on a context that cannot be
-	// cancelled, and keep going past errors.
+	// cancelled, and keep going past errors. The records go in one commit.
 	rb := context.WithoutCancel(ctx)
 	var errs []error
+	keys := []string{sandboxPrefix + sb.rec.ID}
+	var finish []func()
 	for _, ep := range eps {
-		if err := ep.LeaveGone(rb); err != nil {
+		key, fin, err := ep.Remove(rb)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if err := ep.Delete(rb); err != nil {
-			errs = append(errs, err)
+		if key != "" {
+			keys = append(keys, key)
+			finish = append(finish, fin)
 		}
 	}
-	if err := c.store.Delete(rb, sandboxPrefix+sb.rec.ID); err != nil {
-		errs = append(errs, fmt.Errorf("store: %w", err))
+	if err := c.deleteKeys(rb, keys); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("store: %w", err))...)
+	}
+	for _, f := range finish {
+		f()
+	}
+	return errors.Join(errs...)
+}
+
+// deleteKeys deletes keys in one transaction when the store can batch, else one by one.
+func (c *Controller) deleteKeys(ctx context.Context, keys []string) error {
+	if b, ok := c.store.(kvstore.Batcher); ok {
+		ops := make([]kvstore.Op, len(keys))
+		for i, k := range keys {
+			ops[i] = kvstore.Op{Key: k}
+		}
+		_, err := b.Batch(ctx, ops)
+		return err
+	}
+	var errs []error
+	for _, k := range keys {
+		errs = append(errs, c.store.Delete(ctx, k))
 	}
 	return errors.Join(errs...)
 }

@@ -439,6 +439,50 @@ func (e *Ep) Delete(ctx context.Context) error {
 	return nil
 }
 
+// Remove ends an endpoint whose sandbox was removed (its interface went with the namespace)
+// without touching the store: it tells the driver the endpoint left and is deleted, and
+// returns the key of the record for the caller to delete, batched with others, and a finish
+// function to call once that is done: it releases the addresses and drops the endpoint from
+// its network. Controller.DeleteSandbox uses it to remove a sandbox in one store commit.
+func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) {
+	e.mu.Lock()
+	if e.deleted {
+		e.mu.Unlock()
+		return "", func() {}, nil
+	}
+	if err := e.beginLocked("remove"); err != nil {
+		e.mu.Unlock()
+		return "", nil, err
+	}
+	rec := e.rec
+	e.mu.Unlock()
+	defer e.end()
+	nid, eid := drivers.NetworkID(rec.NetworkID), drivers.EndpointID(rec.ID)
+	var errs []error
+	if rec.SandboxID != "" {
+		if err := e.cfg.Driver.Leave(ctx, drivers.LeaveRequest{NetworkID: nid, EndpointID: eid, IfName: rec.IfName, SandboxGone: true}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := e.cfg.Driver.DeleteEndpoint(ctx, drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return "", nil, fmt.Errorf("endpoint %s: remove: driver %s: %w", rec.Name, e.cfg.DriverName, err)
+	}
+	finish = func() {
+		e.mu.Lock()
+		e.deleted = true
+		e.rec.SandboxID, e.sb = "", nil
+		e.mu.Unlock()
+		e.ReleaseAddresses(context.WithoutCancel(ctx))
+		if e.cfg.OnDelete != nil {
+			e.cfg.OnDelete(e.id)
+		}
+	}
+	return Key(rec.NetworkID, rec.ID), finish, nil
+}
+
 // ReleaseAddresses gives the endpoint's addresses back to IPAM. Delete calls it; the network
 // calls it to roll back an endpoint it could not create.
 func (e *Ep) ReleaseAddresses(ctx context.Context) {
