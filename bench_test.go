@@ -1,10 +1,10 @@
 package cnm_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -15,6 +15,7 @@ import (
 	"github.com/cnmkit/cnm/internal/netns"
 	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/kvstore/boltdb"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 	"github.com/vishvananda/netlink"
@@ -45,7 +46,7 @@ func newBenchLab(b *testing.B) *benchLab {
 	l.c = c
 	b.Cleanup(func() {
 		for _, sb := range c.Sandboxes() {
-			c.DeleteSandbox(b.Context(), sb.ID())
+			c.DeleteSandbox(context.Background(), sb.ID())
 		}
 		c.Close()
 	})
@@ -222,8 +223,9 @@ func BenchmarkPrivilegedAttach(b *testing.B) {
 }
 
 // BenchmarkPrivilegedDeleteSandbox measures deleting a sandbox with one endpoint (namespace,
-// endpoint and records) against its raw floor, unmounting the namespace, and against deleting
-// the veth first and then the namespace, the way that waits on the kernel twice.
+// endpoint and records) against its raw floor, unmounting the namespace (alone, and with one
+// bbolt commit deleting a key), and against deleting the veth first and then the namespace,
+// the way that waits on the kernel twice.
 func BenchmarkPrivilegedDeleteSandbox(b *testing.B) {
 	l := newBenchLab(b)
 	ctx := b.Context()
@@ -238,6 +240,33 @@ func BenchmarkPrivilegedDeleteSandbox(b *testing.B) {
 			r.ns.Close()
 			b.StartTimer()
 			if err := netns.Remove(r.path); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("raw/unmount+commit", func(b *testing.B) {
+		st, err := boltdb.Open(filepath.Join(l.dir, "raw.db"), boltdb.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		for i := 0; b.Loop(); i++ {
+			b.StopTimer()
+			r := newRawNS(b, l.dir, i)
+			if err := l.rawAttach(r, i+2); err != nil {
+				b.Fatal(err)
+			}
+			r.h.Close()
+			r.ns.Close()
+			key := fmt.Sprintf("k%d", i)
+			if _, err := st.Put(ctx, key, make([]byte, 300)); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			if err := netns.Remove(r.path); err != nil {
+				b.Fatal(err)
+			}
+			if err := st.Delete(ctx, key); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -278,39 +307,49 @@ func BenchmarkPrivilegedDeleteSandbox(b *testing.B) {
 	})
 }
 
-// BenchmarkPrivilegedAttachKth measures attaching the k-th endpoint of a network (create+join
-// with k-1 endpoints already joined), for k = 1, 100, 1000.
+// BenchmarkPrivilegedAttachKth measures attaching the k-th endpoint of a network (k-1
+// endpoints already joined to their own sandboxes, so the bridge has k-1 ports), for k = 1,
+// 100, 1000, against the raw calls attaching a k-th port to the same bridge. Each iteration
+// attaches into a fresh namespace and removes it afterwards, outside the timer.
 func BenchmarkPrivilegedAttachKth(b *testing.B) {
 	for _, k := range []int{1, 100, 1000} {
-		b.Run(fmt.Sprintf("k=%d", k), func(b *testing.B) {
-			l := newBenchLab(b)
-			ctx := b.Context()
-			for i := range k - 1 {
-				id := fmt.Sprintf("f%d", i)
-				if _, err := l.c.NewSandbox(ctx, id); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := l.c.Connect(ctx, "bench", id); err != nil {
-					b.Fatal(err)
-				}
-			}
-			sb, err := l.c.NewSandbox(ctx, "kth")
-			if err != nil {
+		l := newBenchLab(b)
+		ctx := b.Context()
+		for i := range k - 1 {
+			id := fmt.Sprintf("f%d", i)
+			if _, err := l.c.NewSandbox(ctx, id); err != nil {
 				b.Fatal(err)
 			}
+			if _, err := l.c.Connect(ctx, "bench", id); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(fmt.Sprintf("k=%d/raw", k), func(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
-				ep, err := l.nw.CreateEndpoint(ctx, fmt.Sprintf("kth%d", i))
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := ep.Join(ctx, sb); err != nil {
+				b.StopTimer()
+				r := newRawNS(b, l.dir, i)
+				b.StartTimer()
+				if err := l.rawAttach(r, 5000+i); err != nil {
 					b.Fatal(err)
 				}
 				b.StopTimer()
-				if err := ep.Leave(ctx, sb); err != nil {
+				r.remove()
+				b.StartTimer()
+			}
+		})
+		b.Run(fmt.Sprintf("k=%d/cnm", k), func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				id := fmt.Sprintf("kth%d", i)
+				if _, err := l.c.NewSandbox(ctx, id); err != nil {
 					b.Fatal(err)
 				}
-				if err := ep.Delete(ctx); err != nil {
+				b.StartTimer()
+				if _, err := l.c.Connect(ctx, "bench", id); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := l.c.DeleteSandbox(ctx, id); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
@@ -373,5 +412,3 @@ func BenchmarkPrivilegedConcurrentAttach(b *testing.B) {
 		})
 	}
 }
-
-var _ = os.Getpid

@@ -392,6 +392,9 @@ func TestPrivilegedModes(t *testing.T) {
 	if got := links(t, none.Key()); !slices.Equal(got, []string{"lo"}) {
 		t.Fatalf("none sandbox links = %v, want lo only", got)
 	}
+	if _, err := c.Connect(ctx, cnm.DefaultNetwork, "none1"); !errors.Is(err, cnm.ErrConflict) {
+		t.Fatalf("bridge network on a none-mode sandbox = %v, want ErrConflict", err)
+	}
 	h := mustSandbox(t, c, "h1", cnm.HostMode())
 	mustConnect(t, c, cnm.HostNetwork, "h1")
 	if h.Key() != l.host.Path() {
@@ -413,6 +416,9 @@ func TestPrivilegedModes(t *testing.T) {
 	}
 	if got := links(t, side.Key()); !slices.Equal(got, []string{"eth0", "lo"}) {
 		t.Fatalf("sidecar sees links %v, want app's eth0 and lo", got)
+	}
+	if _, err := c.Connect(ctx, cnm.NoneNetwork, "app"); !errors.Is(err, cnm.ErrConflict) {
+		t.Fatalf("none network on a bridge-connected sandbox = %v, want ErrConflict", err)
 	}
 	if _, err := c.Connect(ctx, cnm.DefaultNetwork, "sidecar"); !errors.Is(err, cnm.ErrConflict) {
 		t.Fatalf("connect a container-mode sandbox = %v, want ErrConflict", err)

@@ -652,6 +652,9 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect: %w", err)
 	}
+	if err := c.checkNone(n, sb); err != nil {
+		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
+	}
 	ep, err := n.CreateEndpointForJoin(ctx, sandboxID, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
@@ -660,6 +663,38 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 		return nil, errors.Join(fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err), ep.Delete(context.WithoutCancel(ctx)))
 	}
 	return ep, nil
+}
+
+// checkNone refuses to mix the none network with others on one sandbox, as Docker does. It
+// looks only at the (few) endpoints of isolated-sandbox networks and at the sandbox's own
+// interfaces, so its cost does not grow with the number of endpoints.
+func (c *Controller) checkNone(n *network.Net, sb sandbox.Sandbox) error {
+	c.mu.Lock()
+	var isolated []*network.Net
+	for _, nw := range c.networks {
+		if e, err := c.reg.Get(nw.Driver()); err == nil && e.Caps.Sandbox == drivers.IsolatedSandbox {
+			isolated = append(isolated, nw)
+		}
+	}
+	c.mu.Unlock()
+	var inNone string
+	for _, nw := range isolated {
+		for _, ep := range nw.Eps() {
+			if ep.Info().SandboxID == sb.ID() {
+				inNone = nw.Name()
+			}
+		}
+	}
+	if slices.Contains(isolated, n) {
+		if len(sb.Interfaces()) > 0 || (inNone != "" && inNone != n.Name()) {
+			return &errclass.ConflictError{Kind: "sandbox", Name: sb.ID(), Reason: "connected to other networks: it cannot also be in none mode"}
+		}
+		return nil
+	}
+	if inNone != "" {
+		return &errclass.ConflictError{Kind: "sandbox", Name: sb.ID(), Reason: fmt.Sprintf("in none mode (network %s): disconnect it first", inNone)}
+	}
+	return nil
 }
 
 // Disconnect leaves and deletes the endpoint joining the sandbox to the network (docker

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 )
@@ -117,24 +120,44 @@ func (c *Controller) restore(ctx context.Context) error {
 		}
 		c.repaired(drivers.Repair{Object: obj, Action: "removed", Reason: "no sandbox record"})
 	}
+	// Files directories (hosts, resolv.conf) that no sandbox owns: the same crash, or a
+	// sandbox dropped above because its namespace was gone.
+	filesRoot := filepath.Join(c.cfg.DataDir, "sandboxes")
+	ents, err := os.ReadDir(filesRoot)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		c.log.Warn("restore: list sandbox files", "err", err)
+	}
+	for _, e := range ents {
+		if _, ok := c.sandboxes[e.Name()]; ok || !e.IsDir() {
+			continue
+		}
+		if _, err := c.store.Get(ctx, sandboxPrefix+e.Name()); !errors.Is(err, kvstore.ErrKeyNotFound) {
+			continue // a sandbox kept for the next start to retry, or the store failed
+		}
+		if err := os.RemoveAll(filepath.Join(filesRoot, e.Name())); err != nil {
+			c.log.Error("restore: remove sandbox files", "sandbox", e.Name(), "err", err)
+			continue
+		}
+		c.repaired(drivers.Repair{Object: "files of sandbox " + e.Name(), Action: "removed", Reason: "no sandbox record"})
+	}
 
 	// 5. Drivers: remove their kernel objects that belong to no live network or endpoint.
+	// Every reconciler gets the networks and endpoints of every driver: two drivers may share
+	// kernel objects' naming (two bridge driver instances both own "cnm:" bridges), and IDs are
+	// unique, so another driver's live IDs only keep its objects safe.
+	var live drivers.LiveState
+	for _, n := range c.networks {
+		live.Networks = append(live.Networks, drivers.NetworkID(n.ID()))
+		for _, ep := range n.Eps() {
+			if ep.Info().SandboxID != "" {
+				live.Endpoints = append(live.Endpoints, drivers.EndpointID(ep.ID()))
+			}
+		}
+	}
 	for _, name := range c.reg.Names() {
 		e, _ := c.reg.Get(name)
 		if e.Reconciler == nil {
 			continue
-		}
-		var live drivers.LiveState
-		for _, n := range c.networks {
-			if n.Driver() != name {
-				continue
-			}
-			live.Networks = append(live.Networks, drivers.NetworkID(n.ID()))
-			for _, ep := range n.Eps() {
-				if ep.Info().SandboxID != "" {
-					live.Endpoints = append(live.Endpoints, drivers.EndpointID(ep.ID()))
-				}
-			}
 		}
 		reps, err := e.Reconciler.Reconcile(ctx, live)
 		for _, r := range reps {

@@ -1,0 +1,265 @@
+package cnm_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// depsModule is the import path of this module. Package names in the rules are relative to it,
+// with "." for the root package cnm.
+const depsModule = "github.com/cnmkit/cnm"
+
+// A depRule forbids the packages matching From to import, directly or through other packages
+// of the module, the packages matching Deny, or, when Only is set, any package of the module
+// but those matching Only. Patterns are relative to the module: "." is the root package,
+// "x" is package x, "x/..." is x and every package below it.
+type depRule struct {
+	From []string
+	Deny []string
+	Only []string
+	Why  string
+}
+
+// depRules are the package boundaries of STYLE.md §2.1 (rules 1 and 2).
+var depRules = []depRule{
+	{
+		From: []string{"drivers", "ipam", "kvstore"},
+		Only: []string{"internal/errclass"},
+		Why:  "a contract package imports only the standard library and internal/errclass",
+	},
+	{
+		From: []string{"drivers/..."},
+		Deny: []string{".", "network/...", "endpoint/...", "sandbox/..."},
+		Why:  "a driver sees networks, endpoints and sandboxes only through request structs",
+	},
+	{
+		From: []string{"sandbox/..."},
+		Deny: []string{".", "network/...", "endpoint/...", "drivers/...", "ipam/...", "kvstore/..."},
+		Why:  "a sandbox is a namespace and its interfaces, below every other layer",
+	},
+	{
+		From: []string{"endpoint/..."},
+		Deny: []string{".", "network/..."},
+		Why:  "imports flow network -> endpoint -> sandbox, never back",
+	},
+	{
+		From: []string{"network/..."},
+		Deny: []string{"."},
+		Why:  "only the root package wires the layers together",
+	},
+}
+
+// depsForbiddenNames are package names that say nothing about what a package does (rule 6).
+var depsForbiddenNames = []string{"types", "utils", "common"}
+
+// TestDeps fails when a package of the module imports, directly or transitively, a package that
+// its layer must not see (STYLE.md rule 5), or when a package has a forbidden name (rule 6).
+// It reads the import graph with `go list -deps -json`, for Linux and for another GOOS, so
+// that files behind build constraints are checked too.
+func TestDeps(t *testing.T) {
+	t.Run("self-check", testDepsSelfCheck)
+
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but the go tool is not in PATH: %v", err)
+		}
+		t.Skipf("the go tool is not in PATH: %v", err)
+	}
+	for _, goos := range []string{"linux", "darwin"} {
+		t.Run(goos, func(t *testing.T) {
+			pkgs := depsGoList(t, goTool, goos)
+			if _, ok := pkgs["."]; !ok {
+				t.Fatalf("go list found no package %s; is the test running in the module's root?", depsModule)
+			}
+			for _, v := range depViolations(pkgs) {
+				t.Error(v)
+			}
+			for _, p := range slices.Sorted(maps.Keys(pkgs)) {
+				if name := path.Base(p); slices.Contains(depsForbiddenNames, name) {
+					t.Errorf("package %s is named %q: name packages after what they provide (rule 6)", p, name)
+				}
+			}
+		})
+	}
+}
+
+// depsGoList returns the import graph of the module's packages for goos: each package, relative
+// to the module, mapped to the module packages it imports directly.
+func depsGoList(t *testing.T, goTool, goos string) map[string][]string {
+	t.Helper()
+	cmd := exec.Command(goTool, "list", "-deps", "-json=ImportPath,Name,Imports,Error", "./...")
+	cmd.Env = append(os.Environ(), "GOOS="+goos, "GOARCH=amd64", "CGO_ENABLED=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("GOOS=%s go list -deps -json ./...: %v\n%s", goos, err, stderr.Bytes())
+	}
+	type listed struct {
+		ImportPath string
+		Name       string
+		Imports    []string
+		Error      *struct{ Err string }
+	}
+	graph := make(map[string][]string)
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p listed
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("GOOS=%s go list: decode: %v", goos, err)
+		}
+		rel, ok := depsRelative(p.ImportPath)
+		if !ok {
+			continue
+		}
+		if p.Error != nil {
+			t.Fatalf("GOOS=%s go list: package %s: %s", goos, p.ImportPath, p.Error.Err)
+		}
+		if p.Name != "" && slices.Contains(depsForbiddenNames, p.Name) {
+			t.Errorf("package %s declares package name %q (rule 6)", p.ImportPath, p.Name)
+		}
+		var imports []string
+		for _, imp := range p.Imports {
+			if r, ok := depsRelative(imp); ok {
+				imports = append(imports, r)
+			}
+		}
+		graph[rel] = imports
+	}
+	return graph
+}
+
+// depsRelative returns the import path relative to the module ("." for its root), and whether
+// it is in the module at all.
+func depsRelative(importPath string) (string, bool) {
+	if importPath == depsModule {
+		return ".", true
+	}
+	rel, ok := strings.CutPrefix(importPath, depsModule+"/")
+	return rel, ok
+}
+
+// depsMatch reports whether the relative package p matches the pattern.
+func depsMatch(pattern, p string) bool {
+	if dir, ok := strings.CutSuffix(pattern, "/..."); ok {
+		return p == dir || strings.HasPrefix(p, dir+"/")
+	}
+	return p == pattern
+}
+
+func depsMatchAny(patterns []string, p string) bool {
+	return slices.ContainsFunc(patterns, func(pat string) bool { return depsMatch(pat, p) })
+}
+
+// depViolations checks graph (package -> the module packages it imports) against depRules and
+// returns one message per forbidden (package, dependency) pair, with the shortest import chain
+// that leads there.
+func depViolations(graph map[string][]string) []string {
+	var out []string
+	for _, from := range slices.Sorted(maps.Keys(graph)) {
+		// Breadth-first, so that each package is reached by its shortest chain.
+		parent := map[string]string{from: ""}
+		queue := []string{from}
+		var reached []string
+		for len(queue) > 0 {
+			p := queue[0]
+			queue = queue[1:]
+			for _, imp := range graph[p] {
+				if _, seen := parent[imp]; !seen {
+					parent[imp] = p
+					queue = append(queue, imp)
+					reached = append(reached, imp)
+				}
+			}
+		}
+		slices.Sort(reached)
+		for _, r := range depRules {
+			if !depsMatchAny(r.From, from) {
+				continue
+			}
+			for _, dep := range reached {
+				bad := depsMatchAny(r.Deny, dep) || (r.Only != nil && !depsMatchAny(r.Only, dep))
+				if !bad {
+					continue
+				}
+				chain := []string{depsDisplay(dep)}
+				for p := parent[dep]; p != ""; p = parent[p] {
+					chain = append(chain, depsDisplay(p))
+				}
+				slices.Reverse(chain)
+				out = append(out, fmt.Sprintf("%s must not import %s (%s):\n\t%s",
+					depsDisplay(from), depsDisplay(dep), r.Why, strings.Join(chain, " -> ")))
+			}
+		}
+	}
+	return out
+}
+
+// depsDisplay names a relative package for messages: the root is "cnm".
+func depsDisplay(p string) string {
+	if p == "." {
+		return "cnm"
+	}
+	return p
+}
+
+// testDepsSelfCheck checks that depViolations catches a forbidden import two steps away and
+// prints the chain, and accepts a graph that follows the rules.
+func testDepsSelfCheck(t *testing.T) {
+	good := map[string][]string{
+		".":                 {"network", "endpoint", "sandbox", "drivers", "drivers/bridge", "ipam", "kvstore", "kvstore/boltdb"},
+		"network":           {"endpoint", "drivers", "ipam", "kvstore", "internal/errclass"},
+		"endpoint":          {"sandbox", "drivers", "ipam", "kvstore", "internal/errclass"},
+		"sandbox":           {"internal/netns", "internal/errclass"},
+		"drivers":           {"internal/errclass"},
+		"drivers/bridge":    {"drivers", "internal/netns", "internal/nl"},
+		"ipam":              {"internal/errclass"},
+		"kvstore":           {"internal/errclass"},
+		"kvstore/boltdb":    {"kvstore"},
+		"internal/errclass": nil,
+		"internal/netns":    nil,
+		"internal/nl":       nil,
+	}
+	if v := depViolations(good); len(v) > 0 {
+		t.Errorf("depViolations(good graph) = %q, want none", v)
+	}
+
+	bad := map[string][]string{
+		"sandbox":           {"internal/helper"},
+		"internal/helper":   {"endpoint"},
+		"endpoint":          nil,
+		"drivers":           {"internal/errclass", "internal/netns"},
+		"drivers/null":      {"drivers"},
+		"internal/netns":    nil,
+		"internal/errclass": nil,
+	}
+	got := depViolations(bad)
+	want := []string{
+		"drivers must not import internal/netns",
+		"sandbox must not import endpoint",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("depViolations(bad graph) = %q, want %d violations", got, len(want))
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("violation %d = %q, want prefix %q", i, got[i], want[i])
+		}
+	}
+	if !strings.Contains(got[1], "sandbox -> internal/helper -> endpoint") {
+		t.Errorf("violation %q does not show the chain sandbox -> internal/helper -> endpoint", got[1])
+	}
+}

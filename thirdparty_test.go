@@ -1,0 +1,148 @@
+package cnm_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/network"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+)
+
+// p2pDriver is a third-party driver written against the public API only: each endpoint is a
+// veth pair made in the host namespace, whose host end holds the network's gateway address,
+// and whose other end the sandbox moves in (the JoinResult.SrcName path).
+type p2pDriver struct {
+	hostPath string
+
+	mu  sync.Mutex // guards following
+	gws map[drivers.NetworkID]netip.Prefix
+}
+
+var _ drivers.Driver = (*p2pDriver)(nil)
+
+func (d *p2pDriver) Capabilities() drivers.Capabilities {
+	return drivers.Capabilities{DataScope: drivers.LocalScope}
+}
+
+func (d *p2pDriver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkRequest) error {
+	if len(req.IPv4) != 1 {
+		return errors.New("p2p: want one IPv4 subnet")
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gws == nil {
+		d.gws = map[drivers.NetworkID]netip.Prefix{}
+	}
+	d.gws[req.NetworkID] = netip.PrefixFrom(req.IPv4[0].Gateway, req.IPv4[0].Subnet.Bits())
+	return nil
+}
+
+func (d *p2pDriver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.gws, req.NetworkID)
+	return nil
+}
+
+func (d *p2pDriver) CreateEndpoint(ctx context.Context, req drivers.CreateEndpointRequest) (drivers.CreateEndpointResult, error) {
+	return drivers.CreateEndpointResult{}, nil
+}
+
+func (d *p2pDriver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
+	return nil
+}
+
+func (d *p2pDriver) handle() (*netlink.Handle, error) {
+	ns, err := vnetns.GetFromPath(d.hostPath)
+	if err != nil {
+		return nil, err
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
+}
+
+func (d *p2pDriver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.JoinResult, error) {
+	d.mu.Lock()
+	gw, ok := d.gws[req.NetworkID]
+	d.mu.Unlock()
+	if !ok {
+		return drivers.JoinResult{}, errors.New("p2p: unknown network")
+	}
+	h, err := d.handle()
+	if err != nil {
+		return drivers.JoinResult{}, err
+	}
+	defer h.Close()
+	host, peer := "p2p"+string(req.EndpointID)[:8], "p2q"+string(req.EndpointID)[:8]
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: peer}
+	if err := h.LinkAdd(veth); err != nil {
+		return drivers.JoinResult{}, err
+	}
+	err = h.AddrAdd(veth, &netlink.Addr{IPNet: &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), 32)}})
+	if err == nil {
+		err = h.LinkSetUp(veth)
+	}
+	if err != nil {
+		h.LinkDel(veth)
+		return drivers.JoinResult{}, err
+	}
+	return drivers.JoinResult{SrcName: peer, Gateway: gw.Addr()}, nil
+}
+
+func (d *p2pDriver) Leave(ctx context.Context, req drivers.LeaveRequest) error {
+	h, err := d.handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName("p2p" + string(req.EndpointID)[:8])
+	if err != nil {
+		return nil // gone with its peer
+	}
+	return h.LinkDel(l)
+}
+
+// TestPrivilegedThirdPartyDriver registers a driver the way an orchestrator would and uses it
+// end to end: its interface is moved into the sandbox, addressed, and routes to the gateway.
+func TestPrivilegedThirdPartyDriver(t *testing.T) {
+	nstest.Privileged(t)
+	ctx := t.Context()
+	l := newLab(t)
+	if err := l.c.RegisterDriver("p2p", &p2pDriver{hostPath: l.host.Path()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.c.RegisterDriver("p2p", &p2pDriver{}); !errors.Is(err, cnm.ErrAlreadyExists) {
+		t.Fatalf("second registration = %v, want ErrAlreadyExists", err)
+	}
+	if !slices.Contains(l.c.Drivers(), "p2p") {
+		t.Fatalf("drivers = %v", l.c.Drivers())
+	}
+	if _, err := l.c.NewNetwork(ctx, "pp", "p2p", network.WithSubnet(netip.MustParsePrefix("10.70.0.0/24"))); err != nil {
+		t.Fatal(err)
+	}
+	sb := mustSandbox(t, l.c, "x")
+	ep := mustConnect(t, l.c, "pp", "x")
+	if got := links(t, sb.Key()); !slices.Equal(got, []string{"eth0", "lo"}) {
+		t.Fatalf("sandbox links = %v, want the moved interface renamed eth0", got)
+	}
+	if ep.Info().IfName != "eth0" || ep.Info().Gateway != netip.MustParseAddr("10.70.0.1") {
+		t.Fatalf("endpoint info = %+v", ep.Info())
+	}
+	pingOK(t, sb, netip.MustParseAddr("10.70.0.1"))
+	if err := l.c.Disconnect(ctx, "pp", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.c.DeleteNetwork(ctx, "pp"); err != nil {
+		t.Fatal(err)
+	}
+	waitLinks(t, l.host.Path(), cnm.DefaultBridge, "lo")
+}
