@@ -254,16 +254,18 @@ type OptionParser interface {
 
 // Reconciler is implemented by drivers that can find kernel state left behind by a crash.
 type Reconciler interface {
-	// Reconcile removes (or adopts) what the driver finds in the kernel that belongs to none of
-	// the live networks and endpoints, and reports each repair. It is called once on
+	// Reconcile removes (or adopts) what the driver finds in the kernel that it made and that
+	// belongs to none of the live networks and endpoints, and reports each repair. It is called once on
 	// Controller start, after every live network was re-created with CreateNetwork.
 	Reconcile(ctx context.Context, live LiveState) ([]Repair, error)
 }
 
-// LiveState lists the networks and endpoints the Controller holds for one driver.
+// LiveState lists the live networks and joined endpoints of every driver of the Controller:
+// a driver must keep whatever kernel object carries one of these IDs, even if another driver
+// (another instance of the same type, say) made it.
 type LiveState struct {
-	Networks  []NetworkID
-	Endpoints []EndpointID
+	Networks  []NetworkID  // every network the Controller holds
+	Endpoints []EndpointID // every endpoint joined to a live sandbox
 }
 
 // Repair is one thing a reconciliation fixed.
