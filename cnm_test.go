@@ -258,6 +258,14 @@ func TestPrivilegedInspectShape(t *testing.T) {
 	if !strings.Contains(string(b), ep.ID()) {
 		t.Errorf("inspect JSON lacks the endpoint ID: %s", b)
 	}
+
+	// Aux addresses are reserved before IPAM picks the gateway, and reported.
+	aux := mustNetwork(t, l.c, "n2", network.WithSubnet(netip.MustParsePrefix("10.21.0.0/24")),
+		network.WithAuxAddress("router", netip.MustParseAddr("10.21.0.1")))
+	cfg := aux.Inspect().IPAM.Config[0]
+	if cfg.Gateway != "10.21.0.2" || cfg.AuxiliaryAddresses["router"] != "10.21.0.1" {
+		t.Errorf("aux network IPAM = %+v, want gateway 10.21.0.2 and router 10.21.0.1", cfg)
+	}
 }
 
 // TestPrivilegedBadInput: every refusal is typed and leaves nothing behind.

@@ -31,9 +31,23 @@ import (
 	"github.com/cnmkit/cnm/internal/errclass"
 )
 
-// ErrNotSupported is returned (wrapped) for an operation or option a driver does not have, or a
-// kernel feature that is missing. It matches cnm.ErrNotSupported.
-var ErrNotSupported = errclass.ErrNotSupported
+// Error classes for drivers to wrap, the same values as cnm's: a third-party driver returns
+// fmt.Errorf("mydriver: network %s: %w", id, drivers.ErrNotFound) and callers of the
+// Controller match it with errors.Is(err, cnm.ErrNotFound).
+var (
+	// ErrNotSupported: an operation or option the driver does not have, or a missing kernel feature.
+	ErrNotSupported = errclass.ErrNotSupported
+	// ErrNotFound: an unknown network or endpoint.
+	ErrNotFound = errclass.ErrNotFound
+	// ErrInvalidParameter: a bad option or request field.
+	ErrInvalidParameter = errclass.ErrInvalidParameter
+	// ErrConflict: the request conflicts with what exists (a name taken by a foreign device).
+	ErrConflict = errclass.ErrConflict
+	// ErrAlreadyExists: the object exists already.
+	ErrAlreadyExists = errclass.ErrAlreadyExists
+	// ErrUnavailable: a service the driver needs cannot be used now.
+	ErrUnavailable = errclass.ErrUnavailable
+)
 
 // NetworkID identifies a network: 64 lowercase hex characters.
 type NetworkID string
@@ -103,6 +117,19 @@ const (
 	// driver, "none").
 	IsolatedSandbox
 )
+
+// String returns "namespace", "host" or "isolated".
+func (k SandboxKind) String() string {
+	switch k {
+	case NamespaceSandbox:
+		return "namespace"
+	case HostSandbox:
+		return "host"
+	case IsolatedSandbox:
+		return "isolated"
+	}
+	return fmt.Sprintf("sandboxkind(%d)", int(k))
+}
 
 // Capabilities describes a driver.
 type Capabilities struct {

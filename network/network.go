@@ -246,18 +246,19 @@ func (n *Net) allocOne(ctx context.Context, space ipam.AddressSpace, c *IPAMConf
 		return "", err
 	}
 	c.Subnet = pool.Subnet
-	gw, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.Gateway)
-	if err != nil {
-		_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
-		return "", fmt.Errorf("gateway: %w", err)
-	}
-	c.Gateway = gw
+	// Aux addresses first, so a gateway IPAM picks is never one of them.
 	for _, name := range slices.Sorted(maps.Keys(c.AuxAddresses)) {
 		if _, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.AuxAddresses[name]); err != nil {
 			_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
 			return "", fmt.Errorf("aux-address %s: %w", name, err)
 		}
 	}
+	gw, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.Gateway)
+	if err != nil {
+		_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
+		return "", fmt.Errorf("gateway: %w", err)
+	}
+	c.Gateway = gw
 	return pool.ID, nil
 }
 
@@ -532,7 +533,7 @@ func (n *Net) Endpoints() []endpoint.Endpoint {
 	return out
 }
 
-// Eps returns the network's endpoints as their implementation type, sorted by name.
+// eps returns the network's endpoints as their implementation type, sorted by name.
 func (n *Net) eps() []*endpoint.Ep {
 	n.mu.Lock()
 	eps := slices.Collect(maps.Values(n.endpoints))

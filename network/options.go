@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -72,19 +74,32 @@ func (s *Spec) last(v6 bool) *IPAMConfig {
 	return &(*l)[len(*l)-1]
 }
 
+// unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104) into its IPv4 form
+// (10.0.0.0/8); it returns the zero Prefix for a mapped prefix shorter than /96.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if !p.IsValid() || !p.Addr().Is4In6() {
+		return p
+	}
+	if p.Bits() < 96 {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+}
+
 // WithSubnet gives the network the subnet p (--subnet). An IPv6 subnet also enables IPv6.
 func WithSubnet(p netip.Prefix) Option {
 	return func(s *Spec) {
-		if !p.IsValid() {
+		q := unmapPrefix(p)
+		if !q.IsValid() {
 			s.errs = append(s.errs, errclass.Invalid("subnet", p.String(), "not a valid prefix"))
 			return
 		}
-		if p.Addr().Unmap().Is6() {
-			s.IPv6 = append(s.IPv6, IPAMConfig{Subnet: p})
+		if q.Addr().Is6() {
+			s.IPv6 = append(s.IPv6, IPAMConfig{Subnet: q})
 			s.EnableIPv6 = true
 			return
 		}
-		s.IPv4 = append(s.IPv4, IPAMConfig{Subnet: netip.PrefixFrom(p.Addr().Unmap(), p.Bits())})
+		s.IPv4 = append(s.IPv4, IPAMConfig{Subnet: q})
 	}
 }
 
@@ -92,6 +107,10 @@ func WithSubnet(p netip.Prefix) Option {
 func WithGateway(a netip.Addr) Option {
 	return func(s *Spec) {
 		a = a.Unmap()
+		if !a.IsValid() {
+			s.errs = append(s.errs, errclass.Invalid("gateway", a.String(), "not a valid address"))
+			return
+		}
 		c := s.last(a.Is6())
 		if c == nil {
 			s.errs = append(s.errs, errclass.Invalid("gateway", a.String(), "give a subnet of the same family first"))
@@ -104,12 +123,13 @@ func WithGateway(a netip.Addr) Option {
 // WithIPRange limits dynamic allocation in the last subnet of p's family to p (--ip-range).
 func WithIPRange(p netip.Prefix) Option {
 	return func(s *Spec) {
-		c := s.last(p.Addr().Unmap().Is6())
-		if c == nil || !p.IsValid() {
+		q := unmapPrefix(p)
+		c := s.last(q.Addr().Is6())
+		if c == nil || !q.IsValid() {
 			s.errs = append(s.errs, errclass.Invalid("ip-range", p.String(), "give a valid range after a subnet of the same family"))
 			return
 		}
-		c.IPRange = netip.PrefixFrom(p.Addr().Unmap(), p.Bits())
+		c.IPRange = q
 	}
 }
 
@@ -117,6 +137,10 @@ func WithIPRange(p netip.Prefix) Option {
 func WithAuxAddress(name string, a netip.Addr) Option {
 	return func(s *Spec) {
 		a = a.Unmap()
+		if name == "" || !a.IsValid() {
+			s.errs = append(s.errs, errclass.Invalid("aux-address", name+"="+a.String(), "want a name and a valid address"))
+			return
+		}
 		c := s.last(a.Is6())
 		if c == nil {
 			s.errs = append(s.errs, errclass.Invalid("aux-address", name+"="+a.String(), "give a subnet of the same family first"))
@@ -169,7 +193,11 @@ func (s *Spec) validate() error {
 		return s.errs[0]
 	}
 	if len(s.IPv4) > 1 || len(s.IPv6) > 1 {
-		return errclass.Invalid("subnet", fmt.Sprint(len(s.IPv4)+len(s.IPv6)), "at most one IPv4 and one IPv6 subnet per network")
+		var subs []string
+		for _, c := range append(append([]IPAMConfig(nil), s.IPv4...), s.IPv6...) {
+			subs = append(subs, c.Subnet.String())
+		}
+		return errclass.Invalid("subnet", strings.Join(subs, ","), "at most one IPv4 and one IPv6 subnet per network")
 	}
 	if s.DriverOptions != nil && len(s.DriverLabels) > 0 {
 		return errclass.Invalid("driver options", "", "give typed options or labels, not both")
@@ -180,6 +208,22 @@ func (s *Spec) validate() error {
 		}
 	}
 	return nil
+}
+
+// lastAddr returns the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := range b {
+		bit := i * 8
+		switch {
+		case bit >= p.Bits():
+			b[i] = 0xff
+		case bit+8 > p.Bits():
+			b[i] |= 0xff >> (p.Bits() - bit)
+		}
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 func (c IPAMConfig) validate() error {
@@ -193,6 +237,17 @@ func (c IPAMConfig) validate() error {
 	if sub.Addr().Is6() && sub.Bits() > 126 {
 		return errclass.Invalid("subnet", sub.String(), "too small: an IPv6 subnet needs at least /126")
 	}
+	if sub.Bits() < 8 {
+		return errclass.Invalid("subnet", sub.String(), "too large: at most a /8")
+	}
+	// reserved reports an address that is never handed out: the network address, and for IPv4
+	// the broadcast address.
+	reserved := func(a netip.Addr) bool {
+		if a == sub.Addr() {
+			return true
+		}
+		return a.Is4() && a == lastAddr(sub)
+	}
 	if c.IPRange.IsValid() {
 		if c.IPRange != c.IPRange.Masked() {
 			return errclass.Invalid("ip-range", c.IPRange.String(), "host bits set")
@@ -204,13 +259,23 @@ func (c IPAMConfig) validate() error {
 	if c.Gateway.IsValid() && !sub.Contains(c.Gateway) {
 		return errclass.Invalid("gateway", c.Gateway.String(), fmt.Sprintf("not inside subnet %s", sub))
 	}
-	for name, a := range c.AuxAddresses {
-		if !sub.Contains(a) {
+	if c.Gateway.IsValid() && reserved(c.Gateway) {
+		return errclass.Invalid("gateway", c.Gateway.String(), fmt.Sprintf("the network or broadcast address of %s", sub))
+	}
+	seen := map[netip.Addr]string{}
+	for _, name := range slices.Sorted(maps.Keys(c.AuxAddresses)) {
+		a := c.AuxAddresses[name]
+		switch {
+		case !sub.Contains(a):
 			return errclass.Invalid("aux-address", name+"="+a.String(), fmt.Sprintf("not inside subnet %s", sub))
-		}
-		if a == c.Gateway {
+		case a == c.Gateway:
 			return errclass.Invalid("aux-address", name+"="+a.String(), "is the gateway")
+		case reserved(a):
+			return errclass.Invalid("aux-address", name+"="+a.String(), fmt.Sprintf("the network or broadcast address of %s", sub))
+		case seen[a] != "":
+			return errclass.Invalid("aux-address", name+"="+a.String(), "also given as "+seen[a])
 		}
+		seen[a] = name
 	}
 	return nil
 }

@@ -433,3 +433,28 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+// TestApplyReservedAddresses: the network and broadcast addresses, /0 subnets, duplicate or
+// unnamed aux addresses and a zero gateway are refused before IPAM is asked.
+func TestApplyReservedAddresses(t *testing.T) {
+	p, a := netip.MustParsePrefix, netip.MustParseAddr
+	cases := map[string][]Option{
+		"gateway is the network address":   {WithSubnet(p("10.1.0.0/24")), WithGateway(a("10.1.0.0"))},
+		"gateway is the broadcast address": {WithSubnet(p("10.1.0.0/24")), WithGateway(a("10.1.0.255"))},
+		"aux is the broadcast address":     {WithSubnet(p("10.1.0.0/24")), WithAuxAddress("b", a("10.1.0.255"))},
+		"aux given twice":                  {WithSubnet(p("10.1.0.0/24")), WithAuxAddress("x", a("10.1.0.9")), WithAuxAddress("y", a("10.1.0.9"))},
+		"aux without a name":               {WithSubnet(p("10.1.0.0/24")), WithAuxAddress("", a("10.1.0.9"))},
+		"zero gateway":                     {WithSubnet(p("10.1.0.0/24")), WithGateway(netip.Addr{})},
+		"the whole IPv4 space":             {WithSubnet(p("0.0.0.0/0"))},
+		"the whole IPv6 space":             {WithSubnet(p("::/0"))},
+	}
+	for name, opts := range cases {
+		if _, err := Apply(opts...); !errors.Is(err, errclass.ErrInvalidParameter) {
+			t.Errorf("%s: err = %v, want invalid parameter", name, err)
+		}
+	}
+	// The IPv6 broadcast address does not exist: the last address is a valid gateway there.
+	if _, err := Apply(WithSubnet(p("fd00:1::/64")), WithGateway(a("fd00:1::ffff:ffff:ffff:ffff"))); err != nil {
+		t.Errorf("last IPv6 address as gateway: %v", err)
+	}
+}
