@@ -43,7 +43,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +53,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/null"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/lookup"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
@@ -386,24 +386,7 @@ func (c *Controller) Network(nameOrID string) (network.Network, error) {
 func (c *Controller) network(nameOrID string) (*network.Net, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if id := c.netNames[nameOrID]; id != "" {
-		return c.networks[id], nil
-	}
-	var found *network.Net
-	if nameOrID != "" {
-		for id, n := range c.networks {
-			if strings.HasPrefix(id, nameOrID) {
-				if found != nil {
-					return nil, errclass.Invalid("network", nameOrID, "ambiguous ID prefix")
-				}
-				found = n
-			}
-		}
-	}
-	if found == nil {
-		return nil, &errclass.NotFoundError{Kind: "network", Name: nameOrID}
-	}
-	return found, nil
+	return lookup.ByNameOrID("network", nameOrID, c.netNames, c.networks)
 }
 
 // Networks returns every network, sorted by name.

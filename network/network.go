@@ -31,6 +31,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/lookup"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 )
@@ -325,11 +326,20 @@ func (n *Net) Record() Record {
 }
 
 func (n *Net) epConfig() endpoint.Config {
-	return endpoint.Config{
+	cfg := endpoint.Config{
 		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
 		Store: n.cfg.Store, IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
 		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger,
 	}
+	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
+		if len(n.rec.IPv4) > 0 {
+			cfg.Gateway = n.rec.IPv4[0].Gateway
+		}
+		if len(n.rec.IPv6) > 0 {
+			cfg.GatewayIPv6 = n.rec.IPv6[0].Gateway
+		}
+	}
+	return cfg
 }
 
 func (n *Net) dropEndpoint(id string) {
@@ -397,7 +407,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 	}()
 
 	rb := context.WithoutCancel(ctx)
-	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC()}
+	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store}
 	if !n.cfg.Entry.Caps.NoIPAM {
 		if n.poolV4 != "" {
 			a, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV4, spec.IPv4)
@@ -549,24 +559,11 @@ func (n *Net) Eps() []*endpoint.Ep { return n.eps() }
 func (n *Net) Endpoint(nameOrID string) (endpoint.Endpoint, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if id := n.names[nameOrID]; id != "" {
-		return n.endpoints[id], nil
+	ep, err := lookup.ByNameOrID("endpoint", nameOrID, n.names, n.endpoints)
+	if err != nil {
+		return nil, err
 	}
-	var found *endpoint.Ep
-	if nameOrID != "" {
-		for id, ep := range n.endpoints {
-			if strings.HasPrefix(id, nameOrID) {
-				if found != nil {
-					return nil, errclass.Invalid("endpoint", nameOrID, "ambiguous ID prefix")
-				}
-				found = ep
-			}
-		}
-	}
-	if found == nil {
-		return nil, &errclass.NotFoundError{Kind: "endpoint", Name: nameOrID}
-	}
-	return found, nil
+	return ep, nil
 }
 
 // Delete implements Network.
