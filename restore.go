@@ -113,6 +113,9 @@ func (c *Controller) restore(ctx context.Context) error {
 		if _, ok := c.sandboxes[id]; ok {
 			continue
 		}
+		if _, err := c.store.Get(ctx, sandboxPrefix+id); !errors.Is(err, kvstore.ErrKeyNotFound) {
+			continue // a sandbox kept for the next start to retry, or the store failed
+		}
 		obj := "netns " + id
 		if err := sandbox.RemoveNamespace(c.cfg.RunDir, id); err != nil {
 			c.log.Error("restore: remove namespace", "netns", id, "err", err)
@@ -253,11 +256,15 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 	}
 	for _, name := range dropped {
 		if ep := byName[name]; ep != nil {
+			if ep.Record().Connected {
+				c.loseEndpoint(ctx, ep, "its interface "+name+" in sandbox "+rec.ID+" was missing or half-configured")
+				continue
+			}
 			if err := ep.Forget(ctx); err != nil {
 				c.log.Error("restore: forget interface", "sandbox", rec.ID, "interface", name, "err", err)
 				continue
 			}
-			c.repaired(drivers.Repair{Object: "interface " + name + " of sandbox " + rec.ID, Action: "left", Reason: "missing from the namespace"})
+			c.repaired(drivers.Repair{Object: "interface " + name + " of sandbox " + rec.ID, Action: "left", Reason: "missing or half-configured in the namespace"})
 		}
 	}
 	for _, ep := range joined {

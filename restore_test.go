@@ -42,7 +42,15 @@ func TestPrivilegedRestart(t *testing.T) {
 	a := mustSandbox(t, c, "a")
 	epA := mustConnect(t, c, "n1", "a")
 	b := mustSandbox(t, c, "b")
-	epB := mustConnect(t, c, "n1", "b")
+	// b's endpoint is made and joined in two calls: it outlives its join (Connect's would be
+	// deleted with its interface).
+	epB, err := nw.CreateEndpoint(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := epB.Join(ctx, b); err != nil {
+		t.Fatal(err)
+	}
 	parked, err := nw.CreateEndpoint(ctx, "parked") // created, never joined: keeps its lease
 	if err != nil {
 		t.Fatal(err)

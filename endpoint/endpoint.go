@@ -74,6 +74,9 @@ type Record struct {
 	IPv4      netip.Prefix `json:"ipv4,omitzero"`
 	IPv6      netip.Prefix `json:"ipv6,omitzero"`
 	Created   time.Time    `json:"created"`
+	// Connected marks an endpoint made by Controller.Connect (create and join in one): it
+	// lives as long as its join, so a restart that finds its interface gone deletes it.
+	Connected bool `json:"connected,omitempty"`
 	// While joined:
 	SandboxID   string          `json:"sandbox_id,omitempty"`
 	IfName      string          `json:"ifname,omitempty"`
@@ -99,6 +102,10 @@ type Config struct {
 	IPAM       ipam.Allocator
 	PoolV4     ipam.PoolID
 	PoolV6     ipam.PoolID
+	// Gateway and GatewayIPv6 are the gateways the network offers (zero for none): what Join
+	// expects its driver to return, so that it can commit the join record before asking.
+	Gateway     netip.Addr
+	GatewayIPv6 netip.Addr
 	// OnDelete is called once the endpoint is deleted, to drop it from its network.
 	OnDelete func(id string)
 	// Seq returns a number larger than any it returned before; it orders joins.
@@ -251,9 +258,43 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 		}
 		defer release()
 	}
+	// The join record is committed while the kernel work runs: the fsync overlaps the netlink
+	// calls. It is written with the gateways the network offers (Config.Gateway), which is what
+	// the driver returns but for drivers that choose otherwise; then it is written again. A crash
+	// at any point is repaired on restart: a record whose interface is missing is left, an
+	// interface without a record is removed.
+	old := rec
+	rec.SandboxID = sb.ID()
+	rec.IfName = req.IfName
+	rec.Gateway, rec.GatewayIPv6, rec.Routes = e.cfg.Gateway, e.cfg.GatewayIPv6, nil
+	if e.cfg.Seq != nil {
+		rec.JoinSeq = e.cfg.Seq()
+	}
+	type stored struct {
+		rev uint64
+		err error
+	}
+	done := make(chan stored, 1)
+	predicted := rec
+	go func() {
+		r, err := e.store(rb, predicted, rev)
+		done <- stored{r, err}
+	}()
+	// undoRecord puts the record back as it was before the join, once its commit is done.
+	undoRecord := func(st stored) error {
+		if st.err != nil {
+			return nil
+		}
+		if rev == 0 {
+			return e.cfg.Store.Delete(rb, Key(rec.NetworkID, rec.ID))
+		}
+		_, err := e.store(rb, old, st.rev)
+		return err
+	}
+
 	res, err := e.cfg.Driver.Join(ctx, req)
 	if err != nil {
-		return fmt.Errorf("endpoint %s: join %s: driver %s: %w", name, sb.ID(), e.cfg.DriverName, err)
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: driver %s: %w", name, sb.ID(), e.cfg.DriverName, err), undoRecord(<-done))
 	}
 	leave := func() error {
 		return e.cfg.Driver.Leave(rb, drivers.LeaveRequest{
@@ -261,31 +302,13 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 		})
 	}
 	if !res.NoInterface && req.IfName == "" {
-		return errors.Join(fmt.Errorf("endpoint %s: join %s: driver %s returned an interface for a sandbox kind without one", name, sb.ID(), e.cfg.DriverName), leave())
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: driver %s returned an interface for a sandbox kind without one", name, sb.ID(), e.cfg.DriverName), leave(), undoRecord(<-done))
 	}
-	routes := make([]sandbox.Route, 0, len(res.StaticRoutes))
+	var routes []sandbox.Route
 	for _, r := range res.StaticRoutes {
 		routes = append(routes, sandbox.Route{Destination: r.Destination, NextHop: r.NextHop})
 	}
-	old := rec
-	rec.SandboxID = sb.ID()
-	rec.IfName = req.IfName
 	rec.Gateway, rec.GatewayIPv6, rec.Routes = res.Gateway, res.GatewayIPv6, routes
-	if e.cfg.Seq != nil {
-		rec.JoinSeq = e.cfg.Seq()
-	}
-	// The record is committed while the sandbox configures the interface: the fsync and the
-	// netlink calls overlap. A crash in between is repaired on restart either way (a record
-	// whose interface is missing is left; an interface without a record is removed).
-	type stored struct {
-		rev uint64
-		err error
-	}
-	done := make(chan stored, 1)
-	go func() {
-		r, err := e.store(rb, rec, rev)
-		done <- stored{r, err}
-	}()
 	var addErr error
 	if !res.NoInterface {
 		addErr = sb.AddInterface(ctx, sandbox.InterfaceConfig{
@@ -294,17 +317,12 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 		})
 	}
 	st := <-done
+	if st.err == nil && addErr == nil && (rec.Gateway != predicted.Gateway || rec.GatewayIPv6 != predicted.GatewayIPv6 || len(routes) > 0) {
+		st.rev, st.err = e.store(rb, rec, st.rev) // the driver chose other gateways or routes
+	}
 	switch {
 	case addErr != nil:
-		var rerr error
-		if st.err == nil { // put the record back as it was
-			if rev == 0 {
-				rerr = e.cfg.Store.Delete(rb, Key(rec.NetworkID, rec.ID))
-			} else {
-				_, rerr = e.store(rb, old, st.rev)
-			}
-		}
-		return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), addErr), leave(), rerr)
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), addErr), leave(), undoRecord(st))
 	case st.err != nil:
 		var rerr error
 		if !res.NoInterface {
@@ -312,9 +330,8 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 		}
 		return errors.Join(fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), st.err), rerr, leave())
 	}
-	newRev := st.rev
 	e.mu.Lock()
-	e.rec, e.revision, e.sb = rec, newRev, sb
+	e.rec, e.revision, e.sb = rec, st.rev, sb
 	e.mu.Unlock()
 	return nil
 }

@@ -387,6 +387,16 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 			if err != nil {
 				return nil, fmt.Errorf("interface %s: %w", ifc.Name, err)
 			}
+			if !s.configured(link, ifc) {
+				// A join cut short (a crash between the driver making the link and the sandbox
+				// configuring it): the link goes, and the caller hears it was dropped.
+				s.log.Warn("sandbox interface half-configured: removed", "sandbox", s.id, "interface", ifc.Name)
+				if err := s.nlh.LinkDel(link); err != nil {
+					return nil, fmt.Errorf("interface %s: remove half-configured link: %w", ifc.Name, err)
+				}
+				dropped = append(dropped, ifc.Name)
+				continue
+			}
 			ifc = cloneInterface(ifc)
 			if len(ifc.MAC) == 0 {
 				ifc.MAC = slices.Clone(link.Attrs().HardwareAddr)
@@ -407,6 +417,29 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 		return nil, err
 	}
 	return dropped, nil
+}
+
+// configured reports whether link is up and holds the addresses ifc says it has.
+func (s *Namespace) configured(link netlink.Link, ifc Interface) bool {
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return false
+	}
+	addrs, err := s.nlh.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false
+	}
+	has := func(p netip.Prefix) bool {
+		if !p.IsValid() {
+			return true
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == p.Addr() {
+				return true
+			}
+		}
+		return false
+	}
+	return has(ifc.IPv4) && has(ifc.IPv6)
 }
 
 // ID returns the sandbox's ID.
