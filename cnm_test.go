@@ -622,3 +622,27 @@ func mustGet(t *testing.T, c *cnm.Controller, id string) sandbox.Sandbox {
 	}
 	return sb
 }
+
+// TestPrivilegedDualStack: a network with an IPv6 subnet gives each sandbox both families, and
+// both cross the bridge.
+func TestPrivilegedDualStack(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab(t)
+	mustNetwork(t, l.c, "ds", network.WithSubnet(netip.MustParsePrefix("10.80.0.0/24")),
+		network.WithSubnet(netip.MustParsePrefix("fd00:80::/64")))
+	a := mustSandbox(t, l.c, "a")
+	mustConnect(t, l.c, "ds", "a")
+	mustSandbox(t, l.c, "b")
+	epB := mustConnect(t, l.c, "ds", "b")
+	info := epB.Info()
+	if !info.IPv6.IsValid() || !netip.MustParsePrefix("fd00:80::/64").Contains(info.IPv6.Addr()) || info.GatewayIPv6 != netip.MustParseAddr("fd00:80::1") {
+		t.Fatalf("b's endpoint = %+v, want an address in fd00:80::/64 and gateway fd00:80::1", info)
+	}
+	pingOK(t, a, info.IPv4.Addr())
+	pingOK(t, a, info.IPv6.Addr())
+	pingOK(t, a, info.GatewayIPv6)
+	nw, _ := l.c.Network("ds")
+	if got := nw.Inspect(); !got.EnableIPv6 || len(got.IPAM.Config) != 2 || got.Containers["b"].IPv6Address != info.IPv6.String() {
+		t.Fatalf("inspect = %+v", got)
+	}
+}
