@@ -86,8 +86,11 @@ type Config struct {
 	HostNetns string
 	// Store replaces the embedded bbolt store. The Controller does not close a Store it was given.
 	Store kvstore.Store
-	// IPAM replaces the default allocator (ipam.Default with its default pools).
+	// IPAM replaces the built-in "default" IPAM driver (ipam.Default with its default pools).
 	IPAM ipam.Allocator
+	// IPAMDrivers registers extra IPAM drivers by name, next to "default"; a network picks
+	// one with network.WithIPAMDriver.
+	IPAMDrivers map[string]ipam.Allocator
 	// Drivers registers extra drivers by name, next to the built-in bridge, host and null.
 	Drivers map[string]drivers.Driver
 	// NoPredefinedNetworks skips creating the bridge, host and none networks.
@@ -103,7 +106,7 @@ type Controller struct {
 	log      *slog.Logger
 	store    kvstore.Store
 	ownStore bool
-	ipam     ipam.Allocator
+	ipam     ipam.Allocator // the "default" IPAM driver
 	reg      drivers.Registry
 	hostNS   *netns.NS
 	hostPath string
@@ -111,7 +114,8 @@ type Controller struct {
 	seq      atomic.Uint64
 	repairs  []drivers.Repair // written only in New
 
-	mu        sync.Mutex // guards following
+	mu        sync.Mutex                // guards following
+	ipams     map[string]ipam.Allocator // IPAM drivers by name
 	networks  map[string]*network.Net
 	netNames  map[string]string // name -> ID; "" while being created
 	sandboxes map[string]*sbox  // by ID; nil while being created
@@ -176,6 +180,12 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		}
 		c.ipam = a
 	}
+	c.ipams = map[string]ipam.Allocator{DefaultIPAM: c.ipam}
+	for _, name := range slices.Sorted(maps.Keys(cfg.IPAMDrivers)) {
+		if err := c.RegisterIPAMDriver(name, cfg.IPAMDrivers[name]); err != nil {
+			return nil, err
+		}
+	}
 	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("cnm: bridge driver: %w", err)
@@ -208,6 +218,46 @@ func (c *Controller) RegisterDriver(name string, d drivers.Driver) error {
 		return fmt.Errorf("cnm: register driver: %w", err)
 	}
 	return nil
+}
+
+// DefaultIPAM is the name of the built-in IPAM driver.
+const DefaultIPAM = "default"
+
+// RegisterIPAMDriver adds the IPAM driver a under name; networks choose it with
+// network.WithIPAMDriver(name). A name registered twice fails with ErrAlreadyExists.
+func (c *Controller) RegisterIPAMDriver(name string, a ipam.Allocator) error {
+	if err := network.ValidateName("ipam driver", name); err != nil {
+		return fmt.Errorf("cnm: register ipam driver: %w", err)
+	}
+	if a == nil {
+		return fmt.Errorf("cnm: register ipam driver: %w", errclass.Invalid("ipam driver", name, "nil allocator"))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.ipams[name]; ok {
+		return fmt.Errorf("cnm: register ipam driver: %w", &errclass.AlreadyExistsError{Kind: "ipam driver", Name: name})
+	}
+	c.ipams[name] = a
+	return nil
+}
+
+// IPAMDrivers returns the names of the registered IPAM drivers, sorted.
+func (c *Controller) IPAMDrivers() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.ipams))
+}
+
+func (c *Controller) ipamDriver(name string) (ipam.Allocator, error) {
+	if name == "" {
+		name = DefaultIPAM
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a, ok := c.ipams[name]; ok {
+		return a, nil
+	}
+	return nil, &errclass.NotFoundError{Kind: "ipam driver", Name: name}
 }
 
 // Drivers returns the names of the registered drivers, sorted.
@@ -284,9 +334,9 @@ func (c *Controller) overlapsHost(p netip.Prefix) bool {
 	return false
 }
 
-func (c *Controller) netConfig(e *drivers.Entry) network.Config {
+func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Config {
 	cfg := network.Config{
-		Entry: e, Store: c.store, IPAM: c.ipam, OnDelete: c.dropNetwork,
+		Entry: e, Store: c.store, IPAM: a, OnDelete: c.dropNetwork,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log,
 	}
 	if !e.Caps.NoIPAM {
@@ -350,6 +400,10 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	if err != nil {
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
+	alloc, err := c.ipamDriver(spec.IPAMDriver)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
+	}
 	c.mu.Lock()
 	if err := c.checkOpen(); err != nil {
 		c.mu.Unlock()
@@ -362,7 +416,7 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	c.netNames[name] = ""
 	c.mu.Unlock()
 
-	n, err := network.Create(ctx, c.netConfig(e), name, spec, dopts)
+	n, err := network.Create(ctx, c.netConfig(e, alloc), name, spec, dopts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {

@@ -187,7 +187,11 @@ func (c *Controller) restoreNetwork(ctx context.Context, rec network.Record) (*n
 			return nil, err
 		}
 	}
-	return network.Restore(ctx, c.netConfig(e), rec, opts)
+	alloc, err := c.ipamDriver(rec.IPAMDriver)
+	if err != nil {
+		return nil, err
+	}
+	return network.Restore(ctx, c.netConfig(e, alloc), rec, opts)
 }
 
 func (c *Controller) dropRecord(ctx context.Context, key, object, reason string) {

@@ -12,6 +12,7 @@ import (
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/network"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -145,4 +146,89 @@ func TestPrivilegedThirdPartyDriver(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLinks(t, l.host.Path(), cnm.DefaultBridge, "lo")
+}
+
+// TestPrivilegedIPAMDriver: a network names its IPAM driver, registered like a network driver;
+// the choice survives a restart, and an unknown one is refused with nothing made.
+func TestPrivilegedIPAMDriver(t *testing.T) {
+	nstest.Privileged(t)
+	ctx := t.Context()
+	newCGNAT := func() ipam.Allocator {
+		a, err := ipam.NewDefault(ipam.DefaultConfig{PoolsV4: []ipam.DefaultPool{{Base: netip.MustParsePrefix("100.64.0.0/10"), Size: 24}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	host := nstest.NewNS(t)
+	dataDir, runDir := t.TempDir(), t.TempDir()
+	open := func() *cnm.Controller {
+		c, err := cnm.New(ctx, cnm.Config{DataDir: dataDir, RunDir: runDir, HostNetns: host.Path(),
+			IPAMDrivers: map[string]ipam.Allocator{"cgnat": newCGNAT()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := open()
+	if got := c.IPAMDrivers(); !slices.Equal(got, []string{"cgnat", "default"}) {
+		t.Fatalf("IPAM drivers = %v", got)
+	}
+	if err := c.RegisterIPAMDriver("cgnat", newCGNAT()); !errors.Is(err, cnm.ErrAlreadyExists) {
+		t.Fatalf("second registration = %v, want ErrAlreadyExists", err)
+	}
+	if _, err := c.NewNetwork(ctx, "x", "bridge", network.WithIPAMDriver("nosuch")); !errors.Is(err, cnm.ErrNotFound) {
+		t.Fatalf("unknown IPAM driver = %v, want ErrNotFound", err)
+	}
+	nw, err := c.NewNetwork(ctx, "cg", "bridge", network.WithIPAMDriver("cgnat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := nw.Inspect()
+	if in.IPAM.Driver != "cgnat" || in.IPAM.Config[0].Subnet != "100.64.0.0/24" {
+		t.Fatalf("inspect IPAM = %+v, want driver cgnat and 100.64.0.0/24", in.IPAM)
+	}
+	sb, err := c.NewSandbox(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := c.Connect(ctx, "cg", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.Info().IPv4.String() != "100.64.0.2/24" {
+		t.Fatalf("endpoint address = %v", ep.Info().IPv4)
+	}
+	pingOK(t, sb, netip.MustParseAddr("100.64.0.1"))
+	c.Close()
+
+	c = open()
+	defer c.Close()
+	nw, err = c.Network("cg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := nw.Inspect().IPAM.Driver; got != "cgnat" {
+		t.Fatalf("after restart IPAM driver = %q", got)
+	}
+	// The restored cgnat allocator holds the endpoint's lease: the next address is new.
+	if _, err := c.NewSandbox(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	ep2, err := c.Connect(ctx, "cg", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep2.Info().IPv4.Addr() == ep.Info().IPv4.Addr() {
+		t.Fatalf("address %v handed out twice after restart", ep2.Info().IPv4)
+	}
+	for _, id := range []string{"s", "t"} {
+		if err := c.DeleteSandbox(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.DeleteNetwork(ctx, "cg"); err != nil {
+		t.Fatal(err)
+	}
+	waitLinks(t, host.Path(), cnm.DefaultBridge, "lo")
 }

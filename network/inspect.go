@@ -64,8 +64,11 @@ func (n *Net) Inspect() Inspect {
 	if in.Labels == nil {
 		in.Labels = map[string]string{}
 	}
-	if n.cfg.Entry.Caps.NoIPAM {
+	switch {
+	case n.cfg.Entry.Caps.NoIPAM:
 		in.IPAM.Driver = "null"
+	case r.IPAMDriver != "":
+		in.IPAM.Driver = r.IPAMDriver
 	}
 	for _, c := range append(r.IPv4, r.IPv6...) {
 		ic := IPAMConfigInspect{Subnet: c.Subnet.String()}

@@ -76,6 +76,7 @@ type Record struct {
 	IPv6       []IPAMConfig      `json:"ipv6,omitempty"`
 	Options    map[string]string `json:"options,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
+	IPAMDriver string            `json:"ipam_driver,omitempty"` // "" is the default
 }
 
 // KeyPrefix is the store prefix of network records.
@@ -148,7 +149,7 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	rec := Record{
 		ID: NewID(), Name: name, Driver: cfg.Entry.Name, Scope: cfg.Entry.Caps.DataScope,
 		Created: time.Now().UTC(), EnableIPv6: spec.EnableIPv6, Internal: spec.Internal,
-		Attachable: spec.Attachable, Labels: maps.Clone(spec.Labels),
+		Attachable: spec.Attachable, Labels: maps.Clone(spec.Labels), IPAMDriver: spec.IPAMDriver,
 	}
 	if opts != nil {
 		rec.Options = opts.Labels()

@@ -44,6 +44,8 @@ type Spec struct {
 	// (-o key=value), parsed by the driver. At most one of the two.
 	DriverOptions drivers.NetworkOptions
 	DriverLabels  map[string]string
+	// IPAMDriver names the IPAM driver registered with the Controller; "" means "default".
+	IPAMDriver string
 
 	errs []error // from options that could not apply
 }
@@ -171,6 +173,10 @@ func WithLabels(l map[string]string) Option {
 		maps.Copy(s.Labels, l)
 	}
 }
+
+// WithIPAMDriver makes the network take its subnets and addresses from the IPAM driver
+// registered under name (--ipam-driver).
+func WithIPAMDriver(name string) Option { return func(s *Spec) { s.IPAMDriver = name } }
 
 // WithDriverOptions gives the driver its typed options, such as bridge.NetworkOptions.
 func WithDriverOptions(o drivers.NetworkOptions) Option {
