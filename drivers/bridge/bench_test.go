@@ -1,10 +1,13 @@
 package bridge
 
 import (
-	cnl "github.com/cnmkit/cnm/internal/nl"
+	"fmt"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
+
+	cnl "github.com/cnmkit/cnm/internal/nl"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
@@ -120,4 +123,90 @@ func (s *splitTimer) report(b *testing.B) {
 	}
 	b.ReportMetric(float64(s.create.Nanoseconds())/float64(s.n), "create-ns/op")
 	b.ReportMetric(float64(s.delete.Nanoseconds())/float64(s.n), "delete-ns/op")
+}
+
+// BenchmarkPrivilegedNetwork measures one CreateNetwork and DeleteNetwork of a network with
+// one IPv4 subnet against the netlink work they do:
+//   - raw: the bridge's netlink calls (create, alias, address, up; delete);
+//   - nofw: the driver with Config.DisableIPTables;
+//   - driver: the driver with its firewall rules (one iptables-save and one iptables-restore
+//     each for create and delete, and the sysctl reads).
+func BenchmarkPrivilegedNetwork(b *testing.B) {
+	nstest.Privileged(b)
+	e := newEnv(b)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.30.0.0/24")}
+	b.Run("raw", func(b *testing.B) {
+		b.ReportAllocs()
+		var split splitTimer
+		addr := bridgeAddr(netip.MustParsePrefix("10.30.0.1/24"))
+		for b.Loop() {
+			split.start()
+			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-bench", MTU: 1500}}
+			if err := e.h.LinkAdd(br); err != nil {
+				b.Fatal(err)
+			}
+			if err := e.h.LinkSetAlias(br, "cnm:bench"); err != nil {
+				b.Fatal(err)
+			}
+			if err := e.h.AddrAdd(br, addr); err != nil {
+				b.Fatal(err)
+			}
+			if err := e.h.LinkSetUp(br); err != nil {
+				b.Fatal(err)
+			}
+			split.mid()
+			if err := e.h.LinkDel(br); err != nil {
+				b.Fatal(err)
+			}
+			split.stop()
+		}
+		split.report(b)
+	})
+	for _, tc := range []struct {
+		name string
+		noFW bool
+	}{{"nofw", true}, {"driver", false}} {
+		b.Run(tc.name, func(b *testing.B) {
+			d, err := New(Config{HostNetns: e.host.Path(), DisableIPTables: tc.noFW})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close()
+			benchCreateDelete(b, d, req)
+		})
+	}
+}
+
+func benchCreateDelete(b *testing.B, d *Driver, req drivers.CreateNetworkRequest) {
+	b.ReportAllocs()
+	var split splitTimer
+	dreq := drivers.DeleteNetworkRequest{NetworkID: req.NetworkID}
+	for b.Loop() {
+		split.start()
+		if err := d.CreateNetwork(b.Context(), req); err != nil {
+			b.Fatal(err)
+		}
+		split.mid()
+		if err := d.DeleteNetwork(b.Context(), dreq); err != nil {
+			b.Fatal(err)
+		}
+		split.stop()
+	}
+	split.report(b)
+}
+
+// BenchmarkPrivilegedKthNetwork measures CreateNetwork and DeleteNetwork of one more network
+// when k-1 networks, with their rules, exist already: the cost must not grow noticeably with
+// k (the rules are O(networks), never pairwise).
+func BenchmarkPrivilegedKthNetwork(b *testing.B) {
+	nstest.Privileged(b)
+	for _, k := range []int{1, 50, 200} {
+		b.Run(fmt.Sprintf("k=%d", k), func(b *testing.B) {
+			e := newEnv(b)
+			for i := range k - 1 {
+				e.createNetwork(b, drivers.CreateNetworkRequest{IPv4: v4(fmt.Sprintf("10.20.%d.0/24", i))})
+			}
+			benchCreateDelete(b, e.d, drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.30.0.0/24")})
+		})
+	}
 }

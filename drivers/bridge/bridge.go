@@ -14,6 +14,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/iptables"
 	"github.com/cnmkit/cnm/internal/netns"
 	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/vishvananda/netlink"
@@ -30,6 +31,9 @@ var (
 // socketTimeout bounds every netlink request: netlink calls cannot be canceled.
 const socketTimeout = 10 * time.Second
 
+// fwTimeout bounds the firewall work that DeleteNetwork finishes after its context ended.
+const fwTimeout = 30 * time.Second
+
 // aliasPrefix starts the alias (IFLA_IFALIAS) of every bridge the driver makes; the network ID
 // follows.
 const aliasPrefix = "cnm:"
@@ -42,16 +46,28 @@ type Config struct {
 	HostNetns string
 	// Logger receives the driver's logs. Nil means none.
 	Logger *slog.Logger
+	// DisableIPTables reports whether the driver leaves iptables and the sysctls alone
+	// (Docker's --iptables=false): no NAT, isolation or ICC rules, and networks with
+	// enable_icc=false are refused. false means the driver writes its rules, which needs
+	// iptables-save and iptables-restore in PATH (checked when a network is created).
+	DisableIPTables bool
 }
 
 // Driver is the bridge driver. Create one with [New] and release it with [Driver.Close]. Its
 // methods are safe for concurrent use; operations on different networks and endpoints run in
 // parallel, and CreateNetwork and DeleteNetwork of the same network run one at a time.
+//
+// Lock order: fwMu, then mu; mu is never held across kernel calls.
 type Driver struct {
 	log  *slog.Logger
-	h    *netlink.Handle // NETLINK_ROUTE in the host namespace
-	raw  cnl.Socket      // the same, for the hand-built Join and Leave messages
-	once sync.Once       // closes h and raw
+	ns   *netns.NS        // the host namespace, for iptables and sysctls
+	h    *netlink.Handle  // NETLINK_ROUTE in the host namespace
+	raw  cnl.Socket       // the same, for the hand-built Join and Leave messages
+	fw   *iptables.Runner // iptables in the host namespace
+	noFW bool             // Config.DisableIPTables
+	once sync.Once        // closes ns, h and raw
+
+	fwMu sync.Mutex // serializes the read-modify-write of the host's iptables rules
 
 	mu       sync.Mutex // guards following
 	networks map[drivers.NetworkID]*network
@@ -67,16 +83,18 @@ type network struct {
 	mtu      int
 	gw4, gw6 netip.Addr // the first gateway of each family; zero for none
 	internal bool
+	subnets4 []netip.Prefix // masked
+	noICC    bool           // NetworkOptions.DisableICC
+	noMasq   bool           // NetworkOptions.DisableIPMasquerade
+	routed   bool           // NetworkOptions.GatewayModeIPv4 == GatewayModeRouted
 }
 
-// New opens netlink sockets in the host namespace and returns a driver that keeps them until
-// Close. It does not touch the kernel's state; CreateNetwork rebuilds what the driver knows
-// of each network after a restart.
-func New(cfg Config) (*Driver, error) {
-	var (
-		ns  *netns.NS
-		err error
-	)
+// New opens the host namespace and netlink sockets in it and returns a driver that keeps them
+// until Close. It looks iptables-save and iptables-restore up in PATH, but a missing one is
+// reported only by CreateNetwork. It does not touch the kernel's state; CreateNetwork rebuilds
+// what the driver knows of each network after a restart.
+func New(cfg Config) (_ *Driver, err error) {
+	var ns *netns.NS
 	if cfg.HostNetns == "" {
 		ns, err = netns.Current()
 	} else {
@@ -85,7 +103,11 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge: host namespace: %w", err)
 	}
-	defer ns.Close()
+	defer func() {
+		if err != nil {
+			ns.Close()
+		}
+	}()
 	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("bridge: netlink handle in %s: %w", ns.Path(), err)
@@ -105,20 +127,25 @@ func New(cfg Config) (*Driver, error) {
 	}
 	return &Driver{
 		log:      log.With("driver", DriverType),
+		ns:       ns,
 		h:        h,
 		raw:      raw,
+		fw:       iptables.New(ns),
+		noFW:     cfg.DisableIPTables,
 		networks: make(map[drivers.NetworkID]*network),
 		names:    make(map[string]drivers.NetworkID),
 		busy:     make(map[drivers.NetworkID]chan struct{}),
 	}, nil
 }
 
-// Close closes the driver's netlink sockets. It leaves the kernel's state alone. It must not
-// be called while another method runs; calling it again does nothing.
+// Close closes the driver's netlink sockets and its handle of the host namespace. It leaves
+// the kernel's state alone. It must not be called while another method runs; calling it again
+// does nothing.
 func (d *Driver) Close() error {
 	d.once.Do(func() {
 		d.h.Close()
 		d.raw.Close()
+		d.ns.Close()
 	})
 	return nil
 }
@@ -140,7 +167,13 @@ func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkO
 
 // CreateNetwork makes the network's bridge: named after req.Options (by default "br-" and the
 // first 12 characters of the network ID), with the options' MTU, the alias "cnm:" and the
-// network ID, each subnet's gateway as an address (gateway/subnet length), and up.
+// network ID, each subnet's gateway as an address (gateway/subnet length), and up. It then
+// writes the network's firewall rules (see the package doc) in one iptables-restore
+// transaction and turns on IP forwarding in the host namespace when the network needs it.
+//
+// A missing iptables binary fails with an error matching cnm.ErrUnavailable, and
+// enable_icc=false without br_netfilter with one matching cnm.ErrNotSupported, both before
+// any kernel work.
 //
 // It converges: when a bridge of that name with the network's alias exists (a restart), it is
 // adopted and brought to the same state, and calling CreateNetwork again with the same request
@@ -152,6 +185,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	nid := req.NetworkID
 	cfg, err := networkConfig(req)
 	if err != nil {
+		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
+	}
+	if err := d.checkFirewall(cfg); err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 	unlock, err := d.lockNetwork(ctx, nid)
@@ -178,7 +214,17 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 
-	index, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
+	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
+	if err == nil {
+		if err = d.ensureFirewall(ctx, cfg); err != nil {
+			err = fmt.Errorf("firewall: %w", err)
+			if created { // nothing half-made: the transaction wrote nothing
+				if derr := d.h.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cfg.bridge, Index: index}}); derr != nil {
+					err = errors.Join(err, fmt.Errorf("rollback: delete bridge %s: %w", cfg.bridge, derr))
+				}
+			}
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err != nil {
@@ -212,7 +258,10 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	n := &network{bridge: o.BridgeName, mtu: o.MTU, internal: req.Internal}
+	n := &network{
+		bridge: o.BridgeName, mtu: o.MTU, internal: req.Internal,
+		noICC: o.DisableICC, noMasq: o.DisableIPMasquerade, routed: o.GatewayModeIPv4 == GatewayModeRouted,
+	}
 	if n.bridge == "" {
 		n.bridge = defaultBridgeName(req.NetworkID)
 	}
@@ -226,6 +275,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 		if !n.gw4.IsValid() {
 			n.gw4 = s.Gateway
 		}
+		n.subnets4 = append(n.subnets4, s.Subnet.Masked())
 	}
 	for _, s := range req.IPv6 {
 		if !s.Subnet.Addr().Is6() || (s.Gateway.IsValid() && (!s.Gateway.Is6() || !s.Subnet.Contains(s.Gateway))) {
@@ -281,7 +331,9 @@ func (d *Driver) lockNetwork(ctx context.Context, nid drivers.NetworkID) (unlock
 // DeleteNetwork removes the network's bridge if it is the driver's (a bridge with the
 // network's alias); a missing bridge, or a link of that name that is not the network's, is
 // left alone and the call returns nil. After a restart that did not re-create the network, the
-// bridge is found by its alias.
+// bridge is found by its alias. Then it removes the rules that name the bridge from the
+// driver's chains, in one iptables-restore transaction; the chains, the jumps to them and the
+// sysctls stay.
 func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkRequest) error {
 	nid := req.NetworkID
 	unlock, err := d.lockNetwork(ctx, nid)
@@ -314,6 +366,23 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 	}
 	if err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("bridge: delete network %s: %w", nid.Short(), err)
+	}
+	// The rules go after the bridge, so no live bridge is ever without its isolation.
+	br := defaultBridgeName(nid)
+	switch {
+	case n != nil:
+		br = n.bridge
+	case link != nil && isOurs(link, nid):
+		br = link.Attrs().Name
+	}
+	if link == nil || isOurs(link, nid) {
+		// The bridge is gone: finish the job even if ctx ends now.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
+		err := d.removeFirewall(fctx, br)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("bridge: delete network %s: firewall: %w", nid.Short(), err)
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

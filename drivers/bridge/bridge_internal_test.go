@@ -183,9 +183,11 @@ func TestNetworkConfigErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := network{bridge: "br-0123456789ab", mtu: 1500, gw4: v4[0].Gateway, gw6: v6[0].Gateway, internal: true}
-	if *n != want {
-		t.Errorf("networkConfig = %+v, want %+v", *n, want)
+	want := network{bridge: "br-0123456789ab", mtu: 1500, gw4: v4[0].Gateway, gw6: v6[0].Gateway, internal: true,
+		subnets4: []netip.Prefix{v4[0].Subnet}}
+	if diff := cmp.Diff(want, *n, cmp.AllowUnexported(network{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("networkConfig (-want +got):\n%s", diff)
 	}
 }
 

@@ -517,6 +517,9 @@ func TestPrivilegedReconcile(t *testing.T) {
 	if diff := cmp.Diff(want, repairs); diff != "" {
 		t.Errorf("repairs (-want +got):\n%s", diff)
 	}
+	if save := e.save(t); strings.Contains(save, "br-"+orphan.Short()) {
+		t.Errorf("rules of the orphan bridge left after Reconcile:\n%s", save)
+	}
 	wantLinks := []string{"br-" + live.Short(), "br-notours", "foreign-peer", "lo", hostVethName(liveEP), "veth0123456789a"}
 	slices.Sort(wantLinks)
 	if diff := cmp.Diff(wantLinks, linkNames(t, e.h)); diff != "" {

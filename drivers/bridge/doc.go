@@ -25,19 +25,64 @@
 // and rebuilds that memory, and [Driver.Reconcile] removes "cnm:" bridges and their veths that
 // belong to no live network or endpoint.
 //
-// # No firewall rules yet
+// # Firewall
 //
-// The driver writes no iptables or nftables rules and does not touch sysctls: there is no NAT
-// to the outside, no port publishing, and no inter-container-communication switch. Endpoints
-// of one network reach each other and the gateway through the bridge. Networks are kept apart
-// only because forwarding between the bridges is left off in the host namespace
-// (net.ipv4.ip_forward=0); with forwarding on, they can route to each other. The issue "bridge
-// driver: Docker's full semantics" adds NAT, ICC and isolation rules.
+// Unless [Config].DisableIPTables, each network gets iptables rules in the host namespace,
+// written with "iptables-restore --noflush" run inside that namespace: one transaction per
+// CreateNetwork or DeleteNetwork (preceded by one iptables-save to see what is there), never a
+// process per rule, and none on Join or Leave. The driver uses its own chains only:
+//
+//	filter FORWARD        -j CNM-USER                  first; made once, never touched again
+//	                      -j CNM-FORWARD               right after CNM-USER
+//	filter CNM-USER       the user's own rules, evaluated before the driver's
+//	filter CNM-FORWARD    -j CNM-ISOLATION-1           always first
+//	                      then, per network on bridge BR:
+//	                      -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+//	                      -i BR -o BR -j ACCEPT        DROP when enable_icc=false
+//	                      -i BR ! -o BR -j ACCEPT      outbound
+//	                      ! -i BR -o BR -p icmp -j ACCEPT   routed gateway mode only
+//	                      ! -i BR -o BR -j DROP        no unsolicited inbound
+//	                      (an internal network: -i BR -o BR -j ACCEPT|DROP,
+//	                      -i BR ! -o BR -j DROP, ! -i BR -o BR -j DROP)
+//	filter CNM-ISOLATION-1  per network: -i BR ! -o BR -j CNM-ISOLATION-2
+//	filter CNM-ISOLATION-2  per network: -o BR -j DROP
+//	nat POSTROUTING       -j CNM-POSTROUTING           appended once
+//	nat CNM-POSTROUTING   per IPv4 subnet S of a network with masquerade:
+//	                      -s S ! -o BR -j MASQUERADE
+//
+// Isolation is Docker's two-stage scheme: traffic that enters from a cnm bridge and leaves by
+// another interface goes to CNM-ISOLATION-2, which drops it if that interface is a cnm
+// bridge. A network costs two isolation rules, never one per pair of networks, so the ruleset
+// is O(networks). A container joined to two networks reaches both, since its traffic is not
+// forwarded by the host. Rules of different networks match disjoint traffic (each names its
+// bridge with -i or -o), so their order across networks does not matter.
+//
+// Every per-network rule names the network's bridge with -i or -o, and that is how the driver
+// finds a network's rules: CreateNetwork brings each chain's rules of the bridge to exactly
+// the wanted list (no duplicates; a chain whose list differs in any way has them all rewritten
+// in order), DeleteNetwork deletes them, and [Driver.Reconcile] deletes those of bridges that
+// no longer exist. The chains and the jumps to them stay once made. The driver's chains are
+// its own: rules a user adds there may be removed; CNM-USER is the place for them.
+//
+// A network that is not internal needs forwarding: CreateNetwork sets net.ipv4.ip_forward=1
+// in the host namespace (only there) when it is 0, and in the same transaction that writes
+// the rules, before, sets the FORWARD policy to DROP, as Docker does, so that turning
+// forwarding on opens only the driver's networks. enable_icc=false needs br_netfilter, so
+// that traffic between ports of one bridge goes through iptables:
+// /proc/sys/net/bridge/bridge-nf-call-iptables must exist in the host namespace (else
+// CreateNetwork fails with an error matching cnm.ErrNotSupported before any kernel work) and
+// is set to 1 when it is 0. A missing iptables-save or iptables-restore fails CreateNetwork
+// with an error matching cnm.ErrUnavailable, also before any kernel work.
+//
+// Not done yet: published ports, ip6tables rules (IPv6 traffic is neither filtered nor
+// isolated by the driver), and conntrack flushing.
 //
 // # Privilege and namespaces
 //
-// Everything needs CAP_NET_ADMIN in the host namespace ([Config].HostNetns). The driver never
-// changes a thread's namespace: it keeps netlink sockets opened in the host namespace by New,
-// and creates the sandbox end of a veth through the namespace descriptor in the
-// [drivers.JoinRequest]. A [Driver] is safe for concurrent use and must be closed.
+// Everything needs CAP_NET_ADMIN in the host namespace ([Config].HostNetns). The driver keeps
+// netlink sockets opened in the host namespace by New, and creates the sandbox end of a veth
+// through the namespace descriptor in the [drivers.JoinRequest]. Only the firewall work enters
+// the host namespace, through (*netns.NS).Do: to start iptables-save and iptables-restore
+// (born there, waited for outside) and to read and write the sysctls. A [Driver] is safe for
+// concurrent use and must be closed.
 package bridge

@@ -15,25 +15,27 @@ import (
 
 // ensureBridge makes the bridge of network nid as n describes (n.index is ignored), with the
 // addresses addrs, or adopts it when it exists and is the network's; it returns the bridge's
-// ifindex. A link of that name that is not the network's bridge is a conflict and is left
+// ifindex, and reports whether it created the bridge. A link of that name that is not the network's bridge is a conflict and is left
 // alone. On error, what the call made is removed again.
 //
 // A bridge named defaultBridgeName(nid) with no alias is taken as the network's: a crash
 // between creating the bridge and setting its alias leaves one, and the name comes from the
 // network ID. A bridge with any other name needs the alias.
-func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (int, error) {
+func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (index int, created bool, err error) {
 	link, err := d.h.LinkByName(n.bridge)
 	switch {
 	case errors.As(err, new(netlink.LinkNotFoundError)):
-		return d.createBridge(ctx, nid, n, addrs)
+		index, err = d.createBridge(ctx, nid, n, addrs)
+		return index, err == nil, err
 	case err != nil:
-		return 0, fmt.Errorf("look up link %q: %w", n.bridge, err)
+		return 0, false, fmt.Errorf("look up link %q: %w", n.bridge, err)
 	}
 	alias := link.Attrs().Alias
 	if link.Type() != "bridge" || (alias != aliasPrefix+string(nid) && (alias != "" || n.bridge != defaultBridgeName(nid))) {
-		return 0, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
+		return 0, false, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
 	}
-	return d.adoptBridge(ctx, nid, link, n, addrs)
+	index, err = d.adoptBridge(ctx, nid, link, n, addrs)
+	return index, false, err
 }
 
 // createBridge makes the bridge: create with the MTU, alias, addresses, up.

@@ -77,18 +77,24 @@ func Example() {
 
 func ExampleParseNetworkOptions() {
 	opts, err := bridge.ParseNetworkOptions(map[string]string{
-		"com.docker.network.bridge.name": "docker1",
-		"com.docker.network.driver.mtu":  "9000",
+		"com.docker.network.bridge.name":              "docker1",
+		"com.docker.network.driver.mtu":               "9000",
+		"com.docker.network.bridge.enable_icc":        "false",
+		"com.docker.network.bridge.gateway_mode_ipv4": "routed",
 	})
-	fmt.Printf("%+v %v\n", opts, err)
+	fmt.Println(opts.BridgeName, opts.MTU, opts.DisableICC, opts.GatewayModeIPv4, err)
 
 	_, err = bridge.ParseNetworkOptions(map[string]string{"com.docker.network.driver.mtu": "64"})
 	fmt.Println(err)
 
-	_, err = bridge.ParseNetworkOptions(map[string]string{"com.docker.network.bridge.enable_icc": "false"})
+	_, err = bridge.ParseNetworkOptions(map[string]string{"com.docker.network.bridge.enable_icc": "no"})
+	fmt.Println(err)
+
+	_, err = bridge.ParseNetworkOptions(map[string]string{"com.docker.network.bridge.enable_ipv9": "true"})
 	fmt.Println(err)
 	// Output:
-	// {BridgeName:docker1 MTU:9000} <nil>
+	// docker1 9000 true routed <nil>
 	// invalid com.docker.network.driver.mtu "64": want 68 to 65535
-	// invalid com.docker.network.bridge.enable_icc "false": unknown bridge network option
+	// invalid com.docker.network.bridge.enable_icc "no": not a boolean
+	// invalid com.docker.network.bridge.enable_ipv9 "true": unknown bridge network option
 }

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 
@@ -15,9 +16,28 @@ const DriverType = "bridge"
 // The labels that [ParseNetworkOptions] reads and [NetworkOptions.Labels] writes; they are
 // Docker's.
 const (
-	LabelBridgeName = "com.docker.network.bridge.name" // NetworkOptions.BridgeName
-	LabelMTU        = "com.docker.network.driver.mtu"  // NetworkOptions.MTU, decimal
+	LabelBridgeName         = "com.docker.network.bridge.name"                 // NetworkOptions.BridgeName
+	LabelMTU                = "com.docker.network.driver.mtu"                  // NetworkOptions.MTU, decimal
+	LabelEnableICC          = "com.docker.network.bridge.enable_icc"           // !NetworkOptions.DisableICC, a boolean
+	LabelEnableIPMasquerade = "com.docker.network.bridge.enable_ip_masquerade" // !NetworkOptions.DisableIPMasquerade, a boolean
+	LabelHostBindingIPv4    = "com.docker.network.bridge.host_binding_ipv4"    // NetworkOptions.HostBindingIPv4
+	LabelGatewayModeIPv4    = "com.docker.network.bridge.gateway_mode_ipv4"    // NetworkOptions.GatewayModeIPv4: nat or routed
 )
+
+// GatewayMode is how a network's IPv4 traffic leaves the host.
+type GatewayMode string
+
+const (
+	// GatewayModeNAT masquerades the network's traffic to the host's address on the way out
+	// (unless NetworkOptions.DisableIPMasquerade). The zero GatewayMode means it.
+	GatewayModeNAT GatewayMode = "nat"
+	// GatewayModeRouted routes the network's traffic without NAT: the rest of the network needs a
+	// route to the subnet through the host. Connections from outside to the containers are
+	// refused except ICMP (until ports are published).
+	GatewayModeRouted GatewayMode = "routed"
+)
+
+func (m GatewayMode) valid() bool { return m == "" || m == GatewayModeNAT || m == GatewayModeRouted }
 
 // Defaults and limits of [NetworkOptions].
 const (
@@ -41,27 +61,56 @@ type NetworkOptions struct {
 	// MTU is the MTU of the bridge and of every veth of the network, in bytes, 68 to 65535
 	// (at least 1280 when the network has IPv6 subnets). 0 means 1500.
 	MTU int
+	// DisableICC reports whether containers on the network are kept from reaching each other
+	// (Docker's enable_icc=false). It needs br_netfilter in the host namespace. false means
+	// they reach each other.
+	DisableICC bool
+	// DisableIPMasquerade reports whether the network's outbound traffic keeps its container
+	// source address (Docker's enable_ip_masquerade=false). false means it is masqueraded in
+	// GatewayModeNAT.
+	DisableIPMasquerade bool
+	// HostBindingIPv4 is the default host address that ports published on the network bind
+	// to. The zero Addr means all addresses (0.0.0.0). Port publishing is not implemented
+	// yet: the value is kept and checked only.
+	HostBindingIPv4 netip.Addr
+	// GatewayModeIPv4 is how IPv4 traffic leaves the host: "" (nat), GatewayModeNAT or
+	// GatewayModeRouted.
+	GatewayModeIPv4 GatewayMode
 }
 
 // DriverType returns "bridge".
 func (o NetworkOptions) DriverType() string { return DriverType }
 
-// Labels returns the options that are set (not zero) as Docker labels: LabelBridgeName and
-// LabelMTU. The map is new on every call.
+// Labels returns the options that are set (not zero) as Docker labels; ParseNetworkOptions
+// reads them back into the same NetworkOptions. The map is new on every call.
 func (o NetworkOptions) Labels() map[string]string {
-	m := make(map[string]string, 2)
+	m := make(map[string]string, 6)
 	if o.BridgeName != "" {
 		m[LabelBridgeName] = o.BridgeName
 	}
 	if o.MTU != 0 {
 		m[LabelMTU] = strconv.Itoa(o.MTU)
 	}
+	if o.DisableICC {
+		m[LabelEnableICC] = "false"
+	}
+	if o.DisableIPMasquerade {
+		m[LabelEnableIPMasquerade] = "false"
+	}
+	if o.HostBindingIPv4.IsValid() {
+		m[LabelHostBindingIPv4] = o.HostBindingIPv4.String()
+	}
+	if o.GatewayModeIPv4 != "" {
+		m[LabelGatewayModeIPv4] = string(o.GatewayModeIPv4)
+	}
 	return m
 }
 
-// ParseNetworkOptions parses Docker labels into NetworkOptions. It knows LabelBridgeName and
-// LabelMTU; an unknown key, a bad bridge name or an MTU that is not a decimal number from 68 to
-// 65535 is refused with an *errclass.InvalidParameterError (matching cnm.ErrInvalidParameter)
+// ParseNetworkOptions parses Docker labels into NetworkOptions. It knows LabelBridgeName,
+// LabelMTU, LabelEnableICC and LabelEnableIPMasquerade (booleans as strconv.ParseBool reads
+// them: true, false, 1, 0, ...), LabelHostBindingIPv4 (an IPv4 address) and
+// LabelGatewayModeIPv4 ("nat" or "routed"). An unknown key, a bad bridge name, an MTU that is
+// not a decimal number from 68 to 65535, or any other bad value is refused with an *errclass.InvalidParameterError (matching cnm.ErrInvalidParameter)
 // that names the key and the value. When several labels are bad, the error is about the first
 // in key order. Nil or empty labels give the zero NetworkOptions (the defaults).
 //
@@ -85,6 +134,28 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 				return NetworkOptions{}, err
 			}
 			o.MTU = mtu
+		case LabelEnableICC, LabelEnableIPMasquerade:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return NetworkOptions{}, errclass.Invalid(k, v, "not a boolean")
+			}
+			if k == LabelEnableICC {
+				o.DisableICC = !b
+			} else {
+				o.DisableIPMasquerade = !b
+			}
+		case LabelHostBindingIPv4:
+			a, err := netip.ParseAddr(v)
+			if err != nil || !a.Is4() {
+				return NetworkOptions{}, errclass.Invalid(k, v, "not an IPv4 address")
+			}
+			o.HostBindingIPv4 = a
+		case LabelGatewayModeIPv4:
+			m := GatewayMode(v)
+			if m == "" || !m.valid() {
+				return NetworkOptions{}, errclass.Invalid(k, v, `want "nat" or "routed"`)
+			}
+			o.GatewayModeIPv4 = m
 		default:
 			return NetworkOptions{}, errclass.Invalid(k, v, "unknown bridge network option")
 		}
@@ -103,6 +174,12 @@ func (o NetworkOptions) validate() error {
 		if err := checkMTU("MTU", strconv.Itoa(o.MTU), o.MTU); err != nil {
 			return err
 		}
+	}
+	if a := o.HostBindingIPv4; a.IsValid() && !a.Is4() {
+		return errclass.Invalid("host binding IPv4", a.String(), "not an IPv4 address")
+	}
+	if !o.GatewayModeIPv4.valid() {
+		return errclass.Invalid("IPv4 gateway mode", string(o.GatewayModeIPv4), `want "nat" or "routed"`)
 	}
 	return nil
 }

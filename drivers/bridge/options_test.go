@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"errors"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -23,6 +24,14 @@ func TestParseNetworkOptions(t *testing.T) {
 		{map[string]string{LabelMTU: "9000"}, NetworkOptions{MTU: 9000}},
 		{map[string]string{LabelMTU: "68", LabelBridgeName: "br0"}, NetworkOptions{BridgeName: "br0", MTU: 68}},
 		{map[string]string{LabelMTU: "65535"}, NetworkOptions{MTU: 65535}},
+		{map[string]string{LabelEnableICC: "false"}, NetworkOptions{DisableICC: true}},
+		{map[string]string{LabelEnableICC: "true"}, NetworkOptions{}},
+		{map[string]string{LabelEnableICC: "0", LabelEnableIPMasquerade: "f"}, NetworkOptions{DisableICC: true, DisableIPMasquerade: true}},
+		{map[string]string{LabelEnableIPMasquerade: "TRUE"}, NetworkOptions{}},
+		{map[string]string{LabelHostBindingIPv4: "127.0.0.1"}, NetworkOptions{HostBindingIPv4: netip.MustParseAddr("127.0.0.1")}},
+		{map[string]string{LabelHostBindingIPv4: "0.0.0.0"}, NetworkOptions{HostBindingIPv4: netip.IPv4Unspecified()}},
+		{map[string]string{LabelGatewayModeIPv4: "nat"}, NetworkOptions{GatewayModeIPv4: GatewayModeNAT}},
+		{map[string]string{LabelGatewayModeIPv4: "routed"}, NetworkOptions{GatewayModeIPv4: GatewayModeRouted}},
 	} {
 		got, err := ParseNetworkOptions(tc.labels)
 		if err != nil {
@@ -39,8 +48,20 @@ func TestParseNetworkOptionsErrors(t *testing.T) {
 	for _, tc := range []struct {
 		key, value string
 	}{
-		{"com.docker.network.bridge.enable_icc", "true"},
+		{"com.docker.network.bridge.enable_icc_typo", "true"},
+		{"com.docker.network.bridge.host_ipv4", "10.0.0.1"},
 		{"mtu", "1500"},
+		{LabelEnableICC, ""},
+		{LabelEnableICC, "yes"},
+		{LabelEnableIPMasquerade, "maybe"},
+		{LabelHostBindingIPv4, ""},
+		{LabelHostBindingIPv4, "::1"},
+		{LabelHostBindingIPv4, "::ffff:1.2.3.4"},
+		{LabelHostBindingIPv4, "1.2.3"},
+		{LabelHostBindingIPv4, "1.2.3.4/24"},
+		{LabelGatewayModeIPv4, ""},
+		{LabelGatewayModeIPv4, "NAT"},
+		{LabelGatewayModeIPv4, "nat-unprotected"},
 		{LabelMTU, ""},
 		{LabelMTU, "1500.0"},
 		{LabelMTU, "0x5dc"},
@@ -88,6 +109,10 @@ func TestNetworkOptionsLabels(t *testing.T) {
 		{NetworkOptions{BridgeName: "br0"}, map[string]string{LabelBridgeName: "br0"}},
 		{NetworkOptions{MTU: 1400}, map[string]string{LabelMTU: "1400"}},
 		{NetworkOptions{BridgeName: "br0", MTU: 1400}, map[string]string{LabelBridgeName: "br0", LabelMTU: "1400"}},
+		{NetworkOptions{DisableICC: true, DisableIPMasquerade: true}, map[string]string{LabelEnableICC: "false", LabelEnableIPMasquerade: "false"}},
+		{NetworkOptions{HostBindingIPv4: netip.MustParseAddr("192.0.2.7"), GatewayModeIPv4: GatewayModeRouted},
+			map[string]string{LabelHostBindingIPv4: "192.0.2.7", LabelGatewayModeIPv4: "routed"}},
+		{NetworkOptions{GatewayModeIPv4: GatewayModeNAT}, map[string]string{LabelGatewayModeIPv4: "nat"}},
 	} {
 		if diff := cmp.Diff(tc.want, tc.o.Labels()); diff != "" {
 			t.Errorf("%+v.Labels() (-want +got):\n%s", tc.o, diff)
@@ -107,16 +132,21 @@ func TestNetworkOptionsLabels(t *testing.T) {
 // valid and survives Labels unchanged, and that whatever it refuses is an
 // *InvalidParameterError naming one of the given keys and its value.
 func FuzzParseNetworkOptions(f *testing.F) {
-	f.Add("br0", "1500", "", "")
-	f.Add("", "9000", "", "")
-	f.Add("a/b", "x", "", "")
-	f.Add("abcdefghijklmnop", "65536", "", "")
-	f.Add("br0", "1500", "com.docker.network.bridge.enable_icc", "false")
-	f.Add(" ", "-0", "k", "")
-	f.Fuzz(func(t *testing.T, name, mtu, extraKey, extraValue string) {
+	f.Add("br0", "1500", "", "", "", "")
+	f.Add("", "9000", "true", "false", "", "")
+	f.Add("a/b", "x", "yes", "", "1.2.3.4", "nat")
+	f.Add("abcdefghijklmnop", "65536", "", "", "::1", "routed")
+	f.Add("br0", "1500", "0", "1", "0.0.0.0", "NAT")
+	f.Add(" ", "-0", "", "", "", "")
+	f.Fuzz(func(t *testing.T, name, mtu, icc, masq, hostIP, gwMode string) {
 		labels := map[string]string{LabelBridgeName: name, LabelMTU: mtu}
-		if extraKey != "" {
-			labels[extraKey] = extraValue
+		for k, v := range map[string]string{LabelEnableICC: icc, LabelEnableIPMasquerade: masq, LabelHostBindingIPv4: hostIP, LabelGatewayModeIPv4: gwMode} {
+			if v != "" {
+				labels[k] = v
+			}
+		}
+		if len(icc) > 3 && icc[0] == 'k' { // an unknown key now and then
+			labels[icc] = masq
 		}
 		o, err := ParseNetworkOptions(labels)
 		if err != nil {
@@ -132,8 +162,12 @@ func FuzzParseNetworkOptions(f *testing.F) {
 			}
 			return
 		}
-		if extraKey != "" && extraKey != LabelBridgeName && extraKey != LabelMTU {
-			t.Fatalf("unknown key %q accepted", extraKey)
+		for k := range labels {
+			switch k {
+			case LabelBridgeName, LabelMTU, LabelEnableICC, LabelEnableIPMasquerade, LabelHostBindingIPv4, LabelGatewayModeIPv4:
+			default:
+				t.Fatalf("unknown key %q accepted", k)
+			}
 		}
 		if err := o.validate(); err != nil {
 			t.Fatalf("accepted options %+v do not validate: %v", o, err)
@@ -143,6 +177,15 @@ func FuzzParseNetworkOptions(f *testing.F) {
 		}
 		if n, _ := strconv.Atoi(labels[LabelMTU]); n != o.MTU {
 			t.Fatalf("MTU %q parsed as %d", labels[LabelMTU], o.MTU)
+		}
+		if b, err := strconv.ParseBool(icc); icc != "" && (err != nil || b == o.DisableICC) {
+			t.Fatalf("enable_icc %q parsed as DisableICC=%v", icc, o.DisableICC)
+		}
+		if hostIP != "" && (!o.HostBindingIPv4.Is4() || o.HostBindingIPv4.String() != hostIP) {
+			t.Fatalf("host binding %q parsed as %v", hostIP, o.HostBindingIPv4)
+		}
+		if gwMode != "" && gwMode != "nat" && gwMode != "routed" {
+			t.Fatalf("gateway mode %q accepted", gwMode)
 		}
 		back, err := ParseNetworkOptions(o.Labels())
 		if err != nil || back != o {

@@ -14,9 +14,11 @@ import (
 // Reconcile removes what a crash left in the host namespace: every bridge whose alias starts
 // with "cnm:" and names a network not in live.Networks, and every veth named like a host end
 // ("veth" and 11 hex characters) that is enslaved to such a "cnm:" bridge and belongs to no
-// endpoint in live.Endpoints. It reports one [drivers.Repair] per link removed (veths first)
-// and joins the errors of the removals that failed, going on after each. Links of other
-// programs are never touched.
+// endpoint in live.Endpoints; then the rules in the driver's iptables chains that name a
+// bridge that is gone or was just removed. It reports one [drivers.Repair] per link removed
+// (veths first) and one per bridge whose rules were left without it (the rules of a bridge it
+// removes go with that bridge's repair), and joins the errors of the removals that failed,
+// going on after each. Links of other programs are never touched.
 //
 // It must not run concurrently with CreateNetwork, DeleteNetwork or Join; the Controller calls
 // it once, on start, after re-creating the live networks.
@@ -73,6 +75,30 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 	}
 	for _, l := range orphanBridges {
 		remove(l, "no live network")
+	}
+
+	// Rules in the driver's chains for a bridge that no longer exists (a crash between deleting
+	// a bridge and its rules), or that was just removed as an orphan.
+	exists := make(map[string]bool, len(links))
+	for _, l := range links {
+		exists[l.Attrs().Name] = true
+	}
+	for _, l := range orphanBridges {
+		exists[l.Attrs().Name] = false
+	}
+	if err := ctx.Err(); err != nil {
+		errs = append(errs, err)
+	} else if stale, err := d.staleFirewall(ctx, func(br string) bool { return exists[br] }); err != nil {
+		errs = append(errs, fmt.Errorf("bridge: reconcile: firewall: %w", err))
+	} else {
+		for _, br := range stale {
+			if _, orphan := exists[br]; orphan {
+				continue // part of removing the orphan bridge, reported above
+			}
+			r := drivers.Repair{Object: "iptables rules of " + br, Action: "removed", Reason: "no such bridge"}
+			d.log.InfoContext(ctx, "reconcile", "repair", r.String())
+			repairs = append(repairs, r)
+		}
 	}
 
 	if len(orphanBridges) > 0 {

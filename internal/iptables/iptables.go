@@ -1,0 +1,282 @@
+// Package iptables runs iptables-save and iptables-restore inside a given network namespace and
+// parses what iptables-save prints.
+//
+// A [Runner] starts each process from a thread that has entered the namespace
+// ((*netns.NS).Do), so the process is born there and acts on that namespace's tables whatever
+// the calling thread's namespace is; it works with both the legacy and the nf_tables backend.
+// Only the start happens inside the namespace: the process's input is an in-memory file
+// written beforehand, and the caller waits for it outside Do.
+//
+// Changes go through [Runner.Restore], one "iptables-restore --noflush" transaction per call:
+// the kernel applies all of it or none of it. Reads go through [Runner.Save] and [Parse].
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The binaries a Runner runs.
+const (
+	SaveBinary    = "iptables-save"
+	RestoreBinary = "iptables-restore"
+)
+
+// Runner runs iptables commands in one network namespace. It is safe for concurrent use; it
+// does not serialize its callers (a read-modify-write needs the caller's own lock).
+type Runner struct {
+	ns            *netns.NS // not owned
+	save, restore string    // absolute paths; "" when not found
+	lookErr       error
+}
+
+// New returns a runner for the namespace ns, which must stay open while the runner is used.
+// It looks the binaries up in PATH now; when one is missing, every call fails with the error
+// [Runner.Check] returns.
+func New(ns *netns.NS) *Runner {
+	r := &Runner{ns: ns}
+	var errs []error
+	var err error
+	if r.save, err = exec.LookPath(SaveBinary); err != nil {
+		errs = append(errs, err)
+	}
+	if r.restore, err = exec.LookPath(RestoreBinary); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		r.lookErr = &errclass.UnavailableError{
+			What: "iptables (" + SaveBinary + " and " + RestoreBinary + " in PATH)",
+			Err:  errors.Join(errs...),
+		}
+	}
+	return r
+}
+
+// Check returns nil when the binaries were found, or an *errclass.UnavailableError (matching
+// cnm.ErrUnavailable) that names the missing one.
+func (r *Runner) Check() error { return r.lookErr }
+
+// Save returns what "iptables-save" prints in the namespace (every table), without counters.
+func (r *Runner) Save(ctx context.Context) (string, error) {
+	if r.lookErr != nil {
+		return "", r.lookErr
+	}
+	out, err := r.run(ctx, nil, r.save)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", SaveBinary, err)
+	}
+	return out, nil
+}
+
+// Restore applies rules (iptables-restore input: "*table" sections ending in COMMIT) with
+// "iptables-restore --noflush --wait", in one transaction. An empty rules does nothing.
+//
+// With --noflush, a line declaring a user-defined chain (":NAME - [0:0]") creates it, or
+// flushes it when it exists: declare only the chains that are missing or that are to be
+// rebuilt.
+func (r *Runner) Restore(ctx context.Context, rules string) error {
+	if rules == "" {
+		return nil
+	}
+	if r.lookErr != nil {
+		return r.lookErr
+	}
+	if _, err := r.run(ctx, []byte(rules), r.restore, "--noflush", "--wait"); err != nil {
+		return fmt.Errorf("%s: %w\ninput:\n%s", RestoreBinary, err, rules)
+	}
+	return nil
+}
+
+// run starts path with args in the namespace, stdin from input, and returns its standard
+// output. A failure carries the standard error.
+func (r *Runner) run(ctx context.Context, input []byte, path string, args ...string) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	stdin, err := memFile("iptables-in", input)
+	if err != nil {
+		return "", err
+	}
+	defer stdin.Close()
+	stdout, err := memFile("iptables-out", nil)
+	if err != nil {
+		return "", err
+	}
+	defer stdout.Close()
+	stderr, err := memFile("iptables-err", nil)
+	if err != nil {
+		return "", err
+	}
+	defer stderr.Close()
+
+	var p *os.Process
+	// Only the start happens in the namespace: os.StartProcess forks from this locked thread,
+	// so the child is born in the namespace. No goroutine is started and nothing is waited on.
+	err = r.ns.Do(func() error {
+		var err error
+		p, err = os.StartProcess(path, append([]string{path}, args...), &os.ProcAttr{
+			Env:   []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"},
+			Files: []*os.File{stdin, stdout, stderr},
+		})
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("start in %s: %w", r.ns.Path(), err)
+	}
+	done := make(chan struct{})
+	killed := make(chan struct{})
+	go func() { // ends when the process does
+		select {
+		case <-ctx.Done():
+			_ = p.Kill()
+			close(killed)
+		case <-done:
+		}
+	}()
+	st, werr := p.Wait()
+	close(done)
+	out, rerr := readAll(stdout)
+	errOut, _ := readAll(stderr)
+	select {
+	case <-killed:
+		return "", ctx.Err()
+	default:
+	}
+	switch {
+	case werr != nil:
+		return "", werr
+	case rerr != nil:
+		return "", rerr
+	case !st.Success():
+		return "", fmt.Errorf("%s: %s", st, strings.TrimSpace(errOut))
+	}
+	return out, nil
+}
+
+// memFile returns an anonymous in-memory file holding b, positioned at its start.
+func memFile(name string, b []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if len(b) > 0 {
+		if _, err := f.Write(b); err != nil {
+			f.Close()
+			return nil, err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+func readAll(f *os.File) (string, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(f)
+	return buf.String(), err
+}
+
+// Table is one table of an iptables-save listing.
+type Table struct {
+	// Chains maps each chain's name to its policy ("ACCEPT", "DROP") for built-in chains, or
+	// "-" for user-defined ones.
+	Chains map[string]string
+	// Rules maps a chain's name to its rules in order, each as iptables-save prints it without
+	// the "-A CHAIN " prefix ("-i br0 ! -o br0 -j ACCEPT").
+	Rules map[string][]string
+}
+
+// HasChain reports whether t has the chain. A nil table has none.
+func (t *Table) HasChain(name string) bool {
+	if t == nil {
+		return false
+	}
+	_, ok := t.Chains[name]
+	return ok
+}
+
+// Policy returns the policy of a built-in chain ("ACCEPT" for a nil table or a missing chain:
+// the kernel's default).
+func (t *Table) Policy(name string) string {
+	if t == nil || t.Chains[name] == "" {
+		return "ACCEPT"
+	}
+	return t.Chains[name]
+}
+
+// ChainRules returns the chain's rules; nil for a nil table or a missing chain.
+func (t *Table) ChainRules(name string) []string {
+	if t == nil {
+		return nil
+	}
+	return t.Rules[name]
+}
+
+// Parse parses iptables-save output into its tables by name. Comments, counters and COMMIT
+// lines are dropped.
+func Parse(save string) (map[string]*Table, error) {
+	tables := make(map[string]*Table)
+	var cur *Table
+	for i, line := range strings.Split(save, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "*"):
+			cur = &Table{Chains: make(map[string]string), Rules: make(map[string][]string)}
+			tables[line[1:]] = cur
+		case line == "COMMIT":
+			cur = nil
+		case cur == nil:
+			return nil, fmt.Errorf("iptables-save line %d outside a table: %q", i+1, line)
+		case strings.HasPrefix(line, ":"):
+			f := strings.Fields(line[1:])
+			if len(f) < 2 {
+				return nil, fmt.Errorf("iptables-save line %d: bad chain %q", i+1, line)
+			}
+			cur.Chains[f[0]] = f[1]
+		case strings.HasPrefix(line, "-A "):
+			chain, rule, _ := strings.Cut(line[3:], " ")
+			// Counters, when asked for, come first: "[0:0] -A ..."; we never ask.
+			cur.Rules[chain] = append(cur.Rules[chain], rule)
+		default:
+			return nil, fmt.Errorf("iptables-save line %d: unexpected %q", i+1, line)
+		}
+	}
+	return tables, nil
+}
+
+// Normalize returns save without comments, counters, and the "[packets:bytes]" of chain
+// lines: a form to compare two listings by.
+func Normalize(save string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(save, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, ":") {
+			if i := strings.LastIndex(line, " ["); i > 0 {
+				line = line[:i]
+			}
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
