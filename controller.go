@@ -93,6 +93,9 @@ type Config struct {
 	IPAMDrivers map[string]ipam.Allocator
 	// Drivers registers extra drivers by name, next to the built-in bridge, host and null.
 	Drivers map[string]drivers.Driver
+	// DisableIPTables makes the bridge driver write no iptables rules and leave forwarding
+	// alone (Docker's --iptables=false): no NAT, ICC or isolation rules.
+	DisableIPTables bool
 	// NoPredefinedNetworks skips creating the bridge, host and none networks.
 	NoPredefinedNetworks bool
 	// Logger receives the Controller's logs. Nil discards them.
@@ -186,7 +189,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger})
+	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables})
 	if err != nil {
 		return nil, fmt.Errorf("cnm: bridge driver: %w", err)
 	}
