@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -151,7 +152,7 @@ func BenchmarkFillV4_8(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		heap = after.HeapAlloc - before.HeapAlloc
-		if _, n, _ := d.Usage(p.ID); n != 1<<24-2 {
+		if _, n, _ := d.Usage(context.Background(), p.ID); n != 1<<24-2 {
 			b.Fatalf("in use %d", n)
 		}
 		runtime.KeepAlive(d)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
-	"slices"
 	"sync"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -110,37 +109,26 @@ type Default struct {
 	spaces map[AddressSpace]*[2]ivalSet // by family: the union of the subnets of the space's pools
 }
 
-var _ Allocator = (*Default)(nil)
+var (
+	_ Allocator        = (*Default)(nil)
+	_ OptionsAllocator = (*Default)(nil)
+	_ Reconciler       = (*Default)(nil)
+	_ Statuser         = (*Default)(nil)
+)
 
 // NewDefault returns a Default with no pools. It fails with an invalid-parameter error
 // ([errclass.InvalidParameterError] naming the field, e.g. "PoolsV4[2].Size") when a default pool
 // has an invalid, unmasked or wrong-family Base, or a Size outside Base.Bits() to 32 or 128.
 func NewDefault(cfg DefaultConfig) (*Default, error) {
-	d := &Default{
+	bases, err := checkBases(cfg.PoolsV4, cfg.PoolsV6)
+	if err != nil {
+		return nil, fmt.Errorf("ipam: new default allocator: %w", err)
+	}
+	return &Default{
+		bases:  bases,
 		pools:  make(map[PoolID]*pool),
 		spaces: make(map[AddressSpace]*[2]ivalSet),
-	}
-	for fam, list := range [2][]DefaultPool{cfg.PoolsV4, cfg.PoolsV6} {
-		field := "PoolsV4"
-		if fam == famV6 {
-			field = "PoolsV6"
-		}
-		if len(list) == 0 {
-			if fam == famV4 {
-				list = DefaultPoolsV4()
-			} else {
-				list = DefaultPoolsV6()
-			}
-		}
-		for i, dp := range list {
-			if err := checkDefaultPool(fam, dp); err != nil {
-				err.Field = fmt.Sprintf("%s[%d].%s", field, i, err.Field)
-				return nil, fmt.Errorf("ipam: new default allocator: %w", err)
-			}
-		}
-		d.bases[fam] = slices.Clone(list)
-	}
-	return d, nil
+	}, nil
 }
 
 // checkDefaultPool validates dp for family fam; the error's Field is "Base" or "Size".
@@ -428,131 +416,44 @@ func (p *pool) allocNext() (u128, bool) {
 // RequestPool implements [Allocator]. With an explicit Subnet, the Subnet (and Range, if set)
 // must be valid and masked, and the Range inside the Subnet; a Range equal to the Subnet is
 // returned as the zero Prefix. A zero Subnet picks the first subnet of the default pools of the
-// family V6 selects that overlaps no pool of the space and none of req.Exclude (prefixes of the
-// other family are ignored; each is masked first, so an interface address 10.1.2.3/16 excludes
-// 10.1.0.0/16, and a default route 0.0.0.0/0 excludes everything); a Range then is an error.
+// family V6 selects that overlaps no pool of the space and none of req.Exclude and req.Reserved
+// (prefixes of the other family are ignored; each is masked first, so an interface address
+// 10.1.2.3/16 excludes 10.1.0.0/16, and a default route 0.0.0.0/0 excludes everything); a Range
+// then is an error. An empty Space means [LocalSpace].
 //
-// Errors: ctx's error; [ErrPoolOverlap] naming the overlapped pool; [ErrPoolExhausted]; an
-// [errclass.InvalidParameterError] for "subnet", "range" or "exclude[i]".
+// Errors: ctx's error; an [*OverlapError] naming the lowest pool, or else the lowest
+// reservation, that an explicit Subnet overlaps; [ErrPoolExhausted]; an
+// [errclass.InvalidParameterError] for "subnet", "range", "exclude[i]" or "reserved[i]".
 func (d *Default) RequestPool(ctx context.Context, req PoolRequest) (Pool, error) {
 	if err := ctx.Err(); err != nil {
 		return Pool{}, fmt.Errorf("ipam: request pool: %w", err)
 	}
-	space := req.Space
-	if space == "" {
-		space = LocalSpace
+	spec, err := parsePoolRequest(req, LocalSpace)
+	if err != nil {
+		return Pool{}, err
 	}
-	if req.Subnet == (netip.Prefix{}) {
-		return d.requestAutoPool(space, req)
-	}
-	subnet, rng := req.Subnet, req.Range
-	if err := checkPrefix("subnet", subnet); err != nil {
-		return Pool{}, fmt.Errorf("ipam: request pool in space %s: %w", space, err)
-	}
-	if rng != (netip.Prefix{}) {
-		if err := checkPrefix("range", rng); err != nil {
-			return Pool{}, fmt.Errorf("ipam: request pool %s in space %s: %w", subnet, space, err)
-		}
-		if famOf(rng) != famOf(subnet) || rng.Bits() < subnet.Bits() || !subnet.Contains(rng.Addr()) {
-			return Pool{}, fmt.Errorf("ipam: request pool %s in space %s: %w", subnet, space,
-				errclass.Invalid("range", rng.String(), "not inside subnet "+subnet.String()))
-		}
-		if rng == subnet {
-			rng = netip.Prefix{}
-		}
-	}
-
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	first, last := bounds(subnet)
-	if s := d.spaces[space]; s != nil {
-		if _, hit := s[famOf(subnet)].overlap(first, last); hit {
-			return Pool{}, fmt.Errorf("ipam: request pool %s in space %s: overlaps pool %s: %w",
-				subnet, space, d.overlappedLocked(space, subnet), ErrPoolOverlap)
-		}
-	}
-	return d.addLocked(newPool(space, subnet, rng)), nil
-}
-
-// checkPrefix reports an invalid or unmasked prefix as an invalid-parameter error for field.
-func checkPrefix(field string, p netip.Prefix) error {
-	if !p.IsValid() {
-		return errclass.Invalid(field, p.String(), "not a valid prefix")
-	}
-	if p != p.Masked() {
-		return errclass.Invalid(field, p.String(), fmt.Sprintf("host bits set (did you mean %s?)", p.Masked()))
-	}
-	return nil
-}
-
-func (d *Default) requestAutoPool(space AddressSpace, req PoolRequest) (Pool, error) {
-	fam := famV4
-	if req.V6 {
-		fam = famV6
-	}
-	if req.Range != (netip.Prefix{}) {
-		return Pool{}, fmt.Errorf("ipam: request %s pool in space %s: %w", famName(fam), space,
-			errclass.Invalid("range", req.Range.String(), "a range needs an explicit subnet"))
-	}
-	var excl ivalSet
-	for i, x := range req.Exclude {
-		if !x.IsValid() {
-			return Pool{}, fmt.Errorf("ipam: request %s pool in space %s: %w", famName(fam), space,
-				errclass.Invalid(fmt.Sprintf("exclude[%d]", i), x.String(), "not a valid prefix"))
-		}
-		if famOf(x) == fam {
-			excl.add(bounds(x))
-		}
-	}
-
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var used ivalSet
-	if s := d.spaces[space]; s != nil {
-		used = s[fam]
+	if s := d.spaces[spec.space]; s != nil {
+		used = s[spec.fam]
 	}
-	subnet, ok := d.pick(fam, used, excl)
-	if !ok {
-		return Pool{}, fmt.Errorf("ipam: request %s pool in space %s: no free subnet in the default pools: %w",
-			famName(fam), space, ErrPoolExhausted)
-	}
-	return d.addLocked(newPool(space, subnet, netip.Prefix{})), nil
-}
-
-// pick returns the first subnet of the default pools of fam that meets neither used nor excl.
-//
-// A candidate that meets an interval is not followed by its neighbour but by the first candidate
-// after the end of that interval, so each step passes at least one interval: a pick takes
-// O(k log k) for k intervals, however many candidate subnets the bases hold.
-func (d *Default) pick(fam int, used, excl ivalSet) (netip.Prefix, bool) {
-	for _, dp := range d.bases[fam] {
-		first, last := bounds(dp.Base)
-		mask := lowMask(dp.Base.Addr().BitLen() - dp.Size) // host part of a candidate
-		var at [2]int                                      // where the last search in used and excl ended
-		for c := first; ; {
-			cEnd := c.or(mask)
-			var end u128 // the largest end of an interval c meets
-			hit := false
-			for k, s := range [2]ivalSet{used, excl} {
-				if iv, ok := s.overlapFrom(&at[k], c, cEnd); ok {
-					if !hit || end.less(iv.hi) {
-						end = iv.hi
-					}
-					hit = true
-				}
-			}
-			if !hit {
-				return netip.PrefixFrom(toAddr(c, fam == famV4), dp.Size), true
-			}
-			// Candidates are aligned to mask, so the next one after end starts at (end|mask)+1.
-			next := end.or(mask)
-			if next == u128Max || !next.less(last) {
-				break
-			}
-			c = next.add1()
+	if !spec.subnet.IsValid() {
+		subnet, ok := pickSubnet(d.bases[spec.fam], spec.fam, used, spec.avoid)
+		if !ok {
+			return Pool{}, spec.noSubnetError()
 		}
+		return d.addLocked(newPool(spec.space, subnet, netip.Prefix{})), nil
 	}
-	return netip.Prefix{}, false
+	if _, hit := used.overlap(bounds(spec.subnet)); hit {
+		other := d.overlappedLocked(spec.space, spec.subnet)
+		return Pool{}, fmt.Errorf("ipam: request pool %s in space %s: %w", spec.subnet, spec.space,
+			&OverlapError{Requested: spec.subnet, With: other.subnet, Pool: other.id, Owner: string(other.id)})
+	}
+	if oe := spec.reservedOverlap(); oe != nil {
+		return Pool{}, fmt.Errorf("ipam: request pool %s in space %s: %w", spec.subnet, spec.space, oe)
+	}
+	return d.addLocked(newPool(spec.space, spec.subnet, spec.rng)), nil
 }
 
 // addLocked records p and returns what RequestPool returns for it.
@@ -568,9 +469,9 @@ func (d *Default) addLocked(p *pool) Pool {
 	return p.info()
 }
 
-// overlappedLocked returns the ID of the lowest pool of space that overlaps subnet. It runs
+// overlappedLocked returns the lowest pool of space that overlaps subnet; one exists. It runs
 // only on the error path, so a scan of all pools is fine.
-func (d *Default) overlappedLocked(space AddressSpace, subnet netip.Prefix) PoolID {
+func (d *Default) overlappedLocked(space AddressSpace, subnet netip.Prefix) *pool {
 	var best *pool
 	for _, p := range d.pools {
 		if p.space != space || !p.subnet.Overlaps(subnet) {
@@ -580,10 +481,7 @@ func (d *Default) overlappedLocked(space AddressSpace, subnet netip.Prefix) Pool
 			best = p
 		}
 	}
-	if best == nil {
-		return "" // unreachable while spaces is right
-	}
-	return best.id
+	return best
 }
 
 // ReleasePool implements [Allocator]: it frees the pool and every address in it. Releasing an
@@ -614,10 +512,21 @@ func (d *Default) ReleasePool(ctx context.Context, id PoolID) error {
 //
 // Errors: ctx's error; [ErrUnknownPool]; [ErrOutOfRange] when addr is not in the subnet (an
 // IPv4-mapped address does not match an IPv4 subnet) or is its network or broadcast address;
-// [ErrAddressInUse]; [ErrPoolExhausted] when no dynamic address is free.
+// [ErrAddressInUse]; an [*ExhaustedError] when no dynamic address is free.
 func (d *Default) RequestAddress(ctx context.Context, id PoolID, addr netip.Addr) (netip.Addr, error) {
+	return d.RequestAddressWithOptions(ctx, id, addr, AddressOptions{})
+}
+
+// RequestAddressWithOptions implements [OptionsAllocator]: RequestAddress, preferring the
+// EUI-64 address of opts.MAC for a dynamic request in an IPv6 pool (see [AddressOptions]). A
+// preferred address is handed out like a static one: it does not move where the next dynamic
+// search starts.
+func (d *Default) RequestAddressWithOptions(ctx context.Context, id PoolID, addr netip.Addr, opts AddressOptions) (netip.Addr, error) {
 	if err := ctx.Err(); err != nil {
 		return netip.Addr{}, fmt.Errorf("ipam: request address in pool %s: %w", id, err)
+	}
+	if err := checkMAC(id, opts); err != nil {
+		return netip.Addr{}, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -626,21 +535,21 @@ func (d *Default) RequestAddress(ctx context.Context, id PoolID, addr netip.Addr
 		return netip.Addr{}, fmt.Errorf("ipam: request address in pool %s: %w", id, ErrUnknownPool)
 	}
 	if !addr.IsValid() {
+		if len(opts.MAC) != 0 {
+			if off, ok := p.eui64Offset(opts.MAC); ok && !p.isSet(off) {
+				p.set(off)
+				return p.addr(off), nil
+			}
+		}
 		off, ok := p.allocNext()
 		if !ok {
-			return netip.Addr{}, fmt.Errorf("ipam: request address in pool %s: no free address in %s: %w",
-				id, p.dynPrefix(), ErrPoolExhausted)
+			return netip.Addr{}, fmt.Errorf("ipam: request address in pool %s: %w", id, p.exhausted())
 		}
 		return p.addr(off), nil
 	}
-	off, ok := p.offset(addr)
-	if !ok {
-		return netip.Addr{}, fmt.Errorf("ipam: request address %s in pool %s: not in subnet %s: %w",
-			addr, id, p.subnet, ErrOutOfRange)
-	}
-	if r := p.reserved(off); r != "" {
-		return netip.Addr{}, fmt.Errorf("ipam: request address %s in pool %s: the %s address of %s: %w",
-			addr, id, r, p.subnet, ErrOutOfRange)
+	off, err := p.staticOffset(addr)
+	if err != nil {
+		return netip.Addr{}, err
 	}
 	if p.isSet(off) {
 		return netip.Addr{}, fmt.Errorf("ipam: request address %s in pool %s: %w", addr, id, ErrAddressInUse)
@@ -679,20 +588,49 @@ func (d *Default) ReleaseAddress(ctx context.Context, id PoolID, addr netip.Addr
 	return nil
 }
 
-// Usage reports the size of pool id, the number of addresses that can be allocated in its
-// subnet (all but the network address and, for IPv4, the broadcast address; saturating at
-// math.MaxUint64, so an IPv6 /64 reports 2^64-1 and anything larger the same), and how many of
-// them are allocated, statically or dynamically. It fails with [ErrUnknownPool].
-func (d *Default) Usage(id PoolID) (size uint64, inUse int, err error) {
+// Reconcile implements [Reconciler]: it frees every allocated address of pool id not in live
+// and returns them in ascending order. It takes O(n + k) for n allocated addresses and k live
+// ones. Errors: ctx's error; [ErrUnknownPool].
+func (d *Default) Reconcile(ctx context.Context, id PoolID, live []netip.Addr) ([]netip.Addr, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("ipam: reconcile pool %s: %w", id, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.pools[id]
+	if p == nil {
+		return nil, fmt.Errorf("ipam: reconcile pool %s: %w", id, ErrUnknownPool)
+	}
+	keep := make(map[u128]struct{}, len(live))
+	for _, a := range live {
+		if off, ok := p.offset(a); ok {
+			keep[off] = struct{}{}
+		}
+	}
+	var drop []u128
+	p.setBits(func(off u128) {
+		if _, ok := keep[off]; !ok {
+			drop = append(drop, off)
+		}
+	})
+	var freed []netip.Addr
+	for _, off := range drop {
+		p.clear(off)
+		freed = append(freed, p.addr(off))
+	}
+	return freed, nil
+}
+
+// Usage implements [Statuser]. Errors: ctx's error; [ErrUnknownPool].
+func (d *Default) Usage(ctx context.Context, id PoolID) (size uint64, inUse int, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, 0, fmt.Errorf("ipam: usage of pool %s: %w", id, err)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := d.pools[id]
 	if p == nil {
 		return 0, 0, fmt.Errorf("ipam: usage of pool %s: %w", id, ErrUnknownPool)
 	}
-	n := p.last // offsets 1..last
-	if p.is4 && !n.isZero() {
-		n = n.sub1() // less the broadcast address
-	}
-	return n.sat64(), p.inUse, nil
+	return p.size(), p.inUse, nil
 }

@@ -346,7 +346,7 @@ func TestCanceledContext(t *testing.T) {
 		t.Errorf("ReleasePool: %v", err)
 	}
 	// Nothing changed.
-	if _, n, err := d.Usage(p.ID); err != nil || n != 1 {
+	if _, n, err := d.Usage(context.Background(), p.ID); err != nil || n != 1 {
 		t.Errorf("Usage = %d, %v; want 1, nil", n, err)
 	}
 }
@@ -465,7 +465,7 @@ func TestTinySubnets(t *testing.T) {
 		if diff := cmp.Diff(tc.want, got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", tc.subnet, diff)
 		}
-		size, n, err := d.Usage(p.ID)
+		size, n, err := d.Usage(context.Background(), p.ID)
 		if err != nil || size != uint64(len(tc.want)) || n != len(tc.want) {
 			t.Errorf("%s: Usage = %d, %d, %v; want %d, %d", tc.subnet, size, n, err, len(tc.want), len(tc.want))
 		}
@@ -503,7 +503,7 @@ func TestWholeAddressSpace(t *testing.T) {
 	if _, err := d.RequestAddress(ctx, p.ID, addr("::")); !errors.Is(err, ipam.ErrOutOfRange) {
 		t.Errorf("network address: err = %v", err)
 	}
-	if size, _, _ := d.Usage(p.ID); size != math.MaxUint64 {
+	if size, _, _ := d.Usage(context.Background(), p.ID); size != math.MaxUint64 {
 		t.Errorf("size = %d, want saturated", size)
 	}
 
@@ -515,7 +515,7 @@ func TestWholeAddressSpace(t *testing.T) {
 	if _, err := d.RequestAddress(ctx, p.ID, addr("255.255.255.255")); !errors.Is(err, ipam.ErrOutOfRange) {
 		t.Errorf("broadcast: err = %v", err)
 	}
-	if size, _, _ := d.Usage(p.ID); size != 1<<32-2 {
+	if size, _, _ := d.Usage(context.Background(), p.ID); size != 1<<32-2 {
 		t.Errorf("size = %d", size)
 	}
 }
@@ -606,7 +606,7 @@ func TestReleaseAddress(t *testing.T) {
 	wantInvalid(t, wantInvalidErr, "addr")
 	// Released, the address can be requested statically again.
 	mustAddr(t, d, p.ID, a)
-	if _, n, _ := d.Usage(p.ID); n != 1 {
+	if _, n, _ := d.Usage(context.Background(), p.ID); n != 1 {
 		t.Errorf("in use = %d, want 1", n)
 	}
 }
@@ -625,7 +625,7 @@ func TestReleasePool(t *testing.T) {
 			t.Fatalf("ReleasePool: %v", err)
 		}
 	}
-	if _, _, err := d.Usage(p.ID); !errors.Is(err, ipam.ErrUnknownPool) {
+	if _, _, err := d.Usage(context.Background(), p.ID); !errors.Is(err, ipam.ErrUnknownPool) {
 		t.Errorf("Usage after release: %v", err)
 	}
 	if _, err := d.RequestAddress(ctx, p.ID, netip.Addr{}); !errors.Is(err, ipam.ErrUnknownPool) {
@@ -655,7 +655,7 @@ func TestUsage(t *testing.T) {
 		p := mustPool(t, d, ipam.PoolRequest{Subnet: pfx(tc.subnet).Masked()})
 		mustAddr(t, d, p.ID, netip.Addr{})
 		mustAddr(t, d, p.ID, p.Subnet.Addr().Next().Next().Next())
-		size, n, err := d.Usage(p.ID)
+		size, n, err := d.Usage(context.Background(), p.ID)
 		if err != nil || size != tc.size || n != 2 {
 			t.Errorf("%s: Usage = %d, %d, %v; want %d, 2, nil", tc.subnet, size, n, err, tc.size)
 		}
@@ -683,7 +683,7 @@ func TestV6Large(t *testing.T) {
 		if a := mustAddr(t, d, p.ID, netip.Addr{}); a != want.Next() {
 			t.Errorf("got %s, want %s", a, want.Next())
 		}
-		if _, n, _ := d.Usage(p.ID); n != 10002 {
+		if _, n, _ := d.Usage(context.Background(), p.ID); n != 10002 {
 			t.Errorf("in use = %d", n)
 		}
 	}
@@ -735,7 +735,7 @@ func TestConcurrent(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	if _, n, _ := d.Usage(p.ID); n != workers*each || len(seen) != workers*each {
+	if _, n, _ := d.Usage(context.Background(), p.ID); n != workers*each || len(seen) != workers*each {
 		t.Errorf("in use %d, seen %d, want %d", n, len(seen), workers*each)
 	}
 }

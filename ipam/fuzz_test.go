@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
@@ -145,7 +146,7 @@ func FuzzRequestAddress(f *testing.F) {
 		default:
 			t.Fatalf("RequestAddress(%v): untyped error %v", a, err)
 		}
-		if _, n, err := d.Usage(p.ID); err != nil || n != 0 {
+		if _, n, err := d.Usage(context.Background(), p.ID); err != nil || n != 0 {
 			t.Fatalf("Usage = %d, %v", n, err)
 		}
 	})

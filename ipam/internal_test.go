@@ -323,3 +323,153 @@ func TestPoolInvariants(t *testing.T) {
 		})
 	})
 }
+
+// TestLoad checks that load, which a Global uses to replace a cached chunk with what the store
+// holds, keeps the counts and invariants of the pool, against allocating bit by bit.
+func TestLoad(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		subnet := netip.MustParsePrefix("10.0.0.0/18") // 4 chunks
+		var rng netip.Prefix
+		if rapid.Bool().Draw(t, "withRange") {
+			rng = netip.MustParsePrefix(rapid.SampledFrom([]string{"10.0.0.0/19", "10.0.32.0/19", "10.0.16.0/20", "10.0.63.0/24", "10.0.15.128/25"}).Draw(t, "range"))
+		}
+		p := newPool(LocalSpace, subnet, rng)
+		t.Repeat(map[string]func(*rapid.T){
+			"load": func(t *rapid.T) {
+				ci := u128{0, rapid.Uint64Range(0, 3).Draw(t, "chunk")}
+				var c *chunk
+				switch rapid.IntRange(0, 3).Draw(t, "kind") {
+				case 0: // nil: all free
+				case 1:
+					c = new(chunk)
+				case 2:
+					full := fullChunk
+					c = &full
+				default:
+					c = new(chunk)
+					for range rapid.IntRange(1, 64).Draw(t, "bits") {
+						i := rapid.IntRange(0, chunkSize-1).Draw(t, "bit")
+						c[i>>6] |= 1 << uint(i&63)
+					}
+				}
+				if c != nil {
+					// Never the network or broadcast address, as a store written by a Global
+					// never holds them.
+					if ci == (u128{}) {
+						c[0] &^= 1
+					}
+					if ci == (u128{0, 3}) {
+						c[len(c)-1] &^= 1 << 63
+					}
+				}
+				p.load(ci, c)
+				var want chunk
+				if c != nil {
+					want = *c
+				}
+				got := p.chunkAt(ci)
+				if (got == nil && want != (chunk{})) || (got != nil && *got != want) {
+					t.Fatalf("chunk %v not loaded", ci)
+				}
+			},
+			"alloc": func(t *rapid.T) { p.allocNext() },
+			"jump":  func(t *rapid.T) { p.jump(rapid.Uint64().Draw(t, "r")) },
+			"":      func(t *rapid.T) { checkPool(t, p) },
+		})
+	})
+}
+
+// TestJump checks that jump lands on a dynamic offset at the start of a chunk, or on lo.
+func TestJump(t *testing.T) {
+	for _, tc := range []struct{ subnet, rng string }{
+		{"10.0.0.0/16", ""}, {"10.0.0.0/16", "10.0.128.0/17"}, {"10.0.0.0/24", ""},
+		{"fd00::/64", ""}, {"::/0", ""}, {"fd00::/64", "fd00::8000:0/97"},
+	} {
+		var rng netip.Prefix
+		if tc.rng != "" {
+			rng = netip.MustParsePrefix(tc.rng)
+		}
+		p := newPool(GlobalSpace, netip.MustParsePrefix(tc.subnet), rng)
+		for _, r := range []uint64{0, 1, 7, 1 << 40, ^uint64(0)} {
+			p.jump(r)
+			if !p.inDyn(p.next) || (p.next != p.lo && p.next.lo&(chunkSize-1) != 0) {
+				t.Errorf("%s %s: jump(%d) to %v, outside [%v, %v] or not at a chunk start", tc.subnet, tc.rng, r, p.next, p.lo, p.hi)
+			}
+		}
+		checkPool(t, p)
+	}
+}
+
+// TestChunkCodec checks the stored form of a bitmap chunk and of its key.
+func TestChunkCodec(t *testing.T) {
+	var c chunk
+	c[0], c[63] = 0xdeadbeef, 1<<63
+	got, err := decodeChunk(encodeChunk(&c))
+	if err != nil || *got != c {
+		t.Fatalf("round trip: %v", err)
+	}
+	if len(encodeChunk(&c)) != 513 {
+		t.Errorf("encoded %d bytes, want 513", len(encodeChunk(&c)))
+	}
+	for _, bad := range [][]byte{nil, {1}, append([]byte{2}, make([]byte, 512)...)} {
+		if _, err := decodeChunk(bad); err == nil {
+			t.Errorf("decodeChunk(%d bytes) = nil error", len(bad))
+		}
+	}
+	g := &Global{prefix: "p"}
+	key := g.chunkKey(0x2a, u128{1, 0xff})
+	if key != "p/chunks/000000000000002a/000000000000000100000000000000ff" {
+		t.Errorf("key = %q", key)
+	}
+	if ci, ok := parseChunkIndex(key[len(g.chunkPrefix(0x2a)):]); !ok || ci != (u128{1, 0xff}) {
+		t.Errorf("parse = %v, %v", ci, ok)
+	}
+}
+
+// TestEUI64 checks the interface identifiers of RFC 4291 appendix A.
+func TestEUI64(t *testing.T) {
+	for _, tc := range []struct {
+		mac  []byte
+		want uint64
+	}{
+		{[]byte{0x00, 0x11, 0x22, 0x33, 0x44, 0x55}, 0x021122fffe334455},
+		{[]byte{0x02, 0x42, 0xac, 0x11, 0x00, 0x02}, 0x0042acfffe110002},
+		{[]byte{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77}, 0x0211223344556677},
+	} {
+		if got := eui64(tc.mac); got != tc.want {
+			t.Errorf("eui64(% x) = %016x, want %016x", tc.mac, got, tc.want)
+		}
+	}
+}
+
+// FuzzDecodeIndex feeds the parser of the stored pool index arbitrary bytes: it never panics, and
+// what it accepts is a list of valid pools that encodes back to an equal list.
+func FuzzDecodeIndex(f *testing.F) {
+	f.Add([]byte(`{"version":1,"pools":[{"space":"global","subnet":"10.0.0.0/24","range":"10.0.0.128/25","gen":7}]}`))
+	f.Add([]byte(`{"version":1,"pools":[{"space":"global","subnet":"fd00::/64","gen":0}]}`))
+	f.Add([]byte(`{"version":1,"pools":[{"space":"x","subnet":"10.0.0.1/24","gen":1}]}`))
+	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		idx, err := decodeIndex(b, 1)
+		if err != nil {
+			return
+		}
+		for _, r := range idx.recs {
+			if !r.Subnet.IsValid() || r.Subnet != r.Subnet.Masked() || r.ID != MakePoolID(r.Space, r.Subnet) {
+				t.Fatalf("accepted bad pool %+v", r)
+			}
+			if r.Range.IsValid() && (!r.Subnet.Contains(r.Range.Addr()) || r.Range.Bits() <= r.Subnet.Bits()) {
+				t.Fatalf("accepted bad range %+v", r)
+			}
+		}
+		enc, err := encodeIndex(idx.recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := decodeIndex(enc, 1)
+		if err != nil || !slices.Equal(again.recs, idx.recs) {
+			t.Fatalf("re-decode: %v, %+v != %+v", err, again, idx)
+		}
+	})
+}

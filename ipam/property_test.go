@@ -1,6 +1,7 @@
 package ipam_test
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"slices"
@@ -159,7 +160,7 @@ func TestPropertyAddresses(t *testing.T) {
 				delete(used, a)
 			},
 			"": func(t *rapid.T) {
-				if _, n, err := d.Usage(pool.ID); err != nil || n != len(used) {
+				if _, n, err := d.Usage(context.Background(), pool.ID); err != nil || n != len(used) {
 					t.Fatalf("Usage = %d, %v; want %d", n, err, len(used))
 				}
 			},
@@ -259,7 +260,7 @@ func TestPropertyPools(t *testing.T) {
 			"": func(t *rapid.T) {
 				for space, list := range model {
 					for _, p := range list {
-						if _, _, err := d.Usage(ipam.MakePoolID(space, p)); err != nil {
+						if _, _, err := d.Usage(context.Background(), ipam.MakePoolID(space, p)); err != nil {
 							t.Fatalf("pool %s/%s lost: %v", space, p, err)
 						}
 					}
