@@ -21,6 +21,7 @@ import (
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 	"github.com/vishvananda/netlink"
@@ -350,6 +351,11 @@ func TestPrivilegedBadInput(t *testing.T) {
 			continue
 		}
 		t.Logf("%s: %v", tc.name, err)
+	}
+	// An overlap names the network it overlaps, and carries the typed IPAM error.
+	_, err := c.NewNetwork(ctx, "x", "bridge", network.WithSubnet(p("10.30.0.0/16")))
+	if oe, ok := errors.AsType[*ipam.OverlapError](err); !ok || !strings.Contains(err.Error(), `network "good"`) || oe.With != p("10.30.0.0/24") {
+		t.Errorf("overlap error = %v, want it to name network \"good\" and 10.30.0.0/24", err)
 	}
 	if got := links(t, l.host.Path()); !slices.Equal(got, hostBefore) {
 		t.Errorf("host links after bad input = %v, want %v", got, hostBefore)

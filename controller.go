@@ -424,11 +424,35 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	defer c.mu.Unlock()
 	if err != nil {
 		delete(c.netNames, name)
+		if other := c.poolOwnerLocked(err); other != "" {
+			return nil, fmt.Errorf("cnm: new network %s: its subnet overlaps network %q: %w", name, other, err)
+		}
 		return nil, fmt.Errorf("cnm: new %w", err)
 	}
 	c.networks[n.ID()] = n
 	c.netNames[name] = n.ID()
 	return n, nil
+}
+
+// poolOwnerLocked returns the name of the network whose pool err says a subnet overlaps, or "".
+func (c *Controller) poolOwnerLocked(err error) string {
+	oe, ok := errors.AsType[*ipam.OverlapError](err)
+	if !ok || oe.Pool == "" {
+		return ""
+	}
+	for _, n := range c.networks {
+		r := n.Record()
+		space := ipam.LocalSpace
+		if r.Scope == drivers.GlobalScope {
+			space = ipam.GlobalSpace
+		}
+		for _, cfg := range append(r.IPv4, r.IPv6...) {
+			if ipam.MakePoolID(space, cfg.Subnet) == oe.Pool {
+				return n.Name()
+			}
+		}
+	}
+	return ""
 }
 
 // Network returns the network with that name, ID, or unique ID prefix.

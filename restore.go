@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
@@ -72,6 +74,7 @@ func (c *Controller) restore(ctx context.Context) error {
 		}
 	}
 	c.seq.Store(maxSeq)
+	c.reconcileIPAM(ctx)
 
 	// 3. Sandboxes: re-open their namespaces and adopt their interfaces. Own namespaces first,
 	// so container-mode sandboxes find the one they share.
@@ -277,4 +280,52 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 		}
 	}
 	c.sandboxes[rec.ID] = &sbox{ns: ns, rec: rec}
+}
+
+// reconcileIPAM asks every local-scope pool whose IPAM driver can reconcile to free the leases
+// that no live endpoint, gateway or auxiliary address holds (a driver that keeps its own
+// state may hold leases of endpoints lost in a crash), and reports what it freed. Global pools
+// are shared by every host: reconciling them needs every host's endpoints (the global store).
+func (c *Controller) reconcileIPAM(ctx context.Context) {
+	for _, n := range c.networks {
+		rec := n.Record()
+		if rec.Scope == drivers.GlobalScope {
+			continue
+		}
+		a, err := c.ipamDriver(rec.IPAMDriver)
+		if err != nil {
+			continue
+		}
+		r, ok := a.(ipam.Reconciler)
+		if !ok {
+			continue
+		}
+		for _, fam := range []struct {
+			cfgs []network.IPAMConfig
+			addr func(endpoint.Record) netip.Prefix
+		}{
+			{rec.IPv4, func(e endpoint.Record) netip.Prefix { return e.IPv4 }},
+			{rec.IPv6, func(e endpoint.Record) netip.Prefix { return e.IPv6 }},
+		} {
+			for _, cfg := range fam.cfgs {
+				live := []netip.Addr{cfg.Gateway}
+				for _, a := range cfg.AuxAddresses {
+					live = append(live, a)
+				}
+				for _, ep := range n.Eps() {
+					if p := fam.addr(ep.Record()); p.IsValid() {
+						live = append(live, p.Addr())
+					}
+				}
+				pool := ipam.MakePoolID(ipam.LocalSpace, cfg.Subnet)
+				freed, err := r.Reconcile(ctx, pool, live)
+				if err != nil {
+					c.log.Error("restore: reconcile ipam", "network", rec.Name, "pool", pool, "err", err)
+				}
+				for _, f := range freed {
+					c.repaired(drivers.Repair{Object: "address " + f.String() + " of network " + rec.Name, Action: "released", Reason: "no live endpoint holds it"})
+				}
+			}
+		}
+	}
 }

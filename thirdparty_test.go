@@ -232,3 +232,74 @@ func TestPrivilegedIPAMDriver(t *testing.T) {
 	}
 	waitLinks(t, host.Path(), cnm.DefaultBridge, "lo")
 }
+
+// TestPrivilegedIPAMDriverKeepsState: an IPAM driver that keeps its state across restarts (here
+// one allocator shared by two Controllers, as one backed by a store would be) is adopted on
+// restart, not asked twice, and a lease no live endpoint holds (left by a crash) is reclaimed
+// and reported.
+func TestPrivilegedIPAMDriverKeepsState(t *testing.T) {
+	nstest.Privileged(t)
+	ctx := t.Context()
+	shared, err := ipam.NewDefault(ipam.DefaultConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := nstest.NewNS(t)
+	dataDir, runDir := t.TempDir(), t.TempDir()
+	open := func() *cnm.Controller {
+		c, err := cnm.New(ctx, cnm.Config{DataDir: dataDir, RunDir: runDir, HostNetns: host.Path(),
+			IPAMDrivers: map[string]ipam.Allocator{"kept": shared}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := open()
+	if _, err := c.NewNetwork(ctx, "p", "bridge", network.WithIPAMDriver("kept"), network.WithSubnet(netip.MustParsePrefix("10.90.0.0/24"))); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c.NewSandbox(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := c.Connect(ctx, "p", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := ipam.MakePoolID(ipam.LocalSpace, netip.MustParsePrefix("10.90.0.0/24"))
+	leaked := netip.MustParseAddr("10.90.0.77")
+	if _, err := shared.RequestAddress(ctx, pool, leaked); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	c = open()
+	defer c.Close()
+	var reps []string
+	for _, r := range c.Repairs() {
+		reps = append(reps, r.String())
+	}
+	if !slices.Equal(reps, []string{"released address 10.90.0.77 of network p: no live endpoint holds it"}) {
+		t.Fatalf("repairs = %q, want the leaked lease released", reps)
+	}
+	nw, err := c.Network("p")
+	if err != nil {
+		t.Fatalf("network p not restored: %v", err)
+	}
+	if got := nw.Inspect().Containers["s"].IPv4Address; got != ep.Info().IPv4.String() {
+		t.Fatalf("restored endpoint address = %q, want %v", got, ep.Info().IPv4)
+	}
+	pingOK(t, sb, netip.MustParseAddr("10.90.0.1"))
+	if _, err := shared.RequestAddress(ctx, pool, leaked); err != nil {
+		t.Fatalf("reclaimed %v cannot be requested again: %v", leaked, err)
+	}
+	if _, err := shared.RequestAddress(ctx, pool, ep.Info().IPv4.Addr()); !errors.Is(err, ipam.ErrAddressInUse) {
+		t.Fatalf("the live endpoint's address is free after restart: %v", err)
+	}
+	if err := c.DeleteSandbox(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteNetwork(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+}
