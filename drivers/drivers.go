@@ -186,11 +186,100 @@ type CreateEndpointRequest struct {
 	MAC        net.HardwareAddr // nil: the driver may choose one and return it
 	IPv4       netip.Prefix     // address with the subnet's length; zero for none
 	IPv6       netip.Prefix
+	// Ports are the ports to publish on the host for the endpoint (docker run -p and -P). A
+	// driver that publishes none must refuse a request that has some with an error matching
+	// ErrNotSupported. On a restart the Controller passes the ports as the driver bound them
+	// (CreateEndpointResult.Ports), and the driver must bind the same again. The slice is the
+	// caller's; the driver must not keep it.
+	Ports []PortBinding
 }
 
 // CreateEndpointResult is what a driver reports back from CreateEndpoint.
 type CreateEndpointResult struct {
 	MAC net.HardwareAddr // the MAC the endpoint uses; nil to keep the requested one
+	// Ports are the ports as bound, one single port each (no ranges), with ephemeral host
+	// ports chosen: what the endpoint's record keeps and inspect shows. Empty when the request
+	// had none.
+	Ports []PortBinding
+}
+
+// PortBinding is one published port, or a range of them: traffic to HostIP:HostPort on the
+// host goes to ContainerPort on the endpoint's address.
+type PortBinding struct {
+	// Proto is "tcp" or "udp". "" means "tcp".
+	Proto string `json:"proto,omitempty"`
+	// HostIP is the host address to bind to. The zero Addr means every address of the host
+	// (0.0.0.0), or the network's default (bridge's host_binding_ipv4).
+	HostIP netip.Addr `json:"host_ip,omitzero"`
+	// HostPort is the host port, 1 to 65535. 0 asks the driver for an ephemeral port.
+	// HostPortEnd, when larger than HostPort, makes a range: with a container range of the
+	// same length, port i maps to port i; with one container port, the driver binds one free
+	// port of the range. 0 means no range.
+	HostPort    uint16 `json:"host_port,omitempty"`
+	HostPortEnd uint16 `json:"host_port_end,omitempty"`
+	// ContainerPort is the port in the container, 1 to 65535. ContainerPortEnd, when larger,
+	// makes a range; 0 means none.
+	ContainerPort    uint16 `json:"container_port"`
+	ContainerPortEnd uint16 `json:"container_port_end,omitempty"`
+}
+
+// String renders b the way docker run -p takes it: "[hostIP:][hostPort[-end]:]containerPort[-end]/proto".
+func (b PortBinding) String() string {
+	rng := func(p, end uint16) string {
+		if end > p {
+			return fmt.Sprintf("%d-%d", p, end)
+		}
+		return fmt.Sprint(p)
+	}
+	s := rng(b.ContainerPort, b.ContainerPortEnd) + "/" + b.proto()
+	host := ""
+	if b.HostPort != 0 {
+		host = rng(b.HostPort, b.HostPortEnd)
+	}
+	switch {
+	case b.HostIP.Is6():
+		return "[" + b.HostIP.String() + "]:" + host + ":" + s
+	case b.HostIP.IsValid():
+		return b.HostIP.String() + ":" + host + ":" + s
+	case host != "":
+		return host + ":" + s
+	}
+	return s
+}
+
+func (b PortBinding) proto() string {
+	if b.Proto == "" {
+		return "tcp"
+	}
+	return b.Proto
+}
+
+// Validate checks b: a known protocol, a container port, ranges the right way round and, when
+// both are ranges, of the same length. It returns an error matching ErrInvalidParameter that
+// names b.
+func (b PortBinding) Validate() error {
+	bad := func(reason string) error { return errclass.Invalid("port binding", b.String(), reason) }
+	switch {
+	case b.Proto != "" && b.Proto != "tcp" && b.Proto != "udp":
+		return errclass.Invalid("port protocol", b.Proto, `want "tcp" or "udp"`)
+	case b.ContainerPort == 0:
+		return bad("container port 0")
+	case b.ContainerPortEnd != 0 && b.ContainerPortEnd < b.ContainerPort:
+		return bad("container port range ends before it starts")
+	case b.HostPortEnd != 0 && b.HostPortEnd < b.HostPort:
+		return bad("host port range ends before it starts")
+	case b.HostPortEnd != 0 && b.HostPort == 0:
+		return bad("host port range from 0")
+	case b.HostIP.IsValid() && (b.HostIP.Zone() != "" || b.HostIP.IsMulticast()):
+		return bad("host address not a unicast address")
+	}
+	if c := b.ContainerPortEnd; c > b.ContainerPort {
+		h := max(b.HostPortEnd, b.HostPort)
+		if b.HostPort != 0 && h-b.HostPort != c-b.ContainerPort {
+			return bad(fmt.Sprintf("host range of %d ports for a container range of %d", h-b.HostPort+1, c-b.ContainerPort+1))
+		}
+	}
+	return nil
 }
 
 // DeleteEndpointRequest asks a driver to delete an endpoint.

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -63,6 +64,8 @@ type Info struct {
 	IfName      string // interface name in the sandbox, when joined
 	Gateway     netip.Addr
 	GatewayIPv6 netip.Addr
+	// Ports are the published ports as bound (single ports, ephemeral ones chosen).
+	Ports []drivers.PortBinding
 }
 
 // Record is an endpoint as kept in the store, under Key(networkID, id).
@@ -77,6 +80,9 @@ type Record struct {
 	// Connected marks an endpoint made by Controller.Connect (create and join in one): it
 	// lives as long as its join, so a restart that finds its interface gone deletes it.
 	Connected bool `json:"connected,omitempty"`
+	// Ports are the published ports as the driver bound them; a restart asks the driver to
+	// bind them again.
+	Ports []drivers.PortBinding `json:"ports,omitempty"`
 	// While joined:
 	SandboxID   string          `json:"sandbox_id,omitempty"`
 	IfName      string          `json:"ifname,omitempty"`
@@ -164,6 +170,7 @@ func (e *Ep) Record() Record {
 	defer e.mu.Unlock()
 	r := e.rec
 	r.Routes = append([]sandbox.Route(nil), r.Routes...)
+	r.Ports = slices.Clone(r.Ports)
 	return r
 }
 
@@ -172,7 +179,7 @@ func infoOf(r Record) Info {
 	return Info{
 		ID: r.ID, Name: r.Name, NetworkID: r.NetworkID, MAC: mac,
 		IPv4: r.IPv4, IPv6: r.IPv6, SandboxID: r.SandboxID, IfName: r.IfName,
-		Gateway: r.Gateway, GatewayIPv6: r.GatewayIPv6,
+		Gateway: r.Gateway, GatewayIPv6: r.GatewayIPv6, Ports: slices.Clone(r.Ports),
 	}
 }
 

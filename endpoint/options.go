@@ -3,6 +3,12 @@ package endpoint
 import (
 	"net"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
 )
 
 // Spec is the per-call configuration of a new endpoint, set by Options.
@@ -12,6 +18,8 @@ type Spec struct {
 	IPv6 netip.Addr
 	// MAC requests a MAC address; nil lets the driver choose.
 	MAC net.HardwareAddr
+	// Ports are the ports to publish (WithPorts, WithPublishAll); nil for none.
+	Ports []drivers.PortBinding
 }
 
 // Option sets a field of a Spec. Options never fail: the network validates the Spec once
@@ -27,4 +35,139 @@ func WithIPv6(a netip.Addr) Option { return func(s *Spec) { s.IPv6 = a } }
 // WithMAC requests the MAC address mac (--mac-address).
 func WithMAC(mac net.HardwareAddr) Option {
 	return func(s *Spec) { s.MAC = append(net.HardwareAddr(nil), mac...) }
+}
+
+// WithPorts publishes ports of the endpoint on the host (docker run -p); see
+// [ParsePortSpec] for the text form. The bound ports, ephemeral ones chosen, are in
+// [Info].Ports. A driver that publishes no ports refuses the endpoint.
+func WithPorts(ports ...drivers.PortBinding) Option {
+	ports = slices.Clone(ports)
+	return func(s *Spec) { s.Ports = append(s.Ports, ports...) }
+}
+
+// WithPublishAll publishes each exposed container port on an ephemeral host port (docker run
+// -P): only Proto and ContainerPort (and ContainerPortEnd) of each are used.
+func WithPublishAll(exposed ...drivers.PortBinding) Option {
+	var ports []drivers.PortBinding
+	for _, e := range exposed {
+		ports = append(ports, drivers.PortBinding{Proto: e.Proto, ContainerPort: e.ContainerPort, ContainerPortEnd: e.ContainerPortEnd})
+	}
+	return func(s *Spec) { s.Ports = append(s.Ports, ports...) }
+}
+
+// ParsePortSpec parses docker run's -p argument: "[hostIP:][hostPort:]containerPort[/proto]",
+// where each port may be a range "first-last", hostPort may be empty ("127.0.0.1::80", an
+// ephemeral port on that address), an IPv6 hostIP is written in brackets ("[::1]:80:80"), and
+// proto is "tcp" (the default) or "udp". Equal ranges ("8000-8009:80-89") are expanded to one
+// binding per port; a host range with one container port ("8000-8009:80") is kept as one
+// binding, for which the driver binds one free port of the range.
+//
+// Bad input (a port that is 0, not a decimal number or above 65535, an unknown protocol, a bad
+// address, ranges of different lengths) is refused with an error matching
+// cnm.ErrInvalidParameter that names the value.
+func ParsePortSpec(spec string) ([]drivers.PortBinding, error) {
+	bad := func(reason string) error { return errclass.Invalid("port spec", spec, reason) }
+	rest, proto, hasProto := strings.Cut(spec, "/")
+	b := drivers.PortBinding{Proto: "tcp"}
+	if hasProto {
+		switch p := strings.ToLower(proto); p {
+		case "tcp", "udp":
+			b.Proto = p
+		default:
+			return nil, errclass.Invalid("port protocol", proto, `want "tcp" or "udp"`)
+		}
+	}
+	var ip, host, ctr string
+	if strings.HasPrefix(rest, "[") { // [v6]:hostPort:containerPort
+		end := strings.Index(rest, "]:")
+		if end < 0 {
+			return nil, bad("unclosed '[' around an IPv6 address")
+		}
+		ip = rest[1:end]
+		var ok bool
+		if host, ctr, ok = strings.Cut(rest[end+2:], ":"); !ok {
+			return nil, bad("want [hostIP]:hostPort:containerPort")
+		}
+		if ip == "" {
+			return nil, bad("empty host address")
+		}
+	} else {
+		f := strings.Split(rest, ":")
+		switch len(f) {
+		case 1:
+			ctr = f[0]
+		case 2:
+			host, ctr = f[0], f[1]
+		case 3:
+			ip, host, ctr = f[0], f[1], f[2]
+			if ip == "" {
+				return nil, bad("empty host address")
+			}
+		default:
+			return nil, bad("want [hostIP:][hostPort:]containerPort[/proto]")
+		}
+	}
+	if ip != "" {
+		a, err := netip.ParseAddr(ip)
+		if err != nil || a.Zone() != "" {
+			return nil, errclass.Invalid("host address", ip, "not an IP address")
+		}
+		b.HostIP = a.Unmap()
+	}
+	var err error
+	if b.ContainerPort, b.ContainerPortEnd, err = parsePortRange(ctr); err != nil {
+		return nil, err
+	}
+	if host != "" {
+		if b.HostPort, b.HostPortEnd, err = parsePortRange(host); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	// Equal ranges: one binding per port.
+	if b.ContainerPortEnd == 0 || (b.HostPort != 0 && b.HostPortEnd == 0) {
+		return []drivers.PortBinding{b}, nil
+	}
+	var out []drivers.PortBinding
+	for i := 0; i <= int(b.ContainerPortEnd-b.ContainerPort); i++ {
+		one := drivers.PortBinding{Proto: b.Proto, HostIP: b.HostIP, ContainerPort: b.ContainerPort + uint16(i)}
+		if b.HostPort != 0 {
+			one.HostPort = b.HostPort + uint16(i)
+		}
+		out = append(out, one)
+	}
+	return out, nil
+}
+
+// parsePortRange parses "port" or "first-last", each 1 to 65535; end is 0 for one port.
+func parsePortRange(s string) (port, end uint16, err error) {
+	first, last, isRange := strings.Cut(s, "-")
+	p, err := parsePort(first)
+	if err != nil || !isRange {
+		return p, 0, err
+	}
+	e, err := parsePort(last)
+	if err != nil {
+		return 0, 0, err
+	}
+	if e < p {
+		return 0, 0, errclass.Invalid("port range", s, "ends before it starts")
+	}
+	if e == p {
+		e = 0
+	}
+	return p, e, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	switch {
+	case err != nil || s == "" || s[0] == '+':
+		return 0, errclass.Invalid("port", s, "not a decimal number")
+	case n == 0 || n > 65535:
+		return 0, errclass.Invalid("port", s, "want 1 to 65535")
+	}
+	return uint16(n), nil
 }

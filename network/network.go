@@ -228,34 +228,47 @@ func (n *Net) allocate(ctx context.Context, pick bool) (err error) {
 		space = ipam.GlobalSpace
 	}
 	for i := range n.rec.IPv4 {
-		if n.poolV4, err = n.allocOne(ctx, space, &n.rec.IPv4[i], false); err != nil {
+		if n.poolV4, err = n.allocOne(ctx, space, &n.rec.IPv4[i], false, !pick); err != nil {
 			return err
 		}
 	}
 	for i := range n.rec.IPv6 {
-		if n.poolV6, err = n.allocOne(ctx, space, &n.rec.IPv6[i], true); err != nil {
+		if n.poolV6, err = n.allocOne(ctx, space, &n.rec.IPv6[i], true, !pick); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (n *Net) allocOne(ctx context.Context, space ipam.AddressSpace, c *IPAMConfig, v6 bool) (ipam.PoolID, error) {
+// allocOne requests one subnet's pool, aux addresses and gateway. With adopt (a restart), a
+// pool and addresses the IPAM driver already holds are taken as they are: a driver that keeps
+// its own state (in a store) still has them.
+func (n *Net) allocOne(ctx context.Context, space ipam.AddressSpace, c *IPAMConfig, v6, adopt bool) (ipam.PoolID, error) {
 	pool, err := n.cfg.IPAM.RequestPool(ctx, ipam.PoolRequest{
 		Space: space, Subnet: c.Subnet, Range: c.IPRange, V6: v6, Exclude: n.cfg.Exclude,
 	})
+	if oe, ok := errors.AsType[*ipam.OverlapError](err); ok && adopt && oe.Pool == ipam.MakePoolID(space, c.Subnet) {
+		pool, err = ipam.Pool{ID: oe.Pool, Subnet: c.Subnet, Range: c.IPRange}, nil
+	}
 	if err != nil {
 		return "", err
 	}
 	c.Subnet = pool.Subnet
+	request := func(a netip.Addr) (netip.Addr, error) {
+		got, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, a)
+		if adopt && a.IsValid() && errors.Is(err, ipam.ErrAddressInUse) {
+			return a, nil
+		}
+		return got, err
+	}
 	// Aux addresses first, so a gateway IPAM picks is never one of them.
 	for _, name := range slices.Sorted(maps.Keys(c.AuxAddresses)) {
-		if _, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.AuxAddresses[name]); err != nil {
+		if _, err := request(c.AuxAddresses[name]); err != nil {
 			_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
 			return "", fmt.Errorf("aux-address %s: %w", name, err)
 		}
 	}
-	gw, err := n.cfg.IPAM.RequestAddress(ctx, pool.ID, c.Gateway)
+	gw, err := request(c.Gateway)
 	if err != nil {
 		_ = n.cfg.IPAM.ReleasePool(context.WithoutCancel(ctx), pool.ID)
 		return "", fmt.Errorf("gateway: %w", err)
@@ -433,12 +446,18 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 
 	res, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
 		NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID),
-		MAC: spec.MAC, IPv4: rec.IPv4, IPv6: rec.IPv6,
+		MAC: spec.MAC, IPv4: rec.IPv4, IPv6: rec.IPv6, Ports: spec.Ports,
 	})
+	if err == nil && len(spec.Ports) > 0 && len(res.Ports) == 0 {
+		// A driver that knows nothing of ports would drop them silently.
+		err = errors.Join(&errclass.NotSupportedError{What: "published ports on a " + n.cfg.Entry.Name + " network"},
+			n.cfg.Entry.Driver.DeleteEndpoint(rb, drivers.DeleteEndpointRequest{NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID)}))
+	}
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("network %s: create endpoint %s: driver %s: %w", n.rec.Name, name, n.cfg.Entry.Name, err)
 	}
+	rec.Ports = res.Ports
 	mac := spec.MAC
 	if res.MAC != nil {
 		mac = res.MAC
@@ -476,6 +495,14 @@ func (n *Net) checkSpec(s endpoint.Spec) error {
 	if s.MAC != nil && s.MAC[0]&1 == 1 {
 		return errclass.Invalid("mac address", s.MAC.String(), "multicast address")
 	}
+	for _, p := range s.Ports {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	if len(s.Ports) > 0 && n.rec.Internal {
+		return errclass.Invalid("published ports", s.Ports[0].String(), "an internal network publishes no ports")
+	}
 	if n.cfg.Entry.Caps.NoIPAM && (s.IPv4.IsValid() || s.IPv6.IsValid()) {
 		return errclass.Invalid("ip", s.IPv4.String(), fmt.Sprintf("driver %s takes no addresses", n.rec.Driver))
 	}
@@ -501,13 +528,25 @@ func (n *Net) checkSpec(s endpoint.Spec) error {
 // addresses into IPAM.
 func (n *Net) RestoreEndpoint(ctx context.Context, rec endpoint.Record, rev uint64) (*endpoint.Ep, error) {
 	if !n.cfg.Entry.Caps.NoIPAM {
+		if err := n.checkDuplicate(rec); err != nil {
+			return nil, err
+		}
+		// An address the IPAM driver holds already is adopted: a driver that keeps its own
+		// state still has it (duplicates between records were refused above).
+		request := func(pool ipam.PoolID, a netip.Addr) error {
+			_, err := n.cfg.IPAM.RequestAddress(ctx, pool, a)
+			if errors.Is(err, ipam.ErrAddressInUse) {
+				return nil
+			}
+			return err
+		}
 		if rec.IPv4.IsValid() && n.poolV4 != "" {
-			if _, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV4, rec.IPv4.Addr()); err != nil {
+			if err := request(n.poolV4, rec.IPv4.Addr()); err != nil {
 				return nil, fmt.Errorf("endpoint %s: restore %s: %w", rec.Name, rec.IPv4.Addr(), err)
 			}
 		}
 		if rec.IPv6.IsValid() && n.poolV6 != "" {
-			if _, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV6, rec.IPv6.Addr()); err != nil {
+			if err := request(n.poolV6, rec.IPv6.Addr()); err != nil {
 				if rec.IPv4.IsValid() {
 					_ = n.cfg.IPAM.ReleaseAddress(ctx, n.poolV4, rec.IPv4.Addr())
 				}
@@ -517,7 +556,7 @@ func (n *Net) RestoreEndpoint(ctx context.Context, rec endpoint.Record, rev uint
 	}
 	if _, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
 		NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID),
-		MAC: parseMAC(rec.MAC), IPv4: rec.IPv4, IPv6: rec.IPv6,
+		MAC: parseMAC(rec.MAC), IPv4: rec.IPv4, IPv6: rec.IPv6, Ports: rec.Ports,
 	}); err != nil {
 		return nil, fmt.Errorf("endpoint %s: restore: driver %s: %w", rec.Name, n.cfg.Entry.Name, err)
 	}
@@ -527,6 +566,39 @@ func (n *Net) RestoreEndpoint(ctx context.Context, rec endpoint.Record, rev uint
 	n.names[rec.Name] = rec.ID
 	n.mu.Unlock()
 	return ep, nil
+}
+
+// checkDuplicate refuses a restored endpoint whose address another endpoint of the network
+// holds, or that is the gateway or an aux address.
+func (n *Net) checkDuplicate(rec endpoint.Record) error {
+	taken := func(p netip.Prefix, cfgs []IPAMConfig) string {
+		if !p.IsValid() {
+			return ""
+		}
+		for _, c := range cfgs {
+			if c.Gateway == p.Addr() {
+				return "the gateway"
+			}
+			for name, a := range c.AuxAddresses {
+				if a == p.Addr() {
+					return "aux address " + name
+				}
+			}
+		}
+		return ""
+	}
+	if by := taken(rec.IPv4, n.rec.IPv4) + taken(rec.IPv6, n.rec.IPv6); by != "" {
+		return fmt.Errorf("endpoint %s: restore: %w: held by %s", rec.Name, ipam.ErrAddressInUse, by)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, ep := range n.endpoints {
+		o := ep.Info()
+		if (rec.IPv4.IsValid() && o.IPv4.Addr() == rec.IPv4.Addr()) || (rec.IPv6.IsValid() && o.IPv6.Addr() == rec.IPv6.Addr()) {
+			return fmt.Errorf("endpoint %s: restore: %w: held by endpoint %s", rec.Name, ipam.ErrAddressInUse, o.Name)
+		}
+	}
+	return nil
 }
 
 func parseMAC(s string) net.HardwareAddr {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/vishvananda/netlink"
 )
@@ -207,6 +208,102 @@ func BenchmarkPrivilegedKthNetwork(b *testing.B) {
 				e.createNetwork(b, drivers.CreateNetworkRequest{IPv4: v4(fmt.Sprintf("10.20.%d.0/24", i))})
 			}
 			benchCreateDelete(b, e.d, drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.30.0.0/24")})
+		})
+	}
+}
+
+// BenchmarkPrivilegedPublish measures CreateEndpoint, Join, Leave and DeleteEndpoint of one
+// endpoint against the raw netlink messages of Join and Leave: without published ports (no
+// iptables work, one conntrack flush on delete) and with one published port (one
+// iptables-save and one iptables-restore each for create and delete).
+func BenchmarkPrivilegedPublish(b *testing.B) {
+	nstest.Privileged(b)
+	e := newEnv(b)
+	nid := driverstest.NewNetworkID()
+	e.createNetwork(b, drivers.CreateNetworkRequest{NetworkID: nid, IPv4: ipv4})
+	n, err := e.d.network(nid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sb := nstest.NewNS(b)
+	eid := driverstest.NewEndpointID()
+	mac := net.HardwareAddr{0x02, 0x42, 0x0a, 0x7b, 0x00, 0x02}
+	host := hostVethName(eid)
+	b.Run("raw", func(b *testing.B) {
+		for b.Loop() {
+			if err := e.d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, "eth0", mac, sb.FD())); err != nil {
+				b.Fatal(err)
+			}
+			if err := e.d.raw.Exec(cnl.DelLinkRequest(host)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name  string
+		ports []drivers.PortBinding
+	}{{"noports", nil}, {"oneport", []drivers.PortBinding{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			runs := e.d.fw.Runs()
+			for b.Loop() {
+				benchEndpoint(b, e.d, nid, eid, sb, mac, tc.ports)
+			}
+			b.ReportMetric(float64(e.d.fw.Runs()-runs)/float64(b.N), "iptables/op")
+		})
+	}
+}
+
+func benchEndpoint(b *testing.B, d *Driver, nid drivers.NetworkID, eid drivers.EndpointID, sb *netns.NS, mac net.HardwareAddr, ports []drivers.PortBinding) {
+	if _, err := d.CreateEndpoint(b.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, IPv4: netip.MustParsePrefix("10.123.0.2/24"), MAC: mac, Ports: ports}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.Join(b.Context(), drivers.JoinRequest{NetworkID: nid, EndpointID: eid, SandboxKey: sb.Path(), NetnsFD: sb.FD(), IfName: "eth0", MAC: mac}); err != nil {
+		b.Fatal(err)
+	}
+	if err := d.Leave(b.Context(), drivers.LeaveRequest{NetworkID: nid, EndpointID: eid, IfName: "eth0"}); err != nil {
+		b.Fatal(err)
+	}
+	if err := d.DeleteEndpoint(b.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkPrivilegedKthPort measures CreateEndpoint and DeleteEndpoint of an endpoint with one
+// published port when k-1 endpoints with one published port each exist already.
+func BenchmarkPrivilegedKthPort(b *testing.B) {
+	nstest.Privileged(b)
+	for _, k := range []int{1, 50, 200} {
+		b.Run(fmt.Sprintf("k=%d", k), func(b *testing.B) {
+			e := newEnv(b)
+			nid := driverstest.NewNetworkID()
+			e.createNetwork(b, drivers.CreateNetworkRequest{NetworkID: nid, IPv4: v4("10.20.0.0/16")})
+			for i := range k - 1 {
+				eid := driverstest.NewEndpointID()
+				if _, err := e.d.CreateEndpoint(b.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+					IPv4:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 20, byte(1 + i/250), byte(2 + i%250)}), 16),
+					Ports: []drivers.PortBinding{{Proto: "tcp", HostPort: uint16(20000 + i), ContainerPort: 80}}}); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() {
+					e.d.DeleteEndpoint(b.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid})
+				})
+			}
+			eid := driverstest.NewEndpointID()
+			req := drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, IPv4: netip.MustParsePrefix("10.20.0.2/16"),
+				Ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
+			var split splitTimer
+			for b.Loop() {
+				split.start()
+				if _, err := e.d.CreateEndpoint(b.Context(), req); err != nil {
+					b.Fatal(err)
+				}
+				split.mid()
+				if err := e.d.DeleteEndpoint(b.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+					b.Fatal(err)
+				}
+				split.stop()
+			}
+			split.report(b)
 		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +52,9 @@ type Config struct {
 	// enable_icc=false are refused. false means the driver writes its rules, which needs
 	// iptables-save and iptables-restore in PATH (checked when a network is created).
 	DisableIPTables bool
+	// PortRange is the range ephemeral host ports of published ports are chosen from. The
+	// zero value means 49153-60999; otherwise First must be at least 1 and Last at least First.
+	PortRange PortRange
 }
 
 // Driver is the bridge driver. Create one with [New] and release it with [Driver.Close]. Its
@@ -65,7 +69,10 @@ type Driver struct {
 	raw  cnl.Socket       // the same, for the hand-built Join and Leave messages
 	fw   *iptables.Runner // iptables in the host namespace
 	noFW bool             // Config.DisableIPTables
-	once sync.Once        // closes ns, h and raw
+	ct   *conntrackSocket // NETLINK_NETFILTER in the host namespace; nil when it cannot be opened
+	once sync.Once        // closes ns, h, raw and ct
+
+	portRange PortRange // Config.PortRange with the default applied
 
 	fwMu sync.Mutex // serializes the read-modify-write of the host's iptables rules
 
@@ -73,6 +80,11 @@ type Driver struct {
 	networks map[drivers.NetworkID]*network
 	names    map[string]drivers.NetworkID        // bridge names held by networks, made or being made
 	busy     map[drivers.NetworkID]chan struct{} // closed when the running CreateNetwork or DeleteNetwork ends
+	// endpoints are the endpoints created and not deleted, with their published ports.
+	endpoints map[drivers.EndpointID]*endpoint
+	bound     map[protoPort][]portKey // the host ports reserved by endpoints
+	nextPort  map[string]uint16       // by protocol: where the next ephemeral search starts
+	epBusy    map[drivers.EndpointID]bool
 }
 
 // network is what the driver remembers of a network it created or adopted. It is immutable
@@ -87,6 +99,7 @@ type network struct {
 	noICC    bool           // NetworkOptions.DisableICC
 	noMasq   bool           // NetworkOptions.DisableIPMasquerade
 	routed   bool           // NetworkOptions.GatewayModeIPv4 == GatewayModeRouted
+	hostIP   netip.Addr     // NetworkOptions.HostBindingIPv4: the default host address of published ports
 }
 
 // New opens the host namespace and netlink sockets in it and returns a driver that keeps them
@@ -94,6 +107,13 @@ type network struct {
 // reported only by CreateNetwork. It does not touch the kernel's state; CreateNetwork rebuilds
 // what the driver knows of each network after a restart.
 func New(cfg Config) (_ *Driver, err error) {
+	pr := cfg.PortRange
+	if pr == (PortRange{}) {
+		pr = PortRange{DefaultPortRangeFirst, DefaultPortRangeLast}
+	}
+	if pr.First == 0 || pr.Last < pr.First {
+		return nil, fmt.Errorf("bridge: %w", errclass.Invalid("port range", pr.String(), "want first port 1 to 65535 and last port at least first"))
+	}
 	var ns *netns.NS
 	if cfg.HostNetns == "" {
 		ns, err = netns.Current()
@@ -125,16 +145,27 @@ func New(cfg Config) (_ *Driver, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	ct, err := newConntrackSocket(ns.Handle(), socketTimeout)
+	if err != nil { // no conntrack flushing; everything else works
+		log.Warn("bridge: no conntrack netlink socket; stale connections of released addresses are not flushed", "err", err)
+		ct = nil
+	}
 	return &Driver{
-		log:      log.With("driver", DriverType),
-		ns:       ns,
-		h:        h,
-		raw:      raw,
-		fw:       iptables.New(ns),
-		noFW:     cfg.DisableIPTables,
-		networks: make(map[drivers.NetworkID]*network),
-		names:    make(map[string]drivers.NetworkID),
-		busy:     make(map[drivers.NetworkID]chan struct{}),
+		ct:        ct,
+		portRange: pr,
+		endpoints: make(map[drivers.EndpointID]*endpoint),
+		bound:     make(map[protoPort][]portKey),
+		nextPort:  make(map[string]uint16),
+		epBusy:    make(map[drivers.EndpointID]bool),
+		log:       log.With("driver", DriverType),
+		ns:        ns,
+		h:         h,
+		raw:       raw,
+		fw:        iptables.New(ns),
+		noFW:      cfg.DisableIPTables,
+		networks:  make(map[drivers.NetworkID]*network),
+		names:     make(map[string]drivers.NetworkID),
+		busy:      make(map[drivers.NetworkID]chan struct{}),
 	}, nil
 }
 
@@ -145,6 +176,7 @@ func (d *Driver) Close() error {
 	d.once.Do(func() {
 		d.h.Close()
 		d.raw.Close()
+		d.ct.Close()
 		d.ns.Close()
 	})
 	return nil
@@ -261,6 +293,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 	n := &network{
 		bridge: o.BridgeName, mtu: o.MTU, internal: req.Internal,
 		noICC: o.DisableICC, noMasq: o.DisableIPMasquerade, routed: o.GatewayModeIPv4 == GatewayModeRouted,
+		hostIP: o.HostBindingIPv4,
 	}
 	if n.bridge == "" {
 		n.bridge = defaultBridgeName(req.NetworkID)
@@ -412,29 +445,165 @@ func isOurs(link netlink.Link, nid drivers.NetworkID) bool {
 	return link.Type() == "bridge" && link.Attrs().Alias == aliasPrefix+string(nid)
 }
 
-// CreateEndpoint checks the request; it does no kernel work. It fails with an error matching
-// cnm.ErrNotFound when the network is unknown. When req.MAC is nil, the result's MAC is derived
-// from the IPv4 address as Docker does (02:42 and the four bytes of the address), or is random
-// and locally administered when there is no IPv4 address.
+// CreateEndpoint checks the request and publishes the endpoint's ports, if it has some. It
+// fails with an error matching cnm.ErrNotFound when the network is unknown. When req.MAC is
+// nil, the result's MAC is derived from the IPv4 address as Docker does (02:42 and the four
+// bytes of the address), or is random and locally administered when there is no IPv4 address.
+//
+// Published ports (req.Ports) need the endpoint's IPv4 address and the firewall, and are
+// refused on an internal network (cnm.ErrInvalidParameter). Each gets a host port, the one
+// asked for or an ephemeral one from [Config].PortRange: a host port already published by
+// another endpoint with the same protocol, on the same host address or where either is
+// 0.0.0.0, is a conflict (cnm.ErrConflict). The host address defaults to the network's
+// host_binding_ipv4. Their rules (see the package doc) are written in one iptables-restore
+// transaction; on any error nothing is reserved or written. The result lists the ports as
+// bound, one per container port.
+//
+// An endpoint without published ports costs no iptables work. CreateEndpoint converges: called
+// again for the same endpoint (a restart, with the bound ports), it reserves the same ports and
+// brings the endpoint's rules to exactly what they should be, without duplicates.
 func (d *Driver) CreateEndpoint(ctx context.Context, req drivers.CreateEndpointRequest) (drivers.CreateEndpointResult, error) {
-	if _, err := d.network(req.NetworkID); err != nil {
+	res, err := d.createEndpoint(ctx, req)
+	if err != nil {
 		return drivers.CreateEndpointResult{}, fmt.Errorf("bridge: create endpoint %s: %w", req.EndpointID.Short(), err)
 	}
+	return res, nil
+}
+
+func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointRequest) (drivers.CreateEndpointResult, error) {
+	var res drivers.CreateEndpointResult
+	n, err := d.network(req.NetworkID)
+	if err != nil {
+		return res, err
+	}
 	if err := checkID("endpoint ID", string(req.EndpointID)); err != nil {
-		return drivers.CreateEndpointResult{}, fmt.Errorf("bridge: create endpoint %s: %w", req.EndpointID.Short(), err)
+		return res, err
 	}
 	if req.MAC != nil {
 		if err := checkMAC(req.MAC); err != nil {
-			return drivers.CreateEndpointResult{}, fmt.Errorf("bridge: create endpoint %s: %w", req.EndpointID.Short(), err)
+			return res, err
 		}
-		return drivers.CreateEndpointResult{}, nil
+	} else {
+		res.MAC = endpointMAC(req.IPv4.Addr())
 	}
-	return drivers.CreateEndpointResult{MAC: endpointMAC(req.IPv4.Addr())}, nil
+	want, err := d.expandPorts(n, req)
+	if err != nil {
+		return res, err
+	}
+	eid := req.EndpointID
+	ep := &endpoint{nid: req.NetworkID, bridge: n.bridge, addr: req.IPv4.Addr()}
+
+	d.mu.Lock()
+	if d.epBusy[eid] {
+		d.mu.Unlock()
+		return res, &errclass.ConflictError{Kind: "endpoint", Name: string(eid), Reason: "another create or delete of it is in progress"}
+	}
+	old := d.endpoints[eid]
+	if len(want) == 0 && (old == nil || len(old.ports) == 0) {
+		d.endpoints[eid] = ep // the common case: no ports, no firewall work
+		d.mu.Unlock()
+		return res, nil
+	}
+	// Re-creating an endpoint replaces its reservations: its own ports are no conflict.
+	if old != nil {
+		for _, k := range old.keys {
+			d.releaseLocked(k)
+		}
+	}
+	ep.ports, ep.keys, err = d.reserveLocked(eid, want)
+	if err != nil {
+		if old != nil {
+			d.rereserveLocked(old)
+		}
+		d.mu.Unlock()
+		return res, err
+	}
+	d.epBusy[eid] = true
+	d.mu.Unlock()
+
+	err = d.ensurePorts(ctx, eid, ep)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.epBusy, eid)
+	if err != nil { // the transaction wrote nothing: put back what was
+		for _, k := range ep.keys {
+			d.releaseLocked(k)
+		}
+		if old != nil {
+			d.rereserveLocked(old)
+		}
+		return res, fmt.Errorf("publish ports: %w", err)
+	}
+	d.endpoints[eid] = ep
+	res.Ports = slices.Clone(ep.ports)
+	d.log.DebugContext(ctx, "published ports", "endpoint", eid.Short(), "ports", len(ep.ports))
+	return res, nil
 }
 
-// DeleteEndpoint does no kernel work and returns nil.
+// rereserveLocked puts back the reservations of old, which were released under the same lock
+// hold: they cannot conflict.
+func (d *Driver) rereserveLocked(old *endpoint) {
+	for _, k := range old.keys {
+		pp := protoPort{k.proto, k.port}
+		d.bound[pp] = append(d.bound[pp], k)
+	}
+}
+
+// DeleteEndpoint removes the endpoint's published ports, their rules in one iptables-restore
+// transaction (none when it has no ports), and frees its host ports. It then deletes the
+// host's conntrack entries of the endpoint's IPv4 address, with filtered netlink requests, so
+// that a later owner of the address gets no stale NAT state; a failure there is logged only.
+// A missing endpoint returns nil.
 func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
+	eid := req.EndpointID
+	d.mu.Lock()
+	if d.epBusy[eid] {
+		d.mu.Unlock()
+		return fmt.Errorf("bridge: delete endpoint %s: %w", eid.Short(), &errclass.ConflictError{Kind: "endpoint", Name: string(eid), Reason: "another create or delete of it is in progress"})
+	}
+	ep := d.endpoints[eid]
+	if ep == nil {
+		d.mu.Unlock()
+		return nil
+	}
+	if len(ep.ports) == 0 {
+		delete(d.endpoints, eid)
+		d.mu.Unlock()
+		d.flushConntrack(ctx, eid, ep.addr)
+		return nil
+	}
+	d.epBusy[eid] = true
+	d.mu.Unlock()
+
+	// The rules go even if ctx ends now: the endpoint is on its way out.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
+	err := d.ensurePorts(fctx, eid, nil)
+	cancel()
+
+	d.mu.Lock()
+	delete(d.epBusy, eid)
+	if err != nil {
+		d.mu.Unlock()
+		return fmt.Errorf("bridge: delete endpoint %s: firewall: %w", eid.Short(), err)
+	}
+	for _, k := range ep.keys {
+		d.releaseLocked(k)
+	}
+	delete(d.endpoints, eid)
+	d.mu.Unlock()
+	d.flushConntrack(ctx, eid, ep.addr)
 	return nil
+}
+
+// flushConntrack deletes the conntrack entries of addr, logging a failure.
+func (d *Driver) flushConntrack(ctx context.Context, eid drivers.EndpointID, addr netip.Addr) {
+	if !addr.IsValid() || d.ct == nil {
+		return
+	}
+	if err := d.ct.flushAddr(addr); err != nil {
+		d.log.WarnContext(ctx, "conntrack flush", "endpoint", eid.Short(), "address", addr, "err", err)
+	}
 }
 
 // Join creates the endpoint's veth pair with one netlink message: the host end
@@ -467,6 +636,21 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.Joi
 	}
 	if err != nil {
 		return drivers.JoinResult{}, fmt.Errorf("bridge: join endpoint %s: create veth %s: %w", req.EndpointID.Short(), host, err)
+	}
+	d.mu.Lock()
+	ep := d.endpoints[req.EndpointID]
+	d.mu.Unlock()
+	if ep != nil && len(ep.ports) > 0 {
+		// A container reaching its own published port through the host's address gets its
+		// packets back through its own bridge port: hairpin mode lets the bridge do that.
+		// Only endpoints with published ports pay for this round trip.
+		if err := d.h.LinkSetHairpin(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}}, true); err != nil {
+			err = fmt.Errorf("bridge: join endpoint %s: hairpin mode on %s: %w", req.EndpointID.Short(), host, err)
+			if derr := d.raw.Exec(cnl.DelLinkRequest(host)); derr != nil && !errors.Is(derr, unix.ENODEV) {
+				err = errors.Join(err, fmt.Errorf("rollback: delete veth %s: %w", host, derr))
+			}
+			return drivers.JoinResult{}, err
+		}
 	}
 	res := drivers.JoinResult{InterfaceInSandbox: true}
 	if !n.internal {

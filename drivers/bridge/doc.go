@@ -17,8 +17,11 @@
 // characters of the endpoint ID (veth89abcdef012, 15 bytes), up and enslaved to the bridge, and
 // the sandbox end, with the requested name (eth0), MAC and the network's MTU, created directly
 // in the sandbox's namespace. The sandbox adds the addresses and routes and sets it up. Leave
-// deletes the host end, which takes the other with it. CreateEndpoint and DeleteEndpoint do no
-// kernel work.
+// deletes the host end, which takes the other with it. CreateEndpoint and DeleteEndpoint of an
+// endpoint without published ports do no iptables work; DeleteEndpoint flushes the conntrack
+// entries of the endpoint's IPv4 address (one filtered IPCTNL_MSG_CT_DELETE per direction,
+// matched by the kernel). Join of an endpoint with published ports also sets hairpin mode on
+// its bridge port, so that a container reaches its own published port.
 //
 // The driver keeps what it knows of each network (bridge name, ifindex, MTU, gateways) in
 // memory only. After a restart, CreateNetwork with the same request adopts the existing bridge
@@ -36,6 +39,7 @@
 //	                      -j CNM-FORWARD               right after CNM-USER
 //	filter CNM-USER       the user's own rules, evaluated before the driver's
 //	filter CNM-FORWARD    -j CNM-ISOLATION-1           always first
+//	                      -j CNM-PORTS                 always second
 //	                      then, per network on bridge BR:
 //	                      -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 //	                      -i BR -o BR -j ACCEPT        DROP when enable_icc=false
@@ -46,7 +50,13 @@
 //	                      -i BR ! -o BR -j DROP, ! -i BR -o BR -j DROP)
 //	filter CNM-ISOLATION-1  per network: -i BR ! -o BR -j CNM-ISOLATION-2
 //	filter CNM-ISOLATION-2  per network: -o BR -j DROP
+//	filter CNM-PORTS      per published port of endpoint E (address C, container port P):
+//	                      -d C/32 ! -i BR -o BR -p tcp -m tcp --dport P -m comment --comment "cnm:E12" -j ACCEPT
 //	nat POSTROUTING       -j CNM-POSTROUTING           appended once
+//	nat PREROUTING        -m addrtype --dst-type LOCAL -j CNM-DNAT                    appended once
+//	nat OUTPUT            ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j CNM-DNAT   appended once
+//	nat CNM-DNAT          per published port: [-d HOSTIP/32] -p tcp -m tcp --dport H
+//	                      -m comment --comment "cnm:E12" -j DNAT --to-destination C:P
 //	nat CNM-POSTROUTING   per IPv4 subnet S of a network with masquerade:
 //	                      -s S ! -o BR -j MASQUERADE
 //
@@ -74,8 +84,24 @@
 // is set to 1 when it is 0. A missing iptables-save or iptables-restore fails CreateNetwork
 // with an error matching cnm.ErrUnavailable, also before any kernel work.
 //
-// Not done yet: published ports, ip6tables rules (IPv6 traffic is neither filtered nor
-// isolated by the driver), and conntrack flushing.
+// # Published ports
+//
+// CreateEndpoint publishes the ports of [drivers.CreateEndpointRequest].Ports with no proxy
+// process: a DNAT per port in CNM-DNAT, reached for traffic to any local address from outside
+// (PREROUTING), from the host itself (OUTPUT; not 127.0.0.0/8) and from containers (hairpin:
+// the DNATed traffic goes back into the bridge, and the network's hairpin MASQUERADE,
+// "-s S -o BR -m conntrack --ctstate DNAT -j MASQUERADE" in CNM-POSTROUTING, makes the reply
+// return through the host), and an ACCEPT in CNM-PORTS, after isolation and ahead of the
+// networks' DROPs. Every rule of an endpoint carries the comment "cnm:" and the first 12
+// characters of its ID: that is how CreateEndpoint (converging, without duplicates),
+// DeleteEndpoint and Reconcile (rules of endpoints the driver does not know) find them. Host
+// ports are reserved in the driver (the same protocol and port on the same address, or on
+// 0.0.0.0, is a conflict); ephemeral ones come from [Config].PortRange. The reservations live
+// in memory and are rebuilt by CreateEndpoint with the bound ports after a restart. With ICC
+// disabled, published ports are reached from outside the bridge only.
+//
+// Not done yet: ip6tables rules (IPv6 traffic is neither filtered nor isolated by the driver,
+// and ports are published on IPv4 host addresses only).
 //
 // # Privilege and namespaces
 //

@@ -73,10 +73,14 @@ func fwRules(n *network) map[chainRef][]string {
 		add(fwd, fmt.Sprintf("! -i %s -o %s -p icmp -j ACCEPT", br, br))
 	}
 	add(fwd, fmt.Sprintf("! -i %s -o %s -j DROP", br, br))
-	if n.masquerade() {
-		for _, s := range n.subnets4 {
+	for _, s := range n.subnets4 {
+		if n.masquerade() {
 			add(post, fmt.Sprintf("-s %s ! -o %s -j MASQUERADE", s, br))
 		}
+		// Hairpin: a container reaching a published port of its own network through the
+		// host's address is DNATed back into the bridge; masquerading makes the reply come
+		// back through the host, to be un-DNATed.
+		add(post, fmt.Sprintf("-s %s -o %s -m conntrack --ctstate DNAT -j MASQUERADE", s, br))
 	}
 	return r
 }
@@ -132,7 +136,7 @@ func (t *restoreText) String() string {
 // flush them), and CNM-USER's rules are never touched.
 func planBase(t *restoreText, tables map[string]*iptables.Table) {
 	filter, nat := tables[tableFilter], tables[tableNAT]
-	for _, c := range []string{ChainUser, ChainForward, ChainIsolation1, ChainIsolation2} {
+	for _, c := range []string{ChainUser, ChainForward, ChainIsolation1, ChainIsolation2, ChainPorts} {
 		if !filter.HasChain(c) {
 			t.add(tableFilter, ":"+c+" - [0:0]")
 		}
@@ -149,20 +153,31 @@ func planBase(t *restoreText, tables map[string]*iptables.Table) {
 	case ours < 0:
 		t.add(tableFilter, fmt.Sprintf("-I FORWARD %d -j %s", user+2, ChainForward))
 	}
-	first := "-j " + ChainIsolation1
-	if rules := filter.ChainRules(ChainForward); len(rules) == 0 || rules[0] != first {
+	// CNM-FORWARD starts with the isolation jump, then the published ports' accepts.
+	head := []string{"-j " + ChainIsolation1, "-j " + ChainPorts}
+	if rules := filter.ChainRules(ChainForward); len(rules) < len(head) || !slices.Equal(rules[:len(head)], head) {
 		for _, r := range rules {
-			if r == first {
-				t.add(tableFilter, "-D "+ChainForward+" "+first)
+			if slices.Contains(head, r) {
+				t.add(tableFilter, "-D "+ChainForward+" "+r)
 			}
 		}
-		t.add(tableFilter, "-I "+ChainForward+" 1 "+first)
+		for i := len(head) - 1; i >= 0; i-- {
+			t.add(tableFilter, "-I "+ChainForward+" 1 "+head[i])
+		}
 	}
-	if !nat.HasChain(ChainPostrouting) {
-		t.add(tableNAT, ":"+ChainPostrouting+" - [0:0]")
+	for _, c := range []string{ChainPostrouting, ChainDNAT} {
+		if !nat.HasChain(c) {
+			t.add(tableNAT, ":"+c+" - [0:0]")
+		}
 	}
-	if !slices.Contains(nat.ChainRules("POSTROUTING"), "-j "+ChainPostrouting) {
-		t.add(tableNAT, "-A POSTROUTING -j "+ChainPostrouting)
+	for _, j := range []struct{ chain, rule string }{
+		{"POSTROUTING", "-j " + ChainPostrouting},
+		{"PREROUTING", "-m addrtype --dst-type LOCAL -j " + ChainDNAT},
+		{"OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + ChainDNAT},
+	} {
+		if !slices.Contains(nat.ChainRules(j.chain), j.rule) {
+			t.add(tableNAT, "-A "+j.chain+" "+j.rule)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/iptables"
 	"github.com/google/go-cmp/cmp"
 )
@@ -81,6 +82,12 @@ func TestPlanConverges(t *testing.T) {
 	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24")}}
 	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.2.0/24")}}
 	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.3.0/24")}}
+	// The golden sequence's endpoint with published ports.
+	eid := drivers.EndpointID(strings.Repeat("e", 64))
+	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), ports: []drivers.PortBinding{
+		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+		{Proto: "udp", HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 5353, ContainerPort: 53},
+	}}
 	tables := parse()
 	for _, n := range []*network{a, b, c} {
 		var rt restoreText
@@ -89,6 +96,11 @@ func TestPlanConverges(t *testing.T) {
 		if rt.String() != "" {
 			t.Errorf("plan for %s on the golden ruleset:\n%s", n.bridge, rt.String())
 		}
+	}
+	var rt restoreText
+	planEndpoint(&rt, tables, eid.Short(), portRules(eid, ep))
+	if rt.String() != "" {
+		t.Errorf("plan for endpoint %s on the golden ruleset:\n%s", eid.Short(), rt.String())
 	}
 	// From nothing, in random orders, to the golden set (compared sorted: the order across
 	// networks does not matter), and back.
@@ -101,6 +113,17 @@ func TestPlanConverges(t *testing.T) {
 			planBase(&rt, tables)
 			planNetwork(&rt, tables, n.bridge, fwRules(n))
 			applyRestore(t, tables, rt.String())
+			if n == a { // the endpoint's rules, and those of one deleted again
+				var rt restoreText
+				gone := drivers.EndpointID(strings.Repeat("f", 64))
+				planEndpoint(&rt, tables, gone.Short(), portRules(gone, &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.3"),
+					ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8081, ContainerPort: 80}}}))
+				planEndpoint(&rt, tables, eid.Short(), portRules(eid, ep))
+				applyRestore(t, tables, rt.String())
+				rt = restoreText{}
+				planEndpoint(&rt, tables, gone.Short(), nil)
+				applyRestore(t, tables, rt.String())
+			}
 		}
 		var rt restoreText
 		planNetwork(&rt, tables, "br-dddddddddddd", nil)

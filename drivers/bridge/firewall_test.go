@@ -83,7 +83,12 @@ func v4(subnet string) []drivers.IPAMData {
 // when gw is valid), and leaves when the test ends.
 func (e *testEnv) join(t *testing.T, sb *netns.NS, nid drivers.NetworkID, ifName, addr string, gw netip.Addr) {
 	t.Helper()
-	eid := driverstest.NewEndpointID()
+	e.joinEID(t, sb, nid, driverstest.NewEndpointID(), ifName, addr, gw)
+}
+
+// joinEID is join for the endpoint eid.
+func (e *testEnv) joinEID(t *testing.T, sb *netns.NS, nid drivers.NetworkID, eid drivers.EndpointID, ifName, addr string, gw netip.Addr) {
+	t.Helper()
 	a := netip.MustParsePrefix(addr)
 	if _, err := e.d.Join(t.Context(), drivers.JoinRequest{
 		NetworkID: nid, EndpointID: eid, SandboxKey: sb.Path(), NetnsFD: sb.FD(), IfName: ifName, MAC: endpointMAC(a.Addr()),
@@ -458,6 +463,18 @@ func TestPrivilegedFirewallGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := e.d.DeleteNetwork(t.Context(), drivers.DeleteNetworkRequest{NetworkID: id("d")}); err != nil {
+		t.Fatal(err)
+	}
+	// Published ports: one endpoint keeps two, another publishes one and is deleted.
+	e.publish(t, id("a"), drivers.EndpointID(strings.Repeat("e", 64)), "10.10.1.2/24",
+		drivers.PortBinding{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
+		drivers.PortBinding{Proto: "udp", HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 5353, ContainerPort: 53})
+	gone := drivers.EndpointID(strings.Repeat("f", 64))
+	if _, err := e.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: id("b"), EndpointID: gone,
+		IPv4: netip.MustParsePrefix("10.10.2.2/24"), Ports: []drivers.PortBinding{{HostPort: 8081, ContainerPort: 80}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: id("b"), EndpointID: gone}); err != nil {
 		t.Fatal(err)
 	}
 	got := e.save(t)

@@ -101,6 +101,20 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 		}
 	}
 
+	// Rules of published ports of endpoints the driver does not know: Reconcile runs after
+	// every live endpoint was re-created with CreateEndpoint.
+	if err := ctx.Err(); err == nil {
+		if stale, err := d.stalePorts(ctx, live.Endpoints); err != nil {
+			errs = append(errs, fmt.Errorf("bridge: reconcile: published ports: %w", err))
+		} else {
+			for _, id := range stale {
+				r := drivers.Repair{Object: "published port rules of endpoint " + id, Action: "removed", Reason: "no such endpoint"}
+				d.log.InfoContext(ctx, "reconcile", "repair", r.String())
+				repairs = append(repairs, r)
+			}
+		}
+	}
+
 	if len(orphanBridges) > 0 {
 		d.mu.Lock()
 		for _, l := range orphanBridges {

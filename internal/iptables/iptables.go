@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/netns"
@@ -38,7 +39,12 @@ type Runner struct {
 	ns            *netns.NS // not owned
 	save, restore string    // absolute paths; "" when not found
 	lookErr       error
+	runs          atomic.Uint64 // processes started
 }
+
+// Runs returns how many iptables processes the runner has started: for tests and benchmarks
+// that check an operation does no iptables work.
+func (r *Runner) Runs() uint64 { return r.runs.Load() }
 
 // New returns a runner for the namespace ns, which must stay open while the runner is used.
 // It looks the binaries up in PATH now; when one is missing, every call fails with the error
@@ -120,6 +126,7 @@ func (r *Runner) run(ctx context.Context, input []byte, path string, args ...str
 	defer stderr.Close()
 
 	var p *os.Process
+	r.runs.Add(1)
 	// Only the start happens in the namespace: os.StartProcess forks from this locked thread,
 	// so the child is born in the namespace. No goroutine is started and nothing is waited on.
 	err = r.ns.Do(func() error {

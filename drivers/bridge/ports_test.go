@@ -1,0 +1,411 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// publish creates endpoint eid of network nid with address addr and ports, and deletes it when
+// the test ends.
+func (e *testEnv) publish(t *testing.T, nid drivers.NetworkID, eid drivers.EndpointID, addr string, ports ...drivers.PortBinding) []drivers.PortBinding {
+	t.Helper()
+	res, err := e.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{
+		NetworkID: nid, EndpointID: eid, IPv4: netip.MustParsePrefix(addr), Ports: ports,
+	})
+	if err != nil {
+		t.Fatalf("CreateEndpoint with ports %v: %v", ports, err)
+	}
+	t.Cleanup(func() {
+		if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+			t.Errorf("DeleteEndpoint: %v", err)
+		}
+	})
+	return res.Ports
+}
+
+// exchange connects from the namespace from to to over TCP, sends "ping", and expects the
+// listener ln (in another namespace) to accept it, read "ping" and answer "pong". It returns
+// the client address the listener saw.
+func exchange(from *netns.NS, to netip.AddrPort, ln *net.TCPListener) (netip.Addr, error) {
+	var fd int
+	if err := from.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		return netip.Addr{}, err
+	}
+	defer unix.Close(fd)
+	tv := unix.Timeval{Sec: 2}
+	if err := errors.Join(unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv),
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)); err != nil {
+		return netip.Addr{}, err
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}); err != nil {
+		return netip.Addr{}, fmt.Errorf("connect %s: %w", to, err)
+	}
+	if _, err := unix.Write(fd, []byte("ping")); err != nil {
+		return netip.Addr{}, err
+	}
+	if err := ln.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		return netip.Addr{}, err
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 4)
+	if _, err := c.Read(buf); err != nil || string(buf) != "ping" {
+		return netip.Addr{}, fmt.Errorf("server read %q: %v", buf, err)
+	}
+	if _, err := c.Write([]byte("pong")); err != nil {
+		return netip.Addr{}, err
+	}
+	n, err := unix.Read(fd, buf)
+	if err != nil || string(buf[:max(n, 0)]) != "pong" {
+		return netip.Addr{}, fmt.Errorf("client read %q: %v", buf[:max(n, 0)], err)
+	}
+	return c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(), nil
+}
+
+var (
+	hostIP2 = netip.MustParsePrefix("192.0.2.3/24") // a second address of the host's uplink
+	ctrA    = netip.MustParseAddr("10.10.1.2")
+	ctrB    = netip.MustParseAddr("10.10.1.3")
+	gwA     = netip.MustParseAddr("10.10.1.1")
+)
+
+func tcp(host, ctr uint16) drivers.PortBinding {
+	return drivers.PortBinding{Proto: "tcp", HostPort: host, ContainerPort: ctr}
+}
+
+// TestPrivilegedPublishedPorts proves published ports on the wire: reached from an outside
+// host, from the host itself and from containers of the same bridge (hairpin), bound to one
+// host address only when asked, an ephemeral port reported back and reachable, and an
+// unpublished port closed.
+func TestPrivilegedPublishedPorts(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab(t)
+	if err := l.h.AddrAdd(l.link(t, "uplink"), bridgeAddr(hostIP2)); err != nil {
+		t.Fatal(err)
+	}
+	host1, host2 := hostUplink.Addr(), hostIP2.Addr()
+	nid := l.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.1.0/24")})
+	eid := driverstest.NewEndpointID()
+	bound := l.publish(t, nid, eid, "10.10.1.2/24",
+		tcp(8080, 80),
+		drivers.PortBinding{HostIP: host1, HostPort: 9090, ContainerPort: 90},
+		drivers.PortBinding{ContainerPort: 70}, // ephemeral (-P)
+	)
+	if len(bound) != 3 || bound[2].HostPort < DefaultPortRangeFirst || bound[2].HostPort > DefaultPortRangeLast {
+		t.Fatalf("bound ports = %v, want 3 with an ephemeral one in %d-%d", bound, DefaultPortRangeFirst, DefaultPortRangeLast)
+	}
+	want := []drivers.PortBinding{tcp(8080, 80), {Proto: "tcp", HostIP: host1, HostPort: 9090, ContainerPort: 90}, tcp(bound[2].HostPort, 70)}
+	if diff := cmp.Diff(want, bound, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("bound ports (-want +got):\n%s", diff)
+	}
+	sb := nstest.NewNS(t)
+	l.joinEID(t, sb, nid, eid, "eth0", "10.10.1.2/24", gwA)
+	sb2 := l.sandbox(t, nid, "10.10.1.3/24", gwA)
+	ln80 := listen(t, sb, "10.10.1.2:80")
+	ln90 := listen(t, sb, "10.10.1.2:90")
+	ln70 := listen(t, sb, "10.10.1.2:70")
+	listen(t, sb, "10.10.1.2:81") // listening, but not published
+
+	for _, c := range []struct {
+		name   string
+		from   *netns.NS
+		to     netip.AddrPort
+		ln     *net.TCPListener
+		seenAs netip.Addr // zero: not checked
+	}{
+		{"outside", l.outside, netip.AddrPortFrom(host1, 8080), ln80, outsideIP.Addr()},
+		{"outside to the second host address", l.outside, netip.AddrPortFrom(host2, 8080), ln80, outsideIP.Addr()},
+		{"host itself", l.host, netip.AddrPortFrom(host1, 8080), ln80, netip.Addr{}},
+		{"other container (hairpin)", sb2, netip.AddrPortFrom(host1, 8080), ln80, gwA},
+		{"the container itself (hairpin)", sb, netip.AddrPortFrom(host1, 8080), ln80, gwA},
+		{"outside to the bound host address", l.outside, netip.AddrPortFrom(host1, 9090), ln90, outsideIP.Addr()},
+		{"outside to the ephemeral port", l.outside, netip.AddrPortFrom(host1, bound[2].HostPort), ln70, outsideIP.Addr()},
+		{"host to the ephemeral port", l.host, netip.AddrPortFrom(host2, bound[2].HostPort), ln70, netip.Addr{}},
+	} {
+		seen, err := exchange(c.from, c.to, c.ln)
+		if err != nil {
+			t.Errorf("%s to %s: %v", c.name, c.to, err)
+			continue
+		}
+		if c.seenAs.IsValid() && seen != c.seenAs {
+			t.Errorf("%s to %s: the container sees the client as %v, want %v", c.name, c.to, seen, c.seenAs)
+		}
+	}
+	if _, err := exchange(l.outside, netip.AddrPortFrom(host2, 9090), ln90); err == nil {
+		t.Error("a port bound to 192.0.2.1 is reachable through 192.0.2.3")
+	}
+	if _, err := exchange(l.outside, netip.AddrPortFrom(host1, 81), ln90); err == nil {
+		t.Error("an unpublished port is reachable")
+	}
+	_ = ctrB
+}
+
+// TestPrivilegedPortLifecycle checks conflicts (refused, nothing half-made), that deleting an
+// endpoint removes exactly its rules and frees its ports, that a restart re-creates them
+// without duplicates, and that endpoints without ports cost no iptables process.
+func TestPrivilegedPortLifecycle(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.1.0/24")}
+	e.createNetwork(t, req)
+	nid := req.NetworkID
+	base := e.save(t)
+
+	// No ports: no iptables work on create, join, leave or delete.
+	runs := e.d.fw.Runs()
+	plain := driverstest.NewEndpointID()
+	if _, err := e.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: plain, IPv4: netip.MustParsePrefix("10.10.1.9/24")}); err != nil {
+		t.Fatal(err)
+	}
+	sb := nstest.NewNS(t)
+	if _, err := e.d.Join(t.Context(), drivers.JoinRequest{NetworkID: nid, EndpointID: plain, SandboxKey: sb.Path(), NetnsFD: sb.FD(), IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Leave(t.Context(), drivers.LeaveRequest{NetworkID: nid, EndpointID: plain}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: plain}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.d.fw.Runs() - runs; got != 0 {
+		t.Errorf("an endpoint without ports started %d iptables processes, want 0", got)
+	}
+
+	a := driverstest.NewEndpointID()
+	areq := drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: a, IPv4: netip.MustParsePrefix("10.10.1.2/24"),
+		Ports: []drivers.PortBinding{tcp(8080, 80), {Proto: "udp", HostPort: 5353, ContainerPort: 53}}}
+	res, err := e.d.CreateEndpoint(t.Context(), areq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withA := e.save(t)
+	if n := strings.Count(withA, `"cnm:`+a.Short()+`"`); n != 4 {
+		t.Errorf("endpoint A has %d tagged rules, want 4 (2 DNAT, 2 ACCEPT):\n%s", n, withA)
+	}
+	// Conflicts: the same port and protocol on all addresses, or on one of them.
+	b := driverstest.NewEndpointID()
+	for _, p := range [][]drivers.PortBinding{
+		{tcp(8081, 81), tcp(8080, 80)}, // the first is free: it must not stay reserved
+		{{Proto: "tcp", HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 8080, ContainerPort: 80}},
+		{{Proto: "udp", HostPort: 5353, ContainerPort: 53}},
+	} {
+		_, err := e.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: b, IPv4: netip.MustParsePrefix("10.10.1.3/24"), Ports: p})
+		var ce *errclass.ConflictError
+		if !errors.As(err, &ce) || !errors.Is(err, errclass.ErrConflict) {
+			t.Errorf("CreateEndpoint publishing %v again: %v, want a conflict", p, err)
+		}
+	}
+	if diff := cmp.Diff(withA, e.save(t)); diff != "" {
+		t.Errorf("a refused endpoint changed the rules:\n%s", diff)
+	}
+	// Other protocol, or the freed 8081: fine.
+	e.publish(t, nid, b, "10.10.1.3/24", drivers.PortBinding{Proto: "udp", HostPort: 8080, ContainerPort: 80}, tcp(8081, 81))
+	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: b}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(withA, e.save(t)); diff != "" {
+		t.Errorf("rules after deleting endpoint B (-before +after):\n%s", diff)
+	}
+
+	// Idempotent, and a restart with the bound ports converges.
+	areq.Ports = res.Ports
+	if _, err := e.d.CreateEndpoint(t.Context(), areq); err != nil {
+		t.Fatal(err)
+	}
+	d2 := newDriver(t, e.host)
+	if err := d2.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d2.CreateEndpoint(t.Context(), areq); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(withA, e.save(t)); diff != "" {
+		t.Errorf("rules after re-creating the endpoint and a restart (-before +after):\n%s", diff)
+	}
+	// The restarted driver knows the port is taken.
+	if _, err := d2.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: b, IPv4: netip.MustParsePrefix("10.10.1.3/24"), Ports: []drivers.PortBinding{tcp(8080, 80)}}); !errors.Is(err, errclass.ErrConflict) {
+		t.Errorf("after a restart, publishing a bound port again: %v, want a conflict", err)
+	}
+	// A lost rule comes back once.
+	if out, err := nstest.Exec(e.host, "iptables", "-t", "nat", "-F", ChainDNAT); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if _, err := d2.CreateEndpoint(t.Context(), areq); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(sortedLines(withA), sortedLines(e.save(t))); diff != "" {
+		t.Errorf("rules after repairing lost DNAT rules (-before +after):\n%s", diff)
+	}
+	// Delete removes exactly A's rules and frees its ports.
+	if err := d2.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: a}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(base, e.save(t)); diff != "" {
+		t.Errorf("rules after deleting endpoint A (-before create +after delete):\n%s", diff)
+	}
+	if err := d2.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: a}); err != nil {
+		t.Errorf("DeleteEndpoint twice: %v", err)
+	}
+	if _, err := d2.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: b, IPv4: netip.MustParsePrefix("10.10.1.3/24"), Ports: []drivers.PortBinding{tcp(8080, 80)}}); err != nil {
+		t.Errorf("publishing a freed port: %v", err)
+	}
+	if err := d2.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: b}); err != nil {
+		t.Fatal(err)
+	}
+	// The first driver still believes A's ports are its; Reconcile of the second driver
+	// removes rules of endpoints nobody knows.
+	if _, err := e.d.CreateEndpoint(t.Context(), areq); err != nil {
+		t.Fatal(err)
+	}
+	repairs, err := d2.Reconcile(t.Context(), drivers.LiveState{Networks: []drivers.NetworkID{nid}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(repairs) != 1 || !strings.Contains(repairs[0].Object, a.Short()) {
+		t.Errorf("repairs = %v, want the rules of endpoint %s", repairs, a.Short())
+	}
+	if diff := cmp.Diff(base, e.save(t)); diff != "" {
+		t.Errorf("rules after Reconcile (-want +got):\n%s", diff)
+	}
+	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: a}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPrivilegedPortsRefused checks the requests that are refused before any kernel work.
+func TestPrivilegedPortsRefused(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	nid := e.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.1.0/24")})
+	internal := e.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.3.0/24"), Internal: true})
+	base := e.save(t)
+	runs := e.d.fw.Runs()
+	for _, c := range []struct {
+		name  string
+		req   drivers.CreateEndpointRequest
+		class error
+	}{
+		{"container port 0", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{tcp(80, 0)}}, errclass.ErrInvalidParameter},
+		{"bad protocol", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{Proto: "sctp", ContainerPort: 80}}}, errclass.ErrInvalidParameter},
+		{"reversed range", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{HostPort: 90, HostPortEnd: 80, ContainerPort: 80}}}, errclass.ErrInvalidParameter},
+		{"ranges of different lengths", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{HostPort: 80, HostPortEnd: 82, ContainerPort: 80, ContainerPortEnd: 81}}}, errclass.ErrInvalidParameter},
+		{"internal network", drivers.CreateEndpointRequest{NetworkID: internal, IPv4: netip.MustParsePrefix("10.10.3.2/24"), Ports: []drivers.PortBinding{tcp(80, 80)}}, errclass.ErrInvalidParameter},
+		{"no IPv4 address", drivers.CreateEndpointRequest{NetworkID: nid, Ports: []drivers.PortBinding{tcp(80, 80)}}, errclass.ErrInvalidParameter},
+		{"IPv6 host address", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{HostIP: netip.MustParseAddr("2001:db8::1"), HostPort: 80, ContainerPort: 80}}}, errclass.ErrNotSupported},
+	} {
+		c.req.EndpointID = driverstest.NewEndpointID()
+		if _, err := e.d.CreateEndpoint(t.Context(), c.req); !errors.Is(err, c.class) {
+			t.Errorf("%s: CreateEndpoint = %v, want %v", c.name, err, c.class)
+		}
+	}
+	if got := e.d.fw.Runs() - runs; got != 0 {
+		t.Errorf("refused requests started %d iptables processes", got)
+	}
+	if diff := cmp.Diff(base, e.save(t)); diff != "" {
+		t.Errorf("refused requests changed the rules:\n%s", diff)
+	}
+	// A range with no free port left.
+	d, err := New(Config{HostNetns: e.host.Path(), PortRange: PortRange{40000, 40001}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := New(Config{HostNetns: e.host.Path(), PortRange: PortRange{40001, 40000}}); !errors.Is(err, errclass.ErrInvalidParameter) {
+		t.Errorf("New with a reversed port range: %v, want invalid", err)
+	}
+	n2 := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.2.0/24")}
+	if err := d.CreateNetwork(t.Context(), n2); err != nil {
+		t.Fatal(err)
+	}
+	defer d.DeleteNetwork(t.Context(), drivers.DeleteNetworkRequest{NetworkID: n2.NetworkID})
+	eid := driverstest.NewEndpointID()
+	_, err = d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: n2.NetworkID, EndpointID: eid, IPv4: netip.MustParsePrefix("10.10.2.2/24"),
+		Ports: []drivers.PortBinding{{ContainerPort: 1}, {ContainerPort: 2}, {ContainerPort: 3}}})
+	if !errors.Is(err, errclass.ErrConflict) || !strings.Contains(err.Error(), "no free port") {
+		t.Errorf("three ephemeral ports from a range of two: %v, want a conflict", err)
+	}
+	if len(d.bound) != 0 {
+		t.Errorf("a refused endpoint left reservations: %v", d.bound)
+	}
+}
+
+// TestPrivilegedConntrackFlush checks that deleting an endpoint deletes the conntrack entries
+// of its address, and only those.
+func TestPrivilegedConntrackFlush(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab(t)
+	nid := l.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.1.0/24")})
+	eid := driverstest.NewEndpointID()
+	if _, err := l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{tcp(8080, 80)}}); err != nil {
+		t.Fatal(err)
+	}
+	sb := nstest.NewNS(t)
+	l.joinEID(t, sb, nid, eid, "eth0", "10.10.1.2/24", gwA)
+	other := l.sandbox(t, nid, "10.10.1.3/24", gwA)
+	ln := listen(t, sb, "10.10.1.2:80")
+	lnOut := listen(t, l.outside, "192.0.2.2:0")
+	if _, err := exchange(l.outside, netip.AddrPortFrom(hostUplink.Addr(), 8080), ln); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exchange(other, netip.AddrPortFrom(outsideIP.Addr(), uint16(lnOut.Addr().(*net.TCPAddr).Port)), lnOut); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := netlink.NewHandleAt(l.host.Handle(), unix.NETLINK_NETFILTER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.Close()
+	count := func(a netip.Addr) int {
+		flows, err := ct.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, f := range flows {
+			for _, ip := range []net.IP{f.Forward.SrcIP, f.Forward.DstIP, f.Reverse.SrcIP, f.Reverse.DstIP} {
+				if ip.Equal(a.AsSlice()) {
+					n++
+					break
+				}
+			}
+		}
+		return n
+	}
+	if count(ctrA) == 0 || count(ctrB) == 0 {
+		t.Fatalf("conntrack entries before: %d of %v, %d of %v; want some of each", count(ctrA), ctrA, count(ctrB), ctrB)
+	}
+	if err := l.d.Leave(t.Context(), drivers.LeaveRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(ctrA); n != 0 {
+		t.Errorf("%d conntrack entries of the deleted endpoint's address are left", n)
+	}
+	if count(ctrB) == 0 {
+		t.Error("the entries of another address were flushed too")
+	}
+}
