@@ -96,6 +96,9 @@ type Config struct {
 	// DisableIPTables makes the bridge driver write no iptables rules and leave forwarding
 	// alone (Docker's --iptables=false): no NAT, ICC or isolation rules.
 	DisableIPTables bool
+	// PortRange is where the bridge driver picks ephemeral host ports for published ports
+	// (-P); the zero value is 49153-60999.
+	PortRange bridge.PortRange
 	// NoPredefinedNetworks skips creating the bridge, host and none networks.
 	NoPredefinedNetworks bool
 	// Logger receives the Controller's logs. Nil discards them.
@@ -189,7 +192,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables})
+	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, PortRange: cfg.PortRange})
 	if err != nil {
 		return nil, fmt.Errorf("cnm: bridge driver: %w", err)
 	}
