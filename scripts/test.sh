@@ -16,8 +16,8 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: the privileged tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN); run it as root" >&2
   exit 2
 fi
-for tool in unshare nsenter ip ping go; do
-  command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (Debian: apt-get install iproute2 iputils-ping util-linux)" >&2; exit 2; }
+for tool in unshare nsenter ip ping iptables-restore go; do
+  command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (Debian: apt-get install iproute2 iputils-ping util-linux iptables)" >&2; exit 2; }
 done
 
 if [ -z "${CNM_TEST_ISOLATED:-}" ]; then
