@@ -130,8 +130,8 @@ func (s *splitTimer) report(b *testing.B) {
 // one IPv4 subnet against the netlink work they do:
 //   - raw: the bridge's netlink calls (create, alias, address, up; delete);
 //   - nofw: the driver with Config.DisableIPTables;
-//   - driver: the driver with its firewall rules (one iptables-save and one iptables-restore
-//     each for create and delete, and the sysctl reads).
+//   - driver: the driver with its firewall rules (one iptables-restore each for create and
+//     delete, no iptables-save, and the sysctl reads).
 func BenchmarkPrivilegedNetwork(b *testing.B) {
 	nstest.Privileged(b)
 	e := newEnv(b)
@@ -215,7 +215,7 @@ func BenchmarkPrivilegedKthNetwork(b *testing.B) {
 // BenchmarkPrivilegedPublish measures CreateEndpoint, Join, Leave and DeleteEndpoint of one
 // endpoint against the raw netlink messages of Join and Leave: without published ports (no
 // iptables work, one conntrack flush on delete) and with one published port (one
-// iptables-save and one iptables-restore each for create and delete).
+// iptables-restore each for create and delete, no iptables-save).
 func BenchmarkPrivilegedPublish(b *testing.B) {
 	nstest.Privileged(b)
 	e := newEnv(b)

@@ -75,6 +75,10 @@ type Driver struct {
 	portRange PortRange // Config.PortRange with the default applied
 
 	fwMu sync.Mutex // serializes the read-modify-write of the host's iptables rules
+	// fwReady reports that this driver has converged its base chains and jumps (planBase)
+	// once: from then on, a network or endpoint it knows nothing of is created without
+	// reading the tables. Guarded by fwMu.
+	fwReady bool
 
 	mu       sync.Mutex // guards following
 	networks map[drivers.NetworkID]*network
@@ -248,7 +252,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 
 	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
 	if err == nil {
-		if err = d.ensureFirewall(ctx, cfg); err != nil {
+		if err = d.ensureFirewall(ctx, cfg, created && old == nil); err != nil {
 			err = fmt.Errorf("firewall: %w", err)
 			if created { // nothing half-made: the transaction wrote nothing
 				if derr := d.h.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cfg.bridge, Index: index}}); derr != nil {
@@ -411,7 +415,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 	if link == nil || isOurs(link, nid) {
 		// The bridge is gone: finish the job even if ctx ends now.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
-		err := d.removeFirewall(fctx, br)
+		err := d.removeFirewall(fctx, br, n)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("bridge: delete network %s: firewall: %w", nid.Short(), err)
@@ -521,7 +525,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	d.epBusy[eid] = true
 	d.mu.Unlock()
 
-	err = d.ensurePorts(ctx, eid, ep)
+	err = d.ensurePorts(ctx, eid, ep, old == nil)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -578,7 +582,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 
 	// The rules go even if ctx ends now: the endpoint is on its way out.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
-	err := d.ensurePorts(fctx, eid, nil)
+	err := d.removePorts(fctx, eid, ep)
 	cancel()
 
 	d.mu.Lock()

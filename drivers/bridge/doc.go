@@ -32,8 +32,9 @@
 //
 // Unless [Config].DisableIPTables, each network gets iptables rules in the host namespace,
 // written with "iptables-restore --noflush" run inside that namespace: one transaction per
-// CreateNetwork or DeleteNetwork (preceded by one iptables-save to see what is there), never a
-// process per rule, and none on Join or Leave. The driver uses its own chains only:
+// CreateNetwork or DeleteNetwork, never a process per rule, and none on Join or Leave. The
+// driver uses its own chains only, and gives each network, and each endpoint with published
+// ports, chains of its own, so that what one of them costs does not grow with how many exist:
 //
 //	filter FORWARD        -j CNM-USER                  first; made once, never touched again
 //	                      -j CNM-FORWARD               right after CNM-USER
@@ -41,6 +42,9 @@
 //	filter CNM-FORWARD    -j CNM-ISOLATION-1           always first
 //	                      -j CNM-PORTS                 always second
 //	                      then, per network on bridge BR:
+//	                      -i BR -j CNM-N-BR
+//	                      -o BR -j CNM-N-BR
+//	filter CNM-N-BR       the network's own chain; it decides every packet jumped to it:
 //	                      -o BR -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 //	                      -i BR -o BR -j ACCEPT        DROP when enable_icc=false
 //	                      -i BR ! -o BR -j ACCEPT      outbound
@@ -50,15 +54,23 @@
 //	                      -i BR ! -o BR -j DROP, ! -i BR -o BR -j DROP)
 //	filter CNM-ISOLATION-1  per network: -i BR ! -o BR -j CNM-ISOLATION-2
 //	filter CNM-ISOLATION-2  per network: -o BR -j DROP
-//	filter CNM-PORTS      per published port of endpoint E (address C, container port P):
+//	filter CNM-PORTS      per endpoint E with published ports, address C: -d C/32 -j CNM-E-E12
+//	filter CNM-E-E12      the endpoint's own chain; per published port (container port P):
 //	                      -d C/32 ! -i BR -o BR -p tcp -m tcp --dport P -m comment --comment "cnm:E12" -j ACCEPT
 //	nat POSTROUTING       -j CNM-POSTROUTING           appended once
 //	nat PREROUTING        -m addrtype --dst-type LOCAL -j CNM-DNAT                    appended once
 //	nat OUTPUT            ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j CNM-DNAT   appended once
-//	nat CNM-DNAT          per published port: [-d HOSTIP/32] -p tcp -m tcp --dport H
+//	nat CNM-DNAT          per endpoint with published ports: -j CNM-E-E12
+//	nat CNM-E-E12         per published port: [-d HOSTIP/32] -p tcp -m tcp --dport H
 //	                      -m comment --comment "cnm:E12" -j DNAT --to-destination C:P
-//	nat CNM-POSTROUTING   per IPv4 subnet S of a network with masquerade:
-//	                      -s S ! -o BR -j MASQUERADE
+//	nat CNM-POSTROUTING   per IPv4 subnet S of a network that is not internal: -s S -j CNM-N-BR
+//	nat CNM-N-BR          the network's own chain; per IPv4 subnet S:
+//	                      -s S ! -o BR -j MASQUERADE   when masquerading
+//	                      -s S -o BR -m conntrack --ctstate DNAT -j MASQUERADE   hairpin
+//
+// CNM-N-BR is "CNM-N-" and the bridge name (at most 21 bytes); CNM-E-E12 is "CNM-E-" and the
+// first 12 characters of the endpoint ID. Such a chain exists in a table only when it has
+// rules there.
 //
 // Isolation is Docker's two-stage scheme: traffic that enters from a cnm bridge and leaves by
 // another interface goes to CNM-ISOLATION-2, which drops it if that interface is a cnm
@@ -67,12 +79,32 @@
 // forwarded by the host. Rules of different networks match disjoint traffic (each names its
 // bridge with -i or -o), so their order across networks does not matter.
 //
-// Every per-network rule names the network's bridge with -i or -o, and that is how the driver
-// finds a network's rules: CreateNetwork brings each chain's rules of the bridge to exactly
-// the wanted list (no duplicates; a chain whose list differs in any way has them all rewritten
-// in order), DeleteNetwork deletes them, and [Driver.Reconcile] deletes those of bridges that
-// no longer exist. The chains and the jumps to them stay once made. The driver's chains are
-// its own: rules a user adds there may be removed; CNM-USER is the place for them.
+// How rules are written. Every rule of a network in a shared chain names its bridge with -i or
+// -o, or jumps to its chain; the jumps to an endpoint's chains name them: that is how the
+// driver finds them, after a restart too. For what it made in this process, the driver trusts
+// its memory:
+//   - CreateNetwork of a network it knew nothing of, whose bridge it has just created (once the
+//     process has converged the shared chains and jumps, which the first CreateNetwork does), is
+//     one iptables-restore with no iptables-save: "-N CNM-N-BR" in each table, its rules, and
+//     its rules in the shared chains, all appended. CreateEndpoint of an endpoint it knew
+//     nothing of does the same with CNM-E-E12. Nothing is matched against what exists, so the
+//     cost does not grow with the number of networks or endpoints. If a chain exists already
+//     ("-N" fails, and the kernel applies none of the transaction), it converges instead.
+//   - DeleteNetwork and DeleteEndpoint of what it made delete exactly those rules from the
+//     shared chains (jumps and isolation rules), then flush and delete ("-F", "-X") the own
+//     chains, in one iptables-restore. If that fails (the tables are not as made), it converges
+//     instead.
+//   - Otherwise (after a restart, for an adopted bridge, for a network or endpoint created
+//     again, and on the first CreateNetwork) it converges from one iptables-save: an own chain
+//     that differs in any way is rewritten in order, and in each shared chain the object's rules
+//     are left alone when they are exactly the wanted ones, else deleted and the wanted ones
+//     appended. So there are no duplicates, and rules of the older flat layout (naming the
+//     bridge, or tagged "cnm:E12", in the shared chains) are replaced. [Driver.Reconcile]
+//     removes, after one iptables-save, the rules and chains of bridges that no longer exist and
+//     of endpoints the driver does not know.
+//
+// The shared chains and the jumps to them stay once made; converging repairs them. The driver's
+// chains are its own: rules a user adds there may be removed; CNM-USER is the place for them.
 //
 // A network that is not internal needs forwarding: CreateNetwork sets net.ipv4.ip_forward=1
 // in the host namespace (only there) when it is 0, and in the same transaction that writes
@@ -91,10 +123,12 @@
 // (PREROUTING), from the host itself (OUTPUT; not 127.0.0.0/8) and from containers (hairpin:
 // the DNATed traffic goes back into the bridge, and the network's hairpin MASQUERADE,
 // "-s S -o BR -m conntrack --ctstate DNAT -j MASQUERADE" in CNM-POSTROUTING, makes the reply
-// return through the host), and an ACCEPT in CNM-PORTS, after isolation and ahead of the
-// networks' DROPs. Every rule of an endpoint carries the comment "cnm:" and the first 12
-// characters of its ID: that is how CreateEndpoint (converging, without duplicates),
-// DeleteEndpoint and Reconcile (rules of endpoints the driver does not know) find them. Host
+// return through the host), and an ACCEPT reached from CNM-PORTS, after isolation and ahead
+// of the networks' DROPs. Each endpoint's rules live in its chains CNM-E-E12 (see above), and
+// each carries the comment "cnm:" and the first 12 characters of its ID. CreateEndpoint of a
+// new endpoint and DeleteEndpoint are one iptables-restore each, with no iptables-save; an
+// endpoint created again (a restart) converges without duplicates, and Reconcile removes the
+// chains and jumps of endpoints the driver does not know. Host
 // ports are reserved in the driver (the same protocol and port on the same address, or on
 // 0.0.0.0, is a conflict); ephemeral ones come from [Config].PortRange. The reservations live
 // in memory and are rebuilt by CreateEndpoint with the bound ports after a restart. With ICC

@@ -34,9 +34,37 @@ func applyRestore(t *testing.T, tables map[string]*iptables.Table, text string) 
 			if f[1] == "-" {
 				cur.Rules[f[0]] = nil
 			}
+		case strings.HasPrefix(line, "-N ") || strings.HasPrefix(line, "-F ") || strings.HasPrefix(line, "-X "):
+			op, chain := line[:2], line[3:]
+			_, exists := cur.Chains[chain]
+			switch {
+			case op == "-N" && exists:
+				t.Fatalf("-N of an existing chain: %s", line)
+			case op != "-N" && !exists:
+				t.Fatalf("%s of a missing chain: %s", op, line)
+			case op == "-X" && len(cur.Rules[chain]) > 0:
+				t.Fatalf("-X of a chain with rules: %s", line)
+			case op == "-X":
+				for c, rs := range cur.Rules {
+					for _, r := range rs {
+						if ruleTarget(r) == chain {
+							t.Fatalf("-X of a chain %s jumps to: %s", c, line)
+						}
+					}
+				}
+				delete(cur.Chains, chain)
+				delete(cur.Rules, chain)
+			case op == "-N":
+				cur.Chains[chain] = "-"
+			default:
+				cur.Rules[chain] = nil
+			}
 		default:
 			f := strings.SplitN(line, " ", 3)
 			op, chain, rule := f[0], f[1], f[2]
+			if _, ok := cur.Chains[chain]; !ok && strings.HasPrefix(chain, "CNM-") {
+				t.Fatalf("%s to a missing chain: %s", op, line)
+			}
 			switch op {
 			case "-A":
 				cur.Rules[chain] = append(cur.Rules[chain], rule)
@@ -131,6 +159,29 @@ func TestPlanConverges(t *testing.T) {
 		if diff := cmp.Diff(sortedTables(parse()), sortedTables(tables)); diff != "" {
 			t.Fatalf("tables (-golden +planned):\n%s", diff)
 		}
+	}
+	// The fast paths: creating a network and an endpoint from nothing without reading the
+	// tables gives what converging gives, and deleting them gives the golden tables back.
+	tables = parse()
+	e := &network{bridge: "br-eeeeeeeeeeee", subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.5.0/24")}}
+	eid2 := drivers.EndpointID(strings.Repeat("9", 64))
+	ep2 := &endpoint{bridge: e.bridge, addr: netip.MustParseAddr("10.10.5.2"), ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 9090, ContainerPort: 90}}}
+	rt = restoreText{}
+	fwRules(e).planCreate(&rt, networkChains)
+	portRules(eid2, ep2).planCreate(&rt, portChains)
+	applyRestore(t, tables, rt.String())
+	rt = restoreText{}
+	planNetwork(&rt, tables, e.bridge, fwRules(e))
+	planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2))
+	if rt.String() != "" {
+		t.Errorf("converging after the fast create:\n%s", rt.String())
+	}
+	rt = restoreText{}
+	portRules(eid2, ep2).planDelete(&rt, portChains)
+	fwRules(e).planDelete(&rt, networkChains)
+	applyRestore(t, tables, rt.String())
+	if diff := cmp.Diff(sortedTables(parse()), sortedTables(tables)); diff != "" {
+		t.Fatalf("tables after the fast create and delete (-golden +got):\n%s", diff)
 	}
 }
 

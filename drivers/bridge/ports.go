@@ -207,11 +207,15 @@ const (
 	ChainDNAT  = "CNM-DNAT"  // nat; jumped to from PREROUTING and OUTPUT for local addresses
 )
 
-// portChains are the chains that hold per-endpoint rules.
+// portChains are the shared chains that hold the jumps to the endpoints' own chains.
 var portChains = []chainRef{
 	{tableFilter, ChainPorts},
 	{tableNAT, ChainDNAT},
 }
+
+// endpointChain returns the name of the own chains of endpoint eid, given the first 12
+// characters of its ID.
+func endpointChain(short string) string { return ChainEndpointPrefix + short }
 
 // endpointTag returns the comment match that marks every rule of endpoint eid: how the driver
 // finds them again, after a restart too.
@@ -233,75 +237,114 @@ func ruleEndpoint(rule string) string {
 	return ""
 }
 
-// portRules returns the rules of ep's published ports by chain, each as iptables-save prints
-// it: a DNAT per binding in CNM-DNAT, and an ACCEPT per container port in CNM-PORTS for
-// traffic forwarded into the bridge from elsewhere.
-func portRules(eid drivers.EndpointID, ep *endpoint) map[chainRef][]string {
+// belongsToEndpoint returns the test of the rules of the endpoint with short ID short in the
+// shared port chains: the jumps to its chain, and rules tagged with its comment (an older,
+// flat layout).
+func belongsToEndpoint(short string) func(rule string) bool {
+	chain := endpointChain(short)
+	return func(r string) bool { return ruleTarget(r) == chain || ruleEndpoint(r) == short }
+}
+
+// portRules returns the rules of ep's published ports, each as iptables-save prints it: in its
+// own chain CNM-E-<eid12>, a DNAT per binding in the nat table and an ACCEPT per container
+// port in the filter table for traffic forwarded into the bridge from elsewhere, each tagged
+// with the endpoint's comment; in the shared chains, a jump from CNM-DNAT and one from
+// CNM-PORTS for traffic to the endpoint's address. Nil when ep publishes nothing.
+func portRules(eid drivers.EndpointID, ep *endpoint) *fwObject {
 	if len(ep.ports) == 0 {
 		return nil
 	}
 	tag := endpointTag(eid)
-	r := make(map[chainRef][]string)
-	dnat, accept := chainRef{tableNAT, ChainDNAT}, chainRef{tableFilter, ChainPorts}
+	o := &fwObject{chain: endpointChain(eid.Short()), own: map[string][]string{}}
 	for _, b := range ep.ports {
 		dst := ""
 		if b.HostIP.IsValid() {
 			dst = "-d " + b.HostIP.String() + "/32 "
 		}
-		r[dnat] = append(r[dnat], fmt.Sprintf("%s-p %s -m %s --dport %d %s -j DNAT --to-destination %s",
+		o.own[tableNAT] = append(o.own[tableNAT], fmt.Sprintf("%s-p %s -m %s --dport %d %s -j DNAT --to-destination %s",
 			dst, b.Proto, b.Proto, b.HostPort, tag, netip.AddrPortFrom(ep.addr, b.ContainerPort)))
 		a := fmt.Sprintf("-d %s/32 ! -i %s -o %s -p %s -m %s --dport %d %s -j ACCEPT",
 			ep.addr, ep.bridge, ep.bridge, b.Proto, b.Proto, b.ContainerPort, tag)
-		if !slices.Contains(r[accept], a) {
-			r[accept] = append(r[accept], a)
+		if !slices.Contains(o.own[tableFilter], a) {
+			o.own[tableFilter] = append(o.own[tableFilter], a)
 		}
 	}
-	return r
-}
-
-// planEndpoint adds to t what brings the rules tagged with eid's short ID to want (nil: none).
-func planEndpoint(t *restoreText, tables map[string]*iptables.Table, short string, want map[chainRef][]string) {
-	for _, c := range portChains {
-		var have []string
-		for _, r := range tables[c.table].ChainRules(c.chain) {
-			if ruleEndpoint(r) == short {
-				have = append(have, r)
-			}
-		}
-		if slices.Equal(have, want[c]) {
-			continue
-		}
-		for _, r := range have {
-			t.add(c.table, "-D "+c.chain+" "+r)
-		}
-		for _, r := range want[c] {
-			t.add(c.table, "-A "+c.chain+" "+r)
-		}
+	o.shared = map[chainRef][]string{
+		{tableFilter, ChainPorts}: {fmt.Sprintf("-d %s/32 -j %s", ep.addr, o.chain)},
+		{tableNAT, ChainDNAT}:     {"-j " + o.chain},
 	}
+	return o
 }
 
-// ensurePorts brings the rules of endpoint eid to those of ep (none when ep has no ports), in
-// one iptables-restore transaction after one iptables-save; nothing is written when they are
-// there already.
-func (d *Driver) ensurePorts(ctx context.Context, eid drivers.EndpointID, ep *endpoint) error {
+// planEndpoint adds to t what brings the rules of the endpoint with short ID short to want
+// (nil: none), given the tables now.
+func planEndpoint(t *restoreText, tables map[string]*iptables.Table, short string, want *fwObject) {
+	planConverge(t, tables, endpointChain(short), want, portChains, belongsToEndpoint(short))
+}
+
+// ensurePorts brings the rules of endpoint eid to those of ep (none when ep is nil or has no
+// ports), in one iptables-restore transaction.
+//
+// fresh reports that the driver knew nothing of the endpoint: then, once this process has
+// converged the base chains, its chains and jumps are created with no iptables-save (see
+// fwObject.planCreate), at a cost that does not depend on the number of endpoints. Otherwise,
+// or when that fails (its chain exists: a restart), it converges from one iptables-save, and
+// nothing is written when the rules are there already.
+func (d *Driver) ensurePorts(ctx context.Context, eid drivers.EndpointID, ep *endpoint, fresh bool) error {
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
+	var want *fwObject
+	if ep != nil {
+		want = portRules(eid, ep)
+	}
+	if fresh && want != nil && d.fwReady {
+		var t restoreText
+		want.planCreate(&t, portChains)
+		err := d.fw.Restore(ctx, t.String())
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		d.log.DebugContext(ctx, "firewall: publish failed, converging", "endpoint", eid.Short(), "err", err)
+	}
 	tables, err := d.fwState(ctx)
 	if err != nil {
 		return err
 	}
 	var t restoreText
-	var want map[chainRef][]string
-	if ep != nil {
+	if want != nil {
 		planBase(&t, tables)
-		want = portRules(eid, ep)
 	}
 	planEndpoint(&t, tables, eid.Short(), want)
-	return d.fw.Restore(ctx, t.String())
+	if err := d.fw.Restore(ctx, t.String()); err != nil {
+		return err
+	}
+	if want != nil {
+		d.fwReady = true
+	}
+	return nil
 }
 
-// stalePorts removes, in one transaction, the rules in the port chains whose endpoint is not
-// one the driver knows or one of live, and returns their short endpoint IDs, sorted.
+// removePorts deletes the rules and chains of endpoint eid, whose published ports this process
+// wrote as ep says, in one transaction with no iptables-save first; when that fails (the
+// tables are not as written), it converges from one iptables-save.
+func (d *Driver) removePorts(ctx context.Context, eid drivers.EndpointID, ep *endpoint) error {
+	if o := portRules(eid, ep); o != nil {
+		d.fwMu.Lock()
+		var t restoreText
+		o.planDelete(&t, portChains)
+		err := d.fw.Restore(ctx, t.String())
+		d.fwMu.Unlock()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		d.log.DebugContext(ctx, "firewall: unpublish failed, converging", "endpoint", eid.Short(), "err", err)
+	}
+	return d.ensurePorts(ctx, eid, nil, false)
+}
+
+// stalePorts removes, in one transaction, the chains CNM-E-<eid12>, and the rules in the
+// shared port chains, of endpoints that are not one the driver knows or one of live, and
+// returns their short endpoint IDs, sorted.
 func (d *Driver) stalePorts(ctx context.Context, live []drivers.EndpointID) ([]string, error) {
 	if d.noFW || d.fw.Check() != nil {
 		return nil, nil
@@ -322,10 +365,26 @@ func (d *Driver) stalePorts(ctx context.Context, live []drivers.EndpointID) ([]s
 		return nil, err
 	}
 	var stale []string
+	consider := func(id string) {
+		if id != "" && !known[id] && !slices.Contains(stale, id) {
+			stale = append(stale, id)
+		}
+	}
 	for _, c := range portChains {
 		for _, r := range tables[c.table].ChainRules(c.chain) {
-			if id := ruleEndpoint(r); id != "" && !known[id] && !slices.Contains(stale, id) {
-				stale = append(stale, id)
+			consider(ruleEndpoint(r))
+			if id, ok := strings.CutPrefix(ruleTarget(r), ChainEndpointPrefix); ok {
+				consider(id)
+			}
+		}
+	}
+	for _, table := range []string{tableFilter, tableNAT} {
+		if tables[table] == nil {
+			continue
+		}
+		for c := range tables[table].Chains {
+			if id, ok := strings.CutPrefix(c, ChainEndpointPrefix); ok {
+				consider(id)
 			}
 		}
 	}
