@@ -68,6 +68,7 @@ type Driver struct {
 	h    *netlink.Handle  // NETLINK_ROUTE in the host namespace
 	raw  cnl.Socket       // the same, for the hand-built Join and Leave messages
 	fw   *iptables.Runner // iptables in the host namespace
+	fw6  *iptables.Runner // ip6tables in the host namespace
 	noFW bool             // Config.DisableIPTables
 	ct   *conntrackSocket // NETLINK_NETFILTER in the host namespace; nil when it cannot be opened
 	once sync.Once        // closes ns, h, raw and ct
@@ -79,6 +80,8 @@ type Driver struct {
 	// once: from then on, a network or endpoint it knows nothing of is created without
 	// reading the tables. Guarded by fwMu.
 	fwReady bool
+	// fw6Ready is fwReady for the IPv6 tables.
+	fw6Ready bool
 
 	mu       sync.Mutex // guards following
 	networks map[drivers.NetworkID]*network
@@ -100,6 +103,7 @@ type network struct {
 	gw4, gw6 netip.Addr // the first gateway of each family; zero for none
 	internal bool
 	subnets4 []netip.Prefix // masked
+	subnets6 []netip.Prefix // masked; the network has ip6tables rules when there are some
 	noICC    bool           // NetworkOptions.DisableICC
 	noMasq   bool           // NetworkOptions.DisableIPMasquerade
 	routed   bool           // NetworkOptions.GatewayModeIPv4 == GatewayModeRouted
@@ -107,8 +111,9 @@ type network struct {
 }
 
 // New opens the host namespace and netlink sockets in it and returns a driver that keeps them
-// until Close. It looks iptables-save and iptables-restore up in PATH, but a missing one is
-// reported only by CreateNetwork. It does not touch the kernel's state; CreateNetwork rebuilds
+// until Close. It looks iptables-save and iptables-restore (and ip6tables-save and
+// ip6tables-restore) up in PATH, but a missing one is reported only by CreateNetwork (of a
+// network with IPv6 subnets, for the ip6tables ones). It does not touch the kernel's state; CreateNetwork rebuilds
 // what the driver knows of each network after a restart.
 func New(cfg Config) (_ *Driver, err error) {
 	pr := cfg.PortRange
@@ -166,6 +171,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		h:         h,
 		raw:       raw,
 		fw:        iptables.New(ns),
+		fw6:       iptables.New6(ns),
 		noFW:      cfg.DisableIPTables,
 		networks:  make(map[drivers.NetworkID]*network),
 		names:     make(map[string]drivers.NetworkID),
@@ -205,9 +211,11 @@ func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkO
 // first 12 characters of the network ID), with the options' MTU, the alias "cnm:" and the
 // network ID, each subnet's gateway as an address (gateway/subnet length), and up. It then
 // writes the network's firewall rules (see the package doc) in one iptables-restore
-// transaction and turns on IP forwarding in the host namespace when the network needs it.
+// transaction, and one ip6tables-restore transaction when it has IPv6 subnets, and turns on IP
+// forwarding (of each of its families) in the host namespace when the network needs it.
 //
-// A missing iptables binary fails with an error matching cnm.ErrUnavailable, and
+// A missing iptables binary (or ip6tables binary, for a network with IPv6 subnets) fails with
+// an error matching cnm.ErrUnavailable, and
 // enable_icc=false without br_netfilter with one matching cnm.ErrNotSupported, both before
 // any kernel work.
 //
@@ -321,6 +329,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 		if !n.gw6.IsValid() {
 			n.gw6 = s.Gateway
 		}
+		n.subnets6 = append(n.subnets6, s.Subnet.Masked())
 	}
 	if len(req.IPv6) > 0 && n.mtu < MinIPv6MTU {
 		return nil, errclass.Invalid(LabelMTU, fmt.Sprint(n.mtu), "a network with IPv6 subnets needs at least 1280")

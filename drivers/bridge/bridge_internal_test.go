@@ -184,7 +184,7 @@ func TestNetworkConfigErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := network{bridge: "br-0123456789ab", mtu: 1500, gw4: v4[0].Gateway, gw6: v6[0].Gateway, internal: true,
-		subnets4: []netip.Prefix{v4[0].Subnet}}
+		subnets4: []netip.Prefix{v4[0].Subnet}, subnets6: []netip.Prefix{v6[0].Subnet.Masked()}}
 	if diff := cmp.Diff(want, *n, cmp.AllowUnexported(network{}), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
 		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 		t.Errorf("networkConfig (-want +got):\n%s", diff)

@@ -72,6 +72,17 @@
 // first 12 characters of the endpoint ID. Such a chain exists in a table only when it has
 // rules there.
 //
+// IPv6. A network with IPv6 subnets (dual-stack) also gets rules in the IPv6 tables, written
+// with "ip6tables-restore --noflush" in the same host namespace, by the same planner and with
+// the same layout: CNM-USER and CNM-FORWARD first in the ip6 FORWARD, CNM-ISOLATION-1/2, the
+// jumps -i/-o BR from CNM-FORWARD to CNM-N-BR, the same filter rules in CNM-N-BR (ICC,
+// internal, no unsolicited inbound), and in nat, when masquerading, "-s S6 ! -o BR -j
+// MASQUERADE" per IPv6 subnet S6 in CNM-N-BR, jumped to by "-s S6 -j CNM-N-BR" from
+// CNM-POSTROUTING (masquerading is on for IPv6 unless enable_ip_masquerade=false, as Docker
+// masquerades its ULA subnets; gateway_mode_ipv4=routed is IPv4's only). The IPv6 tables have
+// no CNM-PORTS, CNM-DNAT or hairpin rules: ports are published on IPv4 host addresses only.
+// A network without IPv6 subnets has nothing in the IPv6 tables, and costs no ip6tables work.
+//
 // Isolation is Docker's two-stage scheme: traffic that enters from a cnm bridge and leaves by
 // another interface goes to CNM-ISOLATION-2, which drops it if that interface is a cnm
 // bridge. A network costs two isolation rules, never one per pair of networks, so the ruleset
@@ -107,14 +118,21 @@
 // chains are its own: rules a user adds there may be removed; CNM-USER is the place for them.
 //
 // A network that is not internal needs forwarding: CreateNetwork sets net.ipv4.ip_forward=1
-// in the host namespace (only there) when it is 0, and in the same transaction that writes
-// the rules, before, sets the FORWARD policy to DROP, as Docker does, so that turning
+// (and net.ipv6.conf.all.forwarding=1 for a network with IPv6 subnets) in the host namespace
+// (only there) when it is 0, and in the same transaction that writes that family's rules,
+// before, sets that family's FORWARD policy to DROP, as Docker does, so that turning
 // forwarding on opens only the driver's networks. enable_icc=false needs br_netfilter, so
 // that traffic between ports of one bridge goes through iptables:
 // /proc/sys/net/bridge/bridge-nf-call-iptables must exist in the host namespace (else
 // CreateNetwork fails with an error matching cnm.ErrNotSupported before any kernel work) and
-// is set to 1 when it is 0. A missing iptables-save or iptables-restore fails CreateNetwork
-// with an error matching cnm.ErrUnavailable, also before any kernel work.
+// is set to 1 when it is 0 (and bridge-nf-call-ip6tables, for a network with IPv6 subnets). A
+// missing iptables-save or iptables-restore, or, for a network with IPv6 subnets, a missing
+// ip6tables-save or ip6tables-restore, fails CreateNetwork with an error matching
+// cnm.ErrUnavailable that names them, also before any kernel work. The IPv4 transaction comes
+// first; if the IPv6 one then fails, CreateNetwork removes the IPv4 rules it wrote (and puts
+// back a FORWARD policy it changed) and the bridge it made, before any sysctl is written.
+// DeleteNetwork and [Driver.Reconcile] remove the IPv6 rules as they do the IPv4 ones (after
+// a restart, from one ip6tables-save, when ip6tables is there).
 //
 // # Published ports
 //
@@ -134,15 +152,16 @@
 // in memory and are rebuilt by CreateEndpoint with the bound ports after a restart. With ICC
 // disabled, published ports are reached from outside the bridge only.
 //
-// Not done yet: ip6tables rules (IPv6 traffic is neither filtered nor isolated by the driver,
-// and ports are published on IPv4 host addresses only).
+// Not done yet: publishing ports on IPv6 host addresses (refused with an error matching
+// cnm.ErrNotSupported); IPv4 published ports work on dual-stack networks. IPv6 traffic of a
+// bridge without IPv6 subnets is not filtered by the driver.
 //
 // # Privilege and namespaces
 //
 // Everything needs CAP_NET_ADMIN in the host namespace ([Config].HostNetns). The driver keeps
 // netlink sockets opened in the host namespace by New, and creates the sandbox end of a veth
 // through the namespace descriptor in the [drivers.JoinRequest]. Only the firewall work enters
-// the host namespace, through (*netns.NS).Do: to start iptables-save and iptables-restore
-// (born there, waited for outside) and to read and write the sysctls. A [Driver] is safe for
+// the host namespace, through (*netns.NS).Do: to start iptables-save and iptables-restore,
+// and their ip6tables counterparts (born there, waited for outside) and to read and write the sysctls. A [Driver] is safe for
 // concurrent use and must be closed.
 package bridge

@@ -26,9 +26,53 @@ const (
 	tableFilter = "filter"
 	tableNAT    = "nat"
 
-	sysctlIPForward = "/proc/sys/net/ipv4/ip_forward"
-	sysctlBrNF      = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	sysctlIPForward  = "/proc/sys/net/ipv4/ip_forward"
+	sysctlIP6Forward = "/proc/sys/net/ipv6/conf/all/forwarding"
+	sysctlBrNF       = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	sysctlBrNF6      = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
 )
+
+// ipFamily is what differs between the rules of the IPv4 tables (iptables) and those of the
+// IPv6 tables (ip6tables): the planner is the same for both.
+type ipFamily struct {
+	v6      bool
+	name    string // "IPv4", "IPv6"
+	forward string // the forwarding sysctl
+	brNF    string // br_netfilter's switch for this family
+	// ports reports whether published ports are written in this family's tables (IPv4 only):
+	// CNM-PORTS, CNM-DNAT and the jumps to them, and the networks' hairpin MASQUERADE.
+	ports bool
+}
+
+var (
+	ipv4Family = &ipFamily{name: "IPv4", forward: sysctlIPForward, brNF: sysctlBrNF, ports: true}
+	ipv6Family = &ipFamily{v6: true, name: "IPv6", forward: sysctlIP6Forward, brNF: sysctlBrNF6}
+)
+
+// families returns the families whose tables hold rules of n: IPv4 always, IPv6 when n has
+// IPv6 subnets.
+func families(n *network) []*ipFamily {
+	if len(n.subnets6) > 0 {
+		return []*ipFamily{ipv4Family, ipv6Family}
+	}
+	return []*ipFamily{ipv4Family}
+}
+
+// runner returns the runner of f's tables.
+func (d *Driver) runner(f *ipFamily) *iptables.Runner {
+	if f.v6 {
+		return d.fw6
+	}
+	return d.fw
+}
+
+// ready returns where the driver records that it converged f's base chains (guarded by fwMu).
+func (d *Driver) ready(f *ipFamily) *bool {
+	if f.v6 {
+		return &d.fw6Ready
+	}
+	return &d.fwReady
+}
 
 // chainRef names a chain in a table.
 type chainRef struct{ table, chain string }
@@ -63,14 +107,16 @@ type fwObject struct {
 	shared map[chainRef][]string // by shared chain, in order
 }
 
-// fwRules returns the rules of network n. Its own chain CNM-N-<bridge> holds, in the filter
+// fwRules returns the rules of network n in the tables of family f. Its own chain CNM-N-<bridge> holds, in the filter
 // table, the forwarding rules of the network, which decide every packet that enters or leaves
 // the bridge, and in the nat table its masquerading rules. The shared chains hold the two
 // isolation rules, the two jumps from CNM-FORWARD (-i BR and -o BR) and, when it has nat
-// rules, a jump per IPv4 subnet from CNM-POSTROUTING. Every rule in a shared chain names n's
+// rules, a jump per subnet of the family from CNM-POSTROUTING. The IPv6 rules are the IPv4
+// ones with the IPv6 subnets, except that there is no hairpin MASQUERADE (no published ports
+// in IPv6) and no routed gateway mode (gateway_mode_ipv4 is IPv4's). Every rule in a shared chain names n's
 // bridge with -i or -o, or jumps to its chain: that is how the driver finds them again, after a
 // restart too.
-func fwRules(n *network) *fwObject {
+func fwRules(n *network, f *ipFamily) *fwObject {
 	br := n.bridge
 	o := &fwObject{chain: networkChain(br), own: map[string][]string{}, shared: map[chainRef][]string{}}
 	add := func(table, rule string) { o.own[table] = append(o.own[table], rule) }
@@ -96,18 +142,28 @@ func fwRules(n *network) *fwObject {
 	add(tableFilter, fmt.Sprintf("-o %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", br))
 	add(tableFilter, fmt.Sprintf("-i %s -o %s -j %s", br, br, icc))
 	add(tableFilter, fmt.Sprintf("-i %s ! -o %s -j ACCEPT", br, br))
-	if n.routed {
+	if n.routed && !f.v6 {
 		add(tableFilter, fmt.Sprintf("! -i %s -o %s -p icmp -j ACCEPT", br, br))
 	}
 	add(tableFilter, fmt.Sprintf("! -i %s -o %s -j DROP", br, br))
-	for _, s := range n.subnets4 {
-		if n.masquerade() {
+	subnets := n.subnets4
+	if f.v6 {
+		subnets = n.subnets6
+	}
+	masq := n.masquerade(f)
+	if !masq && !f.ports {
+		return o // no nat rules
+	}
+	for _, s := range subnets {
+		if masq {
 			add(tableNAT, fmt.Sprintf("-s %s ! -o %s -j MASQUERADE", s, br))
 		}
-		// Hairpin: a container reaching a published port of its own network through the
-		// host's address is DNATed back into the bridge; masquerading makes the reply come
-		// back through the host, to be un-DNATed.
-		add(tableNAT, fmt.Sprintf("-s %s -o %s -m conntrack --ctstate DNAT -j MASQUERADE", s, br))
+		if f.ports {
+			// Hairpin: a container reaching a published port of its own network through the
+			// host's address is DNATed back into the bridge; masquerading makes the reply
+			// come back through the host, to be un-DNATed.
+			add(tableNAT, fmt.Sprintf("-s %s -o %s -m conntrack --ctstate DNAT -j MASQUERADE", s, br))
+		}
 		o.shared[post] = append(o.shared[post], fmt.Sprintf("-s %s -j %s", s, o.chain))
 	}
 	return o
@@ -225,8 +281,12 @@ func planConverge(t *restoreText, tables map[string]*iptables.Table, chain strin
 	}
 }
 
-// masquerade reports whether n's outbound IPv4 traffic is masqueraded.
-func (n *network) masquerade() bool { return !n.internal && !n.routed && !n.noMasq }
+// masquerade reports whether n's outbound traffic of family f is masqueraded. The routed
+// gateway mode is IPv4's only: IPv6 is masqueraded unless masquerading is off, as Docker
+// masquerades its ULA subnets by default.
+func (n *network) masquerade(f *ipFamily) bool {
+	return !n.internal && !n.noMasq && (f.v6 || !n.routed)
+}
 
 // ruleBridge returns the interface named by the first -i or -o of rule, or "".
 func ruleBridge(rule string) string {
@@ -270,13 +330,27 @@ func (t *restoreText) String() string {
 	return b.String()
 }
 
-// planBase adds to t what makes the driver's chains and jumps exist, given the tables now:
-// CNM-USER then CNM-FORWARD first in FORWARD, CNM-ISOLATION-1 first in CNM-FORWARD, and
-// CNM-POSTROUTING from POSTROUTING. Existing chains are never declared again (which would
-// flush them), and CNM-USER's rules are never touched.
-func planBase(t *restoreText, tables map[string]*iptables.Table) {
+// planBase adds to t what makes the driver's chains and jumps exist in the tables of family f,
+// given the tables now: CNM-USER then CNM-FORWARD first in FORWARD, CNM-ISOLATION-1 first in
+// CNM-FORWARD, and CNM-POSTROUTING from POSTROUTING; for IPv4 also CNM-PORTS second in
+// CNM-FORWARD and CNM-DNAT with its jumps. Existing chains are never declared again (which
+// would flush them), and CNM-USER's rules are never touched.
+func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 	filter, nat := tables[tableFilter], tables[tableNAT]
-	for _, c := range []string{ChainUser, ChainForward, ChainIsolation1, ChainIsolation2, ChainPorts} {
+	type jump struct{ chain, rule string }
+	chains := []string{ChainUser, ChainForward, ChainIsolation1, ChainIsolation2}
+	head := []string{"-j " + ChainIsolation1}
+	natChains := []string{ChainPostrouting}
+	jumps := []jump{{"POSTROUTING", "-j " + ChainPostrouting}}
+	if f.ports {
+		chains = append(chains, ChainPorts)
+		head = append(head, "-j "+ChainPorts)
+		natChains = append(natChains, ChainDNAT)
+		jumps = append(jumps,
+			jump{"PREROUTING", "-m addrtype --dst-type LOCAL -j " + ChainDNAT},
+			jump{"OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + ChainDNAT})
+	}
+	for _, c := range chains {
 		if !filter.HasChain(c) {
 			t.add(tableFilter, ":"+c+" - [0:0]")
 		}
@@ -294,7 +368,6 @@ func planBase(t *restoreText, tables map[string]*iptables.Table) {
 		t.add(tableFilter, fmt.Sprintf("-I FORWARD %d -j %s", user+2, ChainForward))
 	}
 	// CNM-FORWARD starts with the isolation jump, then the published ports' accepts.
-	head := []string{"-j " + ChainIsolation1, "-j " + ChainPorts}
 	if rules := filter.ChainRules(ChainForward); len(rules) < len(head) || !slices.Equal(rules[:len(head)], head) {
 		for _, r := range rules {
 			if slices.Contains(head, r) {
@@ -305,16 +378,12 @@ func planBase(t *restoreText, tables map[string]*iptables.Table) {
 			t.add(tableFilter, "-I "+ChainForward+" 1 "+head[i])
 		}
 	}
-	for _, c := range []string{ChainPostrouting, ChainDNAT} {
+	for _, c := range natChains {
 		if !nat.HasChain(c) {
 			t.add(tableNAT, ":"+c+" - [0:0]")
 		}
 	}
-	for _, j := range []struct{ chain, rule string }{
-		{"POSTROUTING", "-j " + ChainPostrouting},
-		{"PREROUTING", "-m addrtype --dst-type LOCAL -j " + ChainDNAT},
-		{"OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + ChainDNAT},
-	} {
+	for _, j := range jumps {
 		if !slices.Contains(nat.ChainRules(j.chain), j.rule) {
 			t.add(tableNAT, "-A "+j.chain+" "+j.rule)
 		}
@@ -327,9 +396,9 @@ func planNetwork(t *restoreText, tables map[string]*iptables.Table, br string, w
 	planConverge(t, tables, networkChain(br), want, networkChains, belongsToNetwork(br))
 }
 
-// fwState reads the tables of the host namespace.
-func (d *Driver) fwState(ctx context.Context) (map[string]*iptables.Table, error) {
-	save, err := d.fw.Save(ctx)
+// fwState reads the tables of family f in the host namespace.
+func (d *Driver) fwState(ctx context.Context, f *ipFamily) (map[string]*iptables.Table, error) {
+	save, err := d.runner(f).Save(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -337,7 +406,8 @@ func (d *Driver) fwState(ctx context.Context) (map[string]*iptables.Table, error
 }
 
 // checkFirewall checks, before any kernel work, that the firewall can do what n needs: the
-// iptables binaries, and br_netfilter in the host namespace when ICC is off.
+// iptables binaries (and the ip6tables ones when n has IPv6 subnets), and br_netfilter in the
+// host namespace when ICC is off.
 func (d *Driver) checkFirewall(n *network) error {
 	if d.noFW {
 		if n.noICC {
@@ -345,8 +415,10 @@ func (d *Driver) checkFirewall(n *network) error {
 		}
 		return nil
 	}
-	if err := d.fw.Check(); err != nil {
-		return err
+	for _, f := range families(n) {
+		if err := d.runner(f).Check(); err != nil {
+			return err
+		}
 	}
 	if n.noICC {
 		var exists bool
@@ -369,125 +441,228 @@ func (d *Driver) checkFirewall(n *network) error {
 }
 
 // ensureFirewall brings the host namespace's rules for network n to what fwRules gives, in one
-// iptables-restore transaction, and then turns on net.ipv4.ip_forward (when n is not
-// internal) and bridge-nf-call-iptables (when ICC is off) in the host namespace if they are
-// off. When it turns ip_forward on itself, the same transaction first sets the FORWARD policy
-// to DROP, as Docker does, so that turning forwarding on opens nothing but the driver's
-// networks.
+// iptables-restore transaction per family (IPv4, and IPv6 with ip6tables-restore when n has
+// IPv6 subnets), and then turns on forwarding (net.ipv4.ip_forward, and
+// net.ipv6.conf.all.forwarding when n has IPv6 subnets; when n is not internal) and
+// br_netfilter's bridge-nf-call-iptables (and -ip6tables) when ICC is off, in the host
+// namespace, if they are off. When it turns a family's forwarding on itself, the same
+// transaction first sets that family's FORWARD policy to DROP, as Docker does, so that turning
+// forwarding on opens nothing but the driver's networks.
 //
 // fresh reports that the caller has just created n's bridge and knew nothing of the network:
-// then, once this process has converged the driver's base chains, the rules are written with
-// no iptables-save, all appended (see fwObject.planCreate), and the cost does not depend on
-// the number of networks. Otherwise, or when that transaction fails (a chain of n exists
-// already: a crash, a restart), it converges from one iptables-save: calling it again changes
-// nothing.
+// then, once this process has converged the driver's base chains of a family, the rules are
+// written with no iptables-save, all appended (see fwObject.planCreate), and the cost does not
+// depend on the number of networks. Otherwise, or when that transaction fails (a chain of n
+// exists already: a crash, a restart), it converges from one iptables-save: calling it again
+// changes nothing. When fresh and a later family fails, the rules the earlier ones wrote are
+// removed again (and a FORWARD policy it set put back), so that nothing is left half-made.
 func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) error {
 	if d.noFW {
 		return nil
 	}
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	var fwdOn, brNFOn bool
+	fams := families(n)
+	fwdOn := make([]bool, len(fams))
+	brNFOn := make([]bool, len(fams))
 	if err := d.ns.Do(func() error {
-		var err error
-		if fwdOn, err = readBoolSysctl(sysctlIPForward); err != nil {
-			return err
+		for i, f := range fams {
+			var err error
+			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
+				return err
+			}
+			if n.noICC {
+				if brNFOn[i], err = readBoolSysctl(f.brNF); err != nil {
+					return err
+				}
+			}
 		}
-		if n.noICC {
-			brNFOn, err = readBoolSysctl(sysctlBrNF)
-		}
-		return err
+		return nil
 	}); err != nil {
 		return fmt.Errorf("read sysctls: %w", err)
 	}
-	needFwd := !n.internal && !fwdOn
-	want := fwRules(n)
-	done := false
-	if fresh && d.fwReady && !needFwd {
-		var t restoreText
-		want.planCreate(&t, networkChains)
-		err := d.fw.Restore(ctx, t.String())
-		if err == nil {
-			done = true
-		} else if ctx.Err() != nil {
-			return err
-		} else {
-			d.log.DebugContext(ctx, "firewall: create failed, converging", "bridge", n.bridge, "err", err)
-		}
+	type written struct {
+		f         *ipFamily
+		setPolicy bool // the transaction set the FORWARD policy to DROP
 	}
-	if !done {
-		tables, err := d.fwState(ctx)
+	var done []written
+	for i, f := range fams {
+		setPolicy, err := d.ensureFamily(ctx, n, f, fresh, !n.internal && !fwdOn[i])
 		if err != nil {
+			if f.v6 {
+				err = fmt.Errorf("%s: %w", f.name, err)
+			}
+			if fresh {
+				for _, w := range done {
+					if rerr := d.undoFamily(ctx, n, w.f, w.setPolicy); rerr != nil {
+						err = errors.Join(err, fmt.Errorf("rollback of the %s rules: %w", w.f.name, rerr))
+					}
+				}
+			}
 			return err
 		}
-		var t restoreText
-		planBase(&t, tables)
-		if needFwd && tables[tableFilter].Policy("FORWARD") != "DROP" {
-			t.add(tableFilter, ":FORWARD DROP [0:0]")
-		}
-		planNetwork(&t, tables, n.bridge, want)
-		if err := d.fw.Restore(ctx, t.String()); err != nil {
-			return err
-		}
-		d.fwReady = true
-		if len(t.filter)+len(t.nat) > 0 {
-			d.log.DebugContext(ctx, "firewall rules written", "bridge", n.bridge, "lines", len(t.filter)+len(t.nat))
-		}
-	}
-	if !needFwd && (!n.noICC || brNFOn) {
-		return nil
+		done = append(done, written{f, setPolicy})
 	}
 	return d.ns.Do(func() error {
 		var errs []error
-		if needFwd {
-			errs = append(errs, writeSysctl(sysctlIPForward, "1"))
-		}
-		if n.noICC && !brNFOn {
-			errs = append(errs, writeSysctl(sysctlBrNF, "1"))
+		for i, f := range fams {
+			if !n.internal && !fwdOn[i] {
+				errs = append(errs, writeSysctl(f.forward, "1"))
+			}
+			if n.noICC && !brNFOn[i] {
+				errs = append(errs, writeSysctl(f.brNF, "1"))
+			}
 		}
 		return errors.Join(errs...)
 	})
 }
 
-// removeFirewall deletes the rules and chains of the network on bridge br in one transaction.
-// Missing rules are fine. The shared chains, the jumps to them and the sysctls stay. When n is
-// the network as this process made it (nil: unknown, as after a restart), the transaction
-// deletes exactly its rules with no iptables-save first; if that fails (the tables are not as
-// made), or when n is nil, it converges from one iptables-save.
+// ensureFamily writes n's rules in the tables of family f (see ensureFirewall); needFwd reports
+// that the family's forwarding is off and n needs it, so that the FORWARD policy must be DROP
+// first. It reports whether it set that policy.
+func (d *Driver) ensureFamily(ctx context.Context, n *network, f *ipFamily, fresh, needFwd bool) (setPolicy bool, err error) {
+	fw, ready := d.runner(f), d.ready(f)
+	want := fwRules(n, f)
+	if fresh && *ready && !needFwd {
+		var t restoreText
+		want.planCreate(&t, networkChains)
+		err := fw.Restore(ctx, t.String())
+		if err == nil || ctx.Err() != nil {
+			return false, err
+		}
+		d.log.DebugContext(ctx, "firewall: create failed, converging", "bridge", n.bridge, "family", f.name, "err", err)
+	}
+	tables, err := d.fwState(ctx, f)
+	if err != nil {
+		return false, err
+	}
+	var t restoreText
+	planBase(&t, tables, f)
+	if needFwd && tables[tableFilter].Policy("FORWARD") != "DROP" {
+		t.add(tableFilter, ":FORWARD DROP [0:0]")
+		setPolicy = true
+	}
+	planNetwork(&t, tables, n.bridge, want)
+	if err := fw.Restore(ctx, t.String()); err != nil {
+		return false, err
+	}
+	*ready = true
+	if len(t.filter)+len(t.nat) > 0 {
+		d.log.DebugContext(ctx, "firewall rules written", "bridge", n.bridge, "family", f.name, "lines", len(t.filter)+len(t.nat))
+	}
+	return setPolicy, nil
+}
+
+// undoFamily removes n's rules from the tables of family f, which ensureFamily has just
+// written, and puts the FORWARD policy back to ACCEPT when it set it to DROP.
+func (d *Driver) undoFamily(ctx context.Context, n *network, f *ipFamily, setPolicy bool) error {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
+	defer cancel()
+	if err := d.removeFamily(fctx, f, n.bridge, n); err != nil {
+		return err
+	}
+	if setPolicy {
+		return d.runner(f).Restore(fctx, "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n")
+	}
+	return nil
+}
+
+// removeFamily deletes the rules and chains of the network on bridge br from the tables of
+// family f in one transaction: exactly those of n with no iptables-save first when n is the
+// network as this process made it, else (n nil, or that transaction failed) by converging from
+// one iptables-save. Missing rules are fine. Called with fwMu held.
+func (d *Driver) removeFamily(ctx context.Context, f *ipFamily, br string, n *network) error {
+	fw := d.runner(f)
+	if n != nil {
+		var t restoreText
+		fwRules(n, f).planDelete(&t, networkChains)
+		err := fw.Restore(ctx, t.String())
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		d.log.DebugContext(ctx, "firewall: delete failed, converging", "bridge", br, "family", f.name, "err", err)
+	}
+	tables, err := d.fwState(ctx, f)
+	if err != nil {
+		return err
+	}
+	var t restoreText
+	planNetwork(&t, tables, br, nil)
+	return fw.Restore(ctx, t.String())
+}
+
+// removeFirewall deletes the rules and chains of the network on bridge br, in one transaction
+// per family. Missing rules are fine. The shared chains, the jumps to them and the sysctls
+// stay. When n is the network as this process made it (nil: unknown, as after a restart), the
+// transactions delete exactly its rules, in the families it has, with no iptables-save first;
+// if that fails (the tables are not as made), or when n is nil, it converges from one
+// iptables-save (of both families when n is nil and ip6tables is there).
 func (d *Driver) removeFirewall(ctx context.Context, br string, n *network) error {
 	if d.noFW || d.fw.Check() != nil {
 		return nil
 	}
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
+	fams := []*ipFamily{ipv4Family, ipv6Family}
 	if n != nil {
-		var t restoreText
-		fwRules(n).planDelete(&t, networkChains)
-		err := d.fw.Restore(ctx, t.String())
-		if err == nil || ctx.Err() != nil {
-			return err
+		fams = families(n)
+	}
+	var errs []error
+	for _, f := range fams {
+		if f.v6 && d.fw6.Check() != nil {
+			if n != nil { // its IPv6 rules cannot be there: they could not be written
+				d.log.WarnContext(ctx, "firewall: ip6tables missing; IPv6 rules not removed", "bridge", br)
+			}
+			continue
 		}
-		d.log.DebugContext(ctx, "firewall: delete failed, converging", "bridge", br, "err", err)
+		if err := d.removeFamily(ctx, f, br, n); err != nil {
+			if f.v6 {
+				err = fmt.Errorf("%s: %w", f.name, err)
+			}
+			errs = append(errs, err)
+		}
 	}
-	tables, err := d.fwState(ctx)
-	if err != nil {
-		return err
-	}
-	var t restoreText
-	planNetwork(&t, tables, br, nil)
-	return d.fw.Restore(ctx, t.String())
+	return errors.Join(errs...)
 }
 
-// staleFirewall removes, in one transaction, the rules in the driver's shared chains that name
-// a bridge for which keep returns false (or jump to its chain), and the chains CNM-N-<bridge>
-// of those bridges, and returns those bridges' names, sorted.
+// staleFirewall removes, in one transaction per family, the rules in the driver's shared
+// chains that name a bridge for which keep returns false (or jump to its chain), and the
+// chains CNM-N-<bridge> of those bridges, and returns those bridges' names, sorted. The IPv6
+// tables are looked at when ip6tables is there.
 func (d *Driver) staleFirewall(ctx context.Context, keep func(bridge string) bool) ([]string, error) {
 	if d.noFW || d.fw.Check() != nil {
 		return nil, nil
 	}
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	tables, err := d.fwState(ctx)
+	var (
+		all  []string
+		errs []error
+	)
+	for _, f := range []*ipFamily{ipv4Family, ipv6Family} {
+		if f.v6 && d.fw6.Check() != nil {
+			continue
+		}
+		stale, err := d.staleFamily(ctx, f, keep)
+		if err != nil {
+			if f.v6 {
+				err = fmt.Errorf("%s: %w", f.name, err)
+			}
+			errs = append(errs, err)
+		}
+		for _, br := range stale {
+			if !slices.Contains(all, br) {
+				all = append(all, br)
+			}
+		}
+	}
+	slices.Sort(all)
+	return all, errors.Join(errs...)
+}
+
+// staleFamily is staleFirewall for the tables of family f.
+func (d *Driver) staleFamily(ctx context.Context, f *ipFamily, keep func(bridge string) bool) ([]string, error) {
+	tables, err := d.fwState(ctx, f)
 	if err != nil {
 		return nil, err
 	}
@@ -520,7 +695,10 @@ func (d *Driver) staleFirewall(ctx context.Context, keep func(bridge string) boo
 	for _, br := range stale {
 		planNetwork(&t, tables, br, nil)
 	}
-	return stale, d.fw.Restore(ctx, t.String())
+	if err := d.runner(f).Restore(ctx, t.String()); err != nil {
+		return nil, err
+	}
+	return stale, nil
 }
 
 func readBoolSysctl(path string) (bool, error) {

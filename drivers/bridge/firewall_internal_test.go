@@ -92,65 +92,95 @@ func applyRestore(t *testing.T, tables map[string]*iptables.Table, text string) 
 	}
 }
 
-// TestPlanConverges replays the planner against the golden ruleset: planning what is there
-// changes nothing, and creating or deleting networks in random order then undoing it gives
-// the same tables back.
-func TestPlanConverges(t *testing.T) {
+// goldenMark separates the IPv4 listing (iptables-save) from the IPv6 one (ip6tables-save) in
+// testdata/firewall.golden.
+const goldenMark = "# ip6tables-save\n"
+
+// readGolden returns the IPv4 and the IPv6 listings of testdata/firewall.golden.
+func readGolden(t *testing.T) (v4, v6 string) {
+	t.Helper()
 	golden, err := os.ReadFile(filepath.Join("testdata", "firewall.golden"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	v4, v6, ok := strings.Cut(string(golden), goldenMark)
+	if !ok {
+		t.Fatalf("testdata/firewall.golden has no %q line", strings.TrimSpace(goldenMark))
+	}
+	return v4, v6
+}
+
+// TestPlanConverges replays the planner against the golden ruleset, in the tables of each
+// family: planning what is there changes nothing, and creating or deleting networks in random
+// order then undoing it gives the same tables back.
+func TestPlanConverges(t *testing.T) {
+	golden4, golden6 := readGolden(t)
+	for _, f := range []*ipFamily{ipv4Family, ipv6Family} {
+		t.Run(f.name, func(t *testing.T) {
+			golden := golden4
+			if f.v6 {
+				golden = golden6
+			}
+			testPlanConverges(t, f, golden)
+		})
+	}
+}
+
+func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 	parse := func() map[string]*iptables.Table {
-		tables, err := iptables.Parse(string(golden))
+		tables, err := iptables.Parse(golden)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tables
 	}
-	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.1.0/24")}}
-	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.2.0/24")}}
-	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.3.0/24")}}
-	// The golden sequence's endpoint with published ports.
+	p := netip.MustParsePrefix
+	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{p("10.10.1.0/24")}, subnets6: []netip.Prefix{p("fd00:10:1::/64")}}
+	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{p("10.10.2.0/24")}, subnets6: []netip.Prefix{p("fd00:10:2::/64")}}
+	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{p("10.10.3.0/24")}, subnets6: []netip.Prefix{p("fd00:10:3::/64")}}
+	// The golden sequence's endpoint with published ports (IPv4 only).
 	eid := drivers.EndpointID(strings.Repeat("e", 64))
 	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), ports: []drivers.PortBinding{
 		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
 		{Proto: "udp", HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 5353, ContainerPort: 53},
 	}}
+	planEP := func(t *testing.T, tables map[string]*iptables.Table, short string, want *fwObject) string {
+		var rt restoreText
+		if f.ports {
+			planEndpoint(&rt, tables, short, want)
+		}
+		applyRestore(t, tables, rt.String())
+		return rt.String()
+	}
 	tables := parse()
 	for _, n := range []*network{a, b, c} {
 		var rt restoreText
-		planBase(&rt, tables)
-		planNetwork(&rt, tables, n.bridge, fwRules(n))
+		planBase(&rt, tables, f)
+		planNetwork(&rt, tables, n.bridge, fwRules(n, f))
 		if rt.String() != "" {
 			t.Errorf("plan for %s on the golden ruleset:\n%s", n.bridge, rt.String())
 		}
 	}
-	var rt restoreText
-	planEndpoint(&rt, tables, eid.Short(), portRules(eid, ep))
-	if rt.String() != "" {
-		t.Errorf("plan for endpoint %s on the golden ruleset:\n%s", eid.Short(), rt.String())
+	if rt := planEP(t, tables, eid.Short(), portRules(eid, ep)); rt != "" {
+		t.Errorf("plan for endpoint %s on the golden ruleset:\n%s", eid.Short(), rt)
 	}
 	// From nothing, in random orders, to the golden set (compared sorted: the order across
 	// networks does not matter), and back.
 	for range 20 {
 		tables := map[string]*iptables.Table{}
-		nets := []*network{a, b, c, {bridge: "br-dddddddddddd", routed: true}}
+		nets := []*network{a, b, c, {bridge: "br-dddddddddddd", routed: true, subnets6: []netip.Prefix{p("fd00:10:4::/64")}}}
 		rand.Shuffle(len(nets), func(i, j int) { nets[i], nets[j] = nets[j], nets[i] })
 		for _, n := range nets {
 			var rt restoreText
-			planBase(&rt, tables)
-			planNetwork(&rt, tables, n.bridge, fwRules(n))
+			planBase(&rt, tables, f)
+			planNetwork(&rt, tables, n.bridge, fwRules(n, f))
 			applyRestore(t, tables, rt.String())
 			if n == a { // the endpoint's rules, and those of one deleted again
-				var rt restoreText
 				gone := drivers.EndpointID(strings.Repeat("f", 64))
-				planEndpoint(&rt, tables, gone.Short(), portRules(gone, &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.3"),
+				planEP(t, tables, gone.Short(), portRules(gone, &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.3"),
 					ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8081, ContainerPort: 80}}}))
-				planEndpoint(&rt, tables, eid.Short(), portRules(eid, ep))
-				applyRestore(t, tables, rt.String())
-				rt = restoreText{}
-				planEndpoint(&rt, tables, gone.Short(), nil)
-				applyRestore(t, tables, rt.String())
+				planEP(t, tables, eid.Short(), portRules(eid, ep))
+				planEP(t, tables, gone.Short(), nil)
 			}
 		}
 		var rt restoreText
@@ -163,25 +193,60 @@ func TestPlanConverges(t *testing.T) {
 	// The fast paths: creating a network and an endpoint from nothing without reading the
 	// tables gives what converging gives, and deleting them gives the golden tables back.
 	tables = parse()
-	e := &network{bridge: "br-eeeeeeeeeeee", subnets4: []netip.Prefix{netip.MustParsePrefix("10.10.5.0/24")}}
+	e := &network{bridge: "br-eeeeeeeeeeee", subnets4: []netip.Prefix{p("10.10.5.0/24")}, subnets6: []netip.Prefix{p("fd00:10:5::/64")}}
 	eid2 := drivers.EndpointID(strings.Repeat("9", 64))
 	ep2 := &endpoint{bridge: e.bridge, addr: netip.MustParseAddr("10.10.5.2"), ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 9090, ContainerPort: 90}}}
-	rt = restoreText{}
-	fwRules(e).planCreate(&rt, networkChains)
-	portRules(eid2, ep2).planCreate(&rt, portChains)
+	rt := restoreText{}
+	fwRules(e, f).planCreate(&rt, networkChains)
+	if f.ports {
+		portRules(eid2, ep2).planCreate(&rt, portChains)
+	}
 	applyRestore(t, tables, rt.String())
 	rt = restoreText{}
-	planNetwork(&rt, tables, e.bridge, fwRules(e))
-	planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2))
+	planNetwork(&rt, tables, e.bridge, fwRules(e, f))
+	if f.ports {
+		planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2))
+	}
 	if rt.String() != "" {
 		t.Errorf("converging after the fast create:\n%s", rt.String())
 	}
 	rt = restoreText{}
-	portRules(eid2, ep2).planDelete(&rt, portChains)
-	fwRules(e).planDelete(&rt, networkChains)
+	if f.ports {
+		portRules(eid2, ep2).planDelete(&rt, portChains)
+	}
+	fwRules(e, f).planDelete(&rt, networkChains)
 	applyRestore(t, tables, rt.String())
 	if diff := cmp.Diff(sortedTables(parse()), sortedTables(tables)); diff != "" {
 		t.Fatalf("tables after the fast create and delete (-golden +got):\n%s", diff)
+	}
+}
+
+// TestFwRulesIPv6 checks the IPv6 rules of a dual-stack network against the IPv4 ones: the
+// same filter rules, a MASQUERADE per IPv6 subnet, no hairpin, and none of it for a network
+// without IPv6 subnets.
+func TestFwRulesIPv6(t *testing.T) {
+	p := netip.MustParsePrefix
+	n := &network{bridge: "br0", subnets4: []netip.Prefix{p("10.0.0.0/24")}, subnets6: []netip.Prefix{p("fd00::/64")}}
+	v4, v6 := fwRules(n, ipv4Family), fwRules(n, ipv6Family)
+	if diff := cmp.Diff(v4.own[tableFilter], v6.own[tableFilter]); diff != "" {
+		t.Errorf("filter rules differ between families (-v4 +v6):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"-s fd00::/64 ! -o br0 -j MASQUERADE"}, v6.own[tableNAT]); diff != "" {
+		t.Errorf("IPv6 nat rules (-want +got):\n%s", diff)
+	}
+	if got := families(&network{subnets4: n.subnets4}); len(got) != 1 || got[0].v6 {
+		t.Errorf("families of an IPv4-only network = %v", got)
+	}
+	// Without masquerade, or routed (IPv4 only), or internal.
+	noMasq := *n
+	noMasq.noMasq = true
+	if o := fwRules(&noMasq, ipv6Family); len(o.own[tableNAT]) > 0 || len(o.shared[chainRef{tableNAT, ChainPostrouting}]) > 0 {
+		t.Errorf("IPv6 nat rules without masquerade: %v %v", o.own, o.shared)
+	}
+	routed := *n
+	routed.routed = true
+	if o := fwRules(&routed, ipv6Family); len(o.own[tableNAT]) != 1 || slices.ContainsFunc(o.own[tableFilter], func(r string) bool { return strings.Contains(r, "icmp") }) {
+		t.Errorf("IPv6 rules of a network with gateway_mode_ipv4=routed: %v", o.own)
 	}
 }
 

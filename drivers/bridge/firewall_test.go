@@ -72,6 +72,12 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
+// v6 returns the IPAM data of an IPv6 subnet with its gateway at ::1.
+func v6(subnet string) []drivers.IPAMData {
+	p := netip.MustParsePrefix(subnet)
+	return []drivers.IPAMData{{Subnet: p, Gateway: p.Addr().Next()}}
+}
+
 // v4 returns the IPAM data of a /24 subnet with its gateway at .1.
 func v4(subnet string) []drivers.IPAMData {
 	p := netip.MustParsePrefix(subnet)
@@ -154,9 +160,13 @@ func canPing(t *testing.T, from *netns.NS, name, addr string, want bool) {
 func listen(t *testing.T, ns *netns.NS, addr string) *net.TCPListener {
 	t.Helper()
 	var ln net.Listener
+	network := "tcp4"
+	if strings.HasPrefix(addr, "[") {
+		network = "tcp6"
+	}
 	if err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen(network, addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -169,10 +179,19 @@ func listen(t *testing.T, ns *netns.NS, addr string) *net.TCPListener {
 // returns the remote address the listener saw, or an error.
 func dial(from *netns.NS, to netip.Addr, ln *net.TCPListener) (netip.Addr, error) {
 	port := ln.Addr().(*net.TCPAddr).Port
-	var fd int
+	var (
+		fd int
+		sa unix.Sockaddr
+	)
+	af := unix.AF_INET
+	if to.Is4() {
+		sa = &unix.SockaddrInet4{Port: port, Addr: to.As4()}
+	} else {
+		af, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: port, Addr: to.As16()}
+	}
 	if err := from.Do(func() error {
 		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fd, err = unix.Socket(af, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		return err
 	}); err != nil {
 		return netip.Addr{}, err
@@ -182,7 +201,7 @@ func dial(from *netns.NS, to netip.Addr, ln *net.TCPListener) (netip.Addr, error
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		return netip.Addr{}, err
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: to.As4()}); err != nil {
+	if err := unix.Connect(fd, sa); err != nil {
 		return netip.Addr{}, err
 	}
 	if err := ln.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
@@ -203,6 +222,16 @@ func (e *testEnv) save(t *testing.T) string {
 	out, err := nstest.Exec(e.host, "iptables-save")
 	if err != nil {
 		t.Fatalf("iptables-save: %v: %s", err, out)
+	}
+	return iptables.Normalize(out)
+}
+
+// save6 is save for the IPv6 tables (ip6tables-save).
+func (e *testEnv) save6(t *testing.T) string {
+	t.Helper()
+	out, err := nstest.Exec(e.host, "ip6tables-save")
+	if err != nil {
+		t.Fatalf("ip6tables-save: %v: %s", err, out)
 	}
 	return iptables.Normalize(out)
 }
@@ -456,10 +485,12 @@ func TestPrivilegedFirewallGolden(t *testing.T) {
 	nstest.Privileged(t)
 	e := newEnv(t)
 	id := func(c string) drivers.NetworkID { return drivers.NetworkID(strings.Repeat(c, 64)) }
-	e.newNetwork(t, drivers.CreateNetworkRequest{NetworkID: id("a"), IPv4: v4("10.10.1.0/24")})
-	e.newNetwork(t, drivers.CreateNetworkRequest{NetworkID: id("b"), IPv4: v4("10.10.2.0/24"), Options: NetworkOptions{DisableICC: true, BridgeName: "noicc0"}})
-	e.newNetwork(t, drivers.CreateNetworkRequest{NetworkID: id("c"), IPv4: v4("10.10.3.0/24"), Internal: true})
-	if err := e.d.CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: id("d"), IPv4: v4("10.10.4.0/24")}); err != nil {
+	// Every network is dual-stack: the IPv6 tables get the same layout.
+	e.newNetwork(t, drivers.CreateNetworkRequest{NetworkID: id("a"), IPv4: v4("10.10.1.0/24"), IPv6: v6("fd00:10:1::/64"), EnableIPv6: true})
+	e.newNetwork(t, drivers.CreateNetworkRequest{NetworkID: id("b"), IPv4: v4("10.10.2.0/24"), IPv6: v6("fd00:10:2::/64"), EnableIPv6: true,
+		Options: NetworkOptions{DisableICC: true, BridgeName: "noicc0"}})
+	e.newNetwork(t, drivers.CreateNetworkRequest{NetworkID: id("c"), IPv4: v4("10.10.3.0/24"), IPv6: v6("fd00:10:3::/64"), EnableIPv6: true, Internal: true})
+	if err := e.d.CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: id("d"), IPv4: v4("10.10.4.0/24"), IPv6: v6("fd00:10:4::/64"), EnableIPv6: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.d.DeleteNetwork(t.Context(), drivers.DeleteNetworkRequest{NetworkID: id("d")}); err != nil {
@@ -477,7 +508,7 @@ func TestPrivilegedFirewallGolden(t *testing.T) {
 	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: id("b"), EndpointID: gone}); err != nil {
 		t.Fatal(err)
 	}
-	got := e.save(t)
+	got := e.save(t) + goldenMark + e.save6(t)
 	path := filepath.Join("testdata", "firewall.golden")
 	if *update {
 		if err := os.MkdirAll("testdata", 0o755); err != nil {

@@ -86,7 +86,7 @@ func (d *Driver) expandPorts(n *network, req drivers.CreateEndpointRequest) ([]w
 			b.HostIP = n.hostIP
 		}
 		if b.HostIP.Is6() && !b.HostIP.Is4In6() {
-			return nil, &errclass.NotSupportedError{What: "publishing on IPv6 host address " + b.HostIP.String() + " (no ip6tables rules yet)"}
+			return nil, &errclass.NotSupportedError{What: "publishing on IPv6 host address " + b.HostIP.String() + " (ports are published on IPv4 host addresses only)"}
 		}
 		b.HostIP = b.HostIP.Unmap()
 		if b.HostIP.IsUnspecified() {
@@ -306,13 +306,13 @@ func (d *Driver) ensurePorts(ctx context.Context, eid drivers.EndpointID, ep *en
 		}
 		d.log.DebugContext(ctx, "firewall: publish failed, converging", "endpoint", eid.Short(), "err", err)
 	}
-	tables, err := d.fwState(ctx)
+	tables, err := d.fwState(ctx, ipv4Family)
 	if err != nil {
 		return err
 	}
 	var t restoreText
 	if want != nil {
-		planBase(&t, tables)
+		planBase(&t, tables, ipv4Family)
 	}
 	planEndpoint(&t, tables, eid.Short(), want)
 	if err := d.fw.Restore(ctx, t.String()); err != nil {
@@ -360,7 +360,7 @@ func (d *Driver) stalePorts(ctx context.Context, live []drivers.EndpointID) ([]s
 	d.mu.Unlock()
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	tables, err := d.fwState(ctx)
+	tables, err := d.fwState(ctx, ipv4Family)
 	if err != nil {
 		return nil, err
 	}

@@ -1,5 +1,5 @@
-// Package iptables runs iptables-save and iptables-restore inside a given network namespace and
-// parses what iptables-save prints.
+// Package iptables runs iptables-save and iptables-restore (or, for IPv6, ip6tables-save and
+// ip6tables-restore) inside a given network namespace and parses what they print.
 //
 // A [Runner] starts each process from a thread that has entered the namespace
 // ((*netns.NS).Do), so the process is born there and acts on that namespace's tables whatever
@@ -27,41 +27,49 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The binaries a Runner runs.
+// The binaries a Runner runs: those of [New] (IPv4) and of [New6] (IPv6).
 const (
-	SaveBinary    = "iptables-save"
-	RestoreBinary = "iptables-restore"
+	SaveBinary     = "iptables-save"
+	RestoreBinary  = "iptables-restore"
+	Save6Binary    = "ip6tables-save"
+	Restore6Binary = "ip6tables-restore"
 )
 
 // Runner runs iptables commands in one network namespace. It is safe for concurrent use; it
 // does not serialize its callers (a read-modify-write needs the caller's own lock).
 type Runner struct {
-	ns            *netns.NS // not owned
-	save, restore string    // absolute paths; "" when not found
-	lookErr       error
-	runs          atomic.Uint64 // processes started
+	ns                    *netns.NS // not owned
+	saveName, restoreName string    // the binaries' names, for errors
+	save, restore         string    // absolute paths; "" when not found
+	lookErr               error
+	runs                  atomic.Uint64 // processes started
 }
 
 // Runs returns how many iptables processes the runner has started: for tests and benchmarks
 // that check an operation does no iptables work.
 func (r *Runner) Runs() uint64 { return r.runs.Load() }
 
-// New returns a runner for the namespace ns, which must stay open while the runner is used.
-// It looks the binaries up in PATH now; when one is missing, every call fails with the error
-// [Runner.Check] returns.
-func New(ns *netns.NS) *Runner {
-	r := &Runner{ns: ns}
+// New returns a runner of iptables-save and iptables-restore (the IPv4 tables) for the
+// namespace ns, which must stay open while the runner is used. It looks the binaries up in
+// PATH now; when one is missing, every call fails with the error [Runner.Check] returns.
+func New(ns *netns.NS) *Runner { return newRunner(ns, "iptables", SaveBinary, RestoreBinary) }
+
+// New6 is [New] for the IPv6 tables: it runs ip6tables-save and ip6tables-restore.
+func New6(ns *netns.NS) *Runner { return newRunner(ns, "ip6tables", Save6Binary, Restore6Binary) }
+
+func newRunner(ns *netns.NS, what, save, restore string) *Runner {
+	r := &Runner{ns: ns, saveName: save, restoreName: restore}
 	var errs []error
 	var err error
-	if r.save, err = exec.LookPath(SaveBinary); err != nil {
+	if r.save, err = exec.LookPath(save); err != nil {
 		errs = append(errs, err)
 	}
-	if r.restore, err = exec.LookPath(RestoreBinary); err != nil {
+	if r.restore, err = exec.LookPath(restore); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		r.lookErr = &errclass.UnavailableError{
-			What: "iptables (" + SaveBinary + " and " + RestoreBinary + " in PATH)",
+			What: what + " (" + save + " and " + restore + " in PATH)",
 			Err:  errors.Join(errs...),
 		}
 	}
@@ -72,20 +80,20 @@ func New(ns *netns.NS) *Runner {
 // cnm.ErrUnavailable) that names the missing one.
 func (r *Runner) Check() error { return r.lookErr }
 
-// Save returns what "iptables-save" prints in the namespace (every table), without counters.
+// Save returns what "iptables-save" (or "ip6tables-save") prints in the namespace (every table), without counters.
 func (r *Runner) Save(ctx context.Context) (string, error) {
 	if r.lookErr != nil {
 		return "", r.lookErr
 	}
 	out, err := r.run(ctx, nil, r.save)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", SaveBinary, err)
+		return "", fmt.Errorf("%s: %w", r.saveName, err)
 	}
 	return out, nil
 }
 
 // Restore applies rules (iptables-restore input: "*table" sections ending in COMMIT) with
-// "iptables-restore --noflush --wait", in one transaction. An empty rules does nothing.
+// "iptables-restore --noflush --wait" (or ip6tables-restore), in one transaction. An empty rules does nothing.
 //
 // With --noflush, a line declaring a user-defined chain (":NAME - [0:0]") creates it, or
 // flushes it when it exists: declare only the chains that are missing or that are to be
@@ -98,7 +106,7 @@ func (r *Runner) Restore(ctx context.Context, rules string) error {
 		return r.lookErr
 	}
 	if _, err := r.run(ctx, []byte(rules), r.restore, "--noflush", "--wait"); err != nil {
-		return fmt.Errorf("%s: %w\ninput:\n%s", RestoreBinary, err, rules)
+		return fmt.Errorf("%s: %w\ninput:\n%s", r.restoreName, err, rules)
 	}
 	return nil
 }

@@ -81,9 +81,27 @@ func TestPrivilegedRunner(t *testing.T) {
 		t.Errorf("Restore of a bad transaction: %v", err)
 	}
 
+	// The IPv6 tables, apart from the IPv4 ones.
+	r6 := New6(ns)
+	if err := r6.Restore(t.Context(), "*filter\n:CNM-TEST6 - [0:0]\n-A CNM-TEST6 -s fd00::/64 -j DROP\nCOMMIT\n"); err != nil {
+		t.Fatal(err)
+	}
+	if save, err := r6.Save(t.Context()); err != nil || !strings.Contains(save, "-A CNM-TEST6 -s fd00::/64 -j DROP") || strings.Contains(save, "CNM-TEST ") {
+		t.Errorf("ip6tables-save after Restore: %v\n%s", err, save)
+	}
+	if save, err := r.Save(t.Context()); err != nil || strings.Contains(save, "CNM-TEST6") {
+		t.Errorf("iptables-save shows an IPv6 chain: %v\n%s", err, save)
+	}
+	if err := r6.Restore(t.Context(), "*filter\n-D CNM-TEST6 -s fd01::/64 -j DROP\nCOMMIT\n"); err == nil || !strings.Contains(err.Error(), "ip6tables-restore") {
+		t.Errorf("ip6tables Restore of a bad transaction: %v", err)
+	}
+
 	t.Setenv("PATH", t.TempDir())
 	r = New(ns)
 	if _, err := r.Save(t.Context()); !errors.Is(err, errclass.ErrUnavailable) || !strings.Contains(err.Error(), "iptables-save") {
 		t.Errorf("Save without the binary: %v, want unavailable naming iptables-save", err)
+	}
+	if err := New6(ns).Check(); !errors.Is(err, errclass.ErrUnavailable) || !strings.Contains(err.Error(), "ip6tables-restore") {
+		t.Errorf("New6 without the binaries: %v, want unavailable naming ip6tables-restore", err)
 	}
 }
