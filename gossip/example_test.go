@@ -1,0 +1,74 @@
+package gossip_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/cnmkit/cnm/gossip"
+)
+
+// Two hosts on loopback form an encrypted cluster, both take part in one overlay network, and
+// an endpoint written on one host shows up on the other's watch. A real host binds its own
+// address on gossip.DefaultPort, keeps the default (LAN) timings and sets a KeyringFile.
+func Example() {
+	key := []byte("0123456789abcdef") // a real cluster uses gossip.NewKey
+	config := func(name string) gossip.Config {
+		return gossip.Config{
+			NodeName:       name,
+			BindAddr:       netip.MustParseAddr("127.0.0.1"), // port 0: the kernel picks one
+			Keys:           [][]byte{key},
+			GossipInterval: 50 * time.Millisecond,
+			Logger:         slog.New(slog.DiscardHandler),
+		}
+	}
+	a, err := gossip.New(config("host-a"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer a.Close()
+	b, err := gossip.New(config("host-b"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+
+	for _, n := range []*gossip.Node{a, b} {
+		if err := n.JoinNetwork("overlay-1"); err != nil {
+			log.Fatal(err)
+		}
+	}
+	events, cancel := b.Watch("overlay-1", "endpoints")
+	defer cancel()
+
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Second)
+	defer stop()
+	if _, err := b.Join(ctx, []string{a.LocalAddr().String()}); err != nil {
+		log.Fatal(err)
+	}
+	if err := a.CreateEntry("overlay-1", "endpoints", "10.0.0.2", []byte("02:42:0a:00:00:02")); err != nil {
+		log.Fatal(err)
+	}
+	select {
+	case ev := <-events:
+		fmt.Println(ev.Type, ev.Key, string(ev.Value), "owned by", ev.Owner)
+	case <-ctx.Done():
+		log.Fatal("no event")
+	}
+	fmt.Println(len(b.Members()), "members, primary key", b.KeyringStatus().Primary == gossip.KeyID(key))
+	// Output:
+	// create 10.0.0.2 02:42:0a:00:00:02 owned by host-a
+	// 2 members, primary key true
+}
+
+// ValidateKey rejects keys AES-GCM cannot use, naming the length, never the key.
+func ExampleValidateKey() {
+	fmt.Println(gossip.ValidateKey(make([]byte, 16)))
+	fmt.Println(gossip.ValidateKey(make([]byte, 20)))
+	// Output:
+	// <nil>
+	// invalid key "20 bytes": a gossip key is 16, 24 or 32 bytes
+}
