@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 // testLarge makes the cluster tests also run at N=30 (TestClusterConverges) and run the
 // failure and partition tests at N=30 instead of 5 and 6. The default run keeps them small so
 // the package's tests finish in well under a minute on 2 cores under -race.
-var testLarge = flag.Bool("gossip.large", false, "run the cluster tests with 30 nodes too")
+var testLarge = flag.Bool("gossip.large", os.Getenv("CNM_GOSSIP_LARGE") == "1", "run the cluster tests with 30 nodes too (default on when CNM_GOSSIP_LARGE=1, as scripts/test.sh sets)")
 
 func largeN(small int) int {
 	if *testLarge {
