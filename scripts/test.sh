@@ -35,7 +35,6 @@ done
 ip link set lo up
 
 export CNM_PRIVILEGED_TESTS=1
-export CNM_GOSSIP_LARGE=1 # the gossip cluster tests at N=30 too
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 [ $# -gt 0 ] || set -- ./...
 echo "test.sh: go test -race -count=1 -timeout 15m $*"
