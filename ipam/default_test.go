@@ -351,42 +351,6 @@ func TestCanceledContext(t *testing.T) {
 	}
 }
 
-func TestDynamicSequential(t *testing.T) {
-	ctx := t.Context()
-	d := newDefault(t, ipam.DefaultConfig{})
-	p := mustPool(t, d, ipam.PoolRequest{Subnet: pfx("10.0.0.0/29")})
-	next := func() string {
-		t.Helper()
-		return mustAddr(t, d, p.ID, netip.Addr{}).String()
-	}
-	if got := []string{next(), next()}; !cmp.Equal(got, []string{"10.0.0.1", "10.0.0.2"}) {
-		t.Errorf("got %v", got)
-	}
-	// A released address is not reused at once.
-	if err := d.ReleaseAddress(ctx, p.ID, addr("10.0.0.1")); err != nil {
-		t.Fatal(err)
-	}
-	// A static address in the way is skipped.
-	mustAddr(t, d, p.ID, addr("10.0.0.4"))
-	if got := []string{next(), next(), next()}; !cmp.Equal(got, []string{"10.0.0.3", "10.0.0.5", "10.0.0.6"}) {
-		t.Errorf("got %v, want .3 .5 .6", got)
-	}
-	// Wrap around: never .0 (network) or .7 (broadcast).
-	if got := next(); got != "10.0.0.1" {
-		t.Errorf("after wrap got %s, want 10.0.0.1", got)
-	}
-	_, err := d.RequestAddress(ctx, p.ID, netip.Addr{})
-	if !errors.Is(err, ipam.ErrPoolExhausted) || !strings.Contains(err.Error(), string(p.ID)) {
-		t.Errorf("err = %v, want ErrPoolExhausted naming the pool", err)
-	}
-	if err := d.ReleaseAddress(ctx, p.ID, addr("10.0.0.5")); err != nil {
-		t.Fatal(err)
-	}
-	if got := next(); got != "10.0.0.5" {
-		t.Errorf("got %s, want the only free address 10.0.0.5", got)
-	}
-}
-
 func TestDynamicRange(t *testing.T) {
 	ctx := t.Context()
 	d := newDefault(t, ipam.DefaultConfig{})
