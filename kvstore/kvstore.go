@@ -11,6 +11,7 @@ package kvstore
 
 import (
 	"context"
+	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
 )
@@ -25,6 +26,14 @@ var (
 	ErrKeyModified = errclass.Sentinel("kvstore: key modified", errclass.ErrConflict)
 	// ErrClosed: the store was closed.
 	ErrClosed = errclass.Sentinel("kvstore: store closed", errclass.ErrUnavailable)
+	// ErrUnavailable: the store's servers could not be reached, or could not agree (no
+	// quorum), within the backend's request timeout. The call may or may not have taken effect
+	// when it was a write; the caller reads back before retrying a non-atomic one.
+	ErrUnavailable = errclass.Sentinel("kvstore: store unavailable", errclass.ErrUnavailable)
+	// ErrLeaseEnded: the lease was revoked or expired; keys can no longer be bound to it.
+	ErrLeaseEnded = errclass.Sentinel("kvstore: lease ended", errclass.ErrNotFound)
+	// ErrLockLost: the lock's holder lost it (its lease expired) before Unlock.
+	ErrLockLost = errclass.Sentinel("kvstore: lock lost", errclass.ErrConflict)
 )
 
 // KVPair is a key, its value and the revision of its last write.
@@ -99,4 +108,50 @@ type Op struct {
 	Value        []byte
 	Check        bool
 	PrevRevision uint64
+}
+
+// Leaser is a capability of stores whose keys can carry a time to live: etcd leases, Consul
+// sessions, and an in-process equivalent in bbolt. The Controller uses it for the host registry.
+// Every backend in this module implements it.
+type Leaser interface {
+	// Grant starts a lease of about ttl and keeps it alive in the background until Revoke, or
+	// until renewals fail for longer than the TTL. A backend may round ttl up to its minimum
+	// (Consul: 10s); Lease.TTL says what was granted. ttl <= 0 is ErrInvalidParameter.
+	Grant(ctx context.Context, ttl time.Duration) (Lease, error)
+}
+
+// Lease ties keys to the liveness of their writer. When the lease ends (Revoke, or its TTL runs
+// out without a renewal, as when the writer crashes or loses the store), the store deletes its
+// keys, and watchers see EventDelete for each.
+type Lease interface {
+	// AtomicPut writes key bound to this lease, with the semantics of Store.AtomicPut
+	// (prevRevision 0: create-only). After the lease ended: ErrLeaseEnded.
+	AtomicPut(ctx context.Context, key string, value []byte, prevRevision uint64) (uint64, error)
+	// TTL is the time to live the store granted.
+	TTL() time.Duration
+	// Done is closed when the lease has ended, or when renewals have failed for a whole TTL, so
+	// that its keys may be gone.
+	Done() <-chan struct{}
+	// Revoke ends the lease now and deletes its keys. Revoking an ended lease returns nil.
+	Revoke(ctx context.Context) error
+	// Abandon stops renewing without revoking: the keys stay until the TTL runs out, as after a
+	// crash. It is what Store.Close does to the leases still open.
+	Abandon()
+}
+
+// Locker is a capability of stores that offer a distributed lock (etcd's concurrency mutex,
+// Consul's session lock, an in-process lock in bbolt). Every backend in this module implements it.
+type Locker interface {
+	// Lock blocks until the caller holds the lock named key, or ctx is done (then ctx's error).
+	// The lock is held through a lease of the backend's lock TTL: if its holder dies, the lock
+	// frees itself when the TTL runs out. The lock owns the keys under key + "/".
+	Lock(ctx context.Context, key string) (Unlocker, error)
+}
+
+// Unlocker is a held lock.
+type Unlocker interface {
+	// Unlock releases the lock. After the lock was lost: ErrLockLost.
+	Unlock(ctx context.Context) error
+	// Lost is closed if the lock ends while held without Unlock (its lease expired).
+	Lost() <-chan struct{}
 }
