@@ -57,6 +57,16 @@ var depRules = []depRule{
 		Deny: []string{"."},
 		Why:  "only the root package wires the layers together",
 	},
+	{
+		From: []string{"kvstore/...", "gossip/..."},
+		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "drivers/...", "ipam/..."},
+		Why:  "the store and the gossip plane are below the networking layers: they hold bytes, not networks",
+	},
+	{
+		From: []string{"internal/storetest"},
+		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "drivers/...", "ipam/...", "kvstore/...", "gossip/..."},
+		Why:  "the test servers know nothing of cnm: they start etcd and Consul",
+	},
 }
 
 // depsForbiddenNames are package names that say nothing about what a package does (rule 6).

@@ -19,9 +19,15 @@ mkdir -p "$cache"
 etcd_bin="${CNM_ETCD_BIN:-$(command -v etcd || true)}"
 if [ -z "$etcd_bin" ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    # The tests start their own servers: keep the package from starting one on the host.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+    fi
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-    systemctl disable --now etcd >/dev/null 2>&1 || true # the tests start their own
+    [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+    systemctl disable --now etcd >/dev/null 2>&1 || true
     etcd_bin="$(command -v etcd)"
   else
     echo "services.sh: etcd not found; install Debian's etcd-server or set CNM_ETCD_BIN" >&2

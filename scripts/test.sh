@@ -5,6 +5,9 @@
 #   ./scripts/test.sh                 # go test -race ./... with CNM_PRIVILEGED_TESTS=1
 #   ./scripts/test.sh -run Seed ./    # extra arguments go to `go test` (default ./...)
 #
+# Before that it finds etcd and Consul (scripts/services.sh installs etcd-server and builds
+# Consul on the first run; both need the network) and exports CNM_ETCD_BIN and CNM_CONSUL_BIN.
+#
 # It re-executes itself in a new network and mount namespace: loopback up, and private tmpfs
 # mounts on /run/netns, /run/cnm and /var/lib/cnm, so nothing a test does (links, routes,
 # iptables, namespaces) can reach the machine, and all of it vanishes when the script exits.
@@ -23,6 +26,10 @@ done
 if [ -z "${CNM_TEST_ISOLATED:-}" ]; then
   go mod download
   go build ./... >/dev/null
+  # etcd (Debian's etcd-server) and Consul (built once from the module proxy, cached) for the
+  # store tests; the tests start their own servers on the namespace's loopback.
+  eval "$(./scripts/services.sh)"
+  export CNM_ETCD_BIN CNM_CONSUL_BIN
   export CNM_TEST_ISOLATED=1
   exec unshare --net --mount --propagation private -- "$0" "$@"
 fi
