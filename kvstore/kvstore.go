@@ -116,7 +116,8 @@ type Op struct {
 type Leaser interface {
 	// Grant starts a lease of about ttl and keeps it alive in the background until Revoke, or
 	// until renewals fail for longer than the TTL. A backend may round ttl up to its minimum
-	// (Consul: 10s); Lease.TTL says what was granted. ttl <= 0 is ErrInvalidParameter.
+	// (Consul: 10s), never down; Lease.TTL says what was granted. ttl <= 0 is
+	// ErrInvalidParameter.
 	Grant(ctx context.Context, ttl time.Duration) (Lease, error)
 }
 
@@ -129,8 +130,9 @@ type Lease interface {
 	AtomicPut(ctx context.Context, key string, value []byte, prevRevision uint64) (uint64, error)
 	// TTL is the time to live the store granted.
 	TTL() time.Duration
-	// Done is closed when the lease has ended, or when renewals have failed for a whole TTL, so
-	// that its keys may be gone.
+	// Done is closed when the lease has ended, when renewals have failed for a whole TTL, when
+	// the TTL has run out after Abandon, or when the Store was closed (it renews no more): its
+	// keys are gone or may be.
 	Done() <-chan struct{}
 	// Revoke ends the lease now and deletes its keys. Revoking an ended lease returns nil.
 	Revoke(ctx context.Context) error
@@ -144,13 +146,15 @@ type Lease interface {
 type Locker interface {
 	// Lock blocks until the caller holds the lock named key, or ctx is done (then ctx's error).
 	// The lock is held through a lease of the backend's lock TTL: if its holder dies, the lock
-	// frees itself when the TTL runs out. The lock owns the keys under key + "/".
+	// frees itself when the TTL runs out. The lock owns the keys under key + "/" and writes no
+	// key outside them.
 	Lock(ctx context.Context, key string) (Unlocker, error)
 }
 
 // Unlocker is a held lock.
 type Unlocker interface {
-	// Unlock releases the lock. After the lock was lost: ErrLockLost.
+	// Unlock releases the lock. After the lock was lost: ErrLockLost. Unlock of a lock
+	// already unlocked returns nil and does nothing (it never releases a later holder's lock).
 	Unlock(ctx context.Context) error
 	// Lost is closed if the lock ends while held without Unlock (its lease expired).
 	Lost() <-chan struct{}

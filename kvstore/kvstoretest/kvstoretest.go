@@ -1,10 +1,18 @@
-// Package kvstoretest is the contract suite for [kvstore.Store] backends. Every backend (bbolt
-// now, etcd and Consul later) runs [Run] from its own tests, so all of them keep the same
-// semantics: errors, revisions, compare-and-swap, listing, watching, batches and Close.
+// Package kvstoretest is the contract suite for [kvstore.Store] backends. Every backend (bbolt,
+// etcd, Consul) runs [Run] or [RunWith] from its own tests, so all of them keep the same
+// semantics: errors, revisions, compare-and-swap, listing, watching, batches, leases, locks and
+// Close.
 //
 // The suite needs no privileges. It runs its subtests one after the other, each on a fresh
 // store, and keeps every wait short and bounded, so a backend that loses an event fails
-// rather than hangs. Run it with -race: one subtest writes from several goroutines.
+// rather than hangs. Run it with -race: some subtests write from several goroutines.
+//
+// The lease and lock subtests ([kvstore.Leaser], [kvstore.Locker]) also work on a second
+// handle on the same data ([Options.Second]): another client of the same servers, so that
+// lock exclusion holds across clients and lease expiry is seen by a client that did not hold
+// the lease. They wait for a TTL once (see [RunWith]) and otherwise assume nothing about
+// time beyond what the contract states, nor about revisions beyond their growing with each
+// write.
 package kvstoretest
 
 import (
@@ -24,16 +32,45 @@ import (
 // eventTimeout bounds every wait for a watch event or for a watch channel to close.
 const eventTimeout = 5 * time.Second
 
-// Run runs the contract suite as subtests of t. newStore must return a fresh, empty,
-// open store each time it is called (for a shared server, one isolated by a key prefix of its
-// own) and must not close it: Run closes every store it gets, through t.Cleanup or, in the
-// subtest about Close, explicitly. Cleanups that newStore registers with t.Cleanup run after
-// that Close.
-//
-// The Batch subtest runs only when the store implements [kvstore.Batcher]; it is skipped
-// otherwise.
+// Options tunes [RunWith] for a backend. The zero value runs the suite on one handle with
+// 1-second leases.
+type Options struct {
+	// Second returns another handle on the same data as s: for a networked store, a second
+	// client of the same servers (and the same key prefix, if newStore isolates stores by
+	// prefix), so that lock exclusion and lease expiry are observed from another client. A
+	// store that one process holds alone (bbolt) returns s itself. The lease and lock
+	// subtests call it once per subtest; RunWith closes the handle it returns (unless it is
+	// s) before the cleanups of that subtest's newStore run. Nil means s itself.
+	Second func(t *testing.T, s kvstore.Store) kvstore.Store
+	// LeaseTTL is the time to live the lease and lock subtests ask Grant for. The suite
+	// bounds its waits by what Lease.TTL reports, so a backend may grant more (Consul rounds
+	// up to 10s). Zero means 1s; an embedded store may pass less to run faster.
+	LeaseTTL time.Duration
+}
+
+// Run runs the contract suite with the zero [Options]; see [RunWith].
 func Run(t *testing.T, newStore func(t *testing.T) kvstore.Store) {
 	t.Helper()
+	RunWith(t, newStore, Options{})
+}
+
+// RunWith runs the contract suite as subtests of t. newStore must return a fresh, empty,
+// open store each time it is called (for a shared server, one isolated by a key prefix of its
+// own) and must not close it: RunWith closes every store it gets, through t.Cleanup or, in the
+// subtests about Close, explicitly. Cleanups that newStore registers with t.Cleanup run after
+// that Close.
+//
+// The Batch subtest runs only when the store implements [kvstore.Batcher], the Lease
+// subtests only when it implements [kvstore.Leaser], the Lock subtests only when it
+// implements [kvstore.Locker]; they are skipped otherwise. The lease subtest about expiry
+// waits for one lease to run out, about 2×TTL at most (plus a few seconds of slack), and
+// checks in the same wait that a lease that is kept alive outlives it and that a store that
+// is closed abandons its leases; no other subtest waits for a TTL.
+func RunWith(t *testing.T, newStore func(t *testing.T) kvstore.Store, opts Options) {
+	t.Helper()
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = time.Second
+	}
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s kvstore.Store)
@@ -57,16 +94,90 @@ func Run(t *testing.T, newStore func(t *testing.T) kvstore.Store) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			tt.fn(t, openStore(t, newStore))
+		})
+	}
+
+	// The lease and lock subtests get the options and a second handle on the same data.
+	pairTests := []struct {
+		name string
+		fn   func(t *testing.T, p pair)
+	}{
+		{"LeaseKeys", testLeaseKeys},
+		{"LeaseExpiry", testLeaseExpiry},
+		{"LeaseInvalidTTL", testLeaseInvalidTTL},
+		{"LockExclusion", testLockExclusion},
+		{"LockBlocks", testLockBlocks},
+		{"LockCancel", testLockCancel},
+		{"LockNamesIndependent", testLockNamesIndependent},
+		{"LockUnlockTwice", testLockUnlockTwice},
+		{"LockKeysApart", testLockKeysApart},
+	}
+	for _, tt := range pairTests {
+		t.Run(tt.name, func(t *testing.T) {
+			closed := false
 			s := newStore(t)
 			t.Cleanup(func() {
+				if closed {
+					return
+				}
 				if err := s.Close(); err != nil {
 					t.Errorf("Close: %v", err)
 				}
 			})
-			tt.fn(t, s)
+			second := s
+			if opts.Second != nil {
+				second = opts.Second(t, s)
+			}
+			p := pair{s: s, second: second, distinct: !sameStore(s, second), ttl: opts.LeaseTTL}
+			if p.distinct {
+				t.Cleanup(func() {
+					if err := second.Close(); err != nil {
+						t.Errorf("Close(second): %v", err)
+					}
+				})
+			}
+			p.closeFirst = func() error { closed = true; return s.Close() }
+			tt.fn(t, p)
 		})
 	}
 	t.Run("Closed", func(t *testing.T) { testClosed(t, newStore(t)) })
+}
+
+// openStore returns a fresh store that is closed when t ends.
+func openStore(t *testing.T, newStore func(t *testing.T) kvstore.Store) kvstore.Store {
+	t.Helper()
+	s := newStore(t)
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+// pair is what the lease and lock subtests work on: a fresh store and a second handle on
+// its data (s itself for an embedded store).
+type pair struct {
+	s, second kvstore.Store
+	// distinct reports whether second is another handle than s.
+	distinct bool
+	// ttl is the TTL to ask Grant for.
+	ttl time.Duration
+	// closeFirst closes s before the end of the subtest (the subtest's cleanup then does
+	// not close it again).
+	closeFirst func() error
+}
+
+// sameStore reports whether a and b are the same handle. Handles of a type that cannot be
+// compared are taken as distinct.
+func sameStore(a, b kvstore.Store) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 func testGetMissing(t *testing.T, s kvstore.Store) {
@@ -557,6 +668,20 @@ func testClosed(t *testing.T, s kvstore.Store) {
 	if b, ok := s.(kvstore.Batcher); ok {
 		_, err = b.Batch(ctx, []kvstore.Op{{Key: "cl/b", Value: []byte("1")}})
 		check("Batch", err)
+	}
+	if l, ok := s.(kvstore.Leaser); ok {
+		lease, err := l.Grant(ctx, time.Minute)
+		check("Grant", err)
+		if lease != nil {
+			t.Errorf("Grant after Close returned a lease")
+		}
+	}
+	if l, ok := s.(kvstore.Locker); ok {
+		u, err := l.Lock(ctx, "cl/lock")
+		check("Lock", err)
+		if u != nil {
+			t.Errorf("Lock after Close returned a lock")
+		}
 	}
 }
 
