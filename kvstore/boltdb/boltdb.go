@@ -4,22 +4,28 @@
 // # Lifecycle
 //
 // [Open] takes an exclusive file lock, so one process at a time holds a database file; a second
-// Open of the same file waits up to [Config.Timeout] and then fails. [Store.Close] ends every
-// watch, waits for the goroutines that serve them, and releases the file. Calls after Close fail
+// Open of the same file waits up to [Config.Timeout] and then fails. From Open to Close the
+// Store runs one goroutine of its own, which expires abandoned leases, plus one per open watch.
+// [Store.Close] ends every watch, abandons the leases and ends the locks still held (see
+// "Leases and locks"), waits for its goroutines, and releases the file. Calls after Close fail
 // with [kvstore.ErrClosed].
 //
 // # Writes and revisions
 //
-// Each write call (Put, AtomicPut, Delete, AtomicDelete) is one bbolt transaction, so one
-// commit and one fsync; [Store.Batch] applies all its ops in one transaction too. The store keeps
+// Each write call (Put, AtomicPut, Delete, AtomicDelete, and a lease's AtomicPut) is one bbolt
+// transaction, so one commit and one fsync; [Store.Batch] applies all its ops in one
+// transaction too, and so does the end of a lease (Revoke or expiry) with the deletes of its
+// keys. The store keeps
 // a counter that each committing write call advances by one and persists in the same
 // transaction, so revisions survive a restart and are never reused. All ops of one Batch share
 // the revision of their commit. Writes that change nothing (deleting a missing key, an empty
 // batch) commit nothing and do not advance the counter.
 //
 // On disk, everything lives under the bucket named by [Config.Bucket]: a nested bucket "kv" maps
-// each key to its value prefixed with the 8-byte big-endian revision of its last write, and a
-// nested bucket "meta" holds the counter under the key "revision".
+// each key to its value prefixed with the 8-byte big-endian revision of its last write, a
+// nested bucket "meta" holds the counter under the key "revision", and the nested buckets
+// "leasekeys" (key → 8-byte lease ID) and "leases" (lease ID → its TTL in nanoseconds, 8 bytes)
+// record which keys belong to which lease.
 //
 // # Watch
 //
@@ -35,6 +41,35 @@
 // revision order, then live events. Keys deleted in the gap are not reported in that case, so a
 // caller that must see deletions lists the prefix and reconciles after a restart.
 //
+// # Leases and locks
+//
+// The Store is a [kvstore.Leaser] and a [kvstore.Locker], in process: one process holds the
+// file, so nothing needs to travel to stay alive.
+//
+// A lease lives in the Store's lease table. The Store renews it implicitly for as long as it
+// is open, without writing anything; [kvstore.Lease.Abandon] starts its TTL countdown (there is
+// no minimum TTL), and when that runs out a goroutine of the Store deletes the lease's keys in
+// one transaction, like Revoke does: watchers see a delete for each, all at the revision of
+// that commit. Binding a key (Lease.AtomicPut) writes the key and its binding in the same
+// transaction, so it costs no extra commit, and Grant writes nothing. A key belongs to one
+// lease at a time: written through another lease it moves there, and written or deleted
+// through the Store (Put, AtomicPut, Delete, AtomicDelete, Batch) it leaves its lease, so that
+// the lease's end no longer deletes it.
+//
+// [Store.Close] abandons the leases still open: their Done channels close, their keys stay in
+// the file with their bindings. The next Open of the file inherits those leases, and those of
+// a process that crashed with the file open, and deletes their keys once their TTL has run
+// out, counted from that Open: it cannot tell when their holder stopped, and nobody can renew
+// them since the holder lost the file. So a restart sees its predecessor's leased keys for one
+// TTL, as it would with etcd or Consul, and can take a key over at once with Lease.AtomicPut
+// and the key's revision, or with a plain write.
+//
+// A lock is a named entry of an in-memory table, which writes no key and needs no lease: it
+// cannot outlive its holder, which is the process. [Store.Lock] waits in about first-come
+// order and honors ctx. Lost closes only when the Store is closed while the lock is held; the
+// Unlock that follows fails with an error matching both [kvstore.ErrLockLost] and
+// [kvstore.ErrClosed]. A second Unlock returns nil.
+//
 // # Concurrency and privileges
 //
 // A Store is safe for concurrent use. It needs no privileges beyond access to its file.
@@ -47,6 +82,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -60,6 +97,8 @@ import (
 var (
 	_ kvstore.Store   = (*Store)(nil)
 	_ kvstore.Batcher = (*Store)(nil)
+	_ kvstore.Leaser  = (*Store)(nil)
+	_ kvstore.Locker  = (*Store)(nil)
 )
 
 // Defaults for the zero values of [Config].
@@ -74,9 +113,11 @@ const (
 )
 
 var (
-	kvBucketName   = []byte("kv")
-	metaBucketName = []byte("meta")
-	revisionKey    = []byte("revision")
+	kvBucketName        = []byte("kv")
+	metaBucketName      = []byte("meta")
+	leasesBucketName    = []byte("leases")
+	leaseKeysBucketName = []byte("leasekeys")
+	revisionKey         = []byte("revision")
 )
 
 // revSize is the length of the big-endian revision that prefixes every stored value.
@@ -105,26 +146,34 @@ type Config struct {
 	WatchHistory int
 }
 
-// Store is a [kvstore.Store] and [kvstore.Batcher] kept in a bbolt file. Create it with
-// [Open]. It is safe for concurrent use.
+// Store is a [kvstore.Store], [kvstore.Batcher], [kvstore.Leaser] and [kvstore.Locker] kept
+// in a bbolt file. Create it with [Open]. It is safe for concurrent use.
 //
 // Lock order: writeMu, then mu, then a watcher's mu.
 type Store struct {
-	db     *bolt.DB
-	path   string
-	bucket []byte
-	log    *slog.Logger
-	done   chan struct{} // closed by Close, under writeMu and mu
-	wg     sync.WaitGroup
+	db        *bolt.DB
+	path      string
+	bucket    []byte
+	log       *slog.Logger
+	done      chan struct{} // closed by Close, under writeMu and mu
+	reapWake  chan struct{} // capacity 1: a pending signal that a lease was abandoned
+	wg        sync.WaitGroup
+	inherited int // leases left by the previous holder of the file, found at Open
 
 	// writeMu serializes write transactions with the fan-out of their events, so watchers
 	// see events in commit order, and lets Watch register against a stable state. It is
 	// held across bbolt write transactions (bbolt allows one writer at a time anyway).
 	writeMu sync.Mutex
+	// bound maps each key bound to a lease to that lease. Guarded by writeMu: it changes
+	// only after a write transaction commits.
+	bound map[string]*lease
 
-	mu       sync.Mutex // guards following
-	history  eventLog
-	watchers map[*watcher]struct{}
+	mu        sync.Mutex // guards following
+	history   eventLog
+	watchers  map[*watcher]struct{}
+	leases    map[uint64]*lease // leases not ended, the inherited ones included
+	lastLease uint64            // the highest lease ID given or found on disk
+	locks     map[string]*lockEntry
 }
 
 // Open opens or creates the bbolt file at path (mode 0600; the directory must exist) and
@@ -168,7 +217,11 @@ func Open(path string, cfg Config) (*Store, error) {
 		bucket:   []byte(cfg.Bucket),
 		log:      logger,
 		done:     make(chan struct{}),
+		reapWake: make(chan struct{}, 1),
+		bound:    make(map[string]*lease),
 		watchers: make(map[*watcher]struct{}),
+		leases:   make(map[uint64]*lease),
+		locks:    make(map[string]*lockEntry),
 	}
 	var rev uint64
 	err = db.Update(func(tx *bolt.Tx) error {
@@ -176,22 +229,29 @@ func Open(path string, cfg Config) (*Store, error) {
 		if err != nil {
 			return err
 		}
-		if _, err := root.CreateBucketIfNotExists(kvBucketName); err != nil {
-			return err
+		for _, name := range [][]byte{kvBucketName, leasesBucketName, leaseKeysBucketName} {
+			if _, err := root.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
 		}
 		meta, err := root.CreateBucketIfNotExists(metaBucketName)
 		if err != nil {
 			return err
 		}
-		rev, err = readRevision(meta)
-		return err
+		if rev, err = readRevision(meta); err != nil {
+			return err
+		}
+		return s.inheritLeases(root)
 	})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("boltdb: open %q: bucket %q: %w", path, cfg.Bucket, err), db.Close())
 	}
 	// Events up to the current revision happened before this Open and are not in memory.
 	s.history = eventLog{size: cfg.WatchHistory, floor: rev}
-	s.log.Debug("boltdb: opened", "path", path, "bucket", cfg.Bucket, "revision", rev)
+	s.wg.Add(1)
+	go s.reap()
+	s.log.Debug("boltdb: opened", "path", path, "bucket", cfg.Bucket, "revision", rev,
+		"inherited_leases", s.inherited)
 	return s, nil
 }
 
@@ -224,9 +284,8 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (uint64, erro
 	if err := s.beginWrite(ctx, key); err != nil {
 		return 0, fmt.Errorf("boltdb: put %q: %w", key, err)
 	}
-	rev, err := s.update(func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event, error) {
-		ev, err := put(kv, key, value, rev)
-		return []kvstore.Event{ev}, err
+	rev, err := s.update(func(w *txn) error {
+		return w.put(key, value, nil)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("boltdb: put %q: %w", key, err)
@@ -242,12 +301,11 @@ func (s *Store) AtomicPut(ctx context.Context, key string, value []byte, prevRev
 	if err := s.beginWrite(ctx, key); err != nil {
 		return 0, fmt.Errorf("boltdb: atomic put %q: %w", key, err)
 	}
-	rev, err := s.update(func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event, error) {
-		if err := check(kv.Get([]byte(key)), prevRevision); err != nil {
-			return nil, err
+	rev, err := s.update(func(w *txn) error {
+		if err := check(w.get(key), prevRevision); err != nil {
+			return err
 		}
-		ev, err := put(kv, key, value, rev)
-		return []kvstore.Event{ev}, err
+		return w.put(key, value, nil)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("boltdb: atomic put %q: %w", key, err)
@@ -261,12 +319,11 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := s.beginWrite(ctx, key); err != nil {
 		return fmt.Errorf("boltdb: delete %q: %w", key, err)
 	}
-	_, err := s.update(func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event, error) {
-		if kv.Get([]byte(key)) == nil {
-			return nil, nil
+	_, err := s.update(func(w *txn) error {
+		if w.get(key) == nil {
+			return nil
 		}
-		ev, err := del(kv, key, rev)
-		return []kvstore.Event{ev}, err
+		return w.del(key)
 	})
 	if err != nil {
 		return fmt.Errorf("boltdb: delete %q: %w", key, err)
@@ -280,16 +337,15 @@ func (s *Store) AtomicDelete(ctx context.Context, key string, prevRevision uint6
 	if err := s.beginWrite(ctx, key); err != nil {
 		return fmt.Errorf("boltdb: atomic delete %q: %w", key, err)
 	}
-	_, err := s.update(func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event, error) {
-		cur := kv.Get([]byte(key))
+	_, err := s.update(func(w *txn) error {
+		cur := w.get(key)
 		if cur == nil {
-			return nil, kvstore.ErrKeyNotFound
+			return kvstore.ErrKeyNotFound
 		}
 		if err := check(cur, prevRevision); err != nil {
-			return nil, err
+			return err
 		}
-		ev, err := del(kv, key, rev)
-		return []kvstore.Event{ev}, err
+		return w.del(key)
 	})
 	if err != nil {
 		return fmt.Errorf("boltdb: atomic delete %q: %w", key, err)
@@ -337,33 +393,31 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 		}
 		seen[op.Key] = struct{}{}
 	}
-	rev, err := s.update(func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event, error) {
+	rev, err := s.update(func(w *txn) error {
 		for i, op := range ops {
 			if !op.Check {
 				continue
 			}
-			if err := check(kv.Get([]byte(op.Key)), op.PrevRevision); err != nil {
-				return nil, fmt.Errorf("op %d %q: %w", i, op.Key, err)
+			if err := check(w.get(op.Key), op.PrevRevision); err != nil {
+				return fmt.Errorf("op %d %q: %w", i, op.Key, err)
 			}
 		}
-		events := make([]kvstore.Event, 0, len(ops))
+		w.events = make([]kvstore.Event, 0, len(ops))
 		for i, op := range ops {
-			var ev kvstore.Event
 			var err error
 			switch {
 			case op.Value != nil:
-				ev, err = put(kv, op.Key, op.Value, rev)
-			case kv.Get([]byte(op.Key)) != nil:
-				ev, err = del(kv, op.Key, rev)
+				err = w.put(op.Key, op.Value, nil)
+			case w.get(op.Key) != nil:
+				err = w.del(op.Key)
 			default:
 				continue // delete of a missing key
 			}
 			if err != nil {
-				return nil, fmt.Errorf("op %d %q: %w", i, op.Key, err)
+				return fmt.Errorf("op %d %q: %w", i, op.Key, err)
 			}
-			events = append(events, ev)
 		}
-		return events, nil
+		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("boltdb: batch: %w", err)
@@ -371,9 +425,11 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 	return rev, nil
 }
 
-// Close ends every watch (their channels close), waits for the goroutines that serve them,
-// and closes the file. Calls after Close fail with [kvstore.ErrClosed]; Close itself is
-// idempotent and later calls return nil.
+// Close ends every watch (their channels close), abandons the leases still open (their keys
+// stay in the file, and the next Open deletes them once their TTL has run out; their Done
+// channels close now), ends the locks still held (their Lost channels close), waits for the
+// goroutines that serve watches and expire leases, and closes the file. Calls after Close
+// fail with [kvstore.ErrClosed]; Close itself is idempotent and later calls return nil.
 func (s *Store) Close() error {
 	s.writeMu.Lock()
 	s.mu.Lock()
@@ -383,6 +439,14 @@ func (s *Store) Close() error {
 		return nil
 	}
 	close(s.done)
+	for _, l := range s.leases {
+		l.closeDoneLocked()
+	}
+	for _, e := range s.locks {
+		if e.holder != nil {
+			close(e.holder.lost)
+		}
+	}
 	s.mu.Unlock()
 	s.writeMu.Unlock()
 
@@ -427,19 +491,17 @@ func (s *Store) beginWrite(ctx context.Context, key string) error {
 }
 
 // update runs apply in one write transaction with the next revision, persists the revision
-// counter in that transaction and, once committed, hands the events apply returns to the
-// watchers. When apply returns no events the transaction is rolled back and update returns
-// the current revision.
-func (s *Store) update(apply func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event, error)) (uint64, error) {
+// counter in that transaction and, once committed, applies the lease bindings that changed to
+// the in-memory tables and hands the events to the watchers. When apply writes no events the
+// revision does not advance, and when it writes nothing at all the transaction is rolled back;
+// update then returns the current revision.
+func (s *Store) update(apply func(w *txn) error) (uint64, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if s.closed() {
 		return 0, kvstore.ErrClosed
 	}
-	var (
-		rev    uint64
-		events []kvstore.Event
-	)
+	var w *txn
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		root := tx.Bucket(s.bucket)
 		meta := root.Bucket(metaBucketName)
@@ -447,24 +509,156 @@ func (s *Store) update(apply func(kv *bolt.Bucket, rev uint64) ([]kvstore.Event,
 		if err != nil {
 			return err
 		}
-		rev = cur + 1
-		events, err = apply(root.Bucket(kvBucketName), rev)
-		if err != nil {
+		w = &txn{s: s, root: root, kv: root.Bucket(kvBucketName), rev: cur + 1}
+		if err := apply(w); err != nil {
 			return err
 		}
-		if len(events) == 0 {
-			return errNoChange
+		switch {
+		case len(w.events) > 0:
+			return meta.Put(revisionKey, binary.BigEndian.AppendUint64(nil, w.rev))
+		case w.dirty:
+			return nil // lease bookkeeping only: no revision
 		}
-		return meta.Put(revisionKey, binary.BigEndian.AppendUint64(nil, rev))
+		return errNoChange
 	})
-	if errors.Is(err, errNoChange) {
-		return rev - 1, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, errNoChange) {
 		return 0, mapErr(err)
 	}
-	s.publish(events)
-	return rev, nil
+	s.settle(w)
+	if len(w.events) == 0 {
+		return w.rev - 1, nil
+	}
+	s.publish(w.events)
+	return w.rev, nil
+}
+
+// txn is one write transaction of update. Writes go through it so that the events and the
+// lease bindings follow each change to a key.
+type txn struct {
+	s      *Store
+	root   *bolt.Bucket
+	kv     *bolt.Bucket
+	rev    uint64          // the revision of this commit
+	events []kvstore.Event // the changes to keys, for the watchers
+	dirty  bool            // lease bookkeeping was written (events aside)
+	binds  []binding       // applied to Store.bound once committed
+	ends   []*lease        // leases ended by this commit
+}
+
+// binding is a change of the lease a key is bound to; lease nil unbinds the key.
+type binding struct {
+	key   string
+	lease *lease
+}
+
+// get returns the stored value of key (revision prefix included), or nil.
+func (w *txn) get(key string) []byte {
+	return w.kv.Get([]byte(key))
+}
+
+// put writes key at the commit's revision. l non-nil binds key to l; l nil unbinds key from
+// the lease it was bound to, if any (a write that does not come through the lease takes the
+// key over).
+func (w *txn) put(key string, value []byte, l *lease) error {
+	ev, err := put(w.kv, key, value, w.rev)
+	if err != nil {
+		return err
+	}
+	w.events = append(w.events, ev)
+	if l != nil {
+		return w.bind(key, l)
+	}
+	return w.unbind(key)
+}
+
+// del deletes key, which exists, at the commit's revision and unbinds it.
+func (w *txn) del(key string) error {
+	ev, err := del(w.kv, key, w.rev)
+	if err != nil {
+		return err
+	}
+	w.events = append(w.events, ev)
+	return w.unbind(key)
+}
+
+// bind records on disk that key belongs to l, with l's TTL.
+func (w *txn) bind(key string, l *lease) error {
+	id := binary.BigEndian.AppendUint64(nil, l.id)
+	if err := w.root.Bucket(leaseKeysBucketName).Put([]byte(key), id); err != nil {
+		return err
+	}
+	leases := w.root.Bucket(leasesBucketName)
+	if leases.Get(id) == nil {
+		if err := leases.Put(id, binary.BigEndian.AppendUint64(nil, uint64(l.ttl))); err != nil {
+			return err
+		}
+	}
+	w.binds = append(w.binds, binding{key: key, lease: l})
+	return nil
+}
+
+// unbind forgets on disk the lease of key, if it has one. Keys without a lease, which are most,
+// cost one map lookup.
+func (w *txn) unbind(key string) error {
+	if w.s.bound[key] == nil {
+		return nil
+	}
+	if err := w.root.Bucket(leaseKeysBucketName).Delete([]byte(key)); err != nil {
+		return err
+	}
+	w.dirty = true
+	w.binds = append(w.binds, binding{key: key})
+	return nil
+}
+
+// end deletes the keys bound to l and its record, and marks l ended once committed.
+func (w *txn) end(l *lease) error {
+	for _, key := range slices.Sorted(maps.Keys(l.keys)) {
+		var err error
+		if w.get(key) != nil {
+			err = w.del(key)
+		} else { // not expected: the binding of a deleted key goes with it
+			err = w.unbind(key)
+		}
+		if err != nil {
+			return fmt.Errorf("key %q: %w", key, err)
+		}
+	}
+	leases := w.root.Bucket(leasesBucketName)
+	id := binary.BigEndian.AppendUint64(nil, l.id)
+	if leases.Get(id) != nil {
+		if err := leases.Delete(id); err != nil {
+			return err
+		}
+		w.dirty = true
+	}
+	w.ends = append(w.ends, l)
+	return nil
+}
+
+// settle applies to the in-memory lease tables what w committed. The caller holds writeMu.
+func (s *Store) settle(w *txn) {
+	for _, b := range w.binds {
+		if old := s.bound[b.key]; old != nil {
+			delete(old.keys, b.key)
+		}
+		if b.lease == nil {
+			delete(s.bound, b.key)
+			continue
+		}
+		s.bound[b.key] = b.lease
+		b.lease.keys[b.key] = struct{}{}
+	}
+	if len(w.ends) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range w.ends {
+		l.ended = true
+		delete(s.leases, l.id)
+		l.closeDoneLocked()
+	}
 }
 
 // kv returns the bucket of keys in tx.

@@ -168,6 +168,7 @@ func increment(ctx context.Context, l kvstore.Locker, s kvstore.Store, key, coun
 	p, err := s.Get(ctx, counter)
 	switch {
 	case errors.Is(err, kvstore.ErrKeyNotFound):
+		err = nil // the first increment
 	case err != nil:
 		err = fmt.Errorf("Get: %w", err)
 	default:
