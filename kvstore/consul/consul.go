@@ -93,20 +93,23 @@
 // TTL; then it deletes the keys bound to it. Lease.AtomicPut binds a key with the "lock" verb,
 // after a "check-index" (or "check-not-exists", for create-only) on the key, in one
 // transaction. The session has no health checks and a lock delay of 1ms, so its keys can be
-// written again as soon as it ends. Done closes when the session is gone (revoked or expired)
-// or when renewals have failed for a whole TTL. Revoke deletes the lease's keys with
-// tombstones, then destroys the session; Abandon stops renewing and leaves the session to
-// expire; [Store.Close] abandons every open lease. A plain write of a key bound to a lease
-// leaves it bound (Consul keeps a key's session across writes).
+// written again as soon as it ends. Done closes when the session is gone (revoked, or expired:
+// the next renewal finds it gone), when renewals have failed for a whole TTL, a TTL after
+// Abandon, or at [Store.Close]. Revoke deletes the lease's keys with tombstones, then destroys
+// the session; Abandon stops renewing and leaves the session to expire; Store.Close abandons
+// every open lease. A plain write of a key bound to a lease leaves it bound (Consul keeps a
+// key's session across writes).
 //
 // # Locks
 //
 // [Store.Lock] takes a session of [Config.LockTTL] (15s by default) and acquires
 // <Prefix>/_lock/<name> with the "lock" verb; while another session holds it, Lock waits with
-// blocking queries on the _lock subtree. Unlock releases the key and destroys the session.
-// Lost closes when the session ends without Unlock (its renewals failed for a whole TTL, or
-// Consul invalidated it). Lock keys are outside the _kv subtree, so neither List nor Watch
-// sees them, and the keys under name + "/" stay free for the caller.
+// blocking queries on the _lock subtree. Unlock releases the key ("check-session" and delete,
+// in one transaction) and destroys the session; a second Unlock does nothing. Lost closes when
+// the session ends without Unlock (its renewals failed for a whole TTL, Consul invalidated it,
+// or the store was closed). Lock keys are outside the _kv subtree, so neither List nor Watch
+// sees them: a lock writes no key of the store's key space at all, and the keys under
+// name + "/" stay the caller's.
 //
 // # Lifecycle and concurrency
 //
@@ -678,7 +681,7 @@ func (s *Store) currentIndex(ctx context.Context) (uint64, error) {
 }
 
 // Close ends every watch (their channels close), abandons the open leases and locks (their
-// sessions expire after their TTL), waits for the goroutines of the store and closes its idle
+// sessions expire after their TTL; their Done and Lost channels close now), waits for the goroutines of the store and closes its idle
 // connections. Calls after Close fail with [kvstore.ErrClosed]; Close itself is idempotent and
 // later calls return nil.
 func (s *Store) Close() error {
@@ -696,6 +699,7 @@ func (s *Store) Close() error {
 
 	for _, l := range leases {
 		l.Abandon()
+		l.end("store closed") // it renews no more: Done (and a lock's Lost) close now
 	}
 	s.cancel()
 	s.wg.Wait()

@@ -102,7 +102,8 @@ type lease struct {
 // AtomicPut writes key bound to the lease's session, with the semantics of
 // [Store.AtomicPut]: "check-not-exists" (prevRevision 0) or "check-index", then the "lock"
 // verb, in one transaction. A key bound to another lease moves to this one. After the lease
-// ended, or was revoked or abandoned: [kvstore.ErrLeaseEnded].
+// ended (Done is closed): [kvstore.ErrLeaseEnded]; after Abandon it still writes until then,
+// as long as Consul has not invalidated the session.
 func (l *lease) AtomicPut(ctx context.Context, key string, value []byte, prevRevision uint64) (uint64, error) {
 	s := l.s
 	if err := s.beginWrite(ctx, key); err != nil {
@@ -148,7 +149,7 @@ func (l *lease) AtomicPut(ctx context.Context, key string, value []byte, prevRev
 func (l *lease) TTL() time.Duration { return l.ttl }
 
 // Done is closed when the session is gone (revoked, or invalidated by Consul), when renewals
-// have failed for a whole TTL, or a TTL after Abandon.
+// have failed for a whole TTL, a TTL after Abandon, or at the store's Close.
 func (l *lease) Done() <-chan struct{} { return l.done }
 
 // Revoke stops renewing, deletes the keys bound through this lease with tombstones (best
@@ -188,11 +189,11 @@ func (l *lease) Abandon() {
 	l.expireLater()
 }
 
-// active reports whether the lease is renewed and has not ended.
+// active reports whether the lease has not ended (an abandoned lease has not, until Done).
 func (l *lease) active() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return !l.stopped && !l.ended
+	return !l.ended
 }
 
 // stopRenewing stops the renewal goroutine and forgets the lease in its store.
