@@ -698,8 +698,9 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 
 	for _, l := range leases {
-		l.Abandon()
-		l.end("store closed") // it renews no more: Done (and a lock's Lost) close now
+		// Abandoned: its session expires after its TTL. It renews no more, so Done (and a
+		// lock's Lost) close now.
+		l.end("store closed")
 	}
 	s.cancel()
 	s.wg.Wait()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,6 +86,7 @@ func TestBackend(t *testing.T) {
 		"BatchErrors":              testBatchErrors,
 		"LeaseMinimumTTL":          testLeaseMinimumTTL,
 		"ReapTombstones":           testReapTombstones,
+		"OddKeys":                  testOddKeys,
 	} {
 		t.Run(name, func(t *testing.T) { fn(t, agent) })
 	}
@@ -200,12 +203,21 @@ func TestOpenBadConfig(t *testing.T) {
 func TestAgentRestart(t *testing.T) {
 	agent := storetest.StartConsul(t)
 	const timeout = time.Second
-	s := open(t, agent, consul.Config{RequestTimeout: timeout})
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s := open(t, agent, consul.Config{RequestTimeout: timeout, Logger: logger})
 	ctx := t.Context()
 
 	rA := mustPut(t, s, "r/a", "1")
 	mustPut(t, s, "r/b", "2")
 	mustDelete(t, s, "r/b")
+	lease, err := s.Grant(ctx, 10*time.Second)
+	if err != nil {
+		t.Fatalf("Grant: %v", err)
+	}
+	rLeased, err := lease.AtomicPut(ctx, "h/leased", []byte("l"), 0)
+	if err != nil {
+		t.Fatalf("Lease.AtomicPut: %v", err)
+	}
 	ch, err := s.Watch(ctx, "r/", 0)
 	if err != nil {
 		t.Fatalf("Watch: %v", err)
@@ -238,9 +250,18 @@ func TestAgentRestart(t *testing.T) {
 	}
 
 	agent.Start()
-	// The data survived the restart.
+	// The data survived the restart, and so did the lease, whose renewals failed for less
+	// than its TTL.
 	if got := mustGet(t, s, "r/a"); string(got.Value) != "1" || got.Revision != rA {
 		t.Errorf("Get(r/a) after restart = %+v, want value 1 revision %d", got, rA)
+	}
+	if got := mustGet(t, s, "h/leased"); got.Revision != rLeased {
+		t.Errorf("Get(h/leased) after restart = %+v, want revision %d", got, rLeased)
+	}
+	select {
+	case <-lease.Done():
+		t.Errorf("lease ended across a restart shorter than its TTL")
+	default:
 	}
 	// The watch resumes with exactly what is written after the restart.
 	r1 := mustPut(t, s, "r/d", "4")
@@ -270,6 +291,12 @@ func TestAgentRestart(t *testing.T) {
 	want := []kvstore.KVPair{{Key: "r/a", Value: []byte("5"), Revision: r2}, {Key: "r/d", Value: []byte("4"), Revision: r1}, {Key: "r/end", Value: []byte("6"), Revision: r4}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("List after restart = %v, want %v", got, want)
+	}
+	if err := lease.Revoke(ctx); err != nil {
+		t.Errorf("Revoke after restart: %v", err)
+	}
+	if _, err := s.Get(ctx, "h/leased"); !errors.Is(err, kvstore.ErrKeyNotFound) {
+		t.Errorf("Get(h/leased) after Revoke: error = %v, want ErrKeyNotFound", err)
 	}
 }
 
@@ -458,5 +485,46 @@ func testReapTombstones(t *testing.T, agent *storetest.ConsulAgent) {
 	expectEvent(t, ch, kvstore.EventPut, "t/end", "1", end)
 	if n, err := consul.Reap(ctx, s); err != nil || n != 0 {
 		t.Errorf("second reap = %d, %v; want 0, nil", n, err)
+	}
+}
+
+// testOddKeys: keys are carried in transaction bodies, never in URL paths, so any non-empty
+// key works, including ones an HTTP path would clean up or escape, and ones that look like the
+// store's own subtrees.
+func testOddKeys(t *testing.T, agent *storetest.ConsulAgent) {
+	s := open(t, agent, consul.Config{})
+	ctx := t.Context()
+	keys := []string{"/lead", "a//b", "a/./b", "a/../b", "q?x=1#f", "pct%2F", "sp ace", "ünï", "trail/", "_kv/x", "_tomb/y", "_lock/z"}
+	ch, err := s.Watch(ctx, "", 0)
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	var want []kvstore.KVPair
+	for _, k := range keys {
+		rev := mustPut(t, s, k, "v-"+k)
+		want = append(want, kvstore.KVPair{Key: k, Value: []byte("v-" + k), Revision: rev})
+		if got := mustGet(t, s, k); string(got.Value) != "v-"+k || got.Revision != rev {
+			t.Errorf("Get(%q) = %+v, want value v-%s revision %d", k, got, k, rev)
+		}
+	}
+	for _, p := range want {
+		expectEvent(t, ch, kvstore.EventPut, p.Key, string(p.Value), p.Revision)
+	}
+	got, err := s.List(ctx, "")
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	slices.SortFunc(want, func(a, b kvstore.KVPair) int { return strings.Compare(a.Key, b.Key) })
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("List = %v\nwant %v", got, want)
+	}
+	for _, k := range keys {
+		mustDelete(t, s, k)
+		if ev := recv(t, ch); ev.Type != kvstore.EventDelete || ev.Pair.Key != k {
+			t.Errorf("event = %v, want delete of %q", ev, k)
+		}
+		if _, err := s.Get(ctx, k); !errors.Is(err, kvstore.ErrKeyNotFound) {
+			t.Errorf("Get(%q) after Delete: error = %v, want ErrKeyNotFound", k, err)
+		}
 	}
 }

@@ -196,17 +196,15 @@ func (l *lease) active() bool {
 	return !l.ended
 }
 
-// stopRenewing stops the renewal goroutine and forgets the lease in its store.
+// stopRenewing stops the renewal goroutine. The store keeps the lease until it ends, so that
+// Close ends it.
 func (l *lease) stopRenewing() {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if !l.stopped {
 		l.stopped = true
 		close(l.stop)
 	}
-	l.mu.Unlock()
-	l.s.mu.Lock()
-	delete(l.s.leases, l)
-	l.s.mu.Unlock()
 }
 
 // expireLater ends the lease a TTL after its last renewal, when Consul may have invalidated
@@ -220,9 +218,13 @@ func (l *lease) expireLater() {
 	l.endTimer = time.AfterFunc(l.ttl-time.Since(l.lastRenew), func() { l.end("not renewed for a TTL") })
 }
 
-// end closes done (and, for a lock not released, lockLost) once.
+// end closes done (and, for a lock not released, lockLost) once, and forgets the lease in
+// its store.
 func (l *lease) end(why string) {
 	l.stopRenewing()
+	l.s.mu.Lock()
+	delete(l.s.leases, l)
+	l.s.mu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ended {
