@@ -4,8 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -85,9 +93,10 @@ func consulCachePath() string {
 // bootstrap_expect = 1, its raft log and snapshots in a data directory under t.TempDir(). So,
 // unlike -dev, which keeps everything in memory, its data and raft indices survive [ConsulAgent.Stop]
 // and [ConsulAgent.Start], which restart tests need; the price is a second or two for the server
-// to elect itself at each start. It listens on 127.0.0.1 only: HTTP, the server RPC port and the
-// LAN gossip port, all picked free at start and kept across restarts. DNS, gRPC, HTTPS and WAN
-// gossip are off, and so are Connect, peering and the UI.
+// to elect itself at each start. It listens on 127.0.0.1 only: HTTP (HTTPS instead, from
+// [StartConsulTLS]), the server RPC port and the LAN gossip port, all picked free at start and
+// kept across restarts. DNS, gRPC and WAN gossip are off, and so are Connect, peering and the
+// UI.
 //
 // Its methods call t.Fatal, so call them from the test goroutine; they are safe for
 // concurrent use with each other nonetheless.
@@ -96,8 +105,9 @@ type ConsulAgent struct {
 	bin     string
 	dir     string // t.TempDir(): config, data and log of each start attempt
 	http    *http.Client
-	addr    string // host:port of the HTTP API; fixed after StartConsul
-	config  string // path of the HCL config file
+	tls     *consulServerTLS // nil: plain HTTP
+	addr    string           // host:port of the HTTP (or HTTPS) API; fixed after StartConsul
+	config  string           // path of the HCL config file
 	logPath string
 
 	mu     sync.Mutex    // guards following
@@ -110,12 +120,45 @@ type ConsulAgent struct {
 // failed, logs the tail of its output.
 func StartConsul(t testing.TB) *ConsulAgent {
 	t.Helper()
+	return startConsul(t, false)
+}
+
+// ConsulTLSFiles are the PEM files of a TLS agent (see [StartConsulTLS]) that a client needs:
+// the CA that signed the agent's certificate, and a client certificate and key signed by the
+// same CA, which the agent requires.
+type ConsulTLSFiles struct {
+	CA   string // CA certificate
+	Cert string // client certificate
+	Key  string // client private key (PKCS #8)
+}
+
+// StartConsulTLS is [StartConsul] with HTTPS instead of HTTP: the agent serves its API on
+// Addr with a certificate for 127.0.0.1 and localhost, and requires a client certificate
+// signed by its CA (tls.https.verify_incoming). It returns the files a client needs; the CA
+// and the keys are generated for this test only.
+func StartConsulTLS(t testing.TB) (*ConsulAgent, ConsulTLSFiles) {
+	t.Helper()
+	a := startConsul(t, true)
+	return a, a.tls.files
+}
+
+func startConsul(t testing.TB, withTLS bool) *ConsulAgent {
+	t.Helper()
 	a := &ConsulAgent{
-		t:    t,
-		bin:  ConsulBinary(t),
-		dir:  t.TempDir(),
-		http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 2 * time.Second},
+		t:   t,
+		bin: ConsulBinary(t),
+		dir: t.TempDir(),
 	}
+	transport := &http.Transport{DisableKeepAlives: true}
+	if withTLS {
+		stls, err := writeConsulTLS(filepath.Join(a.dir, "tls"))
+		if err != nil {
+			t.Fatalf("storetest: consul TLS files: %v", err)
+		}
+		a.tls = stls
+		transport.TLSClientConfig = stls.client
+	}
+	a.http = &http.Client{Transport: transport, Timeout: 2 * time.Second}
 	t.Cleanup(a.cleanup)
 
 	var lastErr error
@@ -138,7 +181,8 @@ func StartConsul(t testing.TB) *ConsulAgent {
 	return nil
 }
 
-// Addr returns the host:port of the agent's HTTP API, running or not.
+// Addr returns the host:port of the agent's HTTP API (HTTPS for [StartConsulTLS]), running
+// or not.
 func (a *ConsulAgent) Addr() string { return a.addr }
 
 // LogPath returns the path of the file that collects the agent's output.
@@ -194,6 +238,19 @@ func (a *ConsulAgent) layout(try int) error {
 	a.addr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	a.config = filepath.Join(dir, "consul.hcl")
 	a.logPath = filepath.Join(dir, "consul.log")
+	httpPort, httpsPort, tlsBlock := ports[0], -1, ""
+	if a.tls != nil {
+		httpPort, httpsPort = -1, ports[0]
+		tlsBlock = fmt.Sprintf(`tls {
+  defaults {
+    ca_file = %q
+    cert_file = %q
+    key_file = %q
+  }
+  https { verify_incoming = true }
+}
+`, a.tls.files.CA, a.tls.serverCert, a.tls.serverKey)
+	}
 	hcl := fmt.Sprintf(`# Written by internal/storetest for one test.
 node_name = "cnm-storetest"
 datacenter = "dc1"
@@ -213,7 +270,7 @@ peering { enabled = false }
 performance { raft_multiplier = 1 }
 ports {
   http = %d
-  https = -1
+  https = %d
   dns = -1
   grpc = -1
   grpc_tls = -1
@@ -221,7 +278,7 @@ ports {
   serf_wan = -1
   server = %d
 }
-`, filepath.Join(dir, "data"), ports[0], ports[1], ports[2])
+%s`, filepath.Join(dir, "data"), httpPort, httpsPort, ports[1], ports[2], tlsBlock)
 	return os.WriteFile(a.config, []byte(hcl), 0o600)
 }
 
@@ -325,7 +382,11 @@ func (a *ConsulAgent) probe() error {
 func (a *ConsulAgent) get(path string) (string, int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.addr+path, nil)
+	scheme := "http://"
+	if a.tls != nil {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+a.addr+path, nil)
 	if err != nil {
 		return "", 0, err
 	}
@@ -418,7 +479,10 @@ func consulFreePorts(n int) ([]int, error) {
 			c.Close()
 		}
 	}()
-	for len(ports) < n {
+	for try := 0; len(ports) < n; try++ {
+		if try == 100 {
+			return nil, fmt.Errorf("free port: no port free for both TCP and UDP in %d tries", try)
+		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("free port: %w", err)
@@ -433,4 +497,104 @@ func consulFreePorts(n int) ([]int, error) {
 		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+// consulServerTLS is what a TLS agent needs besides the client's files.
+type consulServerTLS struct {
+	files      ConsulTLSFiles
+	serverCert string
+	serverKey  string
+	client     *tls.Config // for the readiness probe
+}
+
+// writeConsulTLS generates a CA, a server certificate for 127.0.0.1 and localhost, and a client
+// certificate, and writes them as PEM files under dir.
+func writeConsulTLS(dir string) (*consulServerTLS, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "cnm test Consul CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, err
+	}
+	s := &consulServerTLS{
+		files: ConsulTLSFiles{
+			CA:   filepath.Join(dir, "ca.pem"),
+			Cert: filepath.Join(dir, "client.pem"),
+			Key:  filepath.Join(dir, "client-key.pem"),
+		},
+		serverCert: filepath.Join(dir, "server.pem"),
+		serverKey:  filepath.Join(dir, "server-key.pem"),
+	}
+	if err := os.WriteFile(s.files.CA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		return nil, err
+	}
+	// The server certificate serves clients and, for Consul's own RPC, is a client one too.
+	for _, c := range []struct {
+		serial          int64
+		cn              string
+		usage           []x509.ExtKeyUsage
+		server          bool
+		certPath, kPath string
+	}{
+		{2, "server.dc1.consul", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, true, s.serverCert, s.serverKey},
+		{3, "cnm test client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false, s.files.Cert, s.files.Key},
+	} {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(c.serial),
+			Subject:      pkix.Name{CommonName: c.cn},
+			NotBefore:    now.Add(-time.Hour),
+			NotAfter:     now.Add(24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  c.usage,
+		}
+		if c.server {
+			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+			tmpl.DNSNames = []string{"localhost", "server.dc1.consul"}
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			return nil, err
+		}
+		kder, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(c.certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(c.kPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	pair, err := tls.LoadX509KeyPair(s.files.Cert, s.files.Key)
+	if err != nil {
+		return nil, fmt.Errorf("load client pair: %w", err)
+	}
+	s.client = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	return s, nil
 }

@@ -2,10 +2,13 @@ package consul_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -89,6 +92,56 @@ func TestBackend(t *testing.T) {
 		"OddKeys":                  testOddKeys,
 	} {
 		t.Run(name, func(t *testing.T) { fn(t, agent) })
+	}
+}
+
+// TestTLS runs a store against an agent that serves HTTPS and requires a client certificate,
+// and checks that a client without the certificate, or without TLS, is refused.
+func TestTLS(t *testing.T) {
+	agent, files := storetest.StartConsulTLS(t)
+	ca, err := os.ReadFile(files.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		t.Fatalf("no certificate in %s", files.CA)
+	}
+	pair, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s := open(t, agent, consul.Config{TLS: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}}})
+	ch, err := s.Watch(t.Context(), "tls/", 0)
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	rev := mustPut(t, s, "tls/a", "1")
+	if got := mustGet(t, s, "tls/a"); string(got.Value) != "1" || got.Revision != rev {
+		t.Errorf("Get over TLS = %+v, want value 1 revision %d", got, rev)
+	}
+	expectEvent(t, ch, kvstore.EventPut, "tls/a", "1", rev)
+
+	for name, tc := range map[string]*tls.Config{
+		"no client certificate": {RootCAs: pool},
+		"unknown CA":            {Certificates: []tls.Certificate{pair}},
+		"plain HTTP":            nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := consul.Open(t.Context(), consul.Config{Address: agent.Addr(), TLS: tc})
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open succeeded")
+			}
+			t.Logf("Open: %v", err)
+			if errors.Is(err, kvstore.ErrUnavailable) {
+				t.Errorf("Open error = %v, want a configuration error, not ErrUnavailable", err)
+			}
+			if !strings.Contains(err.Error(), agent.Addr()) {
+				t.Errorf("Open error %q does not name the agent", err)
+			}
+		})
 	}
 }
 

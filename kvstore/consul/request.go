@@ -42,7 +42,8 @@ func (s *Store) write(ctx context.Context, do func(w *api.WriteOptions) error) e
 // mapErr maps the error of a request made with cctx, derived from the caller's ctx: the
 // caller's ctx error when ctx ended; [kvstore.ErrClosed] when the store closed meanwhile;
 // [kvstore.ErrUnavailable], naming the agent, when cctx timed out, the agent could not be
-// reached or it answered with a server error (no leader, no quorum, rate limit).
+// reached or it answered with a server error (no leader, no quorum, rate limit). A refused
+// certificate and other answers (403, 400) are errors of no class, naming the agent.
 func (s *Store) mapErr(ctx, cctx context.Context, err error) error {
 	if err == nil {
 		return nil
@@ -65,7 +66,12 @@ func (s *Store) mapErr(ctx, cctx context.Context, err error) error {
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return s.unavailable(err) // transport: refused, reset, EOF, TLS
+		// A certificate the agent or the client refuses, or TLS against plain HTTP, is a
+		// configuration error: retrying does not help.
+		if msg := ue.Err.Error(); strings.Contains(msg, "x509: ") || strings.Contains(msg, "tls: ") {
+			return fmt.Errorf("consul agent %s: TLS: %w", s.addr, err)
+		}
+		return s.unavailable(err) // transport: refused, reset, EOF, TLS handshake timeout
 	}
 	// The client formats some answers itself (session renew: "Unexpected response code: 500").
 	if strings.Contains(err.Error(), "response code: 5") || strings.Contains(err.Error(), "No cluster leader") {
