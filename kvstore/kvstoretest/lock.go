@@ -69,14 +69,20 @@ func lockAsync(t *testing.T, ctx context.Context, l kvstore.Locker, key string) 
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
 	res := make(chan lockResult, 1)
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
 		u, err := l.Lock(ctx, key)
 		res <- lockResult{u, err}
-	})
+	}()
 	t.Cleanup(func() {
 		cancel()
-		wg.Wait()
+		select {
+		case <-ended:
+		case <-time.After(eventTimeout):
+			t.Errorf("Lock(%s) did not return within %v of its context's end", key, eventTimeout)
+			return // leaks the goroutine rather than hang the suite
+		}
 		select {
 		case r := <-res: // nobody took it: release what it got
 			if r.err == nil {
