@@ -9,7 +9,9 @@
 // [Open] checks the configuration, creates a client and probes the cluster with one
 // linearizable read, so that an unreachable cluster, or one without a quorum, fails at Open
 // with an error wrapping [kvstore.ErrUnavailable] within [Config.DialTimeout]. The client
-// connects to every endpoint and moves to another member when one goes away.
+// connects to every endpoint, spreads calls over the members it is connected to, and tries a
+// member that went away again at least every second, so the store works again within about
+// a second of a member's return.
 // [Store.Close] ends every watch, stops renewing the open leases and locks without revoking
 // them (as a crash would; their keys go when their TTL runs out), waits for the goroutines of
 // the store and closes the client. Calls after Close fail with [kvstore.ErrClosed].
@@ -37,7 +39,8 @@
 // Every call is bounded by [Config.RequestTimeout] (5s by default) in addition to its ctx. When
 // etcd does not answer in time, is unreachable, or has no leader (no quorum), the call fails
 // with an error that wraps [kvstore.ErrUnavailable] and names the endpoints; a call never
-// hangs. A write that failed that way may or may not have been applied. When the caller's ctx
+// hangs. Calls ask the member to refuse them at once when it knows it has no leader
+// (etcd's require-leader option), so a member cut off from its cluster fails them quickly. A write that failed that way may or may not have been applied. When the caller's ctx
 // ends first, the error is the ctx's (errors.Is(err, context.Canceled) or
 // context.DeadlineExceeded). Errors name the key, and wrap the kvstore sentinels otherwise, as
 // in boltdb.
@@ -97,6 +100,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -120,6 +125,9 @@ const (
 	// DefaultLockTTL is the TTL of the lease behind each lock when [Config.LockTTL] is zero.
 	DefaultLockTTL = 10 * time.Second
 )
+
+// reconnectMaxDelay bounds the wait between two attempts to connect to a member.
+const reconnectMaxDelay = time.Second
 
 // MaxBatchOps is how many ops one [Store.Batch] may hold with etcd's default settings
 // (--max-txn-ops 128): a Batch is one etcd transaction.
@@ -232,6 +240,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		DialKeepAliveTimeout: cfg.RequestTimeout,
 		TLS:                  cfg.TLS,
 		Logger:               zapLogger(logger),
+		DialOptions: []grpc.DialOption{
+			// Try a member that went away again soon after it comes back: gRPC's default
+			// backoff grows to two minutes.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff: backoff.Config{
+					BaseDelay:  100 * time.Millisecond,
+					Multiplier: 1.6,
+					Jitter:     0.2,
+					MaxDelay:   reconnectMaxDelay,
+				},
+				MinConnectTimeout: cfg.DialTimeout,
+			}),
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd: open %s: %w", strings.Join(endpoints, ","), err)
@@ -561,9 +582,10 @@ func (s *Store) beginWrite(ctx context.Context, key string) error {
 	return nil
 }
 
-// callCtx bounds one RPC by the request timeout.
+// callCtx bounds one RPC by the request timeout, and asks the member to fail it at once when
+// it has no leader rather than wait.
 func (s *Store) callCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.reqTimeout)
+	return context.WithTimeout(clientv3.WithRequireLeader(ctx), s.reqTimeout)
 }
 
 // pair makes a KVPair of an etcd key-value, without the prefix. A value is never nil.
