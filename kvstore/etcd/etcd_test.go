@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -136,7 +138,8 @@ func rawClient(t testing.TB, endpoints []string) *clientv3.Client {
 func TestWatchCompacted(t *testing.T) {
 	cluster := storetest.StartEtcd(t)
 	ctx := t.Context()
-	s := openClosed(t, cluster.Endpoints(), etcd.Config{})
+	logs := &logRecorder{}
+	s := openClosed(t, cluster.Endpoints(), etcd.Config{Logger: slog.New(logs)})
 	r0 := mustPut(t, s, "c/old", "0") // before the watch's revision: not sent
 	r1 := mustPut(t, s, "c/a", "1")   // overwritten below
 	mustPut(t, s, "c/gone", "x")      // deleted below: the delete is lost
@@ -159,6 +162,9 @@ func TestWatchCompacted(t *testing.T) {
 	expect(t, ch, kvstore.EventPut, "c/b", "3", r3)
 	r4 := mustPut(t, s, "c/d", "4")
 	expect(t, ch, kvstore.EventPut, "c/d", "4", r4)
+	if logs.count("WARN etcd: watch: revisions compacted") != 1 {
+		t.Errorf("no warning logged about the compacted revisions; log: %q", logs.msgs)
+	}
 }
 
 func TestOpenBadConfig(t *testing.T) {
@@ -342,4 +348,33 @@ func expectQuiet(t testing.TB, ch <-chan kvstore.Event, d time.Duration) {
 		t.Fatal("watch channel closed")
 	case <-time.After(d):
 	}
+}
+
+// logRecorder is a slog.Handler that keeps the messages of the records it gets.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler            { return r }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Level.String()+" "+rec.Message)
+	return nil
+}
+
+// count returns how many messages contain s.
+func (r *logRecorder) count(s string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if strings.Contains(m, s) {
+			n++
+		}
+	}
+	return n
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -222,7 +223,8 @@ func TestClusterLosesTwoMembers(t *testing.T) {
 	cluster := storetest.StartEtcdCluster(t, 3)
 	ctx := t.Context()
 	const reqTimeout = 2 * time.Second
-	s := openClosed(t, cluster.Endpoints(), etcd.Config{RequestTimeout: reqTimeout})
+	logs := &logRecorder{}
+	s := openClosed(t, cluster.Endpoints(), etcd.Config{RequestTimeout: reqTimeout, Logger: slog.New(logs)})
 	m := model{}
 	ch, err := s.Watch(ctx, "c2/", 0)
 	if err != nil {
@@ -316,6 +318,12 @@ func TestClusterLosesTwoMembers(t *testing.T) {
 		t.Errorf("%d events besides the outage's, want the %d writes after it: %v", got, want, events)
 	}
 	t.Logf("writes of the outage that took effect after all: %v", slices.Sorted(maps.Keys(applied)))
+	// The member left alone canceled the watch (no leader); the store opened it again.
+	if n := logs.count("etcd: watch stream ended; resuming"); n == 0 {
+		t.Errorf("the watch was never resumed by the store, though its member lost its leader")
+	} else {
+		t.Logf("the store resumed the watch %d times", n)
+	}
 	// The state: what was written before and after, and the outage's writes that the watch
 	// reported, nothing else.
 	m.check(t, s, "c2/")

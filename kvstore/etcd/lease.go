@@ -39,6 +39,7 @@ func (s *Store) grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 	if err := s.begin(ctx); err != nil {
 		return nil, err
 	}
+	sent := time.Now() // etcd's TTL starts after this
 	cctx, cancel := s.callCtx(ctx)
 	resp, err := s.cli.Grant(cctx, int64(math.Ceil(ttl.Seconds())))
 	cancel()
@@ -74,7 +75,7 @@ func (s *Store) grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 	s.leases[l] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go l.run(ka)
+	go l.run(ka, sent.Add(l.ttl))
 	s.log.Debug("etcd: lease granted", "lease", fmt.Sprintf("%x", int64(l.id)), "ttl", l.ttl)
 	return l, nil
 }
@@ -115,14 +116,31 @@ const (
 	leaseAbandoned           // Abandon (or Close)
 )
 
-// run drains the keep-alive responses until the client closes the channel: after the keep-alive
-// context was canceled (Revoke, Abandon), when etcd says the lease is gone, or when no renewal
-// came for a TTL. Then it closes lost, unless Revoke stopped it, and done, when the lease has
-// ended.
-func (l *Lease) run(ka <-chan *clientv3.LeaseKeepAliveResponse) {
+// run reads the keep-alive responses until the client closes the channel: after the keep-alive
+// context was canceled (Revoke, Abandon), or when etcd says the lease is gone. It also ends the
+// keep-alive itself when no renewal came for a whole TTL (by expiry, etcd's deadline at the
+// latest), rather than rely on the client, which allows a new lease more time. Then it closes
+// lost, unless Revoke stopped it, and done, when the lease has ended.
+func (l *Lease) run(ka <-chan *clientv3.LeaseKeepAliveResponse, expiry time.Time) {
 	defer l.s.wg.Done()
-	for range ka {
+	timer := time.NewTimer(time.Until(expiry))
+	for open := true; open; {
+		select {
+		case resp, ok := <-ka:
+			if !ok {
+				open = false
+				break
+			}
+			// The server renewed the lease for resp.TTL from some time before now.
+			timer.Reset(time.Duration(resp.TTL) * time.Second)
+		case <-timer.C:
+			l.cancel() // not renewed for a TTL: the lease may be gone
+			for range ka {
+			}
+			open = false
+		}
 	}
+	timer.Stop()
 	close(l.kaDone)
 	l.mu.Lock()
 	stopped := l.stopped
@@ -240,19 +258,22 @@ func (l *Lease) revoke(ctx context.Context) (endedBefore bool, err error) {
 	}
 	l.cancel()
 	<-l.kaDone
-	if !endedBefore {
-		if l.s.isClosed() {
-			return false, kvstore.ErrClosed
-		}
-		cctx, cancel := l.s.callCtx(ctx)
-		_, err = l.s.cli.Revoke(cctx, l.id)
-		cancel()
-		if err = l.s.mapErr(ctx, err, l.s.reqTimeout); errors.Is(err, kvstore.ErrLeaseEnded) {
-			endedBefore, err = true, nil
-		}
-		if err != nil {
-			return false, err
-		}
+	if l.s.isClosed() {
+		return endedBefore, kvstore.ErrClosed
+	}
+	// Even when the keep-alive ended by itself etcd may still hold the lease (it extends
+	// leases when a member becomes leader): revoke it, to free its keys now.
+	cctx, cancel := l.s.callCtx(ctx)
+	_, err = l.s.cli.Revoke(cctx, l.id)
+	cancel()
+	switch err = l.s.mapErr(ctx, err, l.s.reqTimeout); {
+	case errors.Is(err, kvstore.ErrLeaseEnded):
+		endedBefore, err = true, nil
+	case endedBefore:
+		err = nil // ended as far as this side knows; etcd expires it if it has it
+	}
+	if err != nil {
+		return false, err
 	}
 	l.mu.Lock()
 	l.endedBefore = endedBefore
