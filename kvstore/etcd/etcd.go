@@ -271,7 +271,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 
 	pctx, pcancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	resp, err := cli.Get(pctx, s.prefix, clientv3.WithCountOnly())
+	resp, err := cli.Get(pctx, s.probeKey(), clientv3.WithCountOnly())
 	pcancel()
 	if err != nil {
 		err = s.mapErr(ctx, err, cfg.DialTimeout)
@@ -581,6 +581,10 @@ func (s *Store) beginWrite(ctx context.Context, key string) error {
 	}
 	return nil
 }
+
+// probeKey is a key that a read can ask for to learn the current revision and whether the
+// cluster serves: etcd refuses an empty key, and the prefix may be empty.
+func (s *Store) probeKey() string { return s.prefix + "\x00" }
 
 // callCtx bounds one RPC by the request timeout, and asks the member to fail it at once when
 // it has no leader rather than wait.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,6 +111,30 @@ func TestPrefixesApart(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event within 5s")
+	}
+
+	// A store without a prefix sees the whole keyspace, prefixes included.
+	whole, err := etcd.Open(ctx, etcd.Config{Endpoints: cluster.Endpoints()}) // openClosed would add a prefix
+	if err != nil {
+		t.Fatalf("Open(no prefix): %v", err)
+	}
+	defer whole.Close()
+	wch, err := whole.Watch(ctx, "", 0)
+	if err != nil {
+		t.Fatalf("Watch(whole keyspace): %v", err)
+	}
+	rev2 := mustPut(t, a, "k2", "a2")
+	expect(t, wch, kvstore.EventPut, "tenant-a/k2", "a2", rev2)
+	all, err := whole.List(ctx, "")
+	if err != nil {
+		t.Fatalf("List(whole keyspace): %v", err)
+	}
+	var keys []string
+	for _, p := range all {
+		keys = append(keys, p.Key)
+	}
+	if want := []string{"tenant-a/k", "tenant-a/k2", "tenant-ab/k"}; !slices.Equal(keys, want) {
+		t.Errorf("List of the whole keyspace = %q, want %q", keys, want)
 	}
 
 	raw := rawClient(t, cluster.Endpoints())

@@ -40,7 +40,7 @@ func (s *Store) Watch(ctx context.Context, prefix string, fromRevision uint64) (
 	start := int64(fromRevision)
 	if fromRevision == 0 {
 		cctx, cancel := s.callCtx(ctx)
-		resp, err := s.cli.Get(cctx, s.prefix+prefix, clientv3.WithCountOnly())
+		resp, err := s.cli.Get(cctx, s.probeKey(), clientv3.WithCountOnly())
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("etcd: watch %q: %w", prefix, s.mapErr(ctx, err, s.reqTimeout))
