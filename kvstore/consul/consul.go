@@ -30,7 +30,7 @@
 // Compare-and-swap maps onto the transaction verbs: AtomicPut is "cas" (index 0 is
 // create-only), Batch checks with "cas", "check-index", "check-not-exists" and "delete-cas" in
 // one all-or-nothing transaction. Consul allows 128 operations per transaction; a delete takes
-// two (the delete and its tombstone), so a Batch holds at most about 60 deletes, or 128 puts.
+// two (the delete and its tombstone), so a Batch holds at most 128 puts, or 64 deletes.
 //
 // # Deletes and tombstones
 //
