@@ -8,7 +8,8 @@
 //
 // [Open] checks the configuration, creates a client and probes the cluster with one
 // linearizable read, so that an unreachable cluster, or one without a quorum, fails at Open
-// with an error wrapping [kvstore.ErrUnavailable] within [Config.DialTimeout]. The client
+// with an error wrapping [kvstore.ErrUnavailable] within [Config.DialTimeout], and a TLS
+// mismatch fails at once with a configuration error. The client
 // connects to every endpoint, spreads calls over the members it is connected to, and tries a
 // member that went away again at least every second, so the store works again within about
 // a second of a member's return.
@@ -91,6 +92,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -186,11 +188,14 @@ type Store struct {
 }
 
 // Open checks cfg, connects to etcd and probes the cluster with one linearizable read, bounded
-// by cfg.DialTimeout. A bad cfg gives an error wrapping [errclass.ErrInvalidParameter] that names
-// the field; a cluster that does not answer (unreachable, TLS refused, no quorum) gives one
-// wrapping [kvstore.ErrUnavailable] that names the endpoints and, when a plain connection to
-// each endpoint tells (connection refused, TLS handshake refused), the cause; finding that
-// out takes at most another second after DialTimeout. The caller's ctx bounds Open too.
+// by cfg.DialTimeout and ctx. A bad cfg gives an error wrapping [errclass.ErrInvalidParameter]
+// that names the field. When the read gets no answer at once, Open also connects to each
+// endpoint itself to learn why: a TLS connection that fails (a certificate refused by either
+// side, plain HTTP against a TLS member) gives at once an error wrapping
+// [errclass.ErrInvalidParameter] for the field TLS, naming the endpoint, since waiting does not
+// help; a cluster that does not answer otherwise (unreachable, no quorum) gives, after
+// DialTimeout, an error wrapping [kvstore.ErrUnavailable] that names the endpoints and what the
+// connections found (connection refused, ...). When ctx ends first, the error is ctx's.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("etcd: open: %w", err)
@@ -270,21 +275,88 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		leases:     make(map[*Lease]struct{}),
 	}
 
-	pctx, pcancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	resp, err := cli.Get(pctx, s.probeKey(), clientv3.WithCountOnly())
-	pcancel()
+	rev, err := s.probe(ctx, cfg)
 	if err != nil {
-		err = s.mapErr(ctx, err, cfg.DialTimeout)
 		cancel()
 		cli.Close()
-		if ue, ok := errors.AsType[*unavailableError](err); ok {
-			// Say why, if a plain connection tells: refused, TLS handshake failed, ...
-			ue.cause += diagnose(ctx, endpoints, cfg.TLS, min(cfg.DialTimeout, time.Second))
-		}
 		return nil, fmt.Errorf("etcd: open: %w", err)
 	}
-	s.log.Debug("etcd: opened", "endpoints", endpoints, "prefix", s.prefix, "revision", resp.Header.Revision)
+	s.log.Debug("etcd: opened", "endpoints", endpoints, "prefix", s.prefix, "revision", rev)
 	return s, nil
+}
+
+// probe makes one linearizable read, bounded by cfg.DialTimeout, and returns the revision
+// it saw. When the read has no answer after a moment, it connects to the endpoints itself to
+// learn why (see diagnose): a TLS failure ends the probe at once with a configuration error;
+// other causes are added to the ErrUnavailable error the read ends with.
+func (s *Store) probe(ctx context.Context, cfg Config) (int64, error) {
+	pctx, pcancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer pcancel()
+	type result struct {
+		rev int64
+		err error
+	}
+	read := make(chan result, 1)
+	go func() {
+		resp, err := s.cli.Get(pctx, s.probeKey(), clientv3.WithCountOnly())
+		if err != nil {
+			read <- result{err: err}
+			return
+		}
+		read <- result{rev: resp.Header.Revision}
+	}()
+	type diagnosis struct {
+		causes string
+		tlsErr error
+	}
+	diag := make(chan diagnosis, 1)
+	slow := time.NewTimer(min(250*time.Millisecond, cfg.DialTimeout/4))
+	defer slow.Stop()
+	var (
+		r       result
+		d       *diagnosis
+		started bool // diagnose runs or ran
+	)
+wait:
+	for {
+		select {
+		case r = <-read:
+			break wait
+		case <-slow.C:
+			started = true
+			go func() {
+				causes, tlsErr := diagnose(pctx, s.endpoints, cfg.TLS)
+				diag <- diagnosis{causes, tlsErr}
+			}()
+		case got := <-diag:
+			d = &got
+			if d.tlsErr != nil {
+				// Waiting does not help a certificate that one side refuses.
+				pcancel()
+				<-read
+				return 0, d.tlsErr
+			}
+		}
+	}
+	if r.err == nil {
+		if started && d == nil {
+			pcancel()
+			<-diag
+		}
+		return r.rev, nil
+	}
+	if started && d == nil {
+		got := <-diag // soon: it is bounded by pctx too
+		d = &got
+	}
+	err := s.mapErr(ctx, r.err, cfg.DialTimeout)
+	if ue, ok := errors.AsType[*unavailableError](err); ok && d != nil {
+		if d.tlsErr != nil {
+			return 0, d.tlsErr
+		}
+		ue.cause += d.causes
+	}
+	return 0, err
 }
 
 // LoadTLS returns a client TLS configuration that trusts the CA certificates in the PEM file
@@ -660,46 +732,77 @@ func (e *unavailableError) Error() string {
 
 func (e *unavailableError) Unwrap() error { return kvstore.ErrUnavailable }
 
-// diagnose connects to each endpoint (and makes the TLS handshake, for https) and returns what
-// failed, as "; <endpoint>: <error>" for each, to explain a probe that got no answer. It takes
-// up to timeout.
-func diagnose(ctx context.Context, endpoints []string, tlsCfg *tls.Config, timeout time.Duration) string {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// diagnose connects to each endpoint, to explain a probe that gets no answer, within ctx.
+// It returns what failed, as "; <endpoint>: <error>" for each endpoint, and, when TLS failed
+// on one (a certificate refused by either side, TLS against plain HTTP or the reverse), an
+// error wrapping [errclass.ErrInvalidParameter] for the field TLS that says so.
+func diagnose(ctx context.Context, endpoints []string, tlsCfg *tls.Config) (string, error) {
 	causes := make([]string, len(endpoints))
+	tlsErrs := make([]error, len(endpoints))
 	var wg sync.WaitGroup
 	for i, ep := range endpoints {
 		wg.Go(func() {
-			if err := probeConn(ctx, ep, tlsCfg); err != nil {
-				causes[i] = "; " + ep + ": " + err.Error()
+			tlsProblem, err := probeConn(ctx, ep, tlsCfg)
+			if err == nil {
+				return
+			}
+			causes[i] = "; " + ep + ": " + err.Error()
+			if tlsProblem {
+				tlsErrs[i] = &errclass.InvalidParameterError{Field: "TLS", Value: ep, Reason: "the TLS connection failed", Err: err}
 			}
 		})
 	}
 	wg.Wait()
-	return strings.Join(causes, "")
+	return strings.Join(causes, ""), errors.Join(tlsErrs...)
 }
 
-// probeConn opens a TCP connection to the endpoint and, for https or when tlsCfg is set, makes
-// the TLS handshake and waits briefly for the server to refuse it (with TLS 1.3 a server that
-// wants a client certificate says so after the handshake).
-func probeConn(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
+// probeConn opens a TCP connection to the endpoint. For https (or when tlsCfg is set and the
+// endpoint has no scheme), it makes the TLS handshake and waits briefly for the server to
+// refuse it (with TLS 1.3 a server that wants a client certificate says so after the
+// handshake). For http, it asks for /version, which etcd answers over plain HTTP too. It
+// reports whether a failure is one of TLS.
+func probeConn(ctx context.Context, endpoint string, tlsCfg *tls.Config) (tlsProblem bool, err error) {
 	scheme, host, ok := strings.Cut(endpoint, "://")
 	if !ok {
 		scheme, host = "", endpoint
 	}
 	if scheme != "" && scheme != "http" && scheme != "https" {
-		return nil // unix sockets: no diagnosis
+		return false, nil // unix sockets: no diagnosis
 	}
 	host, _, _ = strings.Cut(host, "/")
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer conn.Close()
-	if scheme == "http" || (scheme == "" && tlsCfg == nil) {
-		return nil
+	deadline := time.Now().Add(500 * time.Millisecond)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
+	conn.SetDeadline(deadline)
+	timedOut := func(err error) bool {
+		ne, ok := errors.AsType[net.Error](err)
+		return ok && ne.Timeout()
+	}
+
+	if scheme == "http" || (scheme == "" && tlsCfg == nil) {
+		if _, err := fmt.Fprintf(conn, "GET /version HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host); err != nil {
+			return false, err
+		}
+		buf := make([]byte, 5)
+		n, err := io.ReadFull(conn, buf)
+		switch {
+		case string(buf[:n]) == "HTTP/":
+			return false, nil
+		case n > 0 && buf[0] == 0x15: // a TLS alert record
+			return true, errors.New("the member answered plain HTTP with a TLS alert: it serves TLS (use https:// and Config.TLS)")
+		case err != nil && !timedOut(err):
+			return true, fmt.Errorf("the member closed a plain HTTP connection (%v): does it serve TLS only (https://)?", err)
+		}
+		return false, nil
+	}
+
 	cfg := &tls.Config{}
 	if tlsCfg != nil {
 		cfg = tlsCfg.Clone()
@@ -712,14 +815,10 @@ func probeConn(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
 	cfg.NextProtos = []string{"h2"}
 	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return err
+		return !timedOut(err), err
 	}
-	tc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	if _, err := tc.Read(make([]byte, 1)); err != nil {
-		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
-			return nil
-		}
-		return err
+	if _, err := tc.Read(make([]byte, 1)); err != nil && !timedOut(err) {
+		return true, err
 	}
-	return nil
+	return false, nil
 }

@@ -2,10 +2,20 @@ package etcd_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -277,27 +287,42 @@ func TestTLS(t *testing.T) {
 		t.Errorf("Get over TLS = %v, want 1 @%d", got, rev)
 	}
 
-	// The CA but no client certificate: the member refuses the handshake.
+	// Refused TLS is a configuration error that names the endpoint, not ErrUnavailable:
+	// waiting does not help.
 	noCert, err := etcd.LoadTLS(files.CA, "", "")
 	if err != nil {
 		t.Fatalf("LoadTLS(CA only): %v", err)
 	}
-	start := time.Now()
-	s2, err := etcd.Open(ctx, etcd.Config{Endpoints: cluster.Endpoints(), TLS: noCert, DialTimeout: 2 * time.Second})
-	if err == nil {
-		s2.Close()
-		t.Fatal("Open without a client certificate succeeded")
+	otherCA := writeOtherCA(t)
+	wrongCA, err := etcd.LoadTLS(otherCA, files.Cert, files.Key)
+	if err != nil {
+		t.Fatalf("LoadTLS(other CA): %v", err)
 	}
-	if !errors.Is(err, kvstore.ErrUnavailable) || !strings.Contains(err.Error(), cluster.Endpoint(0)) {
-		t.Errorf("Open without a client certificate: error = %v, want ErrUnavailable naming %s", err, cluster.Endpoint(0))
-	}
-	t.Logf("without a client certificate, after %v: %v", time.Since(start), err)
-
-	// Plain http to a TLS member, and an http:// endpoint with TLS set, fail too.
 	plain := strings.Replace(cluster.Endpoint(0), "https://", "http://", 1)
-	if s3, err := etcd.Open(ctx, etcd.Config{Endpoints: []string{plain}, DialTimeout: time.Second}); err == nil {
-		s3.Close()
-		t.Error("Open with plain http on a TLS member succeeded")
+	for _, tc := range []struct {
+		name     string
+		endpoint string
+		tls      *tls.Config
+	}{
+		{"no client certificate", cluster.Endpoint(0), noCert},
+		{"unknown CA", cluster.Endpoint(0), wrongCA},
+		{"plain HTTP", plain, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: []string{tc.endpoint}, TLS: tc.tls, DialTimeout: 2 * time.Second})
+			if err == nil {
+				s.Close()
+				t.Fatal("Open succeeded")
+			}
+			t.Logf("Open after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			if !errors.Is(err, errclass.ErrInvalidParameter) || errors.Is(err, kvstore.ErrUnavailable) {
+				t.Errorf("Open error = %v, want ErrInvalidParameter (a TLS configuration error), not ErrUnavailable", err)
+			}
+			if !strings.Contains(err.Error(), tc.endpoint) {
+				t.Errorf("Open error %q does not name the endpoint %s", err, tc.endpoint)
+			}
+		})
 	}
 	if _, err := etcd.Open(ctx, etcd.Config{Endpoints: []string{plain}, TLS: cfg}); !errors.Is(err, errclass.ErrInvalidParameter) {
 		t.Errorf("Open(http:// with TLS) error = %v, want ErrInvalidParameter", err)
@@ -402,4 +427,31 @@ func (r *logRecorder) count(s string) int {
 		}
 	}
 	return n
+}
+
+// writeOtherCA writes the certificate of a CA that signed nothing the test uses.
+func writeOtherCA(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "another CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "other-ca.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
