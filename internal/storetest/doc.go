@@ -9,7 +9,8 @@
 // The helpers look for the servers through environment variables, then on PATH:
 //
 //   - etcd: $CNM_ETCD_BIN, else "etcd" on PATH (Debian's etcd-server package, 3.4).
-//   - Consul: $CNM_CONSUL_BIN, else the binary that scripts/services.sh builds (see consul.go).
+//   - Consul: $CNM_CONSUL_BIN, else the binary that scripts/services.sh builds and caches
+//     (${XDG_CACHE_HOME:-~/.cache}/cnm/consul-v1.14.11), else "consul" on PATH.
 //
 // When a binary is missing, a test skips, unless CI=true: then it fails, because CI must run
 // every store test. scripts/services.sh installs etcd and builds Consul and prints the variables.
@@ -23,5 +24,8 @@
 // # Use from tests
 //
 // The helpers take a testing.TB and call its Fatal methods, so call them, and the methods of the
-// clusters they return, from the test's own goroutine.
+// servers they return ([EtcdCluster], [ConsulAgent]), from the test's own goroutine. A server
+// that was stopped ([EtcdCluster.Stop], [EtcdCluster.Kill]) restarts with its data and ports
+// ([EtcdCluster.Start]), for the fault tests. [StartEtcdTLS] starts a member that requires
+// client certificates, from a CA generated for the test.
 package storetest
