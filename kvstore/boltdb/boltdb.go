@@ -167,6 +167,9 @@ type Store struct {
 	// bound maps each key bound to a lease to that lease. Guarded by writeMu: it changes
 	// only after a write transaction commits.
 	bound map[string]*lease
+	// txn is the state of the write transaction in progress, reused from one to the next so
+	// that a write allocates no more than it did before leases. Guarded by writeMu.
+	txn txn
 
 	mu        sync.Mutex // guards following
 	history   eventLog
@@ -501,15 +504,17 @@ func (s *Store) update(apply func(w *txn) error) (uint64, error) {
 	if s.closed() {
 		return 0, kvstore.ErrClosed
 	}
-	var w *txn
+	w := &s.txn
+	defer w.reset()
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		w.reset()
 		root := tx.Bucket(s.bucket)
 		meta := root.Bucket(metaBucketName)
 		cur, err := readRevision(meta)
 		if err != nil {
 			return err
 		}
-		w = &txn{s: s, root: root, kv: root.Bucket(kvBucketName), rev: cur + 1}
+		w.s, w.root, w.kv, w.rev = s, root, root.Bucket(kvBucketName), cur+1
 		if err := apply(w); err != nil {
 			return err
 		}
@@ -543,6 +548,14 @@ type txn struct {
 	dirty  bool            // lease bookkeeping was written (events aside)
 	binds  []binding       // applied to Store.bound once committed
 	ends   []*lease        // leases ended by this commit
+}
+
+// reset clears w for the next transaction, keeping the capacity of its slices but no
+// reference to a bucket, an event or a lease.
+func (w *txn) reset() {
+	clear(w.binds)
+	clear(w.ends)
+	*w = txn{binds: w.binds[:0], ends: w.ends[:0]}
 }
 
 // binding is a change of the lease a key is bound to; lease nil unbinds the key.
