@@ -103,6 +103,24 @@ type Config struct {
 	NoPredefinedNetworks bool
 	// Logger receives the Controller's logs. Nil discards them.
 	Logger *slog.Logger
+
+	// GlobalStore is the store that hosts share (etcd or Consul, opened with
+	// kvstore/kvurl.Open): networks of global-scope drivers, their endpoints, the global
+	// IPAM space and the host registry live there. It must implement kvstore.Batcher and
+	// kvstore.Leaser. Nil: no global-scope networks. The Controller does not close it.
+	GlobalStore kvstore.Store
+	// GlobalIPAM replaces the IPAM of global networks; default ipam.Global on GlobalStore.
+	GlobalIPAM ipam.Allocator
+	// Hostname is this host's name in the registry, unique in the cluster. Default: the
+	// machine's host name.
+	Hostname string
+	// HostTTL is how long the registry keeps this host after its last renewal (a crashed
+	// host's endpoints are reclaimed by the survivors once it has run out). Default
+	// DefaultHostTTL; the store may round it up (Consul: at least 10s).
+	HostTTL time.Duration
+	// StoreTimeout bounds each call to GlobalStore: past it the call fails with an error
+	// matching ErrUnavailable. Default DefaultStoreTimeout.
+	StoreTimeout time.Duration
 }
 
 // Controller is the entry point: it owns the drivers, IPAM and the store, and creates networks
@@ -119,11 +137,13 @@ type Controller struct {
 	hostNL   *netlink.Handle
 	seq      atomic.Uint64
 	repairs  []drivers.Repair // written only in New
+	global   *global          // nil without Config.GlobalStore
 
 	mu        sync.Mutex                // guards following
 	ipams     map[string]ipam.Allocator // IPAM drivers by name
 	networks  map[string]*network.Net
 	netNames  map[string]string // name -> ID; "" while being created
+	reclaimed []drivers.Repair  // endpoints of departed hosts reclaimed here
 	sandboxes map[string]*sbox  // by ID; nil while being created
 	closed    bool
 }
@@ -207,8 +227,14 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, fmt.Errorf("cnm: register driver: %w", err)
 		}
 	}
+	if err := c.initGlobal(ctx); err != nil {
+		return nil, err
+	}
 	if err := c.restore(ctx); err != nil {
 		return nil, err
+	}
+	if c.global != nil {
+		c.startGlobal()
 	}
 	if !cfg.NoPredefinedNetworks {
 		if err := c.ensurePredefined(ctx); err != nil {
@@ -345,10 +371,27 @@ func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Confi
 		Entry: e, Store: c.store, IPAM: a, OnDelete: c.dropNetwork,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log,
 	}
+	if e.Caps.DataScope == drivers.GlobalScope && c.global != nil {
+		cfg.Store, cfg.Host = c.global.store, c.global.host
+	}
 	if !e.Caps.NoIPAM {
 		cfg.Exclude = c.hostRoutes()
 	}
 	return cfg
+}
+
+// allocatorFor returns the IPAM driver a network of driver e uses: the one named, else the
+// default one, which for a global-scope driver is the global IPAM.
+func (c *Controller) allocatorFor(e *drivers.Entry, name string) (ipam.Allocator, error) {
+	if e.Caps.DataScope == drivers.GlobalScope {
+		if c.global == nil {
+			return nil, &errclass.NotSupportedError{What: fmt.Sprintf("global-scope driver %s without Config.GlobalStore", e.Name)}
+		}
+		if name == "" || name == DefaultIPAM {
+			return c.global.ipam, nil
+		}
+	}
+	return c.ipamDriver(name)
 }
 
 func (c *Controller) dropNetwork(id string) {
@@ -406,10 +449,11 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	if err != nil {
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
-	alloc, err := c.ipamDriver(spec.IPAMDriver)
+	alloc, err := c.allocatorFor(e, spec.IPAMDriver)
 	if err != nil {
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
+	ncfg := c.netConfig(e, alloc)
 	c.mu.Lock()
 	if err := c.checkOpen(); err != nil {
 		c.mu.Unlock()
@@ -420,13 +464,25 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 		return nil, fmt.Errorf("cnm: new network: %w", &errclass.AlreadyExistsError{Kind: "network", Name: name})
 	}
 	c.netNames[name] = ""
+	if ncfg.Host != "" {
+		ncfg.ID = network.NewID()
+		c.global.pending[ncfg.ID] = struct{}{}
+	}
 	c.mu.Unlock()
 
-	n, err := network.Create(ctx, c.netConfig(e, alloc), name, spec, dopts)
+	n, err := network.Create(ctx, ncfg, name, spec, dopts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if ncfg.Host != "" {
+		delete(c.global.pending, ncfg.ID)
+	}
 	if err != nil {
 		delete(c.netNames, name)
+		for id, other := range c.networks {
+			if other.Name() == name && other.Global() {
+				c.netNames[name] = id // adopted from another host while this create ran
+			}
+		}
 		if other := c.poolOwnerLocked(err); other != "" {
 			return nil, fmt.Errorf("cnm: new network %s: its subnet overlaps network %q: %w", name, other, err)
 		}
@@ -670,7 +726,10 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 	rb := context.WithoutCancel(ctx)
 	var errs []error
 	keys := []string{sandboxPrefix + sb.rec.ID}
-	var finish []func()
+	var (
+		finish     []func()
+		globalKeys []string
+	)
 	for _, ep := range eps {
 		key, fin, err := ep.Remove(rb)
 		if err != nil {
@@ -678,12 +737,21 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 			continue
 		}
 		if key != "" {
-			keys = append(keys, key)
+			if c.global != nil && ep.Store() == c.global.store {
+				globalKeys = append(globalKeys, key)
+			} else {
+				keys = append(keys, key)
+			}
 			finish = append(finish, fin)
 		}
 	}
 	if err := c.deleteKeys(rb, keys); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("store: %w", err))...)
+	}
+	if len(globalKeys) > 0 {
+		if err := deleteKeys(rb, c.global.store, globalKeys); err != nil {
+			errs = append(errs, fmt.Errorf("global store: %w", err))
+		}
 	}
 	for _, f := range finish {
 		f()
@@ -691,9 +759,14 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 	return errors.Join(errs...)
 }
 
-// deleteKeys deletes keys in one transaction when the store can batch, else one by one.
+// deleteKeys deletes keys of the local store in one transaction when it can batch.
 func (c *Controller) deleteKeys(ctx context.Context, keys []string) error {
-	if b, ok := c.store.(kvstore.Batcher); ok {
+	return deleteKeys(ctx, c.store, keys)
+}
+
+// deleteKeys deletes keys in one transaction when the store can batch, else one by one.
+func deleteKeys(ctx context.Context, s kvstore.Store, keys []string) error {
+	if b, ok := s.(kvstore.Batcher); ok {
 		ops := make([]kvstore.Op, len(keys))
 		for i, k := range keys {
 			ops[i] = kvstore.Op{Key: k}
@@ -703,7 +776,7 @@ func (c *Controller) deleteKeys(ctx context.Context, keys []string) error {
 	}
 	var errs []error
 	for _, k := range keys {
-		errs = append(errs, c.store.Delete(ctx, k))
+		errs = append(errs, s.Delete(ctx, k))
 	}
 	return errors.Join(errs...)
 }
@@ -805,6 +878,7 @@ func (c *Controller) Close() error {
 
 func (c *Controller) closeResources() error {
 	var errs []error
+	c.stopGlobal()
 	c.mu.Lock()
 	sbs := slices.Collect(maps.Values(c.sandboxes))
 	c.mu.Unlock()

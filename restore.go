@@ -73,6 +73,14 @@ func (c *Controller) restore(ctx context.Context) error {
 			eps[rec.SandboxID] = append(eps[rec.SandboxID], ep)
 		}
 	}
+	if c.global != nil {
+		// Global networks and this host's endpoints on them, from the global store.
+		gseq, err := c.restoreGlobal(ctx, eps)
+		if err != nil {
+			return err
+		}
+		maxSeq = max(maxSeq, gseq)
+	}
 	c.seq.Store(maxSeq)
 	c.reconcileIPAM(ctx)
 
@@ -190,7 +198,7 @@ func (c *Controller) restoreNetwork(ctx context.Context, rec network.Record) (*n
 			return nil, err
 		}
 	}
-	alloc, err := c.ipamDriver(rec.IPAMDriver)
+	alloc, err := c.allocatorFor(e, rec.IPAMDriver)
 	if err != nil {
 		return nil, err
 	}

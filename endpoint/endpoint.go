@@ -77,6 +77,10 @@ type Record struct {
 	IPv4      netip.Prefix `json:"ipv4,omitzero"`
 	IPv6      netip.Prefix `json:"ipv6,omitzero"`
 	Created   time.Time    `json:"created"`
+	// Host is the host that owns the endpoint, on a global-scope network (whose endpoint
+	// records every host sees): when that host leaves the cluster for good, a survivor
+	// reclaims its addresses. Empty on a local-scope network.
+	Host string `json:"host,omitempty"`
 	// Connected marks an endpoint made by Controller.Connect (create and join in one): it
 	// lives as long as its join, so a restart that finds its interface gone deletes it.
 	Connected bool `json:"connected,omitempty"`
@@ -163,6 +167,10 @@ func (e *Ep) Info() Info {
 	defer e.mu.Unlock()
 	return infoOf(e.rec)
 }
+
+// Store returns the store that holds the endpoint's record: the global store for an endpoint
+// of a global-scope network, else the local one.
+func (e *Ep) Store() kvstore.Store { return e.cfg.Store }
 
 // Record returns a copy of the endpoint's record.
 func (e *Ep) Record() Record {

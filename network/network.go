@@ -85,6 +85,17 @@ const KeyPrefix = "cnm/v1/networks/"
 // Key returns the store key of a network record.
 func Key(id string) string { return KeyPrefix + id }
 
+// Keys that only global-scope networks use, in the global store.
+const (
+	// NameKeyPrefix + name holds the ID of the global network of that name: it is created in
+	// the same transaction as the record, so names are unique across the cluster.
+	NameKeyPrefix = "cnm/v1/names/"
+	// DeletingKeyPrefix + id exists while a host deletes the network: endpoint creation on
+	// any host checks it after storing its record, and deletion lists the endpoints after
+	// writing it, so one of the two always sees the other.
+	DeletingKeyPrefix = "cnm/v1/deleting/"
+)
+
 // Config is what a network needs from the Controller.
 type Config struct {
 	Entry *drivers.Entry
@@ -97,6 +108,11 @@ type Config struct {
 	// Seq orders endpoint joins.
 	Seq    func() uint64
 	Logger *slog.Logger
+	// ID, when set, is the ID Create gives the new network (else a random one).
+	ID string
+	// Host is set for a global-scope network: Store is then the global store that every host
+	// shares, and Host is this host's name, stamped on the endpoints it creates.
+	Host string
 }
 
 // Net is the implementation of Network.
@@ -146,8 +162,12 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	id := cfg.ID
+	if id == "" {
+		id = NewID()
+	}
 	rec := Record{
-		ID: NewID(), Name: name, Driver: cfg.Entry.Name, Scope: cfg.Entry.Caps.DataScope,
+		ID: id, Name: name, Driver: cfg.Entry.Name, Scope: cfg.Entry.Caps.DataScope,
 		Created: time.Now().UTC(), EnableIPv6: spec.EnableIPv6, Internal: spec.Internal,
 		Attachable: spec.Attachable, Labels: maps.Clone(spec.Labels), IPAMDriver: spec.IPAMDriver,
 	}
@@ -171,7 +191,7 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	}
 	b, err := json.Marshal(n.rec)
 	if err == nil {
-		_, err = cfg.Store.AtomicPut(ctx, Key(rec.ID), b, 0)
+		err = n.storeRecord(ctx, b)
 	}
 	if err != nil {
 		derr := cfg.Entry.Driver.DeleteNetwork(rb, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(rec.ID)})
@@ -180,6 +200,36 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	}
 	return n, nil
 }
+
+// storeRecord writes a new network's record: create-only, and for a global network in one
+// transaction with its name key, so that two hosts creating the same name cannot both win.
+func (n *Net) storeRecord(ctx context.Context, b []byte) error {
+	if !n.Global() {
+		_, err := n.cfg.Store.AtomicPut(ctx, Key(n.rec.ID), b, 0)
+		return err
+	}
+	bs, ok := n.cfg.Store.(kvstore.Batcher)
+	if !ok {
+		return &errclass.NotSupportedError{What: "a global store without transactions (kvstore.Batcher)"}
+	}
+	_, err := bs.Batch(ctx, []kvstore.Op{
+		{Key: NameKeyPrefix + n.rec.Name, Value: []byte(n.rec.ID), Check: true},
+		{Key: Key(n.rec.ID), Value: b, Check: true},
+	})
+	if errors.Is(err, kvstore.ErrKeyExists) {
+		owner := ""
+		if kv, gerr := n.cfg.Store.Get(ctx, NameKeyPrefix+n.rec.Name); gerr == nil {
+			owner = " (network " + shortID(string(kv.Value)) + ")"
+		}
+		return fmt.Errorf("%w%s", &errclass.AlreadyExistsError{Kind: "global network", Name: n.rec.Name}, owner)
+	}
+	return err
+}
+
+func shortID(id string) string { return id[:min(12, len(id))] }
+
+// Global reports whether the network is of global scope: its records live in the global store.
+func (n *Net) Global() bool { return n.cfg.Host != "" }
 
 // Restore rebuilds a network from its record after a restart: it replays its IPAM pools and
 // asks the driver to re-create (or verify) it. opts are the driver's options parsed from
@@ -421,7 +471,12 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 	}()
 
 	rb := context.WithoutCancel(ctx)
-	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store}
+	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Host}
+	if n.Global() {
+		// The record must be in the global store before the fence check below: a Join
+		// rewrites it at its revision.
+		store = true
+	}
 	if !n.cfg.Entry.Caps.NoIPAM {
 		if n.poolV4 != "" {
 			a, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV4, spec.IPv4)
@@ -473,6 +528,13 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 			rev, err = n.cfg.Store.AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
 		}
 	}
+	if err == nil && n.Global() {
+		if err = n.fence(ctx); err != nil {
+			if derr := n.cfg.Store.Delete(rb, endpoint.Key(n.rec.ID, rec.ID)); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
+	}
 	if err != nil {
 		derr := n.cfg.Entry.Driver.DeleteEndpoint(rb, drivers.DeleteEndpointRequest{NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID)})
 		release()
@@ -487,6 +549,22 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 }
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+
+// fence checks, after an endpoint record of a global network was stored, that no host is
+// deleting the network and that it still exists.
+func (n *Net) fence(ctx context.Context) error {
+	if _, err := n.cfg.Store.Get(ctx, DeletingKeyPrefix+n.rec.ID); err == nil {
+		return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "being deleted by another host"}
+	} else if !errors.Is(err, kvstore.ErrKeyNotFound) {
+		return err
+	}
+	if _, err := n.cfg.Store.Get(ctx, Key(n.rec.ID)); errors.Is(err, kvstore.ErrKeyNotFound) {
+		return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "deleted by another host"}
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
 
 func (n *Net) checkSpec(s endpoint.Spec) error {
 	if s.MAC != nil && len(s.MAC) != 6 {
@@ -675,6 +753,9 @@ func (n *Net) delete(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("network %s: delete: %w", n.rec.Name, err)
 	}
+	if n.Global() {
+		return n.deleteGlobal(ctx)
+	}
 	if err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)}); err != nil {
 		return fmt.Errorf("network %s: delete: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err)
 	}
@@ -683,4 +764,102 @@ func (n *Net) delete(ctx context.Context) error {
 	}
 	n.releasePools(context.WithoutCancel(ctx))
 	return nil
+}
+
+// deleteGlobal deletes a global network from any host: refused while any host has endpoints
+// on it. The deleting key fences endpoint creation on every host while the endpoints are
+// listed; the record, name and fence go in one transaction.
+func (n *Net) deleteGlobal(ctx context.Context) error {
+	rb := context.WithoutCancel(ctx)
+	fence := DeletingKeyPrefix + n.rec.ID
+	if _, err := n.cfg.Store.AtomicPut(ctx, fence, []byte(n.cfg.Host), 0); err != nil {
+		if errors.Is(err, kvstore.ErrKeyExists) {
+			return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "being deleted by another host"}
+		}
+		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
+	}
+	unfence := func(err error) error {
+		if derr := n.cfg.Store.Delete(rb, fence); derr != nil {
+			return errors.Join(err, fmt.Errorf("network %s: delete: remove fence: %w", n.rec.Name, derr))
+		}
+		return err
+	}
+	eps, err := n.cfg.Store.List(ctx, endpoint.KeyPrefix+n.rec.ID+"/")
+	if err != nil {
+		return unfence(fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err))
+	}
+	if len(eps) > 0 {
+		hosts := map[string]int{}
+		for _, p := range eps {
+			var r endpoint.Record
+			if json.Unmarshal(p.Value, &r) == nil {
+				hosts[r.Host]++
+			}
+		}
+		var parts []string
+		for _, h := range slices.Sorted(maps.Keys(hosts)) {
+			parts = append(parts, fmt.Sprintf("%d on %s", hosts[h], h))
+		}
+		return unfence(&errclass.ConflictError{Kind: "network", Name: n.rec.Name,
+			Reason: fmt.Sprintf("has active endpoints (%s)", strings.Join(parts, ", "))})
+	}
+	if err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)}); err != nil {
+		return unfence(fmt.Errorf("network %s: delete: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err))
+	}
+	bs, ok := n.cfg.Store.(kvstore.Batcher)
+	if !ok {
+		return unfence(&errclass.NotSupportedError{What: "a global store without transactions (kvstore.Batcher)"})
+	}
+	if _, err := bs.Batch(rb, []kvstore.Op{{Key: Key(n.rec.ID)}, {Key: NameKeyPrefix + n.rec.Name}, {Key: fence}}); err != nil {
+		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
+	}
+	n.releasePools(rb)
+	return nil
+}
+
+// Forget drops a global network that another host deleted: the driver removes what it made on
+// this host; the store and the shared IPAM pools were cleaned by the deleting host. Local
+// endpoints, which the deleting host's check cannot have missed unless the store lost them, are
+// dropped with it.
+func (n *Net) Forget(ctx context.Context) error {
+	n.mu.Lock()
+	if n.deleted {
+		n.mu.Unlock()
+		return nil
+	}
+	n.deleted = true
+	n.mu.Unlock()
+	err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)})
+	if n.cfg.OnDelete != nil {
+		n.cfg.OnDelete(n.rec.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("network %s: forget: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err)
+	}
+	return nil
+}
+
+// Reclaim deletes the record of an endpoint that another host left behind (that host is gone
+// from the registry) and frees its addresses. The record is deleted at its revision first, so
+// when several survivors reclaim the same endpoint only one frees the addresses. It reports
+// whether this call reclaimed it.
+func (n *Net) Reclaim(ctx context.Context, rec endpoint.Record, rev uint64) (bool, error) {
+	err := n.cfg.Store.AtomicDelete(ctx, endpoint.Key(n.rec.ID, rec.ID), rev)
+	if errors.Is(err, kvstore.ErrKeyNotFound) || errors.Is(err, kvstore.ErrKeyModified) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("network %s: reclaim endpoint %s: %w", n.rec.Name, rec.Name, err)
+	}
+	var errs []error
+	if rec.IPv4.IsValid() && n.poolV4 != "" {
+		errs = append(errs, n.cfg.IPAM.ReleaseAddress(ctx, n.poolV4, rec.IPv4.Addr()))
+	}
+	if rec.IPv6.IsValid() && n.poolV6 != "" {
+		errs = append(errs, n.cfg.IPAM.ReleaseAddress(ctx, n.poolV6, rec.IPv6.Addr()))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return true, fmt.Errorf("network %s: reclaim endpoint %s: ipam: %w", n.rec.Name, rec.Name, err)
+	}
+	return true, nil
 }

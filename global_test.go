@@ -1,0 +1,506 @@
+package cnm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/kvstore/consul"
+	"github.com/cnmkit/cnm/kvstore/etcd"
+	"github.com/cnmkit/cnm/network"
+)
+
+// globalDriver is the name of the global-scope test driver every host registers.
+const globalDriver = "gfake"
+
+// globalBackend opens global stores on one server: each call a new client on the same data.
+type globalBackend struct {
+	name string
+	open func(t *testing.T) kvstore.Store
+}
+
+// globalBackends starts one etcd and one Consul server for the test and returns openers on
+// them, each with a prefix of its own for this test.
+func globalBackends(t *testing.T) []globalBackend {
+	t.Helper()
+	nstest.Privileged(t)
+	prefix := fmt.Sprintf("t%d", time.Now().UnixNano())
+	ec := storetest.StartEtcd(t)
+	ca := storetest.StartConsul(t)
+	return []globalBackend{
+		{"etcd", func(t *testing.T) kvstore.Store {
+			s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: ec.Endpoints(), Prefix: prefix, RequestTimeout: 2 * time.Second})
+			if err != nil {
+				t.Fatalf("etcd.Open: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}},
+		{"consul", func(t *testing.T) kvstore.Store {
+			s, err := consul.Open(t.Context(), consul.Config{Address: ca.Addr(), Prefix: prefix, RequestTimeout: 2 * time.Second})
+			if err != nil {
+				t.Fatalf("consul.Open: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}},
+	}
+}
+
+// ghost is one host of a cluster: a Controller on its own namespace and directories, with the
+// global store gs.
+type ghost struct {
+	name    string
+	dataDir string
+	runDir  string
+	netns   string
+	gs      kvstore.Store
+	ttl     time.Duration
+	c       *cnm.Controller
+}
+
+func newGhost(t *testing.T, name string, gs kvstore.Store, ttl time.Duration) *ghost {
+	t.Helper()
+	h := &ghost{name: name, dataDir: t.TempDir(), runDir: t.TempDir(), netns: nstest.NewNS(t).Path(), gs: gs, ttl: ttl}
+	c, err := h.start(t)
+	if err != nil {
+		t.Fatalf("host %s: cnm.New: %v", name, err)
+	}
+	h.c = c
+	return h
+}
+
+func (h *ghost) start(t testing.TB) (*cnm.Controller, error) {
+	t.Helper()
+	c, err := cnm.New(context.Background(), cnm.Config{
+		DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.netns, NoPredefinedNetworks: true,
+		Drivers:     map[string]drivers.Driver{globalDriver: driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})},
+		GlobalStore: h.gs, Hostname: h.name, HostTTL: h.ttl, StoreTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, nil
+}
+
+// benchGhost starts a host named "bench" on gs for a benchmark.
+func benchGhost(b *testing.B, gs kvstore.Store) *cnm.Controller {
+	h := &ghost{name: "bench", dataDir: b.TempDir(), runDir: b.TempDir(), netns: nstest.NewNS(b).Path(), gs: gs}
+	c, err := h.start(b)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// waitFor polls cond every 20ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func hasNetwork(c *cnm.Controller, name string) bool {
+	_, err := c.Network(name)
+	return err == nil
+}
+
+func TestPrivilegedGlobalNetworks(t *testing.T) {
+	for _, be := range globalBackends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := t.Context()
+			a := newGhost(t, "host-a", be.open(t), 0)
+			b := newGhost(t, "host-b", be.open(t), 0)
+
+			// Created on one host, seen on the other through the watch.
+			n, err := a.c.NewNetwork(ctx, "g1", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.90.0.0/24")))
+			if err != nil {
+				t.Fatalf("NewNetwork on a: %v", err)
+			}
+			if n.Scope() != drivers.GlobalScope {
+				t.Errorf("scope = %v, want global", n.Scope())
+			}
+			waitFor(t, 5*time.Second, "host b does not see g1", func() bool { return hasNetwork(b.c, "g1") })
+			nb, _ := b.c.Network("g1")
+			if nb.ID() != n.ID() {
+				t.Errorf("b sees g1 with ID %s, want %s", nb.ID(), n.ID())
+			}
+			// The name is taken cluster-wide; so is the subnet.
+			if _, err := b.c.NewNetwork(ctx, "g1", globalDriver); !errors.Is(err, cnm.ErrAlreadyExists) {
+				t.Errorf("NewNetwork(g1) on b: error = %v, want ErrAlreadyExists", err)
+			}
+			if _, err := b.c.NewNetwork(ctx, "g2", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.90.0.0/25"))); !errors.Is(err, cnm.ErrConflict) {
+				t.Errorf("NewNetwork(g2, overlapping subnet) on b: error = %v, want ErrConflict", err)
+			}
+
+			// Concurrent creates of one name from both hosts: exactly one wins, every round.
+			for i := range 10 {
+				name := fmt.Sprintf("race%d", i)
+				var wg sync.WaitGroup
+				errs := make([]error, 2)
+				for j, h := range []*ghost{a, b} {
+					wg.Go(func() { _, errs[j] = h.c.NewNetwork(ctx, name, globalDriver) })
+				}
+				wg.Wait()
+				won := 0
+				for j, err := range errs {
+					switch {
+					case err == nil:
+						won++
+					case !errors.Is(err, cnm.ErrAlreadyExists):
+						t.Errorf("%s: host %d: error = %v, want ErrAlreadyExists", name, j, err)
+					}
+				}
+				if won != 1 {
+					t.Fatalf("%s: %d creates won, want exactly 1 (%v)", name, won, errs)
+				}
+				waitFor(t, 5*time.Second, name+" not on both hosts", func() bool { return hasNetwork(a.c, name) && hasNetwork(b.c, name) })
+				na, _ := a.c.Network(name)
+				nb, _ := b.c.Network(name)
+				if na.ID() != nb.ID() {
+					t.Errorf("%s: hosts disagree on its ID", name)
+				}
+				if err := b.c.DeleteNetwork(ctx, name); err != nil {
+					t.Fatalf("delete %s: %v", name, err)
+				}
+			}
+
+			// Deletion is refused while any host has endpoints on it, from any host.
+			ep, err := n.CreateEndpoint(ctx, "ep1")
+			if err != nil {
+				t.Fatalf("CreateEndpoint on a: %v", err)
+			}
+			err = b.c.DeleteNetwork(ctx, "g1")
+			if !errors.Is(err, cnm.ErrConflict) || !strings.Contains(err.Error(), "host-a") {
+				t.Fatalf("DeleteNetwork(g1) on b with an endpoint on a: error = %v, want ErrConflict naming host-a", err)
+			}
+			if err := ep.Delete(ctx); err != nil {
+				t.Fatalf("endpoint delete: %v", err)
+			}
+			if err := b.c.DeleteNetwork(ctx, "g1"); err != nil {
+				t.Fatalf("DeleteNetwork(g1) on b: %v", err)
+			}
+			waitFor(t, 5*time.Second, "host a still has g1", func() bool { return !hasNetwork(a.c, "g1") })
+
+			// Nothing is left in the global store but the host registry and the empty IPAM index.
+			assertGlobalClean(t, be.open(t))
+		})
+	}
+}
+
+// assertGlobalClean checks that the global store holds no network, name, fence or endpoint
+// key, and no allocated address.
+func assertGlobalClean(t *testing.T, s kvstore.Store) {
+	t.Helper()
+	for _, prefix := range []string{network.KeyPrefix, network.NameKeyPrefix, network.DeletingKeyPrefix, endpoint.KeyPrefix, ipam.DefaultGlobalPrefix + "/chunks/"} {
+		kvs, err := s.List(t.Context(), prefix)
+		if err != nil {
+			t.Fatalf("List(%s): %v", prefix, err)
+		}
+		for _, kv := range kvs {
+			t.Errorf("left in the global store: %s", kv.Key)
+		}
+	}
+}
+
+func TestPrivilegedGlobalAddresses10k(t *testing.T) {
+	const (
+		total   = 10000
+		workers = 8 // per host
+	)
+	for _, be := range globalBackends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := t.Context()
+			a := newGhost(t, "host-a", be.open(t), 0)
+			b := newGhost(t, "host-b", be.open(t), 0)
+			if _, err := a.c.NewNetwork(ctx, "big", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.64.0.0/18"))); err != nil {
+				t.Fatalf("NewNetwork: %v", err)
+			}
+			waitFor(t, 5*time.Second, "b does not see big", func() bool { return hasNetwork(b.c, "big") })
+
+			var (
+				mu   sync.Mutex
+				seen = map[netip.Addr]string{}
+				eps  []endpoint.Endpoint
+				wg   sync.WaitGroup
+				errs = make(chan error, 2*workers)
+			)
+			start := time.Now()
+			for hi, h := range []*ghost{a, b} {
+				n, _ := h.c.Network("big")
+				for w := range workers {
+					wg.Go(func() {
+						for i := w; i < total/2; i += workers {
+							name := fmt.Sprintf("h%d-%d", hi, i)
+							ep, err := n.CreateEndpoint(ctx, name)
+							if err != nil {
+								errs <- fmt.Errorf("%s: %w", name, err)
+								return
+							}
+							addr := ep.Info().IPv4.Addr()
+							mu.Lock()
+							if other, dup := seen[addr]; dup {
+								mu.Unlock()
+								errs <- fmt.Errorf("address %s given to %s and %s", addr, other, name)
+								return
+							}
+							seen[addr] = name
+							eps = append(eps, ep)
+							mu.Unlock()
+						}
+					})
+				}
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %d endpoints from two hosts in %v", be.name, len(seen), time.Since(start))
+			if len(seen) != total {
+				t.Fatalf("%d distinct addresses, want %d", len(seen), total)
+			}
+			recs, err := be.open(t).List(ctx, endpoint.KeyPrefix)
+			if err != nil || len(recs) != total {
+				t.Fatalf("global store holds %d endpoint records (err %v), want %d", len(recs), err, total)
+			}
+			// Delete from both hosts concurrently; then the network, and nothing is left.
+			jobs := make(chan endpoint.Endpoint)
+			var dwg sync.WaitGroup
+			derrs := make(chan error, total)
+			for range 2 * workers {
+				dwg.Go(func() {
+					for ep := range jobs {
+						if err := ep.Delete(ctx); err != nil {
+							derrs <- err
+						}
+					}
+				})
+			}
+			for _, ep := range eps {
+				jobs <- ep
+			}
+			close(jobs)
+			dwg.Wait()
+			close(derrs)
+			for err := range derrs {
+				t.Fatal(err)
+			}
+			if err := b.c.DeleteNetwork(ctx, "big"); err != nil {
+				t.Fatalf("DeleteNetwork: %v", err)
+			}
+			assertGlobalClean(t, be.open(t))
+		})
+	}
+}
+
+func TestPrivilegedHostRegistry(t *testing.T) {
+	for _, be := range globalBackends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := t.Context()
+			ttl := time.Second
+			a := newGhost(t, "host-a", be.open(t), ttl)
+
+			// A second host with the same name is refused, and leaves nothing behind.
+			dup := &ghost{name: "host-a", dataDir: t.TempDir(), runDir: t.TempDir(), netns: nstest.NewNS(t).Path(), gs: be.open(t), ttl: ttl}
+			if _, err := dup.start(t); !errors.Is(err, cnm.ErrAlreadyExists) || !strings.Contains(err.Error(), "host-a") {
+				t.Fatalf("second host-a: error = %v, want ErrAlreadyExists naming host-a", err)
+			}
+			hosts, err := a.c.Hosts(ctx)
+			if err != nil || len(hosts) != 1 || hosts[0] != "host-a" {
+				t.Fatalf("Hosts = %v, %v; want [host-a]", hosts, err)
+			}
+
+			// The same host restarting before its lease ran out takes its entry back.
+			if err := a.c.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if a.c, err = a.start(t); err != nil {
+				t.Fatalf("restart of host-a within its TTL: %v", err)
+			}
+
+			// A host that stops is gone when its TTL runs out, and a survivor reclaims its
+			// endpoints: their addresses can be given again.
+			b := newGhost(t, "host-b", be.open(t), ttl)
+			n, err := a.c.NewNetwork(ctx, "g", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.91.0.0/24")))
+			if err != nil {
+				t.Fatalf("NewNetwork: %v", err)
+			}
+			waitFor(t, 5*time.Second, "b does not see g", func() bool { return hasNetwork(b.c, "g") })
+			nb, _ := b.c.Network("g")
+			want := netip.MustParseAddr("10.91.0.77")
+			if _, err := nb.CreateEndpoint(ctx, "on-b", endpoint.WithIPv4(want)); err != nil {
+				t.Fatalf("CreateEndpoint on b: %v", err)
+			}
+			if _, err := n.CreateEndpoint(ctx, "taken", endpoint.WithIPv4(want)); !errors.Is(err, cnm.ErrConflict) {
+				t.Fatalf("CreateEndpoint(%s) on a while b holds it: error = %v, want ErrConflict", want, err)
+			}
+			stopped := time.Now()
+			if err := b.c.Close(); err != nil { // as a crash: the lease is not revoked
+				t.Fatalf("Close b: %v", err)
+			}
+			lease := ttl
+			if be.name == "consul" {
+				lease = 10 * time.Second // Consul's minimum session TTL
+			}
+			waitFor(t, 3*lease+10*time.Second, "host-b still registered", func() bool {
+				hosts, err := a.c.Hosts(ctx)
+				return err == nil && len(hosts) == 1
+			})
+			waitFor(t, 10*time.Second, "b's endpoint not reclaimed", func() bool { return len(a.c.Reclaimed()) == 1 })
+			t.Logf("%s: host-b gone and reclaimed %v after it stopped", be.name, time.Since(stopped).Round(10*time.Millisecond))
+			ep, err := n.CreateEndpoint(ctx, "again", endpoint.WithIPv4(want))
+			if err != nil {
+				t.Fatalf("CreateEndpoint(%s) after reclaim: %v", want, err)
+			}
+			if err := ep.Delete(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.c.DeleteNetwork(ctx, "g"); err != nil {
+				t.Fatalf("DeleteNetwork: %v", err)
+			}
+			assertGlobalClean(t, be.open(t))
+		})
+	}
+}
+
+// openEtcd opens a client on the given endpoints with the test's prefix.
+func openEtcd(t *testing.T, endpoints []string, prefix string) kvstore.Store {
+	t.Helper()
+	s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: endpoints, Prefix: prefix, RequestTimeout: 2 * time.Second, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("etcd.Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// networkNames returns the names of c's networks, sorted.
+func networkNames(c *cnm.Controller) []string {
+	var out []string
+	for _, n := range c.Networks() {
+		out = append(out, n.Name())
+	}
+	return out
+}
+
+// retryUntil calls f until it succeeds or d passes, and returns its last error.
+func retryUntil(d time.Duration, f func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestPrivilegedGlobalEtcdOutage runs two hosts on a three-member etcd cluster: losing one
+// member changes nothing; losing two makes global operations fail promptly with ErrUnavailable
+// while local networks keep working; when the members return, the watches resume and both hosts
+// agree on every network, with nothing lost or leaked.
+func TestPrivilegedGlobalEtcdOutage(t *testing.T) {
+	nstest.Privileged(t)
+	ctx := t.Context()
+	ec := storetest.StartEtcdCluster(t, 3)
+	prefix := "outage"
+	a := newGhost(t, "host-a", openEtcd(t, ec.Endpoints(), prefix), 20*time.Second)
+	b := newGhost(t, "host-b", openEtcd(t, ec.Endpoints(), prefix), 20*time.Second)
+	seen := func(h *ghost, names ...string) func() bool {
+		return func() bool {
+			for _, n := range names {
+				if !hasNetwork(h.c, n) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+
+	if _, err := a.c.NewNetwork(ctx, "g1", globalDriver); err != nil {
+		t.Fatalf("NewNetwork(g1): %v", err)
+	}
+	waitFor(t, 5*time.Second, "b does not see g1", seen(b, "g1"))
+
+	// One member down: quorum holds, nothing changes for the hosts.
+	ec.Stop(0)
+	if err := retryUntil(5*time.Second, func() error { _, err := a.c.NewNetwork(ctx, "g2", globalDriver); return err }); err != nil {
+		t.Fatalf("NewNetwork(g2) with one member down: %v", err)
+	}
+	waitFor(t, 10*time.Second, "b does not see g2 with one member down", seen(b, "g2"))
+
+	// Two members down: no quorum. Global calls fail within the bound; local ones work.
+	ec.Stop(1)
+	start := time.Now()
+	_, err := a.c.NewNetwork(ctx, "g3", globalDriver)
+	took := time.Since(start)
+	if !errors.Is(err, cnm.ErrUnavailable) {
+		t.Fatalf("NewNetwork(g3) without quorum: error = %v, want ErrUnavailable", err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("NewNetwork(g3) without quorum took %v, want it bounded by StoreTimeout (2s)", took)
+	}
+	t.Logf("without quorum: NewNetwork failed in %v: %v", took.Round(time.Millisecond), err)
+	if hasNetwork(a.c, "g3") {
+		t.Errorf("a failed create left g3 behind")
+	}
+	loc, err := a.c.NewNetwork(ctx, "local", "null")
+	if err != nil {
+		t.Fatalf("local network during the outage: %v", err)
+	}
+	if _, err := loc.CreateEndpoint(ctx, "lep"); err != nil {
+		t.Fatalf("local endpoint during the outage: %v", err)
+	}
+	if err := a.c.DeleteNetwork(ctx, "g1"); !errors.Is(err, cnm.ErrUnavailable) {
+		t.Errorf("DeleteNetwork(g1) without quorum: error = %v, want ErrUnavailable", err)
+	}
+
+	// Back: the hosts resume, and see each other's changes again.
+	ec.Start(0)
+	ec.Start(1)
+	if err := retryUntil(15*time.Second, func() error { _, err := a.c.NewNetwork(ctx, "g3", globalDriver); return err }); err != nil {
+		t.Fatalf("NewNetwork(g3) after the outage: %v", err)
+	}
+	waitFor(t, 10*time.Second, "b does not see g3 after the outage", seen(b, "g3"))
+	if err := b.c.DeleteNetwork(ctx, "g2"); err != nil {
+		t.Fatalf("DeleteNetwork(g2) on b after the outage: %v", err)
+	}
+	waitFor(t, 10*time.Second, "a still has g2", func() bool { return !hasNetwork(a.c, "g2") })
+	want := []string{"g1", "g3", "local"}
+	if got := networkNames(a.c); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("a's networks = %v, want %v", got, want)
+	}
+	if got := networkNames(b.c); strings.Join(got, ",") != "g1,g3" {
+		t.Errorf("b's networks = %v, want [g1 g3]", got)
+	}
+	hosts, err := a.c.Hosts(ctx)
+	if err != nil || strings.Join(hosts, ",") != "host-a,host-b" {
+		t.Errorf("Hosts after the outage = %v, %v; want both", hosts, err)
+	}
+	for _, n := range []string{"g1", "g3"} {
+		if err := a.c.DeleteNetwork(ctx, n); err != nil {
+			t.Fatalf("DeleteNetwork(%s): %v", n, err)
+		}
+	}
+	assertGlobalClean(t, openEtcd(t, ec.Endpoints(), prefix))
+}
