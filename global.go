@@ -46,9 +46,9 @@ type hostRecord struct {
 
 // global is the Controller's global-scope state; nil when Config.GlobalStore is nil.
 type global struct {
-	store  kvstore.Store // bounded by Config.StoreTimeout
-	raw    kvstore.Store
-	ipam   ipam.Allocator
+	store   kvstore.Store // bounded by Config.StoreTimeout
+	raw     kvstore.Store
+	ipam    ipam.Allocator
 	host    string
 	hostID  string
 	ttl     time.Duration
