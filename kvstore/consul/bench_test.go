@@ -58,9 +58,11 @@ func (l *latencies) report() {
 //   - AtomicPut: one compare-and-swap update of a key whose revision the caller knows (a
 //     "cas"), or its creation (index 0) the first time;
 //   - BaselineRawPut: the raw Consul client's KV Put (PUT /v1/kv/<key>) of the same value
-//     size, what Put costs without the store.
+//     size, what Put costs without the store;
+//   - PutVsRaw: a Put and a raw Put in turn, for a ratio of medians that load on the machine
+//     does not skew.
 //
-// Each reports ops/s and the p50 and p99 latency of one call in µs.
+// The first three report ops/s and the p50 and p99 latency of one call in µs.
 func BenchmarkConsul(b *testing.B) {
 	agent := storetest.StartConsul(b)
 	// A fresh server is busy for a while after its election (its first raft writes,
@@ -74,6 +76,7 @@ func BenchmarkConsul(b *testing.B) {
 	b.Run("Put", func(b *testing.B) { benchPut(b, agent) })
 	b.Run("AtomicPut", func(b *testing.B) { benchAtomicPut(b, agent) })
 	b.Run("BaselineRawPut", func(b *testing.B) { benchBaselineRawPut(b, agent) })
+	b.Run("PutVsRaw", func(b *testing.B) { benchPutVsRaw(b, agent) })
 }
 
 func benchPut(b *testing.B, agent *storetest.ConsulAgent) {
@@ -108,16 +111,51 @@ func benchAtomicPut(b *testing.B, agent *storetest.ConsulAgent) {
 	lat.report()
 }
 
-// benchBaselineRawPut writes with new Flags each time, as the store does, so that Consul
-// applies every write.
-func benchBaselineRawPut(b *testing.B, agent *storetest.ConsulAgent) {
+// rawKV returns the KV API of a raw Consul client of agent.
+func rawKV(b *testing.B, agent *storetest.ConsulAgent) *api.KV {
 	transport := &http.Transport{MaxIdleConnsPerHost: 32}
 	b.Cleanup(transport.CloseIdleConnections)
 	client, err := api.NewClient(&api.Config{Address: agent.Addr(), HttpClient: &http.Client{Transport: transport}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	kv := client.KV()
+	return client.KV()
+}
+
+// benchPutVsRaw alternates a store Put and a raw client Put in one loop, so that both see the
+// same load on the machine, and reports the median of each and their ratio.
+func benchPutVsRaw(b *testing.B, agent *storetest.ConsulAgent) {
+	s := open(b, agent, consul.Config{})
+	kv := rawKV(b, agent)
+	ctx := b.Context()
+	wopts := (&api.WriteOptions{}).WithContext(ctx)
+	var put, raw []time.Duration
+	i := 0
+	for b.Loop() {
+		key := fmt.Sprintf("cnm/v1/endpoints/%d", i%1000)
+		t0 := time.Now()
+		if _, err := s.Put(ctx, key, benchValue); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := kv.Put(&api.KVPair{Key: "raw/" + key, Value: benchValue, Flags: uint64(i)}, wopts); err != nil {
+			b.Fatal(err)
+		}
+		put, raw = append(put, t1.Sub(t0)), append(raw, time.Since(t1))
+		i++
+	}
+	slices.Sort(put)
+	slices.Sort(raw)
+	p50 := func(d []time.Duration) float64 { return float64(d[len(d)/2].Microseconds()) }
+	b.ReportMetric(p50(put), "put-p50-µs")
+	b.ReportMetric(p50(raw), "raw-p50-µs")
+	b.ReportMetric(p50(put)/p50(raw), "put/raw-p50")
+}
+
+// benchBaselineRawPut writes with new Flags each time, as the store does, so that Consul
+// applies every write.
+func benchBaselineRawPut(b *testing.B, agent *storetest.ConsulAgent) {
+	kv := rawKV(b, agent)
 	wopts := (&api.WriteOptions{}).WithContext(b.Context())
 	lat := newLatencies(b)
 	i := 0
