@@ -176,7 +176,9 @@ func TestClusterLosesOneMember(t *testing.T) {
 	cluster := storetest.StartEtcdCluster(t, 3)
 	ctx := t.Context()
 	prefix := uniquePrefix(t)
-	s := openClosed(t, cluster.Endpoints(), etcd.Config{Prefix: prefix, RequestTimeout: 2 * time.Second})
+	// The default RequestTimeout (5s) leaves room for an election, should the leader's
+	// handover on SIGTERM fail.
+	s := openClosed(t, cluster.Endpoints(), etcd.Config{Prefix: prefix})
 	m := model{}
 	ch, err := s.Watch(ctx, "c1/", 0)
 	if err != nil {
