@@ -56,7 +56,9 @@
 // it is a delete (preceded by the put its value records, when the watch had not seen it); a key
 // that vanished without a tombstone (its lease expired: Consul deleted it) is a delete at the
 // snapshot's index. Events are sent in revision order; a watcher's queue grows without bound, so
-// a slow reader never blocks the loop nor any writer.
+// a slow reader never blocks the loop nor any writer. Each change under the prefix (the _lock
+// and _meta subtrees included) costs every watch a read of the whole prefix: fine for the
+// thousands of keys cnm keeps, costly for a large store.
 //
 // Consul keeps one version per key, so a key written several times between two snapshots is
 // reported once, with its last value (and its last put and delete, when it was deleted too). A
@@ -65,7 +67,8 @@
 //
 // A request error (the agent restarts, a timeout, no leader) does not end a watch: it retries
 // with backoff (100ms doubling to 5s), first with a non-blocking read, and diffs from the last
-// index seen, so no event is lost or sent twice across the gap. When the index goes backwards
+// index seen, so no key's change is lost or sent twice across the gap (though several writes
+// of one key during the gap coalesce, as above). When the index goes backwards
 // (Consul's blocking-query rules: the cluster's state was restored or lost), the watch resyncs:
 // it diffs the new snapshot against the last one by content and sends the differences, in the
 // new numbering.
@@ -82,7 +85,11 @@
 // leader, no quorum) or that does not answer in time makes the call fail with an error that
 // wraps [kvstore.ErrUnavailable] and names the agent's address; Open probes the agent for a
 // leader the same way. When the caller's ctx ends first, the call returns ctx's error
-// (errors.Is(err, context.Canceled)). Error messages name the key.
+// (errors.Is(err, context.Canceled)). A certificate that the agent or the client refuses is a
+// configuration error, not ErrUnavailable. Error messages name the key.
+//
+// Reads (Get, List, the reads before deletes, watches) use Consul's default consistency
+// mode: the leader answers from its state, which holds every write it has acknowledged.
 //
 // # Leases
 //
