@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/kvstore"
 )
 
 // Defaults for the zero values of [Config].
@@ -21,6 +24,10 @@ const (
 	DefaultReapInterval        = 30 * time.Minute
 	DefaultNodeReapInterval    = 24 * time.Hour
 	DefaultReconnectInterval   = time.Second
+	DefaultStoreTimeout        = 10 * time.Second
+	// DefaultStorePrefixBase is the start of the default Config.StorePrefix, which goes on
+	// with the (path-escaped) cluster label.
+	DefaultStorePrefixBase = "cnm/v1/gossip/"
 )
 
 // Config configures a [Node]. The zero value of every field but NodeName and Keys means a
@@ -47,19 +54,37 @@ type Config struct {
 	// Keys is the initial keyring, primary first: each key 16, 24 or 32 bytes (AES-128, -192
 	// or -256 in GCM mode). Every gossip packet and stream is encrypted with the primary and
 	// authenticated; the other keys only decrypt. There is no unencrypted mode: Keys is
-	// required unless KeyringFile names an existing file, whose keys then win (see
-	// "Key rotation" in the package documentation).
+	// required unless KeyringFile names an existing file or Store holds the cluster's keyring
+	// record, whose keys then win (see "Rejoining after an absence" and "Keys in a store" in
+	// the package documentation).
 	Keys [][]byte
 	// KeyringFile is the path of a file, mode 0600, that persists this node's keyring and the
 	// rotation schedule, so a restart rejoins with the current keys and keeps the schedule. ""
-	// means nothing is persisted. The directory must exist.
+	// means nothing is persisted locally. The directory must exist.
 	KeyringFile string
 	// RotationInterval is how often the cluster's key rotates. 0 means
 	// [DefaultRotationInterval] (12 hours). A negative value means this node never drives a
-	// rotation (it still follows those others drive); since only the alive member with the
-	// lowest name drives, give every member the same value. The driver's value sets the time of
-	// the next rotation.
+	// rotation (it still follows those others drive, and with a Store it does not compete for
+	// the rotation lock); give every member the same value. The driver's value sets the time
+	// of the next rotation.
 	RotationInterval time.Duration
+
+	// Store is the cluster's shared key-value store, or nil. With a store, the member that
+	// holds the lock <StorePrefix>/rotation-lock drives the key rotations (instead of the
+	// alive member with the lowest name), and the rotation state (the cluster's keys, the
+	// rotation's phase and the time of the next one) is kept at <StorePrefix>/keyring, so a
+	// node restarted without its KeyringFile, or a new node given only the store, starts with
+	// the cluster's current keys. The store must implement [kvstore.Locker]. Give every member
+	// the same store, or none. The store then holds the cluster's keys: protect it (TLS,
+	// authentication, ACLs on StorePrefix). See "Keys in a store" in the package
+	// documentation.
+	Store kvstore.Store
+	// StorePrefix is the key prefix of the records the node keeps in Store. "" means
+	// [DefaultStorePrefixBase] followed by ClusterLabel (path-escaped), such as
+	// "cnm/v1/gossip/cnm". A trailing slash is dropped.
+	StorePrefix string
+	// StoreTimeout bounds each call to Store. 0 means [DefaultStoreTimeout] (10 s).
+	StoreTimeout time.Duration
 	// ClusterLabel is sent in clear before every packet and stream and bound into AES-GCM's
 	// additional data: a node with another label cannot talk to this one even with the right
 	// key. "" means [DefaultClusterLabel]. At most 255 bytes.
@@ -180,6 +205,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"ReapInterval", &c.ReapInterval, DefaultReapInterval},
 		{"NodeReapInterval", &c.NodeReapInterval, DefaultNodeReapInterval},
 		{"ReconnectInterval", &c.ReconnectInterval, DefaultReconnectInterval},
+		{"StoreTimeout", &c.StoreTimeout, DefaultStoreTimeout},
 	}
 	for _, d := range durations {
 		if *d.v < 0 {
@@ -210,6 +236,17 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		if *n.v == 0 {
 			*n.v = n.def
+		}
+	}
+	if c.Store != nil {
+		if _, ok := c.Store.(kvstore.Locker); !ok {
+			return c, &errclass.InvalidParameterError{Field: "Store", Value: fmt.Sprintf("%T", c.Store),
+				Reason: "does not implement kvstore.Locker: the rotation driver is elected through a store lock",
+				Err:    &errclass.NotSupportedError{What: "store locks"}}
+		}
+		c.StorePrefix = strings.TrimRight(c.StorePrefix, "/")
+		if c.StorePrefix == "" {
+			c.StorePrefix = DefaultStorePrefixBase + url.PathEscape(c.ClusterLabel)
 		}
 	}
 	if c.Logger == nil {

@@ -12,7 +12,8 @@
 // be reopened: create a new one with the same Config (and KeyringFile) to restart.
 //
 // Every method is safe for concurrent use. Nothing needs privileges: a node is a pair of
-// sockets. The only file the package writes is Config.KeyringFile.
+// sockets. The only file the package writes is Config.KeyringFile; with a Config.Store, the
+// node also keeps two records in it (see "Keys in a store").
 //
 // # Membership
 //
@@ -36,12 +37,13 @@
 //
 // # Key rotation
 //
-// Every RotationInterval (12 hours by default) the cluster rotates its key. The alive member
-// with the lowest name drives the rotation; the rotation state (epoch, phase, target keyring,
-// time of the next rotation) is replicated to every member by gossip and push/pull and
-// persisted in each member's KeyringFile, so if the driver crashes mid-rotation the next
-// member in name order finishes it, and neither a restart nor a change of driver resets the
-// schedule.
+// Every RotationInterval (12 hours by default) the cluster rotates its key. One member drives
+// the rotation: without a store, the alive member with the lowest name; with a Config.Store,
+// the member that holds the store lock <StorePrefix>/rotation-lock (see "Keys in a store").
+// The rotation state (epoch, phase, target keyring, time of the next rotation) is replicated
+// to every member by gossip and push/pull and persisted in each member's KeyringFile (and in
+// the store), so if the driver crashes mid-rotation the next driver finishes it, and neither a
+// restart nor a change of driver resets the schedule.
 //
 // A rotation goes add, use, remove, each step acknowledged by every member before the next:
 //
@@ -71,7 +73,45 @@
 // KeyringFile and set Config.Keys to the keys [Node.Keys] returns on a healthy member. A
 // running node can also be repaired with [Node.AddKey] and [Node.UseKey] before [Node.Join].
 // When KeyringFile exists it wins over Config.Keys: Config.Keys only bootstraps a node that has
-// no keyring file yet.
+// no keyring file yet. With a Config.Store none of this is needed: a node starts from the
+// store's rotation state when it is newer than its file's (see below), so a member that was
+// away for any length of time rejoins by itself.
+//
+// # Keys in a store
+//
+// With Config.Store (any [kvstore.Store] that implements [kvstore.Locker]: bbolt for nodes of
+// one process, etcd or Consul for a real cluster; give every member the same store), two
+// records live under Config.StorePrefix ("cnm/v1/gossip/<ClusterLabel>" by default):
+//
+//   - <prefix>/rotation-lock: the lock whose holder drives the rotations. Every member that
+//     drives (RotationInterval >= 0) keeps trying to take it in the background. The holder
+//     gives it up on [Node.Leave] and [Node.Close], and stops driving when the store reports
+//     the lock lost (its lease ran out). A holder that crashes loses the lock when its lease
+//     runs out (the backend's lock TTL); another member takes it and resumes the rotation
+//     from the newer of the store's record and the replicated state. While no member can take
+//     the lock (the store is down), rotations wait: that is never unsafe, as the keys only
+//     change under a driver.
+//   - <prefix>/keyring: the cluster's rotation state as JSON (the target keys in base64, the
+//     phase, the time of the next rotation, and which node wrote it). The driver writes each
+//     step there, with a compare-and-swap on the revision it last saw, before any member
+//     applies it; a driver whose lock ran out without it noticing fails that write, reads the
+//     record again and yields. A node that finds no record at [New] creates it (create-only)
+//     from its keyring file or Config.Keys.
+//
+// At [New] a node reads the record: it starts from the newer of the record's state and its
+// KeyringFile's, and converges its keys to the store's at once when the file lags behind.
+// Without a file it takes its keys from the store, so a node restarted without its data dir,
+// or a brand-new node given nothing but the store, starts with the cluster's current keys;
+// Config.Keys only bootstraps a cluster whose store has no record yet. New fails when the
+// store cannot be read and the node has no keyring file; with one, it starts from the file and
+// says so in the log. Members still keep their KeyringFile: it is what they restart from when
+// the store is down.
+//
+// The store then holds the cluster's gossip keys, in clear inside the record: whoever reads
+// <prefix>/keyring can read and join the gossip. Protect the store: TLS with client
+// certificates, and ACLs that give StorePrefix to the cnm hosts only. Key material is never
+// logged, neither from the store nor otherwise: logs and errors name the record's key and show
+// [KeyID] fingerprints.
 //
 // # Replicated tables
 //

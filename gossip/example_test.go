@@ -6,9 +6,12 @@ import (
 	"log"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cnmkit/cnm/gossip"
+	"github.com/cnmkit/cnm/kvstore/boltdb"
 )
 
 // Two hosts on loopback form an encrypted cluster, both take part in one overlay network, and
@@ -71,4 +74,50 @@ func ExampleValidateKey() {
 	// Output:
 	// <nil>
 	// invalid key "20 bytes": a gossip key is 16, 24 or 32 bytes
+}
+
+// With a shared store, the cluster's keyring lives in the store: the first node creates the
+// record from its Config.Keys, and a node given nothing but the store starts with the
+// cluster's current keys. Here both nodes share one bbolt store, as nodes of one process can;
+// the hosts of a real cluster share etcd or Consul (over TLS, with ACLs on the prefix: the
+// record holds the keys).
+func ExampleConfig_store() {
+	dir, err := os.MkdirTemp("", "gossip-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	store, err := boltdb.Open(filepath.Join(dir, "cnm.db"), boltdb.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+
+	key, err := gossip.NewKey()
+	if err != nil {
+		log.Fatal(err)
+	}
+	config := func(name string) gossip.Config {
+		return gossip.Config{
+			NodeName: name,
+			BindAddr: netip.MustParseAddr("127.0.0.1"),
+			Store:    store, // the holder of cnm/v1/gossip/cnm/rotation-lock drives rotations
+			Logger:   slog.New(slog.DiscardHandler),
+		}
+	}
+	first := config("host-a")
+	first.Keys = [][]byte{key} // bootstraps the store's record
+	a, err := gossip.New(first)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer a.Close()
+	b, err := gossip.New(config("host-b")) // no keys, no keyring file: the store's
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+	fmt.Println("same primary key:", b.KeyringStatus().Primary == a.KeyringStatus().Primary)
+	// Output:
+	// same primary key: true
 }

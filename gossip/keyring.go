@@ -299,6 +299,25 @@ type rotationFileRec struct {
 
 const keyringFileVersion = 1
 
+// fileRec returns st as persisted in the keyring file and the store.
+func fileRec(st *rotationState) rotationFileRec {
+	return rotationFileRec{Epoch: st.Epoch, Phase: uint8(st.Phase), Keys: st.Keys, Primary: st.Primary,
+		Next: time.Unix(0, st.Next).UTC().Format(time.RFC3339Nano)}
+}
+
+// state returns the rotation state r holds, validated.
+func (r *rotationFileRec) state() (*rotationState, error) {
+	next, err := time.Parse(time.RFC3339Nano, r.Next)
+	if err != nil {
+		return nil, errors.New("bad rotation time")
+	}
+	st := &rotationState{Epoch: r.Epoch, Phase: rotationPhase(r.Phase), Keys: r.Keys, Primary: r.Primary, Next: next.UnixNano()}
+	if err := st.validate(); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
 // loadKeyringFile reads path. A missing file returns (nil, nil).
 func loadKeyringFile(path string) (keys [][]byte, rot *rotationState, err error) {
 	b, err := os.ReadFile(path)
@@ -324,12 +343,8 @@ func loadKeyringFile(path string) (keys [][]byte, rot *rotationState, err error)
 		}
 	}
 	if r := f.Rotation; r != nil {
-		next, err := time.Parse(time.RFC3339Nano, r.Next)
+		rot, err = r.state()
 		if err != nil {
-			return nil, nil, &errclass.InvalidParameterError{Field: "KeyringFile", Value: path, Reason: "bad rotation time", Err: err}
-		}
-		rot = &rotationState{Epoch: r.Epoch, Phase: rotationPhase(r.Phase), Keys: r.Keys, Primary: r.Primary, Next: next.UnixNano()}
-		if err := rot.validate(); err != nil {
 			return nil, nil, &errclass.InvalidParameterError{Field: "KeyringFile", Value: path, Reason: "bad rotation state", Err: err}
 		}
 	}
@@ -341,8 +356,8 @@ func loadKeyringFile(path string) (keys [][]byte, rot *rotationState, err error)
 func saveKeyringFile(path string, keys [][]byte, rot *rotationState) error {
 	f := keyringFile{Version: keyringFileVersion, Keys: keys}
 	if rot != nil {
-		f.Rotation = &rotationFileRec{Epoch: rot.Epoch, Phase: uint8(rot.Phase), Keys: rot.Keys, Primary: rot.Primary,
-			Next: time.Unix(0, rot.Next).UTC().Format(time.RFC3339Nano)}
+		r := fileRec(rot)
+		f.Rotation = &r
 	}
 	b, err := json.MarshalIndent(&f, "", "  ")
 	if err != nil {

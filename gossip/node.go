@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/kvstore"
 )
 
 // NetworkID names a network whose tables a node takes part in. It is the controller's network
@@ -121,6 +122,16 @@ type Node struct {
 	changed  atomic.Int64  // Unix nanoseconds of the last membership or attachment change
 	respCh   chan syncRequest
 
+	// With Config.Store (all immutable after New): the store's lock and keys, and the
+	// campaign for the rotation lock, which Leave and Close end (campCancel).
+	locker     kvstore.Locker
+	lockKey    string
+	ringKey    string
+	campCtx    context.Context
+	campCancel context.CancelFunc
+	leadCh     chan *leadership // campaign → keyLoop: a rotation lock just taken
+	resigned   chan struct{}    // closed by keyLoop once it gave the lock up for good
+
 	closeMu sync.Mutex // guards following
 	closed  bool
 
@@ -195,14 +206,25 @@ func New(cfg Config) (*Node, error) {
 	n.clock.now = cfg.Now
 	n.boot = n.clock.next()
 	n.numMembers.Store(1)
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.campCtx, n.campCancel = context.WithCancel(n.ctx)
+	n.leadCh = make(chan *leadership)
+	n.resigned = make(chan struct{})
+	if cfg.Store != nil {
+		n.locker = cfg.Store.(kvstore.Locker) // checked by withDefaults
+		n.lockKey = cfg.StorePrefix + storeLock
+		n.ringKey = cfg.StorePrefix + storeKeyring
+	}
 
 	if err := n.initKeyring(); err != nil {
+		n.cancel()
 		return nil, err
 	}
 
 	mlLog := log.New(&mlLogWriter{log: n.log, c: &n.stats}, "", 0)
 	nt, err := newNetTransport(cfg.BindAddr.String(), cfg.BindPort, mlLog)
 	if err != nil {
+		n.cancel()
 		return nil, fmt.Errorf("gossip: new node %q: %w", cfg.NodeName, err)
 	}
 	bindPort := nt.GetAutoBindPort()
@@ -249,13 +271,16 @@ func New(cfg Config) (*Node, error) {
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		n.cancel()
 		_ = transport.Shutdown()
 		return nil, fmt.Errorf("gossip: new node %q: %w", cfg.NodeName, err)
 	}
 	n.ml = ml
 	n.addr = nodeAddrPort(ml.LocalNode()) // nothing updates our own node yet
-	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.start(n.gossipLoop, n.antiEntropyLoop, n.maintenanceLoop, n.keyLoop, n.syncResponder)
+	if n.locker != nil && cfg.RotationInterval >= 0 {
+		n.start(n.campaign)
+	}
 	n.kick(n.keyKick)
 	n.log.Info("gossip node started", "addr", n.addr.String(), "label", cfg.ClusterLabel,
 		"primary_key", KeyID(n.ring.GetPrimaryKey()), "keys", len(n.ring.GetKeys()))
@@ -301,35 +326,65 @@ func newNetTransport(addr string, port int, logger *log.Logger) (*memberlist.Net
 	return nil, err
 }
 
-// initKeyring loads the keyring file if there is one, or takes Config.Keys, and builds the
-// memberlist keyring and the initial rotation state.
+// initKeyring builds the memberlist keyring and the initial rotation state from, in order of
+// preference: the keyring file, the store's record, Config.Keys. The rotation state is the
+// newer of the file's and the store's; when it is the store's and the file's keys lag behind
+// it, the keyring is converged to it before memberlist starts. With a store that has no record
+// yet, the node creates it.
 func (n *Node) initKeyring() error {
 	cfg := n.cfg
-	var keys [][]byte
-	var rot *rotationState
+	var fileKeys [][]byte
+	var fileRot *rotationState
 	if cfg.KeyringFile != "" {
 		var err error
-		keys, rot, err = loadKeyringFile(cfg.KeyringFile)
+		fileKeys, fileRot, err = loadKeyringFile(cfg.KeyringFile)
 		if err != nil {
 			return fmt.Errorf("gossip: new node %q: %w", cfg.NodeName, err)
 		}
-		if keys != nil {
-			n.log.Info("keyring loaded", "file", cfg.KeyringFile, "keys", len(keys), "primary_key", KeyID(keys[0]))
+		if fileKeys != nil {
+			n.log.Info("keyring loaded", "file", cfg.KeyringFile, "keys", len(fileKeys), "primary_key", KeyID(fileKeys[0]))
 		}
 	}
-	if keys == nil {
-		keys = cfg.Keys
+	var storeRot *rotationState
+	if cfg.Store != nil {
+		var err error
+		storeRot, _, err = n.readStore(n.ctx)
+		switch {
+		case err != nil && fileKeys == nil:
+			return fmt.Errorf("gossip: new node %q: no keyring file to start from, and cannot %w", cfg.NodeName, err)
+		case err != nil:
+			n.log.Warn("cannot read the keyring from the store; starting from the keyring file", "err", err)
+		case storeRot != nil:
+			n.log.Info("keyring loaded from the store", "key", n.ringKey, "epoch", storeRot.Epoch,
+				"phase", storeRot.Phase.String(), "primary_key", KeyID(storeRot.wantPrimary()))
+		}
+		bootstrap := err == nil && storeRot == nil
+		if bootstrap {
+			if st := n.pickKeyring(fileKeys, fileRot, nil); st != nil {
+				if storeRot, err = n.bootstrapStore(st); err != nil {
+					// The rotation driver writes the record once it can.
+					n.log.Warn("cannot create the keyring record in the store", "err", err)
+				}
+			}
+		}
 	}
-	if len(keys) == 0 {
-		return fmt.Errorf("gossip: new node %q: %w", cfg.NodeName,
-			errclass.Invalid("Keys", "", "required: gossip is always encrypted"))
-	}
-	interval := cfg.RotationInterval
-	if interval < 0 {
-		interval = DefaultRotationInterval
-	}
+	rot := n.pickKeyring(fileKeys, fileRot, storeRot)
 	if rot == nil {
-		rot = initialRotation(keys, cfg.Now().Add(interval))
+		what := "required: gossip is always encrypted"
+		if cfg.Store != nil {
+			what = "required: gossip is always encrypted, and neither KeyringFile nor the store has keys"
+		}
+		return fmt.Errorf("gossip: new node %q: %w", cfg.NodeName, errclass.Invalid("Keys", "", what))
+	}
+	keys := fileKeys
+	lags := false // the file's keys lag behind the store's state
+	switch {
+	case keys != nil && rot == storeRot && (fileRot == nil || storeRot.compare(fileRot) > 0):
+		lags = true
+	case keys == nil && rot == storeRot:
+		keys = stateKeys(storeRot)
+	case keys == nil:
+		keys = cfg.Keys
 	}
 	ring, err := memberlist.NewKeyring(keys[1:], keys[0])
 	if err != nil {
@@ -337,13 +392,58 @@ func (n *Node) initKeyring() error {
 	}
 	n.ring = ring
 	n.rot = rot
-	n.appliedTo = rot // the ring is what the file (or Config) says; the first change re-applies
+	n.appliedTo = rot // the ring is what the rotation state says; the next change re-applies
+	if lags {
+		// Catch up before memberlist starts, so the node's first packets already use the
+		// cluster's current primary.
+		if _, err := n.convergeLocked(rot); err != nil {
+			return fmt.Errorf("gossip: new node %q: apply the store's keyring: %w", cfg.NodeName, err)
+		}
+		n.log.Info("keyring file behind the store: caught up", "epoch", rot.Epoch, "primary_key", KeyID(ring.GetPrimaryKey()))
+	}
 	if cfg.KeyringFile != "" {
 		if err := saveKeyringFile(cfg.KeyringFile, ringKeys(ring), rot); err != nil {
 			return fmt.Errorf("gossip: new node %q: %w", cfg.NodeName, err)
 		}
 	}
 	return nil
+}
+
+// pickKeyring returns the rotation state a node starts with: the newer of the file's and the
+// store's (the store's on a tie), or the initial state of the file's keys or Config.Keys; nil
+// when there are no keys at all.
+func (n *Node) pickKeyring(fileKeys [][]byte, fileRot, storeRot *rotationState) *rotationState {
+	switch {
+	case storeRot != nil && (fileRot == nil || storeRot.compare(fileRot) >= 0):
+		return storeRot
+	case fileRot != nil:
+		return fileRot
+	}
+	keys := fileKeys
+	if keys == nil {
+		keys = n.cfg.Keys
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	interval := n.cfg.RotationInterval
+	if interval < 0 {
+		interval = DefaultRotationInterval
+	}
+	return initialRotation(keys, n.cfg.Now().Add(interval))
+}
+
+// stateKeys returns the keyring a member holds at st, primary first: the target keys, with
+// the primary the phase calls for.
+func stateKeys(st *rotationState) [][]byte {
+	primary := st.wantPrimary()
+	keys := [][]byte{bytes.Clone(primary)}
+	for _, k := range st.Keys {
+		if !bytes.Equal(k, primary) {
+			keys = append(keys, bytes.Clone(k))
+		}
+	}
+	return keys
 }
 
 // Name returns the node's name, Config.NodeName.
@@ -405,8 +505,10 @@ func (n *Node) Join(ctx context.Context, peers []string) (int, error) {
 
 // Leave tells the cluster that this node is leaving: its peers drop its entries and network
 // attachments at once, instead of after failure detection. It waits until the message has
-// been sent to someone or ctx ends (5 s without a deadline). Call Close afterwards; a node that
-// left cannot rejoin.
+// been sent to someone or ctx ends (5 s without a deadline). With a Config.Store, the node
+// first stops competing for the rotation lock and releases it if it holds it, so another
+// member takes the rotations over at once. Call Close afterwards; a node that left cannot
+// rejoin.
 func (n *Node) Leave(ctx context.Context) error {
 	n.closeMu.Lock()
 	defer n.closeMu.Unlock()
@@ -416,6 +518,14 @@ func (n *Node) Leave(ctx context.Context) error {
 	timeout := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
+	}
+	n.campCancel()
+	if n.locker != nil {
+		select {
+		case <-n.resigned:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	// Announce the leave first and let the announcement go out, so that peers take the dead
 	// message memberlist sends next for a leave, not a failure.
@@ -438,8 +548,9 @@ func (n *Node) Leave(ctx context.Context) error {
 // Close stops the node without a goodbye (peers declare it failed), stops every goroutine it
 // started and waits for them, closes the channels of every Watch and WatchMembers
 // subscription, and shuts memberlist down (memberlist's own goroutines end shortly after: a
-// probe in flight waits out its ProbeInterval). It is idempotent. For a graceful exit call
-// Leave first.
+// probe in flight waits out its ProbeInterval). With a Config.Store it releases the rotation
+// lock if it holds it (waiting up to StoreTimeout for the store); it does not close the
+// store. It is idempotent. For a graceful exit call Leave first.
 func (n *Node) Close() error {
 	n.closeMu.Lock()
 	if n.closed {

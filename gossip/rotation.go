@@ -187,7 +187,10 @@ func (n *Node) adoptRotation(st *rotationState) bool {
 }
 
 // keyLoop applies the rotation state to the keyring when it changes and, on the member that
-// drives rotations, moves the rotation on.
+// drives rotations, moves the rotation on. With a store it also owns the rotation lock once
+// campaign has taken it: it drives with it, and gives it up on Leave and Close or drops it when
+// the store reports it lost. Every store write of the driver happens on this goroutine, so
+// giving the lock up never overlaps one.
 func (n *Node) keyLoop() {
 	tick := time.Second
 	if iv := n.cfg.RotationInterval; iv > 0 {
@@ -195,15 +198,40 @@ func (n *Node) keyLoop() {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	var lead *leadership
+	defer func() {
+		if lead != nil {
+			n.unlock(lead, "closing")
+		}
+	}()
+	resign := n.campCtx.Done()
 	for {
+		var lost <-chan struct{}
+		if lead != nil {
+			lost = lead.u.Lost()
+		}
 		select {
 		case <-n.ctx.Done():
 			return
+		case l := <-n.leadCh:
+			lead = l
+			n.log.Info("took the rotation lock", "lock", n.lockKey)
+		case <-lost:
+			n.log.Warn("rotation lock lost (its lease ran out); no longer driving rotations", "lock", n.lockKey)
+			n.unlock(lead, "lost")
+			lead = nil
+		case <-resign:
+			if lead != nil {
+				n.unlock(lead, "leaving")
+				lead = nil
+			}
+			close(n.resigned)
+			resign = nil
 		case <-n.keyKick:
 		case <-t.C:
 		}
 		n.applyRotation()
-		n.driveRotation()
+		n.driveRotation(lead)
 	}
 }
 
@@ -266,13 +294,18 @@ func (n *Node) convergeLocked(st *rotationState) (changed bool, err error) {
 	return changed, nil
 }
 
-// driveRotation moves the rotation on if this node is the driver: the alive member with the
-// lowest name. Each step waits until every member memberlist knows (alive or suspect) shows in
-// its meta data that it has done the previous one; a member that never does is eventually
-// declared dead and stops blocking. Any member that becomes the driver (the last one crashed)
-// picks the rotation up where the replicated state says it is.
-func (n *Node) driveRotation() {
+// driveRotation moves the rotation on if this node is the driver: with a store, the holder of
+// the rotation lock (lead is the held lock, nil when not held); without one, the alive member
+// with the lowest name. Each step waits until every member memberlist knows (alive or suspect)
+// shows in its meta data that it has done the previous one; a member that never does is
+// eventually declared dead and stops blocking. Any member that becomes the driver (the last one
+// crashed) picks the rotation up where the replicated state (and the store's record, which the
+// driver writes before any member sees a step) says it is.
+func (n *Node) driveRotation(lead *leadership) {
 	if n.cfg.RotationInterval < 0 {
+		return
+	}
+	if n.locker != nil && (lead == nil || !lead.held() || !n.syncStore(lead)) {
 		return
 	}
 	// The members are the alive peers (suspects included, since they may still answer) and
@@ -285,9 +318,11 @@ func (n *Node) driveRotation() {
 		}
 	}
 	n.mu.Unlock()
-	for name := range metas {
-		if name < n.name {
-			return // the driver is the alive member with the lowest name
+	if n.locker == nil {
+		for name := range metas {
+			if name < n.name {
+				return // the driver is the alive member with the lowest name
+			}
 		}
 	}
 	n.rotMu.Lock()
@@ -356,6 +391,9 @@ func (n *Node) driveRotation() {
 		return
 	}
 	if h := n.cfg.testAdvance; h != nil && !h(st.Phase, next.Phase) {
+		return
+	}
+	if lead != nil && !n.commitStore(lead, next) {
 		return
 	}
 	if st.Phase == phaseDone {
