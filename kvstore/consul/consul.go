@@ -50,15 +50,17 @@
 //
 // # Watch
 //
-// A watch is a loop of blocking queries (index and wait, one minute at most) on the whole
-// prefix; each answer is a full snapshot of the prefix, which the watch diffs against the
-// previous one: a key with a ModifyIndex above the last index seen is a put; a tombstone above
+// A watch is a loop of blocking queries (index and wait, one minute at most) on the data keys
+// under its own prefix (Consul's index of a prefix counts puts and deletes there, so other
+// keys' changes do not wake it), each followed by a read of the tombstones under that prefix;
+// together they are a snapshot of the watched keys, which the watch diffs against the previous
+// one: a key with a ModifyIndex above the last index seen is a put; a tombstone above
 // it is a delete (preceded by the put its value records, when the watch had not seen it); a key
 // that vanished without a tombstone (its lease expired: Consul deleted it) is a delete at the
 // snapshot's index. Events are sent in revision order; a watcher's queue grows without bound, so
-// a slow reader never blocks the loop nor any writer. Each change under the prefix (the _lock
-// and _meta subtrees included) costs every watch a read of the whole prefix: fine for the
-// thousands of keys cnm keeps, costly for a large store.
+// a slow reader never blocks the loop nor any writer. A change costs each watch whose prefix
+// holds the key two reads of that prefix (keys and tombstones): a watch of a small prefix stays
+// cheap however large the rest of the store grows.
 //
 // Consul keeps one version per key, so a key written several times between two snapshots is
 // reported once, with its last value (and its last put and delete, when it was deleted too). A

@@ -84,9 +84,15 @@ type snapshot struct {
 	floor uint64               // tombstones at or below it may have been reaped
 }
 
-// snapshot reads the whole store's prefix and keeps what concerns the keys under prefix. With
-// waitIndex > 0 it is a blocking query: it returns once the index is above waitIndex, or
-// after watchWait.
+// snapshot reads the keys under prefix, and their tombstones. With waitIndex > 0 the read of
+// the keys is a blocking query: it returns once the index of the keys under prefix is above
+// waitIndex (a put or a delete there: Consul's own index of a prefix counts its deletes), or
+// after watchWait. Only that subtree is read, so a watch costs nothing when keys elsewhere
+// change, and its cost follows the size of its own prefix, not the store's.
+//
+// The tombstones are read just after, in a second request; those above the keys' index belong
+// to changes the next snapshot reports, so they are left out here. The tombstone floor is read
+// only by a snapshot that does not block (the first one of a watch, and the one after an error).
 func (s *Store) snapshot(ctx context.Context, prefix string, waitIndex uint64) (*snapshot, error) {
 	timeout := s.timeout
 	if waitIndex > 0 {
@@ -98,31 +104,43 @@ func (s *Store) snapshot(ctx context.Context, prefix string, waitIndex uint64) (
 	if waitIndex > 0 {
 		q.WaitTime = watchWait
 	}
-	pairs, meta, err := s.client.KV().List(s.root, q)
+	dataRoot := s.root + kvDir
+	pairs, meta, err := s.client.KV().List(dataRoot+prefix, q)
 	if err := s.mapErr(ctx, cctx, err); err != nil {
 		return nil, err
 	}
 	snap := &snapshot{index: meta.LastIndex, data: map[string]entry{}, tombs: map[string]tombstone{}}
 	for _, p := range pairs {
-		rel, ok := strings.CutPrefix(p.Key, s.root)
-		if !ok {
+		if k, ok := strings.CutPrefix(p.Key, dataRoot); ok && strings.HasPrefix(k, prefix) {
+			snap.data[k] = entry{rev: p.ModifyIndex, value: p.Value}
+		}
+	}
+
+	tctx, tcancel := s.callCtx(ctx, s.timeout)
+	defer tcancel()
+	tombRoot := s.root + tombDir
+	tombs, _, err := s.client.KV().List(tombRoot+prefix, (&api.QueryOptions{}).WithContext(tctx))
+	if err := s.mapErr(ctx, tctx, err); err != nil {
+		return nil, err
+	}
+	for _, p := range tombs {
+		k, ok := strings.CutPrefix(p.Key, tombRoot)
+		if !ok || !strings.HasPrefix(k, prefix) || p.ModifyIndex > snap.index {
 			continue
 		}
-		switch {
-		case strings.HasPrefix(rel, kvDir):
-			if k := rel[len(kvDir):]; strings.HasPrefix(k, prefix) {
-				snap.data[k] = entry{rev: p.ModifyIndex, value: p.Value}
-			}
-		case strings.HasPrefix(rel, tombDir):
-			if k := rel[len(tombDir):]; strings.HasPrefix(k, prefix) {
-				t := tombstone{rev: p.ModifyIndex}
-				if prevRev, prevValue, ok := decodeTombstone(p.Value); ok {
-					t.prevRev, t.prevValue = prevRev, prevValue
-				}
-				snap.tombs[k] = t
-			}
-		case rel == floorKey:
-			snap.floor, _ = strconv.ParseUint(string(p.Value), 10, 64)
+		t := tombstone{rev: p.ModifyIndex}
+		if prevRev, prevValue, ok := decodeTombstone(p.Value); ok {
+			t.prevRev, t.prevValue = prevRev, prevValue
+		}
+		snap.tombs[k] = t
+	}
+	if waitIndex == 0 {
+		fp, _, err := s.client.KV().Get(s.root+floorKey, (&api.QueryOptions{}).WithContext(tctx))
+		if err := s.mapErr(ctx, tctx, err); err != nil {
+			return nil, err
+		}
+		if fp != nil {
+			snap.floor, _ = strconv.ParseUint(string(fp.Value), 10, 64)
 		}
 	}
 	return snap, nil
