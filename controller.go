@@ -372,7 +372,7 @@ func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Confi
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log,
 	}
 	if e.Caps.DataScope == drivers.GlobalScope && c.global != nil {
-		cfg.Store, cfg.Host = c.global.store, c.global.host
+		cfg.Store, cfg.Host, cfg.Uncertain = c.global.store, c.global.host, c.noteUncertain
 	}
 	if !e.Caps.NoIPAM {
 		cfg.Exclude = c.hostRoutes()

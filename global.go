@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -57,9 +58,16 @@ type global struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the background loops have ended
 
+	// suspects are the orphans (an address or pool that the global IPAM holds but no record
+	// refers to) the last sweep found, with when they were first seen; owned by the
+	// watchHosts goroutine.
+	suspects map[string]time.Time
+
 	// Under Controller.mu:
-	lease   kvstore.Lease
-	pending map[string]struct{} // IDs of global networks being created here
+	lease     kvstore.Lease
+	pending   map[string]struct{}    // IDs of global networks being created here
+	uncertain []network.UncertainKey // keys to delete once the store answers
+	kick      chan struct{}          // capacity 1: uncertain has grown
 }
 
 // initGlobal checks the global-scope configuration, sets up the bounded store and the global
@@ -94,7 +102,7 @@ func (c *Controller) initGlobal(ctx context.Context) error {
 	g := &global{
 		store: boundedStore{s: cfg.GlobalStore, d: timeout}, raw: cfg.GlobalStore,
 		ipam: cfg.GlobalIPAM, host: host, ttl: ttl, timeout: timeout, pending: map[string]struct{}{},
-		done: make(chan struct{}),
+		done: make(chan struct{}), kick: make(chan struct{}, 1),
 	}
 	if g.ipam == nil {
 		a, err := ipamkv.NewGlobal(g.store, ipam.GlobalConfig{})
@@ -321,7 +329,7 @@ func (c *Controller) startGlobal() {
 	g := c.global
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
-	loops := []func(context.Context){c.watchNetworks, c.watchHosts}
+	loops := []func(context.Context){c.watchNetworks, c.watchHosts, c.cleanUncertain}
 	finished := make(chan struct{}, len(loops))
 	for _, loop := range loops {
 		go func() {
@@ -335,6 +343,71 @@ func (c *Controller) startGlobal() {
 		}
 		close(g.done)
 	}()
+}
+
+// noteUncertain queues keys that a write whose outcome is unknown may have left.
+func (c *Controller) noteUncertain(keys ...network.UncertainKey) {
+	c.mu.Lock()
+	c.global.uncertain = append(c.global.uncertain, keys...)
+	c.mu.Unlock()
+	select {
+	case c.global.kick <- struct{}{}:
+	default:
+	}
+}
+
+// cleanUncertain deletes the keys that writes of unknown outcome may have left, retrying until
+// the store answers. Addresses and pools those writes held are then orphans, which the sweep
+// frees.
+func (c *Controller) cleanUncertain(ctx context.Context) {
+	g := c.global
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.kick:
+		case <-tick.C:
+		}
+		c.mu.Lock()
+		keys := g.uncertain
+		g.uncertain = nil
+		c.mu.Unlock()
+		var again []network.UncertainKey
+		for _, k := range keys {
+			if !c.deleteUncertain(ctx, k) {
+				again = append(again, k)
+			}
+		}
+		if len(again) > 0 {
+			c.mu.Lock()
+			g.uncertain = append(again, g.uncertain...)
+			c.mu.Unlock()
+		}
+	}
+}
+
+// deleteUncertain deletes k if it is there (with its expected value); false to try again.
+func (c *Controller) deleteUncertain(ctx context.Context, k network.UncertainKey) bool {
+	s := c.global.store
+	kv, err := s.Get(ctx, k.Key)
+	switch {
+	case errors.Is(err, kvstore.ErrKeyNotFound):
+		return true
+	case err != nil:
+		return false
+	case k.Value != nil && string(kv.Value) != string(k.Value):
+		return true // someone else's
+	}
+	err = s.AtomicDelete(ctx, k.Key, kv.Revision)
+	if err == nil || errors.Is(err, kvstore.ErrKeyNotFound) || errors.Is(err, kvstore.ErrKeyModified) {
+		if err == nil {
+			c.noteGlobalRepair(drivers.Repair{Object: "key " + k.Key, Action: "removed", Reason: "left by a write that timed out"})
+		}
+		return true
+	}
+	return false
 }
 
 // stopGlobal ends the loops and lets the host's lease run out rather than revoking it: the
@@ -456,7 +529,7 @@ func (c *Controller) syncNetworks(ctx context.Context) error {
 // host watched.
 func (c *Controller) watchHosts(ctx context.Context) {
 	g := c.global
-	sweep := time.NewTicker(g.ttl)
+	sweep := time.NewTicker(min(g.ttl, 5*time.Second))
 	defer sweep.Stop()
 	c.sweep(ctx)
 	for attempt := 0; ctx.Err() == nil; attempt++ {
@@ -513,11 +586,12 @@ func (c *Controller) watchHosts(ctx context.Context) {
 	}
 }
 
-// sweep reclaims the endpoints of every host that is not in the registry, and removes delete
-// fences left by such hosts.
+// sweep reclaims the endpoints of every host that is not in the registry, removes delete
+// fences left by such hosts, and frees orphan addresses and pools. Only the registry's first
+// host (by name) sweeps: the others' reads would be for nothing.
 func (c *Controller) sweep(ctx context.Context) {
 	hosts, err := c.hostRecords(ctx)
-	if err != nil {
+	if err != nil || len(hosts) == 0 || slices.Min(slices.Collect(maps.Keys(hosts))) != c.global.host {
 		return
 	}
 	gone := map[string]bool{}
@@ -536,6 +610,7 @@ func (c *Controller) sweep(ctx context.Context) {
 	if len(gone) > 0 {
 		c.reclaimHosts(ctx, gone)
 	}
+	c.sweepOrphans(ctx)
 	fences, err := c.global.store.List(ctx, network.DeletingKeyPrefix)
 	if err != nil {
 		return
@@ -545,6 +620,128 @@ func (c *Controller) sweep(ctx context.Context) {
 			_ = c.global.store.AtomicDelete(ctx, f.Key, f.Revision)
 		}
 	}
+}
+
+// orphanGrace is how long an address or pool must stay without a record before the sweep
+// frees it: far longer than any create takes between its allocation and its record.
+var orphanGrace = 10 * time.Second
+
+// globalLister is what the orphan sweep needs of the global IPAM; ipam.Global has it.
+type globalLister interface {
+	Pools(ctx context.Context) ([]ipam.Pool, error)
+	Addresses(ctx context.Context, id ipam.PoolID) ([]netip.Addr, error)
+	ipam.Allocator
+}
+
+// sweepOrphans frees what the global IPAM holds that no record refers to: an address whose
+// release failed (the store went away after its endpoint record was deleted), or was allocated
+// by a write that timed out yet took effect; a pool left by a network create that failed the
+// same way. Something in flight (allocated, its record not yet written) looks the same for a
+// moment, so an orphan is freed only when sweeps find it for orphanGrace. Only the registry's
+// first host (by name) sweeps, so that hosts do not race.
+func (c *Controller) sweepOrphans(ctx context.Context) {
+	g := c.global
+	l, ok := g.ipam.(globalLister)
+	if !ok {
+		return
+	}
+	nets, err := g.store.List(ctx, network.KeyPrefix)
+	if err != nil {
+		return
+	}
+	eps, err := g.store.List(ctx, endpoint.KeyPrefix)
+	if err != nil {
+		return
+	}
+	live := map[ipam.PoolID]map[netip.Addr]bool{}
+	subnets := map[string][]network.IPAMConfig{} // network ID -> its subnets
+	for _, p := range nets {
+		var rec network.Record
+		if json.Unmarshal(p.Value, &rec) != nil {
+			return // unreadable: sweep nothing rather than free what it holds
+		}
+		for _, cfg := range append(slices.Clone(rec.IPv4), rec.IPv6...) {
+			m := map[netip.Addr]bool{cfg.Gateway: true}
+			for _, a := range cfg.AuxAddresses {
+				m[a] = true
+			}
+			live[ipam.MakePoolID(ipam.GlobalSpace, cfg.Subnet)] = m
+			subnets[rec.ID] = append(subnets[rec.ID], cfg)
+		}
+	}
+	for _, p := range eps {
+		var rec endpoint.Record
+		if json.Unmarshal(p.Value, &rec) != nil {
+			return
+		}
+		for _, a := range []netip.Prefix{rec.IPv4, rec.IPv6} {
+			if !a.IsValid() {
+				continue
+			}
+			for _, cfg := range subnets[rec.NetworkID] {
+				if cfg.Subnet.Contains(a.Addr()) {
+					live[ipam.MakePoolID(ipam.GlobalSpace, cfg.Subnet)][a.Addr()] = true
+				}
+			}
+		}
+	}
+	pools, err := l.Pools(ctx)
+	if err != nil {
+		return
+	}
+	next := map[string]time.Time{}
+	now := time.Now()
+	// due reports whether the orphan key was seen long enough; it carries it to the next sweep.
+	due := func(key string) bool {
+		first, ok := g.suspects[key]
+		if !ok {
+			first = now
+		}
+		if now.Sub(first) >= orphanGrace {
+			return true
+		}
+		next[key] = first
+		return false
+	}
+	for _, p := range pools {
+		used, ok := live[p.ID]
+		if !ok {
+			if !due("pool " + string(p.ID)) {
+				continue
+			}
+			if err := l.ReleasePool(ctx, p.ID); err != nil {
+				c.log.Warn("global: release orphan pool", "pool", p.ID, "err", err)
+				continue
+			}
+			c.noteGlobalRepair(drivers.Repair{Object: "pool " + p.Subnet.String(), Action: "released", Reason: "no network refers to it"})
+			continue
+		}
+		addrs, err := l.Addresses(ctx, p.ID)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if used[a] {
+				continue
+			}
+			if !due(string(p.ID) + " " + a.String()) {
+				continue
+			}
+			if err := l.ReleaseAddress(ctx, p.ID, a); err != nil {
+				c.log.Warn("global: release orphan address", "pool", p.ID, "address", a, "err", err)
+				continue
+			}
+			c.noteGlobalRepair(drivers.Repair{Object: "address " + a.String(), Action: "released", Reason: "no endpoint, gateway or aux address holds it"})
+		}
+	}
+	g.suspects = next
+}
+
+func (c *Controller) noteGlobalRepair(r drivers.Repair) {
+	c.log.Info("global: repaired", "object", r.Object, "action", r.Action, "reason", r.Reason)
+	c.mu.Lock()
+	c.reclaimed = append(c.reclaimed, r)
+	c.mu.Unlock()
 }
 
 // reclaimHosts deletes the endpoint records of the hosts in gone and frees their addresses in
@@ -580,15 +777,13 @@ func (c *Controller) reclaimHosts(ctx context.Context, gone map[string]bool) {
 			continue
 		}
 		if ok {
-			c.log.Info("global: reclaimed endpoint of a host that is gone", "endpoint", rec.Name, "host", rec.Host, "ipv4", rec.IPv4)
-			c.mu.Lock()
-			c.reclaimed = append(c.reclaimed, drivers.Repair{Object: "endpoint " + rec.Name + " of host " + rec.Host, Action: "reclaimed", Reason: "its host left the registry"})
-			c.mu.Unlock()
+			c.noteGlobalRepair(drivers.Repair{Object: "endpoint " + rec.Name + " of host " + rec.Host, Action: "reclaimed", Reason: "its host left the registry"})
 		}
 	}
 }
 
-// Reclaimed returns the endpoints of departed hosts that this Controller reclaimed.
+// Reclaimed returns what this Controller repaired in the global store: endpoints of departed
+// hosts it reclaimed, and orphan addresses and pools it released.
 func (c *Controller) Reclaimed() []drivers.Repair {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/ipam/ipamkv"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/consul"
 	"github.com/cnmkit/cnm/kvstore/etcd"
@@ -28,8 +29,9 @@ const globalDriver = "gfake"
 
 // globalBackend opens global stores on one server: each call a new client on the same data.
 type globalBackend struct {
-	name string
-	open func(t *testing.T) kvstore.Store
+	name        string
+	open        func(t *testing.T) kvstore.Store
+	stop, start func() // the server
 }
 
 // globalBackends starts one etcd and one Consul server for the test and returns openers on
@@ -48,7 +50,7 @@ func globalBackends(t *testing.T) []globalBackend {
 			}
 			t.Cleanup(func() { s.Close() })
 			return s
-		}},
+		}, func() { ec.Stop(0) }, func() { ec.Start(0) }},
 		{"consul", func(t *testing.T) kvstore.Store {
 			s, err := consul.Open(t.Context(), consul.Config{Address: ca.Addr(), Prefix: prefix, RequestTimeout: 2 * time.Second})
 			if err != nil {
@@ -56,7 +58,7 @@ func globalBackends(t *testing.T) []globalBackend {
 			}
 			t.Cleanup(func() { s.Close() })
 			return s
-		}},
+		}, ca.Stop, ca.Start},
 	}
 }
 
@@ -503,4 +505,149 @@ func TestPrivilegedGlobalEtcdOutage(t *testing.T) {
 		}
 	}
 	assertGlobalClean(t, openEtcd(t, ec.Endpoints(), prefix))
+}
+
+// TestPrivilegedGlobalStoreRestartMidWork stops the store (the etcd member, the Consul agent)
+// while two hosts create endpoints on a global network without pause, and starts it again.
+// Calls fail with ErrUnavailable while it is away, and nothing else; afterwards every endpoint
+// that was created is in the store, no record is left by a failed create, and the global IPAM
+// holds exactly the addresses of the records (what failed creates took is freed), with none
+// given twice.
+func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
+	for _, be := range globalBackends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			ctx := t.Context()
+			// The leases outlive the outage: this test is about the store, not the registry.
+			a := newGhost(t, "host-a", be.open(t), 30*time.Second)
+			b := newGhost(t, "host-b", be.open(t), 30*time.Second)
+			subnet := netip.MustParsePrefix("10.70.0.0/16")
+			if _, err := a.c.NewNetwork(ctx, "w", globalDriver, network.WithSubnet(subnet)); err != nil {
+				t.Fatalf("NewNetwork: %v", err)
+			}
+			waitFor(t, 5*time.Second, "b does not see w", func() bool { return hasNetwork(b.c, "w") })
+
+			stop := make(chan struct{})
+			var (
+				wg        sync.WaitGroup
+				mu        sync.Mutex
+				ok, fails int
+				other     []error
+			)
+			for hi, h := range []*ghost{a, b} {
+				n, _ := h.c.Network("w")
+				for w := range 3 {
+					wg.Go(func() {
+						for i := 0; ; i++ {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+							_, err := n.CreateEndpoint(ctx, fmt.Sprintf("h%d-w%d-%d", hi, w, i))
+							mu.Lock()
+							switch {
+							case err == nil:
+								ok++
+							case errors.Is(err, cnm.ErrUnavailable):
+								fails++
+							default:
+								other = append(other, err)
+							}
+							mu.Unlock()
+							if err != nil {
+								time.Sleep(50 * time.Millisecond)
+							}
+						}
+					})
+				}
+			}
+			time.Sleep(time.Second)
+			be.stop()
+			time.Sleep(3 * time.Second)
+			be.start()
+			time.Sleep(3 * time.Second)
+			close(stop)
+			wg.Wait()
+			t.Logf("%s: %d endpoints created, %d creates failed as unavailable", be.name, ok, fails)
+			for _, err := range other {
+				t.Errorf("create failed other than unavailable: %v", err)
+			}
+			if fails == 0 {
+				t.Errorf("no create failed while the store was stopped")
+			}
+
+			// The records are exactly the endpoints the hosts have, once the writes of unknown
+			// outcome are cleaned up.
+			var nid string
+			held := map[string]bool{}
+			for _, h := range []*ghost{a, b} {
+				n, _ := h.c.Network("w")
+				nid = n.ID()
+				for _, ep := range n.Endpoints() {
+					held[ep.ID()] = true
+				}
+			}
+			if len(held) != ok {
+				t.Errorf("hosts hold %d endpoints, %d creates succeeded", len(held), ok)
+			}
+			s := be.open(t)
+			var recs []kvstore.KVPair
+			waitFor(t, 30*time.Second, "records differ from the endpoints the hosts hold", func() bool {
+				var err error
+				recs, err = s.List(ctx, endpoint.KeyPrefix+nid+"/")
+				if err != nil || len(recs) != len(held) {
+					return false
+				}
+				for _, r := range recs {
+					if !held[strings.TrimPrefix(r.Key, endpoint.KeyPrefix+nid+"/")] {
+						return false
+					}
+				}
+				return true
+			})
+			// The IPAM holds the gateway and the records' addresses, and nothing else once the
+			// sweep has freed what failed creates took.
+			g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := map[netip.Addr]bool{netip.MustParseAddr("10.70.0.1"): true}
+			for _, n := range []*ghost{a, b} {
+				nw, _ := n.c.Network("w")
+				for _, ep := range nw.Endpoints() {
+					addr := ep.Info().IPv4.Addr()
+					if want[addr] {
+						t.Fatalf("address %s held twice", addr)
+					}
+					want[addr] = true
+				}
+			}
+			waitFor(t, 60*time.Second, "the global IPAM holds addresses no record holds", func() bool {
+				got, err := g.Addresses(ctx, ipam.MakePoolID(ipam.GlobalSpace, subnet))
+				if err != nil || len(got) != len(want) {
+					return false
+				}
+				for _, x := range got {
+					if !want[x] {
+						return false
+					}
+				}
+				return true
+			})
+			t.Logf("%s: repairs on a: %d, on b: %d", be.name, len(a.c.Reclaimed()), len(b.c.Reclaimed()))
+
+			for _, h := range []*ghost{a, b} {
+				n, _ := h.c.Network("w")
+				for _, ep := range n.Endpoints() {
+					if err := ep.Delete(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := a.c.DeleteNetwork(ctx, "w"); err != nil {
+				t.Fatalf("DeleteNetwork: %v", err)
+			}
+			assertGlobalClean(t, s)
+		})
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -1023,6 +1024,51 @@ func (g *Global) Reconcile(ctx context.Context, id PoolID, live []netip.Addr) (f
 		}
 	}
 	return freed, nil
+}
+
+// Pools returns every pool in the store's index, by any host, in index order. Errors: ctx's
+// error; the store's errors.
+func (g *Global) Pools(ctx context.Context) ([]Pool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("ipam: pools: %w", err)
+	}
+	idx, err := g.readIndex(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("ipam: pools: %w", err)
+	}
+	out := make([]Pool, 0, len(idx.recs))
+	for _, r := range idx.recs {
+		out = append(out, Pool{ID: r.ID, Subnet: r.Subnet, Range: r.Range})
+	}
+	return out, nil
+}
+
+// Addresses returns every address allocated in the pool, by any host, read from the store, in
+// order: the gateways, aux addresses and endpoint addresses alike. Errors: ctx's error;
+// [ErrUnknownPool]; the store's errors.
+func (g *Global) Addresses(ctx context.Context, id PoolID) ([]netip.Addr, error) {
+	what := fmt.Sprintf("ipam: addresses of pool %s", id)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	gp, err := g.freshPool(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := gp.lock(ctx); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer gp.unlock()
+	if err := g.loadAll(ctx, gp); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	p := gp.cache
+	cis := slices.SortedFunc(maps.Keys(p.chunks), u128.cmp)
+	var out []netip.Addr
+	for _, ci := range cis {
+		chunkBitsOf(ci, p.chunks[ci], func(off u128) { out = append(out, p.addr(off)) })
+	}
+	return out, nil
 }
 
 // Usage implements [Statuser]: it reads the index and every chunk of the pool, so the count is

@@ -648,3 +648,33 @@ func TestPropertyGlobal(t *testing.T) {
 		})
 	})
 }
+
+// TestGlobalAddresses checks that Addresses lists what every Global allocated, in order, read
+// from the store.
+func TestGlobalAddresses(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, false)
+	a, b := newGlobalOn(t, s, ipam.GlobalConfig{}), newGlobalOn(t, s, ipam.GlobalConfig{})
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.1.0.0/16")})
+	want := []netip.Addr{addr("10.1.0.9"), addr("10.1.16.2"), addr("10.1.200.7")} // three chunks
+	reqAddr(t, b, p.ID, want[2])
+	reqAddr(t, a, p.ID, want[0])
+	reqAddr(t, b, p.ID, want[1])
+	got, err := a.Addresses(ctx, p.ID)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("Addresses = %v, %v; want %v", got, err, want)
+	}
+	if err := a.ReleaseAddress(ctx, p.ID, want[1]); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Addresses(ctx, p.ID); err != nil || !slices.Equal(got, []netip.Addr{want[0], want[2]}) {
+		t.Errorf("after a release: Addresses = %v, %v", got, err)
+	}
+	pools, err := b.Pools(ctx)
+	if err != nil || len(pools) != 1 || pools[0].ID != p.ID || pools[0].Subnet != p.Subnet {
+		t.Errorf("Pools = %v, %v; want [%v]", pools, err, p)
+	}
+	if _, err := a.Addresses(ctx, "global/10.9.0.0/16"); !errors.Is(err, ipam.ErrUnknownPool) {
+		t.Errorf("Addresses(unknown pool) error = %v, want ErrUnknownPool", err)
+	}
+}

@@ -85,6 +85,20 @@ const KeyPrefix = "cnm/v1/networks/"
 // Key returns the store key of a network record.
 func Key(id string) string { return KeyPrefix + id }
 
+// UncertainKey is a key that a write whose outcome is unknown may have left in the store; it
+// is to be deleted if its value is Value (any value when Value is nil).
+type UncertainKey struct {
+	Key   string
+	Value []byte
+}
+
+// uncertain reports the keys when err says the store did not answer.
+func (n *Net) uncertain(err error, keys ...UncertainKey) {
+	if n.cfg.Uncertain != nil && errors.Is(err, errclass.ErrUnavailable) {
+		n.cfg.Uncertain(keys...)
+	}
+}
+
 // Keys that only global-scope networks use, in the global store.
 const (
 	// NameKeyPrefix + name holds the ID of the global network of that name: it is created in
@@ -108,6 +122,10 @@ type Config struct {
 	// Seq orders endpoint joins.
 	Seq    func() uint64
 	Logger *slog.Logger
+	// Uncertain, when set, is told of writes to the store that failed as unavailable: they may
+	// or may not have taken effect, so the caller deletes each key once the store answers
+	// again (if its value is still Value, when Value is set).
+	Uncertain func(...UncertainKey)
 	// ID, when set, is the ID Create gives the new network (else a random one).
 	ID string
 	// Host is set for a global-scope network: Store is then the global store that every host
@@ -192,6 +210,11 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	b, err := json.Marshal(n.rec)
 	if err == nil {
 		err = n.storeRecord(ctx, b)
+		if n.Global() {
+			n.uncertain(err, UncertainKey{Key: Key(rec.ID)}, UncertainKey{Key: NameKeyPrefix + name, Value: []byte(rec.ID)})
+		} else {
+			n.uncertain(err, UncertainKey{Key: Key(rec.ID)})
+		}
 	}
 	if err != nil {
 		derr := cfg.Entry.Driver.DeleteNetwork(rb, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(rec.ID)})
@@ -526,12 +549,14 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 		b, err = json.Marshal(rec)
 		if err == nil {
 			rev, err = n.cfg.Store.AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
+			n.uncertain(err, UncertainKey{Key: endpoint.Key(n.rec.ID, rec.ID)})
 		}
 	}
 	if err == nil && n.Global() {
 		if err = n.fence(ctx); err != nil {
 			if derr := n.cfg.Store.Delete(rb, endpoint.Key(n.rec.ID, rec.ID)); derr != nil {
 				err = errors.Join(err, derr)
+				n.uncertain(derr, UncertainKey{Key: endpoint.Key(n.rec.ID, rec.ID)})
 			}
 		}
 	}

@@ -16,7 +16,7 @@ import (
 // backend may take past the TTL to notice and delete (etcd checks expiries every 500ms; Consul
 // invalidates a session up to 2×TTL after its last renewal), plus the watch delivering the
 // deletes.
-const expirySlack = 5 * time.Second
+const expirySlack = 10 * time.Second
 
 // leaserOf returns s as a Leaser, or skips the test when it is none.
 func leaserOf(t *testing.T, s kvstore.Store) kvstore.Leaser {
