@@ -50,7 +50,7 @@ func TestClusterConverges(t *testing.T) {
 			if err := c.nodes[0].CreateEntry("net1", "endpoints", "ep-0", []byte("10.0.0.2 02:42:0a:00:00:02")); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 10*time.Second, func() error {
+			waitFor(t, c.bound(10*time.Second), func() error {
 				for i, nd := range c.nodes {
 					e, err := nd.GetEntry("net1", "endpoints", "ep-0")
 					if err != nil {
@@ -72,7 +72,7 @@ func TestClusterConverges(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			c.waitTablesAgree("net1", n, 10*time.Second)
+			c.waitTablesAgree("net1", n, c.bound(10*time.Second))
 			// (Label rejects are left out: see TestRotationUnderTraffic.)
 			if s := c.totalStats(); s.DecryptFailures+s.MalformedPackets+s.MalformedMessages != 0 {
 				c.logLastErrors()
@@ -93,7 +93,7 @@ func TestKilledNodeEntriesRemoved(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.waitTablesAgree("net1", n, 10*time.Second)
+	c.waitTablesAgree("net1", n, c.bound(10*time.Second))
 	var cols []*collector
 	for _, nd := range c.nodes[:n-1] {
 		ch, cancel := nd.Watch("net1", "")
@@ -105,7 +105,7 @@ func TestKilledNodeEntriesRemoved(t *testing.T) {
 	if err := victim.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c.waitTablesAgree("net1", n-1, 20*time.Second)
+	c.waitTablesAgree("net1", n-1, c.detectBound())
 	t.Logf("entries of the killed node gone everywhere after %v", time.Since(killed))
 	for i, nd := range c.live() {
 		for _, e := range nd.Entries("net1", "") {
@@ -114,7 +114,7 @@ func TestKilledNodeEntriesRemoved(t *testing.T) {
 			}
 		}
 		// Watch events are delivered asynchronously: the delete may trail the table.
-		waitFor(t, 10*time.Second, func() error {
+		waitFor(t, c.bound(10*time.Second), func() error {
 			for _, ev := range cols[i].snapshot() {
 				if ev.Type == EntryDeleted && ev.Key == victim.Name() {
 					return nil
@@ -187,11 +187,12 @@ func TestPartitionHeals(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.waitTablesAgree("net1", n, 10*time.Second)
+	c.waitTablesAgree("net1", n, c.bound(10*time.Second))
 
 	left, right := c.nodes[:n/2], c.nodes[n/2:]
+	cut := time.Now()
 	c.filter.partition(left, right)
-	waitFor(t, 20*time.Second, func() error {
+	waitFor(t, c.detectBound(), func() error {
 		for _, nd := range c.nodes {
 			if got := nd.NumAlive(); got != n/2 {
 				return fmt.Errorf("%s sees %d alive, want %d", nd.Name(), got, n/2)
@@ -202,6 +203,7 @@ func TestPartitionHeals(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("each side declared the other failed %v after the cut", time.Since(cut).Round(time.Millisecond))
 	// Writes on both sides during the partition: updates, a delete, new entries.
 	for _, nd := range c.nodes {
 		if err := nd.UpdateEntry("net1", "t", nd.Name(), []byte("during")); err != nil {
@@ -219,8 +221,10 @@ func TestPartitionHeals(t *testing.T) {
 	}
 	healed := time.Now()
 	c.filter.heal()
-	c.waitAlive(n)
-	c.waitTablesAgree("net1", 2*n-2, 20*time.Second)
+	// Healing takes a few reconnect intervals; the bound allows for a member suspected again
+	// meanwhile, which clears only after a suspicion timeout.
+	c.waitAliveWithin(n, c.detectBound())
+	c.waitTablesAgree("net1", 2*n-2, c.bound(20*time.Second))
 	t.Logf("membership and tables agree %v after the partition healed", time.Since(healed))
 	for _, e := range c.nodes[0].Entries("net1", "") {
 		if string(e.Value) != "during" {

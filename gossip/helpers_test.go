@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -189,25 +190,77 @@ type cluster struct {
 	t      testing.TB
 	nodes  []*Node
 	filter *netFilter
+	// scale is how many times slower than testConfig's the nodes run their periodic work (see
+	// scaleConfig), and so how many times longer the protocol takes to do anything.
+	scale float64
+	cfg   Config // node-00's configuration, for the bounds derived from it
 }
 
-// newCluster starts n nodes named node-00, node-01, ..., lets mod adjust each config, and
-// joins them all to node-00. It waits until every node sees every other alive.
+// clusterScale is the slow-down of the periodic work of an n-node cluster: 1 up to 10 nodes,
+// n/10 above. testConfig's timings are tuned for at most 10 nodes sharing the test process;
+// all nodes of a cluster share one process (and its two cores, under -race), so the process's
+// protocol work grows with n at fixed intervals. Stretching every interval by n/10 keeps the
+// process's probe, gossip, push/pull and anti-entropy rates at those of a 10-node cluster,
+// which keeps the failure detector's timeouts as far from the scheduler's delays as at N=10.
+func clusterScale(n int) float64 { return max(1, float64(n)/10) }
+
+// scaleConfig stretches cfg's periods and timeouts by f, and for f > 1 turns memberlist's
+// compression off: under the race detector the 64 KB LZW table memberlist allocates for every
+// packet it sends makes an idle 30-node cluster take about 1.3 cores instead of 0.35, enough
+// on two loaded cores for probes to time out and healthy nodes to be declared dead.
+func scaleConfig(cfg *Config, f float64) {
+	if f <= 1 {
+		return
+	}
+	for _, d := range []*time.Duration{&cfg.GossipInterval, &cfg.ProbeInterval, &cfg.ProbeTimeout, &cfg.PushPullInterval,
+		&cfg.TCPTimeout, &cfg.AntiEntropyInterval, &cfg.ReconnectInterval} {
+		*d = time.Duration(float64(*d) * f)
+	}
+	cfg.DisableCompression = true
+}
+
+// newCluster starts n nodes named node-00, node-01, ..., with testConfig's timings stretched by
+// clusterScale(n), lets mod adjust each config, and joins them all to node-00. It waits until
+// every node sees every other alive.
 func newCluster(t testing.TB, n int, mod func(i int, c *Config)) *cluster {
 	t.Helper()
-	c := &cluster{t: t, filter: newNetFilter()}
+	c := &cluster{t: t, filter: newNetFilter(), scale: clusterScale(n)}
 	key := testKey(1)
 	for i := range n {
 		cfg := testConfig(fmt.Sprintf("node-%02d", i), key)
+		scaleConfig(&cfg, c.scale)
 		cfg.testTransport = c.filter.wrap
 		if mod != nil {
 			mod(i, &cfg)
+		}
+		if i == 0 {
+			c.cfg = cfg
 		}
 		c.start(cfg)
 	}
 	c.joinAll(c.nodes[1:]...)
 	c.waitAlive(n)
 	return c
+}
+
+// bound stretches a wait tuned for clusters of up to 10 nodes by the cluster's scale: every
+// period of the protocol is that many times longer.
+func (c *cluster) bound(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * max(1, c.scale))
+}
+
+// detectBound bounds the time for every live node to declare failed a member that stopped
+// answering (killed, or cut off): memberlist's longest suspicion timeout, reached when no other
+// member confirms the suspicion (SuspicionMaxTimeoutMult, 6 in memberlist's LAN profile, times
+// SuspicionMult·max(1, log10 N)·ProbeInterval), plus one full round of probes (each node
+// probes each member once every N probe intervals), plus 8 s for a starved scheduler. It is
+// 20 s at N=6 and testConfig's timings, 87 s at N=30 with timings stretched 3 times; detection
+// takes about a quarter of that.
+func (c *cluster) detectBound() time.Duration {
+	n := float64(len(c.nodes))
+	probe := float64(c.cfg.ProbeInterval)
+	suspicion := 6 * float64(c.cfg.SuspicionMult) * max(1, math.Log10(n)) * probe
+	return time.Duration(suspicion+n*probe) + 8*time.Second
 }
 
 func (c *cluster) start(cfg Config) *Node {
@@ -254,9 +307,15 @@ func (c *cluster) live() []*Node {
 	return out
 }
 
+// waitAlive waits until every live node sees n members alive.
 func (c *cluster) waitAlive(n int) {
 	c.t.Helper()
-	waitFor(c.t, 20*time.Second, func() error {
+	c.waitAliveWithin(n, c.bound(20*time.Second))
+}
+
+func (c *cluster) waitAliveWithin(n int, timeout time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, timeout, func() error {
 		for _, nd := range c.live() {
 			if got := nd.NumAlive(); got != n {
 				return fmt.Errorf("%s sees %d alive members, want %d", nd.Name(), got, n)

@@ -263,6 +263,7 @@ func New(cfg Config) (*Node, error) {
 	mc.Events = (*eventDelegate)(n)
 	mc.Logger = mlLog
 	mc.DNSConfigPath = ""
+	mc.EnableCompression = !cfg.DisableCompression
 
 	n.clusterQ = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return int(n.numMembers.Load()) },
