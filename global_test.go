@@ -35,7 +35,9 @@ type globalBackend struct {
 }
 
 // globalBackends starts one etcd and one Consul server for the test and returns openers on
-// them, each with a prefix of its own for this test.
+// them, each with a prefix of its own for this test. The clients' own request timeout is long
+// (a list of 10,000 records under load takes seconds): the hosts bound their calls with
+// StoreTimeout (2s), which is what the outage tests measure.
 func globalBackends(t *testing.T) []globalBackend {
 	t.Helper()
 	nstest.Privileged(t)
@@ -44,7 +46,7 @@ func globalBackends(t *testing.T) []globalBackend {
 	ca := storetest.StartConsul(t)
 	return []globalBackend{
 		{"etcd", func(t *testing.T) kvstore.Store {
-			s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: ec.Endpoints(), Prefix: prefix, RequestTimeout: 2 * time.Second})
+			s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: ec.Endpoints(), Prefix: prefix, RequestTimeout: 10 * time.Second})
 			if err != nil {
 				t.Fatalf("etcd.Open: %v", err)
 			}
@@ -52,7 +54,7 @@ func globalBackends(t *testing.T) []globalBackend {
 			return s
 		}, func() { ec.Stop(0) }, func() { ec.Start(0) }},
 		{"consul", func(t *testing.T) kvstore.Store {
-			s, err := consul.Open(t.Context(), consul.Config{Address: ca.Addr(), Prefix: prefix, RequestTimeout: 2 * time.Second})
+			s, err := consul.Open(t.Context(), consul.Config{Address: ca.Addr(), Prefix: prefix, RequestTimeout: 10 * time.Second})
 			if err != nil {
 				t.Fatalf("consul.Open: %v", err)
 			}
@@ -127,8 +129,11 @@ func hasNetwork(c *cnm.Controller, name string) bool {
 }
 
 func TestPrivilegedGlobalNetworks(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
 	for _, be := range globalBackends(t) {
 		t.Run(be.name, func(t *testing.T) {
+			t.Parallel() // the backends have servers of their own
 			ctx := t.Context()
 			a := newGhost(t, "host-a", be.open(t), 0)
 			b := newGhost(t, "host-b", be.open(t), 0)
@@ -225,12 +230,15 @@ func assertGlobalClean(t *testing.T, s kvstore.Store) {
 }
 
 func TestPrivilegedGlobalAddresses10k(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
 	const (
 		total   = 10000
 		workers = 8 // per host
 	)
 	for _, be := range globalBackends(t) {
 		t.Run(be.name, func(t *testing.T) {
+			t.Parallel() // the backends have servers of their own
 			ctx := t.Context()
 			a := newGhost(t, "host-a", be.open(t), 0)
 			b := newGhost(t, "host-b", be.open(t), 0)
@@ -316,8 +324,11 @@ func TestPrivilegedGlobalAddresses10k(t *testing.T) {
 }
 
 func TestPrivilegedHostRegistry(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
 	for _, be := range globalBackends(t) {
 		t.Run(be.name, func(t *testing.T) {
+			t.Parallel() // the backends have servers of their own
 			ctx := t.Context()
 			ttl := time.Second
 			a := newGhost(t, "host-a", be.open(t), ttl)
@@ -423,6 +434,7 @@ func retryUntil(d time.Duration, f func() error) error {
 // agree on every network, with nothing lost or leaked.
 func TestPrivilegedGlobalEtcdOutage(t *testing.T) {
 	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
 	ctx := t.Context()
 	ec := storetest.StartEtcdCluster(t, 3)
 	prefix := "outage"
@@ -514,8 +526,11 @@ func TestPrivilegedGlobalEtcdOutage(t *testing.T) {
 // holds exactly the addresses of the records (what failed creates took is freed), with none
 // given twice.
 func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
 	for _, be := range globalBackends(t) {
 		t.Run(be.name, func(t *testing.T) {
+			t.Parallel() // the backends have servers of their own
 			ctx := t.Context()
 			// The leases outlive the outage: this test is about the store, not the registry.
 			a := newGhost(t, "host-a", be.open(t), 30*time.Second)
