@@ -23,6 +23,23 @@
 // the store: leftovers of a crash (a namespace, bridge or veth without a record) are removed,
 // records whose kernel objects vanished are cleaned up. Repairs returns what was fixed.
 //
+// # Global scope: several hosts
+//
+// With Config.GlobalStore (etcd or Consul, see kvstore/kvurl), networks of global-scope
+// drivers live in that store with their endpoints and the global IPAM space; local networks
+// stay in the local store. Each host registers under Config.Hostname on a lease; it watches the
+// global networks (adopting those other hosts create, forgetting those they delete) and the
+// registry (reclaiming the endpoints of a host whose lease ran out). Names of global networks
+// are unique across the cluster and a global network with endpoints on any host cannot be
+// deleted. Every call to the global store is bounded by Config.StoreTimeout and fails with
+// ErrUnavailable past it. The registry's first host (by name) sweeps the store every
+// min(HostTTL, 5s) for what departed hosts and failed writes left. See global.go.
+//
+// Known limits: a host whose lease runs out while it is cut off from the store (longer than
+// HostTTL) has its endpoints reclaimed by the others although it still uses them; it registers
+// again when the store returns, but does not claim those addresses back. Keep HostTTL above the
+// outages to ride out. New needs the global store to answer (it restores global networks).
+//
 // # Concurrency
 //
 // Every method of the Controller, and of the networks, endpoints and sandboxes it returns, is
