@@ -33,12 +33,14 @@
 // are unique across the cluster and a global network with endpoints on any host cannot be
 // deleted. Every call to the global store is bounded by Config.StoreTimeout and fails with
 // ErrUnavailable past it. The registry's first host (by name) sweeps the store every
-// min(HostTTL, 5s) for what departed hosts and failed writes left. See global.go.
+// min(HostTTL, 5s) for what departed hosts and failed writes left.
 //
-// Known limits: a host whose lease runs out while it is cut off from the store (longer than
-// HostTTL) has its endpoints reclaimed by the others although it still uses them; it registers
-// again when the store returns, but does not claim those addresses back. Keep HostTTL above the
-// outages to ride out. New needs the global store to answer (it restores global networks).
+// A host whose lease runs out while it is cut off from the store (longer than HostTTL) may have
+// its endpoints reclaimed by the others meanwhile; when the store answers again it registers
+// again and puts their records back, taking their addresses back from IPAM (an address another
+// endpoint took in between is reported in Reclaimed). Keep HostTTL above the outages to ride
+// out, so that this stays rare. New needs the global store to answer: it restores the global
+// networks.
 //
 // # Concurrency
 //

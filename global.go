@@ -530,6 +530,7 @@ func (c *Controller) syncNetworks(ctx context.Context) error {
 func (c *Controller) watchHosts(ctx context.Context) {
 	g := c.global
 	sweep := time.NewTicker(min(g.ttl, 5*time.Second))
+	reassertAgain := 0
 	defer sweep.Stop()
 	c.sweep(ctx)
 	for attempt := 0; ctx.Err() == nil; attempt++ {
@@ -568,6 +569,10 @@ func (c *Controller) watchHosts(ctx context.Context) {
 						c.mu.Lock()
 						leaseDone = g.lease.Done()
 						c.mu.Unlock()
+						// Once now, and again at the next sweeps: a survivor's reclaim
+						// that started before this registration may still land.
+						c.reassert(ctx)
+						reassertAgain = 3
 						break
 					} else if errors.Is(err, errclass.ErrAlreadyExists) {
 						c.log.Error("global: host name taken by another host while this one was away", "err", err)
@@ -578,9 +583,38 @@ func (c *Controller) watchHosts(ctx context.Context) {
 					}
 				}
 			case <-sweep.C:
+				if reassertAgain > 0 {
+					reassertAgain--
+					c.reassert(ctx)
+				}
 				c.sweep(ctx)
 			case <-ctx.Done():
 				return
+			}
+		}
+	}
+}
+
+// reassert puts back the records of this host's endpoints on global networks that the other
+// hosts reclaimed while its registration had lapsed, taking their addresses back. An address
+// another endpoint took meanwhile is reported (Reclaimed) and its endpoint left as it is.
+func (c *Controller) reassert(ctx context.Context) {
+	c.mu.Lock()
+	nets := slices.Collect(maps.Values(c.networks))
+	c.mu.Unlock()
+	for _, n := range nets {
+		if !n.Global() {
+			continue
+		}
+		for _, ep := range n.Eps() {
+			back, err := n.Reassert(ctx, ep)
+			switch {
+			case errors.Is(err, errclass.ErrConflict):
+				c.noteGlobalRepair(drivers.Repair{Object: "endpoint " + ep.Name() + " of network " + n.Name(), Action: "not restored", Reason: err.Error()})
+			case err != nil:
+				c.log.Warn("global: reassert endpoint", "endpoint", ep.Name(), "err", err)
+			case back:
+				c.noteGlobalRepair(drivers.Repair{Object: "endpoint " + ep.Name() + " of network " + n.Name(), Action: "record restored", Reason: "reclaimed while this host's registration had lapsed"})
 			}
 		}
 	}

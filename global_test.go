@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
@@ -665,4 +667,94 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 			assertGlobalClean(t, s)
 		})
 	}
+}
+
+// TestPrivilegedGlobalLeaseLost ends every host's lease behind its back (as an outage longer
+// than the TTL would): the registry empties, the survivors may reclaim each other's endpoints,
+// and each host registers again and puts back its own. In the end every endpoint has its record
+// and its address, held once.
+func TestPrivilegedGlobalLeaseLost(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	prefix := "leaselost"
+	a := newGhost(t, "host-a", openEtcd(t, ec.Endpoints(), prefix), 2*time.Second)
+	b := newGhost(t, "host-b", openEtcd(t, ec.Endpoints(), prefix), 2*time.Second)
+	subnet := netip.MustParsePrefix("10.71.0.0/24")
+	na, err := a.c.NewNetwork(ctx, "g", globalDriver, network.WithSubnet(subnet))
+	if err != nil {
+		t.Fatalf("NewNetwork: %v", err)
+	}
+	waitFor(t, 5*time.Second, "b does not see g", func() bool { return hasNetwork(b.c, "g") })
+	nb, _ := b.c.Network("g")
+	want := map[netip.Addr]bool{netip.MustParseAddr("10.71.0.1"): true}
+	for i, n := range []network.Network{na, nb, na, nb} {
+		ep, err := n.CreateEndpoint(ctx, fmt.Sprintf("e%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[ep.Info().IPv4.Addr()] = true
+	}
+
+	// Revoke every lease with a raw client: the registry entries go at once.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: ec.Endpoints(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	leases, err := cli.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases.Leases {
+		if _, err := cli.Revoke(ctx, l.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("revoked %d leases", len(leases.Leases))
+
+	s := openEtcd(t, ec.Endpoints(), prefix)
+	g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the hosts did not register again with every record and address back", func() bool {
+		hosts, err := a.c.Hosts(ctx)
+		if err != nil || len(hosts) != 2 {
+			return false
+		}
+		recs, err := s.List(ctx, endpoint.KeyPrefix+na.ID()+"/")
+		if err != nil || len(recs) != 4 {
+			return false
+		}
+		got, err := g.Addresses(ctx, ipam.MakePoolID(ipam.GlobalSpace, subnet))
+		if err != nil || len(got) != len(want) {
+			return false
+		}
+		for _, x := range got {
+			if !want[x] {
+				return false
+			}
+		}
+		return true
+	})
+	// Stable: a later sweep does not take anything away again.
+	time.Sleep(3 * time.Second)
+	recs, err := s.List(ctx, endpoint.KeyPrefix+na.ID()+"/")
+	if err != nil || len(recs) != 4 {
+		t.Fatalf("after the sweeps: %d records (%v), want 4", len(recs), err)
+	}
+	t.Logf("repairs: a %v; b %v", a.c.Reclaimed(), b.c.Reclaimed())
+	for _, n := range []network.Network{na, nb} {
+		for _, ep := range n.Endpoints() {
+			if err := ep.Delete(ctx); err != nil {
+				t.Fatalf("delete %s: %v", ep.Name(), err)
+			}
+		}
+	}
+	if err := a.c.DeleteNetwork(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	assertGlobalClean(t, s)
 }

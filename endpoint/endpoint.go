@@ -168,6 +168,28 @@ func (e *Ep) Info() Info {
 	return infoOf(e.rec)
 }
 
+// Rewrite writes the endpoint's record again, create-only, after it vanished from the store
+// (on a global network, other hosts reclaimed it while this host's registration had lapsed),
+// and adopts the new revision. The caller has taken the addresses back from IPAM.
+func (e *Ep) Rewrite(ctx context.Context) error {
+	e.mu.Lock()
+	if err := e.beginLocked("rewrite"); err != nil {
+		e.mu.Unlock()
+		return err
+	}
+	rec := e.rec
+	e.mu.Unlock()
+	defer e.end()
+	rev, err := e.store(ctx, rec, 0)
+	if err != nil {
+		return fmt.Errorf("endpoint %s: rewrite record: %w", rec.Name, err)
+	}
+	e.mu.Lock()
+	e.revision = rev
+	e.mu.Unlock()
+	return nil
+}
+
 // Store returns the store that holds the endpoint's record: the global store for an endpoint
 // of a global-scope network, else the local one.
 func (e *Ep) Store() kvstore.Store { return e.cfg.Store }

@@ -864,6 +864,43 @@ func (n *Net) Forget(ctx context.Context) error {
 	return nil
 }
 
+// Reassert puts back the record of ep, an endpoint of this host whose record is gone from the
+// global store (the other hosts reclaimed it while this host's registration had lapsed): it
+// takes its addresses back from IPAM, then writes the record. An address that another endpoint
+// took meanwhile fails it with an error matching cnm.ErrConflict, and nothing is changed. It
+// reports false when the record was there.
+func (n *Net) Reassert(ctx context.Context, ep *endpoint.Ep) (bool, error) {
+	rec := ep.Record()
+	if _, err := n.cfg.Store.Get(ctx, endpoint.Key(n.rec.ID, rec.ID)); !errors.Is(err, kvstore.ErrKeyNotFound) {
+		return false, err
+	}
+	var taken []func()
+	undo := func() {
+		for _, f := range taken {
+			f()
+		}
+	}
+	rb := context.WithoutCancel(ctx)
+	for _, a := range []struct {
+		pool ipam.PoolID
+		p    netip.Prefix
+	}{{n.poolV4, rec.IPv4}, {n.poolV6, rec.IPv6}} {
+		if a.pool == "" || !a.p.IsValid() {
+			continue
+		}
+		if _, err := n.cfg.IPAM.RequestAddress(ctx, a.pool, a.p.Addr()); err != nil {
+			undo()
+			return false, fmt.Errorf("network %s: endpoint %s: take back %s: %w", n.rec.Name, rec.Name, a.p.Addr(), err)
+		}
+		taken = append(taken, func() { _ = n.cfg.IPAM.ReleaseAddress(rb, a.pool, a.p.Addr()) })
+	}
+	if err := ep.Rewrite(ctx); err != nil {
+		undo()
+		return false, err
+	}
+	return true, nil
+}
+
 // Reclaim deletes the record of an endpoint that another host left behind (that host is gone
 // from the registry) and frees its addresses. The record is deleted at its revision first, so
 // when several survivors reclaim the same endpoint only one frees the addresses. It reports
