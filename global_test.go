@@ -758,3 +758,80 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 	}
 	assertGlobalClean(t, s)
 }
+
+// gp2pDriver is the p2p test driver with global scope: its networks live in the global store,
+// and its endpoints join sandboxes with a real veth.
+type gp2pDriver struct{ p2pDriver }
+
+func (d *gp2pDriver) Capabilities() drivers.Capabilities {
+	return drivers.Capabilities{DataScope: drivers.GlobalScope}
+}
+
+// TestPrivilegedGlobalJoinRestart joins a sandbox to a global network, restarts the host, and
+// deletes the sandbox: the endpoint's record lives in the global store throughout, the
+// interface survives the restart, and the sandbox's deletion removes the record and frees the
+// address there.
+func TestPrivilegedGlobalJoinRestart(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its servers, hosts and prefixes are its own
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	gs := openEtcd(t, ec.Endpoints(), "join")
+	hostNS := nstest.NewNS(t).Path()
+	dataDir, runDir := t.TempDir(), t.TempDir()
+	open := func() *cnm.Controller {
+		c, err := cnm.New(ctx, cnm.Config{
+			DataDir: dataDir, RunDir: runDir, HostNetns: hostNS, NoPredefinedNetworks: true,
+			Drivers:     map[string]drivers.Driver{"gp2p": &gp2pDriver{p2pDriver{hostPath: hostNS}}},
+			GlobalStore: gs, Hostname: "host-j", StoreTimeout: 2 * time.Second,
+		})
+		if err != nil {
+			t.Fatalf("cnm.New: %v", err)
+		}
+		t.Cleanup(func() {
+			for _, sb := range c.Sandboxes() {
+				c.DeleteSandbox(context.Background(), sb.ID())
+			}
+			c.Close()
+		})
+		return c
+	}
+	c := open()
+	nw, err := c.NewNetwork(ctx, "gx", "gp2p", network.WithSubnet(netip.MustParsePrefix("10.72.0.0/24")))
+	if err != nil {
+		t.Fatalf("NewNetwork: %v", err)
+	}
+	sb := mustSandbox(t, c, "sb1")
+	ep := mustConnect(t, c, "gx", "sb1")
+	addr := ep.Info().IPv4.Addr()
+	pingOK(t, sb, netip.MustParseAddr("10.72.0.1"))
+	recs, err := gs.List(ctx, endpoint.KeyPrefix+nw.ID()+"/")
+	if err != nil || len(recs) != 1 || !strings.Contains(string(recs[0].Value), `"host":"host-j"`) || !strings.Contains(string(recs[0].Value), `"sandbox_id":"sb1"`) {
+		t.Fatalf("global endpoint records = %v (%v), want one of host-j joined to sb1", recs, err)
+	}
+
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	c = open()
+	if reps := c.Repairs(); len(reps) != 0 {
+		t.Errorf("restart repaired %v, want nothing", reps)
+	}
+	sb = mustGet(t, c, "sb1")
+	pingOK(t, sb, netip.MustParseAddr("10.72.0.1"))
+	nw, _ = c.Network("gx")
+	if eps := nw.Endpoints(); len(eps) != 1 || eps[0].Info().IPv4.Addr() != addr || eps[0].Info().SandboxID != "sb1" {
+		t.Fatalf("after restart: endpoints %v, want one joined to sb1 with %s", eps, addr)
+	}
+
+	if err := c.DeleteSandbox(ctx, "sb1"); err != nil {
+		t.Fatalf("DeleteSandbox: %v", err)
+	}
+	if recs, err := gs.List(ctx, endpoint.KeyPrefix); err != nil || len(recs) != 0 {
+		t.Fatalf("after DeleteSandbox: global endpoint records %d (%v), want none", len(recs), err)
+	}
+	if err := c.DeleteNetwork(ctx, "gx"); err != nil {
+		t.Fatalf("DeleteNetwork: %v", err)
+	}
+	assertGlobalClean(t, gs)
+}
