@@ -112,11 +112,11 @@ type Config struct {
 	// TCPTimeout bounds every TCP exchange (join, push/pull, bulk sync). 0 means 10 s.
 	TCPTimeout time.Duration
 	// DisableCompression turns off memberlist's LZW compression of packets and streams
-	// (before encryption). Compression roughly halves the bytes of table gossip, but
-	// memberlist tries it on every packet it sends, pings included, allocating a 64 KB table
-	// each time: a node with compression uses about 1.5 times the CPU of one without when
-	// idle (several times that under the race detector). Nodes with and without compression
-	// understand each other. The zero value keeps compression on.
+	// (before encryption). Compression halves the bytes of table gossip, but memberlist tries
+	// it on every packet it sends, pings included, allocating a 64 KB table each time: a node
+	// with compression uses 1.2 to 1.6 times the CPU of one without when idle (see
+	// BENCHMARKS.md). Nodes with and without compression understand each other. The zero
+	// value keeps compression on.
 	DisableCompression bool
 
 	// AntiEntropyInterval is the period of the full state exchange cnm adds on top of

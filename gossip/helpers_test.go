@@ -205,9 +205,12 @@ type cluster struct {
 func clusterScale(n int) float64 { return max(1, float64(n)/10) }
 
 // scaleConfig stretches cfg's periods and timeouts by f, and for f > 1 turns memberlist's
-// compression off: under the race detector the 64 KB LZW table memberlist allocates for every
-// packet it sends makes an idle 30-node cluster take about 1.3 cores instead of 0.35, enough
-// on two loaded cores for probes to time out and healthy nodes to be declared dead.
+// compression off, which costs a 64 KB LZW table for every packet sent. Measured under -race
+// with testConfig's timings, an idle 30-node cluster takes 0.6 core with compression and 0.34
+// without; stretched 3 times and without compression, 0.13. Without that headroom, on two
+// cores shared with other tests, a few probes time out, and the false failures feed on
+// themselves: each one sets off reconnects, refutations and anti-entropy rounds on every
+// node, which starve more probes (1.3 cores and dozens of false failures a second measured).
 func scaleConfig(cfg *Config, f float64) {
 	if f <= 1 {
 		return
