@@ -125,8 +125,20 @@ type leadership struct {
 	u     kvstore.Unlocker
 	ended chan struct{} // closed by keyLoop once it no longer drives with this lock
 	// keyLoop only:
-	synced bool   // the store's record has been read (and reconciled) under this lock
-	rev    uint64 // revision of the record this node last read or wrote
+	synced  bool   // the store's record has been read (and reconciled) under this lock
+	rev     uint64 // revision of the record this node last read or wrote
+	failing bool   // the last store call failed: repeat failures are logged at debug level
+}
+
+// storeFailed logs a failed store call of the driver: at warn level the first time after a
+// success, at debug level while the store keeps failing (the driver retries every tick).
+func (n *Node) storeFailed(l *leadership, msg string, err error) {
+	if l.failing {
+		n.log.Debug(msg, "err", err)
+		return
+	}
+	l.failing = true
+	n.log.Warn(msg+"; retrying", "err", err)
 }
 
 // campaign tries, for as long as the node has not left or closed, to take the rotation lock,
@@ -213,7 +225,7 @@ func (n *Node) syncStore(l *leadership) bool {
 	}
 	st, rev, err := n.readStore(n.ctx)
 	if err != nil {
-		n.log.Warn("rotation driver cannot read the store", "err", err)
+		n.storeFailed(l, "rotation driver cannot read the store", err)
 		return false
 	}
 	l.rev = rev
@@ -230,12 +242,13 @@ func (n *Node) syncStore(l *leadership) bool {
 	case c > 0:
 		rev, err := n.writeStore(n.ctx, cur, l.rev)
 		if err != nil {
-			n.log.Warn("rotation driver cannot write its state to the store", "err", err)
+			n.storeFailed(l, "rotation driver cannot write its state to the store", err)
 			return false
 		}
 		l.rev = rev
 	}
 	l.synced = true
+	l.failing = false
 	n.log.Info("driving key rotations", "lock", n.lockKey, "epoch", n.KeyringStatus().Epoch)
 	return true
 }
@@ -251,10 +264,11 @@ func (n *Node) commitStore(l *leadership, next *rotationState) bool {
 			n.log.Warn("the rotation state in the store changed under this driver; reading it again", "key", n.ringKey)
 			l.synced = false
 		} else {
-			n.log.Warn("rotation driver cannot write the store; retrying", "err", err)
+			n.storeFailed(l, "rotation driver cannot write the store", err)
 		}
 		return false
 	}
 	l.rev = rev
+	l.failing = false
 	return true
 }

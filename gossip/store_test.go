@@ -123,6 +123,8 @@ type nodeStore struct {
 	tr   *lockTracker
 	ttl  time.Duration
 
+	down atomic.Bool // every call fails with kvstore.ErrUnavailable, as when the store is cut off
+
 	mu   sync.Mutex // guards following
 	dead bool
 	held *trackedLock
@@ -143,6 +145,9 @@ func (s *nodeStore) alive() error {
 	defer s.mu.Unlock()
 	if s.dead {
 		return kvstore.ErrClosed
+	}
+	if s.down.Load() {
+		return kvstore.ErrUnavailable
 	}
 	return nil
 }
@@ -744,6 +749,55 @@ func TestStoreSchedulePersisted(t *testing.T) {
 		t.Errorf("record rewritten by the restart: revision %d, was %d (%v)", got.Revision, rec.Revision, err)
 	}
 	sc.tr.check(t)
+}
+
+// TestStoreUnavailable: the store goes away while a rotation is due: the driver cannot write
+// its first step, so no member changes its keys; when the store comes back the rotation runs,
+// driven by the lock holder, and the record catches up.
+func TestStoreUnavailable(t *testing.T) {
+	// Rotations may start while open is set. (A budget would not do: the driver's failed
+	// attempts would use it up.)
+	var open atomic.Bool
+	sc := newStoreCluster(t, 3, func(i int, c *Config) {
+		c.RotationInterval = time.Second
+		c.testAdvance = func(from, to rotationPhase) bool { return from != phaseDone || open.Load() }
+	})
+	holder := sc.waitHolder("")
+	for _, h := range sc.handles {
+		h.down.Store(true)
+	}
+	open.Store(true)
+	// Let the driver try (every 50 ms) for a second after the rotation is due.
+	deadline := holder.KeyringStatus().NextRotation.Add(time.Second)
+	if d := time.Now().Add(time.Second); d.After(deadline) {
+		deadline = d
+	}
+	for time.Now().Before(deadline) {
+		for _, nd := range sc.nodes {
+			if s := nd.KeyringStatus(); s.Epoch != 0 {
+				t.Fatalf("%s at epoch %d %s while the store is down", nd.Name(), s.Epoch, s.Phase)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, h := range sc.handles {
+		h.down.Store(false)
+	}
+	waitFor(t, 30*time.Second, func() error {
+		if s := holder.KeyringStatus(); s.Epoch == 0 {
+			return errors.New("no rotation started yet")
+		}
+		return nil
+	})
+	open.Store(false)
+	waitFor(t, 30*time.Second, func() error { return keysAgree(sc.nodes, 1) })
+	if s := sc.tr.check(t)[1]; s != [4]string{holder.Name(), holder.Name(), holder.Name(), holder.Name()} {
+		t.Errorf("epoch 1 driven by %v, want %s", s, holder.Name())
+	}
+	st, _ := storeState(t, sc.store, DefaultStorePrefixBase+DefaultClusterLabel)
+	if ks := holder.KeyringStatus(); st.Epoch != ks.Epoch || st.Phase != phaseDone {
+		t.Errorf("store at epoch %d %s, members at %d %s", st.Epoch, st.Phase, ks.Epoch, ks.Phase)
+	}
 }
 
 // lockless is a store without the Locker capability.
