@@ -73,9 +73,10 @@
 // KeyringFile and set Config.Keys to the keys [Node.Keys] returns on a healthy member. A
 // running node can also be repaired with [Node.AddKey] and [Node.UseKey] before [Node.Join].
 // When KeyringFile exists it wins over Config.Keys: Config.Keys only bootstraps a node that has
-// no keyring file yet. With a Config.Store none of this is needed: a node starts from the
-// store's rotation state when it is newer than its file's (see below), so a member that was
-// away for any length of time rejoins by itself.
+// no keyring file yet. With a Config.Store none of this is needed for a restart: a node starts
+// from the store's rotation state when it is newer than its file's (see below), so a member
+// that was down for any length of time rejoins by itself. (A node reads the store only at
+// New: one that kept running while cut off for two rotations needs a restart.)
 //
 // # Keys in a store
 //
@@ -95,7 +96,7 @@
 //     phase, the time of the next rotation, and which node wrote it). The driver writes each
 //     step there, with a compare-and-swap on the revision it last saw, before any member
 //     applies it; a driver whose lock ran out without it noticing fails that write, reads the
-//     record again and yields. A node that finds no record at [New] creates it (create-only)
+//     record again and adopts what the new driver wrote. A node that finds no record at [New] creates it (create-only)
 //     from its keyring file or Config.Keys.
 //
 // At [New] a node reads the record: it starts from the newer of the record's state and its
