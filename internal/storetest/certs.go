@@ -52,20 +52,20 @@ func writeTestCerts(dir string, names certNames) (*testCerts, error) {
 		serverKey:  filepath.Join(dir, "server-key.pem"),
 	}
 	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
+	template := func(serial int64, cn string) *x509.Certificate {
+		return &x509.Certificate{
+			SerialNumber: big.NewInt(serial),
+			Subject:      pkix.Name{CommonName: cn},
+			NotBefore:    now.Add(-time.Hour),
+			NotAfter:     now.Add(24 * time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+		}
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: names.ca},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caTmpl := template(1, names.ca)
+	caTmpl.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	caTmpl.BasicConstraintsValid = true
+	caTmpl.IsCA = true
+	caDER, caKey, err := signCert(caTmpl, nil, nil, c.ca, "")
 	if err != nil {
 		return nil, err
 	}
@@ -73,49 +73,17 @@ func writeTestCerts(dir string, names certNames) (*testCerts, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writePEM(c.ca, "CERTIFICATE", caDER); err != nil {
+	srvTmpl := template(2, names.server)
+	srvTmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	srvTmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	srvTmpl.DNSNames = names.serverDNS
+	if _, _, err := signCert(srvTmpl, ca, caKey, c.serverCert, c.serverKey); err != nil {
 		return nil, err
 	}
-	for _, leaf := range []struct {
-		serial          int64
-		cn              string
-		usage           []x509.ExtKeyUsage
-		server          bool
-		certPath, kPath string
-	}{
-		{2, names.server, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, true, c.serverCert, c.serverKey},
-		{3, names.clientName, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, false, c.clientCert, c.clientKey},
-	} {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(leaf.serial),
-			Subject:      pkix.Name{CommonName: leaf.cn},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  leaf.usage,
-		}
-		if leaf.server {
-			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-			tmpl.DNSNames = names.serverDNS
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return nil, err
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return nil, err
-		}
-		if err := writePEM(leaf.certPath, "CERTIFICATE", der); err != nil {
-			return nil, err
-		}
-		if err := writePEM(leaf.kPath, "PRIVATE KEY", kder); err != nil {
-			return nil, err
-		}
+	cliTmpl := template(3, names.clientName)
+	cliTmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if _, _, err := signCert(cliTmpl, ca, caKey, c.clientCert, c.clientKey); err != nil {
+		return nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
@@ -125,6 +93,36 @@ func writeTestCerts(dir string, names certNames) (*testCerts, error) {
 	}
 	c.client = &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	return c, nil
+}
+
+// signCert generates a P-256 key, signs tmpl with parentKey as parent (self-signed when parent
+// is nil), and writes the certificate to certPath and, unless keyPath is "", the key (PKCS #8)
+// to keyPath. It returns the certificate's DER and the key.
+func signCert(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, certPath, keyPath string) ([]byte, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := writePEM(certPath, "CERTIFICATE", der); err != nil {
+		return nil, nil, err
+	}
+	if keyPath != "" {
+		kder, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := writePEM(keyPath, "PRIVATE KEY", kder); err != nil {
+			return nil, nil, err
+		}
+	}
+	return der, key, nil
 }
 
 // writePEM writes der as one PEM block of type typ to the file at path, readable by its owner

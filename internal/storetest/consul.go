@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -35,29 +34,10 @@ const consulStartTimeout = 30 * time.Second
 // build it.
 func ConsulBinary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv(ConsulBinEnv); p != "" {
-		path, err := exec.LookPath(p)
-		if err != nil {
-			t.Fatalf("storetest: %s=%q: %v", ConsulBinEnv, p, err)
-		}
-		return path
-	}
-	if p := consulCachePath(); p != "" {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	if path, err := exec.LookPath("consul"); err == nil {
-		return path
-	}
 	how := fmt.Sprintf("consul not found: set %s, or build Consul %s into %s with "+
 		"eval \"$(./scripts/services.sh)\" (a few minutes, needs the Go module proxy)",
 		ConsulBinEnv, ConsulVersion, consulCachePath())
-	if os.Getenv("CI") == "true" {
-		t.Fatal("storetest: " + how + "; CI=true, so the Consul tests must run")
-	}
-	t.Skip("storetest: " + how)
-	return ""
+	return findBinary(t, ConsulBinEnv, consulCachePath(), "Consul", how)
 }
 
 // consulCachePath is where scripts/services.sh puts the Consul binary.

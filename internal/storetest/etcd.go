@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -28,24 +27,9 @@ const etcdStartTimeout = 30 * time.Second // a member (or a whole cluster) becom
 // on PATH, the test is skipped, or fails when CI=true, with a message that says how to install it.
 func EtcdBinary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv(EtcdBinEnv); p != "" {
-		path, err := exec.LookPath(p)
-		if err != nil {
-			t.Fatalf("storetest: %s=%q: %v", EtcdBinEnv, p, err)
-		}
-		return path
-	}
-	path, err := exec.LookPath("etcd")
-	if err == nil {
-		return path
-	}
 	const how = "etcd not found: set CNM_ETCD_BIN, or install it (apt-get install etcd-server, " +
 		"or eval \"$(./scripts/services.sh)\")"
-	if os.Getenv("CI") == "true" {
-		t.Fatal("storetest: " + how + "; CI=true, so the etcd tests must run")
-	}
-	t.Skip("storetest: " + how)
-	return ""
+	return findBinary(t, EtcdBinEnv, "", "etcd", how)
 }
 
 // EtcdTLSFiles are the PEM files of a TLS etcd member (see [StartEtcdTLS]) that a client needs:

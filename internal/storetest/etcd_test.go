@@ -69,22 +69,23 @@ func TestEtcdBinary(t *testing.T) {
 			t.Errorf("EtcdBinary with etcd on PATH = %q (fatal %q, skip %q), want %s", got, f.fatal, f.skip, bin)
 		}
 	})
-	t.Run("missing locally", func(t *testing.T) {
-		t.Setenv(EtcdBinEnv, "")
-		t.Setenv("PATH", t.TempDir())
-		t.Setenv("CI", "")
-		if f, _ := callTB(t, EtcdBinary); f.skip == "" || f.fatal != "" || !strings.Contains(f.skip, "apt-get install etcd-server") {
-			t.Errorf("EtcdBinary without etcd, CI unset: skip %q, fatal %q; want a skip that says how to install", f.skip, f.fatal)
-		}
-	})
-	t.Run("missing in CI", func(t *testing.T) {
-		t.Setenv(EtcdBinEnv, "")
-		t.Setenv("PATH", t.TempDir())
-		t.Setenv("CI", "true")
-		if f, _ := callTB(t, EtcdBinary); f.fatal == "" || f.skip != "" || !strings.Contains(f.fatal, "apt-get install etcd-server") {
-			t.Errorf("EtcdBinary without etcd, CI=true: fatal %q, skip %q; want a failure that says how to install", f.fatal, f.skip)
-		}
-	})
+	// Without a binary, a local run skips and CI fails, both saying how to install etcd.
+	for _, ci := range []string{"", "true"} {
+		t.Run("missing with CI="+ci, func(t *testing.T) {
+			t.Setenv(EtcdBinEnv, "")
+			t.Setenv("PATH", t.TempDir())
+			t.Setenv("CI", ci)
+			f, _ := callTB(t, EtcdBinary)
+			got, other := f.skip, f.fatal
+			if ci == "true" {
+				got, other = f.fatal, f.skip
+			}
+			if got == "" || other != "" || !strings.Contains(got, "apt-get install etcd-server") {
+				t.Errorf("EtcdBinary without etcd, CI=%q: skip %q, fatal %q; want a %s that says how to install",
+					ci, f.skip, f.fatal, map[string]string{"": "skip", "true": "failure"}[ci])
+			}
+		})
+	}
 }
 
 // TestStartEtcdCluster starts three members, stops one and two, and brings them back.

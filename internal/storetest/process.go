@@ -24,6 +24,34 @@ const (
 	readyPoll    = 50 * time.Millisecond
 )
 
+// findBinary returns the path of a server's binary: $envVar, else cached when it is an
+// executable file ("" for none), else strings.ToLower(name) on PATH. When envVar names a file
+// that is not there, the test fails. When none is found, the test is skipped with how, which
+// says how to get the binary, or fails when CI=true, since CI must run every store test.
+func findBinary(t testing.TB, envVar, cached, name, how string) string {
+	t.Helper()
+	if p := os.Getenv(envVar); p != "" {
+		path, err := exec.LookPath(p)
+		if err != nil {
+			t.Fatalf("storetest: %s=%q: %v", envVar, p, err)
+		}
+		return path
+	}
+	if cached != "" {
+		if fi, err := os.Stat(cached); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return cached
+		}
+	}
+	if path, err := exec.LookPath(strings.ToLower(name)); err == nil {
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("storetest: " + how + "; CI=true, so the " + name + " tests must run")
+	}
+	t.Skip("storetest: " + how)
+	return ""
+}
+
 // errExited is returned by [process.awaitReady] when the process exits before it is ready.
 var errExited = errors.New("exited while starting")
 
