@@ -66,7 +66,7 @@ type global struct {
 	// Under Controller.mu:
 	lease     kvstore.Lease
 	pending   map[string]struct{}    // IDs of global networks being created here
-	uncertain []network.UncertainKey // keys to delete once the store answers
+	uncertain []uncertainKey // keys to delete once the store answers
 	kick      chan struct{}          // capacity 1: uncertain has grown
 }
 
@@ -345,10 +345,19 @@ func (c *Controller) startGlobal() {
 	}()
 }
 
+// uncertainKey is a key that a write of unknown outcome may have left, and since when it has
+// been found absent (zero: not yet).
+type uncertainKey struct {
+	network.UncertainKey
+	absentSince time.Time
+}
+
 // noteUncertain queues keys that a write whose outcome is unknown may have left.
 func (c *Controller) noteUncertain(keys ...network.UncertainKey) {
 	c.mu.Lock()
-	c.global.uncertain = append(c.global.uncertain, keys...)
+	for _, k := range keys {
+		c.global.uncertain = append(c.global.uncertain, uncertainKey{UncertainKey: k})
+	}
 	c.mu.Unlock()
 	select {
 	case c.global.kick <- struct{}{}:
@@ -374,10 +383,10 @@ func (c *Controller) cleanUncertain(ctx context.Context) {
 		keys := g.uncertain
 		g.uncertain = nil
 		c.mu.Unlock()
-		var again []network.UncertainKey
-		for _, k := range keys {
-			if !c.deleteUncertain(ctx, k) {
-				again = append(again, k)
+		var again []uncertainKey
+		for i := range keys {
+			if !c.deleteUncertain(ctx, &keys[i]) {
+				again = append(again, keys[i])
 			}
 		}
 		if len(again) > 0 {
@@ -388,13 +397,19 @@ func (c *Controller) cleanUncertain(ctx context.Context) {
 	}
 }
 
-// deleteUncertain deletes k if it is there (with its expected value); false to try again.
-func (c *Controller) deleteUncertain(ctx context.Context, k network.UncertainKey) bool {
+// deleteUncertain deletes k if it is there (with its expected value); false to try again. A key
+// is given up only once it has been absent for orphanGrace: a write that went unanswered can
+// still land after the store came back (a server that restarts replays its log, and may answer
+// reads before it has), and a late record would be left to no one.
+func (c *Controller) deleteUncertain(ctx context.Context, k *uncertainKey) bool {
 	s := c.global.store
 	kv, err := s.Get(ctx, k.Key)
 	switch {
 	case errors.Is(err, kvstore.ErrKeyNotFound):
-		return true
+		if k.absentSince.IsZero() {
+			k.absentSince = time.Now()
+		}
+		return time.Since(k.absentSince) >= orphanGrace
 	case err != nil:
 		return false
 	case k.Value != nil && string(kv.Value) != string(k.Value):

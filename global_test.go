@@ -113,12 +113,16 @@ func benchGhost(b *testing.B, gs kvstore.Store) *cnm.Controller {
 	return c
 }
 
-// waitFor polls cond every 20ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+// waitFor polls cond every 20ms until it holds or d passes; detail, if given, says what it saw
+// last.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool, detail ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
+			for _, f := range detail {
+				what += ": " + f()
+			}
 			t.Fatalf("after %v: %s", d, what)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -609,19 +613,31 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 			}
 			s := be.open(t)
 			var recs []kvstore.KVPair
+			var diff string
 			waitFor(t, 30*time.Second, "records differ from the endpoints the hosts hold", func() bool {
 				var err error
 				recs, err = s.List(ctx, endpoint.KeyPrefix+nid+"/")
-				if err != nil || len(recs) != len(held) {
+				if err != nil {
+					diff = err.Error()
 					return false
 				}
+				inStore := map[string]bool{}
+				var extra, missing []string
 				for _, r := range recs {
-					if !held[strings.TrimPrefix(r.Key, endpoint.KeyPrefix+nid+"/")] {
-						return false
+					id := strings.TrimPrefix(r.Key, endpoint.KeyPrefix+nid+"/")
+					inStore[id] = true
+					if !held[id] {
+						extra = append(extra, string(r.Value))
 					}
 				}
-				return true
-			})
+				for id := range held {
+					if !inStore[id] {
+						missing = append(missing, id)
+					}
+				}
+				diff = fmt.Sprintf("records no host holds: %v; endpoints without a record: %v", extra, missing)
+				return len(extra) == 0 && len(missing) == 0
+			}, func() string { return diff })
 			// The IPAM holds the gateway and the records' addresses, and nothing else once the
 			// sweep has freed what failed creates took.
 			g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
