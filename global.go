@@ -65,9 +65,9 @@ type global struct {
 
 	// Under Controller.mu:
 	lease     kvstore.Lease
-	pending   map[string]struct{}    // IDs of global networks being created here
-	uncertain []uncertainKey // keys to delete once the store answers
-	kick      chan struct{}          // capacity 1: uncertain has grown
+	pending   map[string]struct{} // IDs of global networks being created here
+	uncertain []uncertainKey      // keys to delete once the store answers
+	kick      chan struct{}       // capacity 1: uncertain has grown
 }
 
 // initGlobal checks the global-scope configuration, sets up the bounded store and the global
