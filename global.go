@@ -657,9 +657,11 @@ func (c *Controller) sweep(ctx context.Context) {
 		}
 	}
 	if len(gone) > 0 {
-		c.reclaimHosts(ctx, gone)
+		c.reclaim(ctx, gone, pairs, hosts)
 	}
-	c.sweepOrphans(ctx)
+	// The records just read serve the orphan sweep too: those reclaimed above had their
+	// addresses freed already, so counting them live changes nothing.
+	c.sweepOrphans(ctx, pairs)
 	fences, err := c.global.store.List(ctx, network.DeletingKeyPrefix)
 	if err != nil {
 		return
@@ -688,17 +690,13 @@ type globalLister interface {
 // same way. Something in flight (allocated, its record not yet written) looks the same for a
 // moment, so an orphan is freed only when sweeps find it for orphanGrace. Only the registry's
 // first host (by name) sweeps, so that hosts do not race.
-func (c *Controller) sweepOrphans(ctx context.Context) {
+func (c *Controller) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 	g := c.global
 	l, ok := g.ipam.(globalLister)
 	if !ok {
 		return
 	}
 	nets, err := g.store.List(ctx, network.KeyPrefix)
-	if err != nil {
-		return
-	}
-	eps, err := g.store.List(ctx, endpoint.KeyPrefix)
 	if err != nil {
 		return
 	}
@@ -806,6 +804,11 @@ func (c *Controller) reclaimHosts(ctx context.Context, gone map[string]bool) {
 	if err != nil {
 		return
 	}
+	c.reclaim(ctx, gone, pairs, hosts)
+}
+
+// reclaim reclaims the records among pairs of the hosts in gone that are not in hosts.
+func (c *Controller) reclaim(ctx context.Context, gone map[string]bool, pairs []kvstore.KVPair, hosts map[string]hostRecord) {
 	for _, p := range pairs {
 		var rec endpoint.Record
 		if json.Unmarshal(p.Value, &rec) != nil || !gone[rec.Host] {

@@ -413,6 +413,21 @@ func openEtcd(t *testing.T, endpoints []string, prefix string) kvstore.Store {
 	return s
 }
 
+// ipamHoldsExactly reports whether the global pool of subnet holds exactly the addresses in
+// want, read from the store.
+func ipamHoldsExactly(ctx context.Context, g *ipam.Global, subnet netip.Prefix, want map[netip.Addr]bool) bool {
+	got, err := g.Addresses(ctx, ipam.MakePoolID(ipam.GlobalSpace, subnet))
+	if err != nil || len(got) != len(want) {
+		return false
+	}
+	for _, x := range got {
+		if !want[x] {
+			return false
+		}
+	}
+	return true
+}
+
 // networkNames returns the names of c's networks, sorted.
 func networkNames(c *cnm.Controller) []string {
 	var out []string
@@ -656,16 +671,7 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 				}
 			}
 			waitFor(t, 60*time.Second, "the global IPAM holds addresses no record holds", func() bool {
-				got, err := g.Addresses(ctx, ipam.MakePoolID(ipam.GlobalSpace, subnet))
-				if err != nil || len(got) != len(want) {
-					return false
-				}
-				for _, x := range got {
-					if !want[x] {
-						return false
-					}
-				}
-				return true
+				return ipamHoldsExactly(ctx, g, subnet, want)
 			})
 			t.Logf("%s: repairs on a: %d, on b: %d", be.name, len(a.c.Reclaimed()), len(b.c.Reclaimed()))
 
@@ -744,16 +750,7 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 		if err != nil || len(recs) != 4 {
 			return false
 		}
-		got, err := g.Addresses(ctx, ipam.MakePoolID(ipam.GlobalSpace, subnet))
-		if err != nil || len(got) != len(want) {
-			return false
-		}
-		for _, x := range got {
-			if !want[x] {
-				return false
-			}
-		}
-		return true
+		return ipamHoldsExactly(ctx, g, subnet, want)
 	})
 	// Stable: a later sweep does not take anything away again.
 	time.Sleep(3 * time.Second)

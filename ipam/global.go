@@ -958,20 +958,11 @@ func (g *Global) ReleaseAddress(ctx context.Context, id PoolID, addr netip.Addr)
 // freed before it.
 func (g *Global) Reconcile(ctx context.Context, id PoolID, live []netip.Addr) (freed []netip.Addr, err error) {
 	what := fmt.Sprintf("ipam: reconcile pool %s", id)
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	gp, err := g.freshPool(ctx, id)
+	gp, unlock, err := g.loadedPool(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := gp.lock(ctx); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	defer gp.unlock()
-	if err := g.loadAll(ctx, gp); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
+	defer unlock()
 	keep := make(map[u128]struct{}, len(live))
 	for _, a := range live {
 		if off, ok := gp.cache.offset(a); ok {
@@ -1043,25 +1034,35 @@ func (g *Global) Pools(ctx context.Context) ([]Pool, error) {
 	return out, nil
 }
 
+// loadedPool returns pool id with its every chunk freshly read from the store, holding its
+// semaphore until unlock is called: what Reconcile, Addresses and Usage start with.
+func (g *Global) loadedPool(ctx context.Context, id PoolID) (gp *gpool, unlock func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	if gp, err = g.freshPool(ctx, id); err != nil {
+		return nil, nil, err
+	}
+	if err := gp.lock(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := g.loadAll(ctx, gp); err != nil {
+		gp.unlock()
+		return nil, nil, err
+	}
+	return gp, gp.unlock, nil
+}
+
 // Addresses returns every address allocated in the pool, by any host, read from the store, in
 // order: the gateways, aux addresses and endpoint addresses alike. Errors: ctx's error;
 // [ErrUnknownPool]; the store's errors.
 func (g *Global) Addresses(ctx context.Context, id PoolID) ([]netip.Addr, error) {
 	what := fmt.Sprintf("ipam: addresses of pool %s", id)
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	gp, err := g.freshPool(ctx, id)
+	gp, unlock, err := g.loadedPool(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := gp.lock(ctx); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	defer gp.unlock()
-	if err := g.loadAll(ctx, gp); err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
+	defer unlock()
 	p := gp.cache
 	cis := slices.SortedFunc(maps.Keys(p.chunks), u128.cmp)
 	var out []netip.Addr
@@ -1076,19 +1077,10 @@ func (g *Global) Addresses(ctx context.Context, id PoolID) ([]netip.Addr, error)
 // [ErrUnknownPool]; the store's errors.
 func (g *Global) Usage(ctx context.Context, id PoolID) (size uint64, inUse int, err error) {
 	what := fmt.Sprintf("ipam: usage of pool %s", id)
-	if err := ctx.Err(); err != nil {
-		return 0, 0, fmt.Errorf("%s: %w", what, err)
-	}
-	gp, err := g.freshPool(ctx, id)
+	gp, unlock, err := g.loadedPool(ctx, id)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := gp.lock(ctx); err != nil {
-		return 0, 0, fmt.Errorf("%s: %w", what, err)
-	}
-	defer gp.unlock()
-	if err := g.loadAll(ctx, gp); err != nil {
-		return 0, 0, fmt.Errorf("%s: %w", what, err)
-	}
+	defer unlock()
 	return gp.cache.size(), gp.cache.inUse, nil
 }

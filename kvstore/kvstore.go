@@ -159,3 +159,27 @@ type Unlocker interface {
 	// Lost is closed if the lock ends while held without Unlock (its lease expired).
 	Lost() <-chan struct{}
 }
+
+// CheckCall is what a backend checks before each call, in this order: ctx's error (returned as
+// it is), then ErrClosed when closed. Backends share it so that all of them answer a cancelled
+// or closed call alike.
+func CheckCall(ctx context.Context, closed bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// CheckWrite is CheckCall for a write of key, which must not be empty.
+func CheckWrite(ctx context.Context, closed bool, key string) error {
+	if err := CheckCall(ctx, closed); err != nil {
+		return err
+	}
+	if key == "" {
+		return errclass.Invalid("key", key, "must not be empty")
+	}
+	return nil
+}

@@ -472,25 +472,11 @@ func (s *Store) closed() bool {
 }
 
 // begin checks ctx and that the store is open, before a call starts.
-func (s *Store) begin(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if s.closed() {
-		return kvstore.ErrClosed
-	}
-	return nil
-}
+func (s *Store) begin(ctx context.Context) error { return kvstore.CheckCall(ctx, s.closed()) }
 
 // beginWrite is begin for a write of key.
 func (s *Store) beginWrite(ctx context.Context, key string) error {
-	if err := s.begin(ctx); err != nil {
-		return err
-	}
-	if key == "" {
-		return errclass.Invalid("key", key, "must not be empty")
-	}
-	return nil
+	return kvstore.CheckWrite(ctx, s.closed(), key)
 }
 
 // update runs apply in one write transaction with the next revision, persists the revision

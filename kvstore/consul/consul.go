@@ -726,25 +726,11 @@ func (s *Store) isClosed() bool {
 }
 
 // begin checks ctx and that the store is open, before a call starts.
-func (s *Store) begin(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if s.isClosed() {
-		return kvstore.ErrClosed
-	}
-	return nil
-}
+func (s *Store) begin(ctx context.Context) error { return kvstore.CheckCall(ctx, s.isClosed()) }
 
 // beginWrite is begin for a write of key.
 func (s *Store) beginWrite(ctx context.Context, key string) error {
-	if err := s.begin(ctx); err != nil {
-		return err
-	}
-	if key == "" {
-		return errclass.Invalid("key", key, "must not be empty")
-	}
-	return nil
+	return kvstore.CheckWrite(ctx, s.isClosed(), key)
 }
 
 // setOp is a "set" or "cas" (or "lock") of key to value, with fresh Flags so that Consul
