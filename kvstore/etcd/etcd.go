@@ -691,6 +691,12 @@ func (s *Store) mapErr(ctx context.Context, err error, timeout time.Duration) er
 		return &unavailableError{endpoints: s.endpoints, cause: err.Error()}
 	case codes.InvalidArgument:
 		return fmt.Errorf("%w: %w", errclass.ErrInvalidParameter, err)
+	case codes.Unknown:
+		// The server's own deadline for a request it could not complete (a linearizable read
+		// without quorum) comes back as an Unknown status with the context's message.
+		if msg := status.Convert(err).Message(); msg == context.DeadlineExceeded.Error() || msg == context.Canceled.Error() {
+			return &unavailableError{endpoints: s.endpoints, cause: "the server gave up: " + msg}
+		}
 	}
 	return err
 }
