@@ -23,6 +23,11 @@
 // the store: leftovers of a crash (a namespace, bridge or veth without a record) are removed,
 // records whose kernel objects vanished are cleaned up. Repairs returns what was fixed.
 //
+// A network whose driver or IPAM driver is not registered at start (one registered with
+// RegisterDriver after New) is never pruned: it waits, with its records, name, subnets and
+// interfaces kept, and RegisterDriver or RegisterIPAMDriver restores it with its endpoints.
+// Waiting lists such networks.
+//
 // # Global scope: several hosts
 //
 // With Config.GlobalStore (etcd or Consul, see kvstore/kvurl), networks of global-scope
@@ -155,15 +160,16 @@ type Controller struct {
 	hostPath string
 	hostNL   *netlink.Handle
 	seq      atomic.Uint64
-	repairs  []drivers.Repair // written only in New
-	global   *global          // nil without Config.GlobalStore
+	global   *global // nil without Config.GlobalStore
 
 	mu        sync.Mutex                // guards following
 	ipams     map[string]ipam.Allocator // IPAM drivers by name
 	networks  map[string]*network.Net
-	netNames  map[string]string // name -> ID; "" while being created
-	reclaimed []drivers.Repair  // endpoints of departed hosts reclaimed here
-	sandboxes map[string]*sbox  // by ID; nil while being created
+	netNames  map[string]string      // name -> ID; "" while being created
+	reclaimed []drivers.Repair       // endpoints of departed hosts reclaimed here
+	repairs   []drivers.Repair       // what restores (New's, and later registrations') repaired
+	sandboxes map[string]*sbox       // by ID; nil while being created
+	waiting   map[string]*waitingNet // by ID: networks kept in the store, not restored yet
 	closed    bool
 }
 
@@ -187,7 +193,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	c := &Controller{
 		cfg: cfg, log: cfg.Logger, store: cfg.Store, ipam: cfg.IPAM,
 		networks: make(map[string]*network.Net), netNames: make(map[string]string),
-		sandboxes: make(map[string]*sbox),
+		sandboxes: make(map[string]*sbox), waiting: make(map[string]*waitingNet),
 	}
 	defer func() {
 		if err != nil {
@@ -227,7 +233,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	c.ipams = map[string]ipam.Allocator{DefaultIPAM: c.ipam}
 	for _, name := range slices.Sorted(maps.Keys(cfg.IPAMDrivers)) {
-		if err := c.RegisterIPAMDriver(name, cfg.IPAMDrivers[name]); err != nil {
+		if err := c.registerIPAM(name, cfg.IPAMDrivers[name]); err != nil {
 			return nil, err
 		}
 	}
@@ -263,10 +269,16 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	return c, nil
 }
 
-// RegisterDriver adds driver d under name, exactly as the built-in drivers are registered.
-func (c *Controller) RegisterDriver(name string, d drivers.Driver) error {
+// RegisterDriver adds driver d under name, exactly as the built-in drivers are registered,
+// and restores the networks kept in the store that waited for it (see Waiting), with their
+// endpoints. The driver stays registered even when a waiting network fails to restore: the
+// error then names each such network, which keeps waiting with its records.
+func (c *Controller) RegisterDriver(ctx context.Context, name string, d drivers.Driver) error {
 	if err := c.reg.Register(name, d); err != nil {
 		return fmt.Errorf("cnm: register driver: %w", err)
+	}
+	if err := c.resume(ctx); err != nil {
+		return fmt.Errorf("cnm: register driver %s: %w", name, err)
 	}
 	return nil
 }
@@ -275,8 +287,19 @@ func (c *Controller) RegisterDriver(name string, d drivers.Driver) error {
 const DefaultIPAM = "default"
 
 // RegisterIPAMDriver adds the IPAM driver a under name; networks choose it with
-// network.WithIPAMDriver(name). A name registered twice fails with ErrAlreadyExists.
-func (c *Controller) RegisterIPAMDriver(name string, a ipam.Allocator) error {
+// network.WithIPAMDriver(name). A name registered twice fails with ErrAlreadyExists. Networks
+// kept in the store that waited for it are restored, as RegisterDriver does.
+func (c *Controller) RegisterIPAMDriver(ctx context.Context, name string, a ipam.Allocator) error {
+	if err := c.registerIPAM(name, a); err != nil {
+		return err
+	}
+	if err := c.resume(ctx); err != nil {
+		return fmt.Errorf("cnm: register ipam driver %s: %w", name, err)
+	}
+	return nil
+}
+
+func (c *Controller) registerIPAM(name string, a ipam.Allocator) error {
 	if err := network.ValidateName("ipam driver", name); err != nil {
 		return fmt.Errorf("cnm: register ipam driver: %w", err)
 	}
@@ -314,11 +337,18 @@ func (c *Controller) ipamDriver(name string) (ipam.Allocator, error) {
 // Drivers returns the names of the registered drivers, sorted.
 func (c *Controller) Drivers() []string { return c.reg.Names() }
 
-// Repairs returns what New found and fixed while reconciling the store with the kernel.
-func (c *Controller) Repairs() []drivers.Repair { return slices.Clone(c.repairs) }
+// Repairs returns what New found and fixed while reconciling the store with the kernel, and
+// what restoring a waiting network fixed since.
+func (c *Controller) Repairs() []drivers.Repair {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.repairs)
+}
 
 func (c *Controller) repaired(r drivers.Repair) {
+	c.mu.Lock()
 	c.repairs = append(c.repairs, r)
+	c.mu.Unlock()
 	c.log.Warn("repaired", "object", r.Object, "action", r.Action, "reason", r.Reason)
 }
 
@@ -482,6 +512,10 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 		c.mu.Unlock()
 		return nil, fmt.Errorf("cnm: new network: %w", &errclass.AlreadyExistsError{Kind: "network", Name: name})
 	}
+	if w := c.waitingLocked(name); w != nil && w.rec.Name == name {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("cnm: new network: %w (kept in the store, waiting: %v)", &errclass.AlreadyExistsError{Kind: "network", Name: name}, w.reason)
+	}
 	c.netNames[name] = ""
 	if ncfg.Host != "" {
 		ncfg.ID = network.NewID()
@@ -518,15 +552,21 @@ func (c *Controller) poolOwnerLocked(err error) string {
 	if !ok || oe.Pool == "" {
 		return ""
 	}
+	recs := make([]network.Record, 0, len(c.networks)+len(c.waiting))
 	for _, n := range c.networks {
-		r := n.Record()
+		recs = append(recs, n.Record())
+	}
+	for _, w := range c.waiting {
+		recs = append(recs, w.rec)
+	}
+	for _, r := range recs {
 		space := ipam.LocalSpace
 		if r.Scope == drivers.GlobalScope {
 			space = ipam.GlobalSpace
 		}
 		for _, cfg := range append(r.IPv4, r.IPv6...) {
 			if ipam.MakePoolID(space, cfg.Subnet) == oe.Pool {
-				return n.Name()
+				return r.Name
 			}
 		}
 	}
@@ -545,7 +585,13 @@ func (c *Controller) Network(nameOrID string) (network.Network, error) {
 func (c *Controller) network(nameOrID string) (*network.Net, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return lookup.ByNameOrID("network", nameOrID, c.netNames, c.networks)
+	n, err := lookup.ByNameOrID("network", nameOrID, c.netNames, c.networks)
+	if errors.Is(err, errclass.ErrNotFound) {
+		if w := c.waitingLocked(nameOrID); w != nil {
+			return nil, waitingErr(w)
+		}
+	}
+	return n, err
 }
 
 // Networks returns every network, sorted by name.

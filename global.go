@@ -246,6 +246,11 @@ func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*endpoi
 		}
 		n := c.networks[rec.NetworkID]
 		if n == nil {
+			if w := c.waiting[rec.NetworkID]; w != nil {
+				w.eps = append(w.eps, waitingEp{key: p.Key, rev: p.Revision, rec: rec})
+				maxSeq = max(maxSeq, rec.JoinSeq)
+				continue
+			}
 			c.dropGlobalRecord(ctx, p.Key, p.Revision, "endpoint "+rec.Name, "its network is gone")
 			continue
 		}
@@ -272,7 +277,8 @@ func (c *Controller) dropGlobalRecord(ctx context.Context, key string, rev uint6
 
 // adoptGlobal makes a global network known on this host, from its record: its driver creates
 // what it needs here, and its pools are adopted from the global IPAM. It returns false when the
-// record is not adopted (known already, being created here, driver missing, bad record).
+// record is not adopted (known already, being created here, bad record, or its restore failed:
+// its driver is not registered here, say; it then waits for it).
 func (c *Controller) adoptGlobal(ctx context.Context, value []byte) bool {
 	var rec network.Record
 	if err := json.Unmarshal(value, &rec); err != nil {
@@ -282,13 +288,14 @@ func (c *Controller) adoptGlobal(ctx context.Context, value []byte) bool {
 	c.mu.Lock()
 	_, known := c.networks[rec.ID]
 	_, pending := c.global.pending[rec.ID]
+	w := c.waiting[rec.ID]
 	c.mu.Unlock()
-	if known || pending {
+	if known || pending || w != nil {
 		return false
 	}
 	n, err := c.restoreNetwork(ctx, rec)
 	if err != nil {
-		c.log.Error("global: adopt network", "network", rec.Name, "err", err)
+		c.wait(ctx, rec, true, err)
 		return false
 	}
 	c.mu.Lock()
@@ -314,6 +321,9 @@ func (c *Controller) adoptGlobal(ctx context.Context, value []byte) bool {
 func (c *Controller) forgetGlobal(ctx context.Context, id string) {
 	c.mu.Lock()
 	n := c.networks[id]
+	if w := c.waiting[id]; w != nil && !w.resuming {
+		delete(c.waiting, id) // its records are gone with the network
+	}
 	c.mu.Unlock()
 	if n == nil {
 		return
@@ -529,6 +539,11 @@ func (c *Controller) syncNetworks(ctx context.Context) error {
 			if _, pending := c.global.pending[id]; !pending {
 				gone = append(gone, id)
 			}
+		}
+	}
+	for id, w := range c.waiting {
+		if w.global && !live[id] {
+			gone = append(gone, id)
 		}
 	}
 	c.mu.Unlock()

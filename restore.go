@@ -37,8 +37,9 @@ func (c *Controller) restore(ctx context.Context) error {
 		}
 		n, err := c.restoreNetwork(ctx, rec)
 		if err != nil {
-			c.log.Error("restore network", "network", rec.Name, "err", err)
-			c.repaired(drivers.Repair{Object: "network " + rec.Name, Action: "not restored", Reason: err.Error()})
+			// Its records stay: the network waits for its driver (or the next start).
+			c.wait(ctx, rec, false, err)
+			c.repaired(drivers.Repair{Object: "network " + rec.Name, Action: "waiting", Reason: err.Error() + "; its records are kept"})
 			continue
 		}
 		c.networks[n.ID()] = n
@@ -60,6 +61,11 @@ func (c *Controller) restore(ctx context.Context) error {
 		}
 		n := c.networks[rec.NetworkID]
 		if n == nil {
+			if w := c.waiting[rec.NetworkID]; w != nil {
+				w.eps = append(w.eps, waitingEp{key: p.Key, rev: p.Revision, rec: rec})
+				maxSeq = max(maxSeq, rec.JoinSeq)
+				continue
+			}
 			c.dropRecord(ctx, p.Key, "endpoint "+rec.Name, "its network is gone")
 			continue
 		}
@@ -102,10 +108,11 @@ func (c *Controller) restore(ctx context.Context) error {
 	sort.SliceStable(recs, func(i, j int) bool {
 		return recs[i].Mode == sandbox.ModeNamespace && recs[j].Mode != sandbox.ModeNamespace
 	})
+	held := c.heldInterfaces()
 	for _, rec := range recs {
 		joined := eps[rec.ID]
 		delete(eps, rec.ID)
-		c.restoreSandbox(ctx, rec, joined)
+		c.restoreSandbox(ctx, rec, joined, held[rec.ID])
 	}
 	// Endpoints that claim a sandbox without a record: the sandbox was deleted mid-way.
 	for id, joined := range eps {
@@ -160,6 +167,7 @@ func (c *Controller) restore(ctx context.Context) error {
 	// kernel objects' naming (two bridge driver instances both own "cnm:" bridges), and IDs are
 	// unique, so another driver's live IDs only keep its objects safe.
 	var live drivers.LiveState
+	c.waitingLive(&live)
 	for _, n := range c.networks {
 		live.Networks = append(live.Networks, drivers.NetworkID(n.ID()))
 		for _, ep := range n.Eps() {
@@ -225,9 +233,10 @@ func (c *Controller) loseEndpoint(ctx context.Context, ep *endpoint.Ep, reason s
 	c.repaired(drivers.Repair{Object: "endpoint " + name, Action: "removed", Reason: reason})
 }
 
-func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, joined []*endpoint.Ep) {
-	sort.Slice(joined, func(i, j int) bool { return joined[i].Record().JoinSeq < joined[j].Record().JoinSeq })
-	var ifaces []sandbox.Interface
+// restoreSandbox re-opens a sandbox with the interfaces of its joined endpoints and those held
+// for endpoints of waiting networks, in the order they joined.
+func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, joined []*endpoint.Ep, held []heldIface) {
+	all := slices.Clone(held)
 	byName := map[string]*endpoint.Ep{}
 	for _, ep := range joined {
 		r := ep.Record()
@@ -235,11 +244,12 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 			continue
 		}
 		byName[r.IfName] = ep
-		mac, _ := parseMAC(r.MAC)
-		ifaces = append(ifaces, sandbox.Interface{
-			Name: r.IfName, MAC: mac, IPv4: r.IPv4, IPv6: r.IPv6,
-			Gateway: r.Gateway, GatewayIPv6: r.GatewayIPv6, Routes: r.Routes,
-		})
+		all = append(all, heldIface{seq: r.JoinSeq, iface: interfaceOf(r)})
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].seq < all[j].seq })
+	ifaces := make([]sandbox.Interface, len(all))
+	for i, h := range all {
+		ifaces[i] = h.iface
 	}
 	var share *sbox
 	if rec.Mode == sandbox.ModeContainer {
@@ -271,15 +281,7 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 	}
 	for _, name := range dropped {
 		if ep := byName[name]; ep != nil {
-			if ep.Record().Connected {
-				c.loseEndpoint(ctx, ep, "its interface "+name+" in sandbox "+rec.ID+" was missing or half-configured")
-				continue
-			}
-			if err := ep.Forget(ctx); err != nil {
-				c.log.Error("restore: forget interface", "sandbox", rec.ID, "interface", name, "err", err)
-				continue
-			}
-			c.repaired(drivers.Repair{Object: "interface " + name + " of sandbox " + rec.ID, Action: "left", Reason: "missing or half-configured in the namespace"})
+			c.settleDropped(ctx, ep, rec.ID, name)
 		}
 	}
 	for _, ep := range joined {
@@ -288,6 +290,21 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 		}
 	}
 	c.sandboxes[rec.ID] = &sbox{ns: ns, rec: rec}
+}
+
+// settleDropped handles an endpoint whose interface in sandbox sbID was found missing or
+// half-configured: a connected endpoint is lost (left and deleted), one whose join was cut
+// short is left and kept.
+func (c *Controller) settleDropped(ctx context.Context, ep *endpoint.Ep, sbID, ifName string) {
+	if ep.Record().Connected {
+		c.loseEndpoint(ctx, ep, "its interface "+ifName+" in sandbox "+sbID+" was missing or half-configured")
+		return
+	}
+	if err := ep.Forget(ctx); err != nil {
+		c.log.Error("restore: forget interface", "sandbox", sbID, "interface", ifName, "err", err)
+		return
+	}
+	c.repaired(drivers.Repair{Object: "interface " + ifName + " of sandbox " + sbID, Action: "left", Reason: "missing or half-configured in the namespace"})
 }
 
 // reconcileIPAM asks every local-scope pool whose IPAM driver can reconcile to free the leases

@@ -118,10 +118,10 @@ func TestPrivilegedThirdPartyDriver(t *testing.T) {
 	nstest.Privileged(t)
 	ctx := t.Context()
 	l := newLab(t)
-	if err := l.c.RegisterDriver("p2p", &p2pDriver{hostPath: l.host.Path()}); err != nil {
+	if err := l.c.RegisterDriver(ctx, "p2p", &p2pDriver{hostPath: l.host.Path()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.c.RegisterDriver("p2p", &p2pDriver{}); !errors.Is(err, cnm.ErrAlreadyExists) {
+	if err := l.c.RegisterDriver(ctx, "p2p", &p2pDriver{}); !errors.Is(err, cnm.ErrAlreadyExists) {
 		t.Fatalf("second registration = %v, want ErrAlreadyExists", err)
 	}
 	if !slices.Contains(l.c.Drivers(), "p2p") {
@@ -174,7 +174,7 @@ func TestPrivilegedIPAMDriver(t *testing.T) {
 	if got := c.IPAMDrivers(); !slices.Equal(got, []string{"cgnat", "default"}) {
 		t.Fatalf("IPAM drivers = %v", got)
 	}
-	if err := c.RegisterIPAMDriver("cgnat", newCGNAT()); !errors.Is(err, cnm.ErrAlreadyExists) {
+	if err := c.RegisterIPAMDriver(ctx, "cgnat", newCGNAT()); !errors.Is(err, cnm.ErrAlreadyExists) {
 		t.Fatalf("second registration = %v, want ErrAlreadyExists", err)
 	}
 	if _, err := c.NewNetwork(ctx, "x", "bridge", network.WithIPAMDriver("nosuch")); !errors.Is(err, cnm.ErrNotFound) {
