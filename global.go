@@ -707,10 +707,6 @@ type globalLister interface {
 // first host (by name) sweeps, so that hosts do not race.
 func (c *Controller) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 	g := c.global
-	l, ok := g.ipam.(globalLister)
-	if !ok {
-		return
-	}
 	nets, err := g.store.List(ctx, network.KeyPrefix)
 	if err != nil {
 		return
@@ -722,6 +718,7 @@ func (c *Controller) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 		if json.Unmarshal(p.Value, &rec) != nil {
 			return // unreadable: sweep nothing rather than free what it holds
 		}
+		subnets[rec.ID] = nil // known, even without subnets
 		for _, cfg := range append(slices.Clone(rec.IPv4), rec.IPv6...) {
 			m := map[netip.Addr]bool{cfg.Gateway: true}
 			for _, a := range cfg.AuxAddresses {
@@ -747,12 +744,9 @@ func (c *Controller) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 			}
 		}
 	}
-	pools, err := l.Pools(ctx)
-	if err != nil {
-		return
-	}
 	next := map[string]time.Time{}
 	now := time.Now()
+	defer func() { g.suspects = next }()
 	// due reports whether the orphan key was seen long enough; it carries it to the next sweep.
 	due := func(key string) bool {
 		first, ok := g.suspects[key]
@@ -764,6 +758,15 @@ func (c *Controller) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 		}
 		next[key] = first
 		return false
+	}
+	c.sweepAllocations(ctx, subnets, due)
+	l, ok := g.ipam.(globalLister)
+	if !ok {
+		return
+	}
+	pools, err := l.Pools(ctx)
+	if err != nil {
+		return
 	}
 	for _, p := range pools {
 		used, ok := live[p.ID]
@@ -796,7 +799,33 @@ func (c *Controller) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 			c.noteGlobalRepair(drivers.Repair{Object: "address " + a.String(), Action: "released", Reason: "no endpoint, gateway or aux address holds it"})
 		}
 	}
-	g.suspects = next
+}
+
+// sweepAllocations frees the allocations of global-scope drivers (drivers.NetworkAllocator)
+// whose network has no record in the global store (known), once due says the orphan has been
+// seen long enough: a crash between allocating and storing the record, or a free that failed.
+func (c *Controller) sweepAllocations(ctx context.Context, known map[string][]network.IPAMConfig, due func(string) bool) {
+	for _, name := range c.reg.Names() {
+		e, err := c.reg.Get(name)
+		if err != nil || e.Allocator == nil || e.Caps.DataScope != drivers.GlobalScope {
+			continue
+		}
+		ids, err := e.Allocator.Allocated(ctx)
+		if err != nil {
+			c.log.Warn("global: list allocations", "driver", name, "err", err)
+			continue
+		}
+		for _, id := range ids {
+			if _, ok := known[string(id)]; ok || !due("allocation "+name+" "+string(id)) {
+				continue
+			}
+			if err := e.Allocator.FreeNetwork(ctx, drivers.FreeNetworkRequest{NetworkID: id}); err != nil {
+				c.log.Warn("global: free orphan allocation", "driver", name, "network", id, "err", err)
+				continue
+			}
+			c.noteGlobalRepair(drivers.Repair{Object: "allocation of network " + id.Short() + " (driver " + name + ")", Action: "released", Reason: "no network record refers to it"})
+		}
+	}
 }
 
 func (c *Controller) noteGlobalRepair(r drivers.Repair) {

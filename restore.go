@@ -189,6 +189,33 @@ func (c *Controller) restore(ctx context.Context) error {
 			c.log.Error("restore: reconcile", "driver", name, "err", err)
 		}
 	}
+
+	// 6. Allocations of local-scope drivers whose network has no record: a crash between
+	// AllocateNetwork and the record's commit. (Global-scope ones are the sweep's.)
+	for _, name := range c.reg.Names() {
+		e, _ := c.reg.Get(name)
+		if e.Allocator == nil || e.Caps.DataScope != drivers.LocalScope {
+			continue
+		}
+		ids, err := e.Allocator.Allocated(ctx)
+		if err != nil {
+			c.log.Error("restore: list allocations", "driver", name, "err", err)
+			continue
+		}
+		for _, id := range ids {
+			if _, ok := c.networks[string(id)]; ok {
+				continue
+			}
+			if _, ok := c.waiting[string(id)]; ok {
+				continue
+			}
+			if err := e.Allocator.FreeNetwork(ctx, drivers.FreeNetworkRequest{NetworkID: id}); err != nil {
+				c.log.Error("restore: free allocation", "driver", name, "network", id, "err", err)
+				continue
+			}
+			c.repaired(drivers.Repair{Object: "allocation of network " + id.Short() + " (driver " + name + ")", Action: "released", Reason: "no network record refers to it"})
+		}
+	}
 	return nil
 }
 

@@ -2,14 +2,19 @@
 //
 // A driver is a Go value that implements [Driver]: seven methods, each taking a context and a
 // request struct. Extra abilities are optional interfaces ([OptionParser], [Reconciler],
-// [Closer]) that the [Registry] discovers once, at registration, with a type assertion. The
+// [NetworkAllocator], [Closer]) that the [Registry] discovers once, at registration, with a
+// type assertion, or fields of [Capabilities] (Ports). The
 // built-in drivers (bridge, host, null, and later macvlan and overlay) use nothing that a
 // third-party driver could not: a custom driver registers with the Controller exactly like them.
 //
 // # Lifecycle
 //
 // The Controller calls CreateNetwork once per network and again, with the same request, when it
-// restarts (so CreateNetwork must converge: re-creating something identical returns nil).
+// restarts (so CreateNetwork must converge: re-creating something identical returns nil). A
+// global-scope network's CreateNetwork runs on every host that uses the network, and its
+// DeleteNetwork on every host that knows it (with Forget set on all but the deleting host);
+// what must exist once per cluster (a VNI) comes from [NetworkAllocator], called exactly once
+// per network by the host that creates or deletes it.
 // CreateEndpoint reserves an endpoint (its addresses are already allocated by IPAM); Join plumbs
 // it into a sandbox's network namespace; Leave undoes Join; DeleteEndpoint and DeleteNetwork
 // undo the rest. Deleting something that is already gone returns nil.
@@ -142,6 +147,10 @@ type Capabilities struct {
 	// NoIPAM reports whether the driver's networks take no subnet and its endpoints no address
 	// (host, null).
 	NoIPAM bool
+	// Ports reports whether the driver publishes ports on the host (CreateEndpointRequest.Ports).
+	// The Controller refuses an endpoint with ports on a network of a driver without it, with an
+	// error matching ErrNotSupported, before calling the driver.
+	Ports bool
 }
 
 // NetworkOptions is a driver's typed network configuration, such as bridge.NetworkOptions.
@@ -171,11 +180,38 @@ type CreateNetworkRequest struct {
 	IPv6       []IPAMData
 	Internal   bool // no route outside the network
 	EnableIPv6 bool
+	// Allocation is what the driver's AllocateNetwork returned when the network was created,
+	// as kept in the network's record; nil for drivers without a [NetworkAllocator]. Every
+	// host gets the same.
+	Allocation map[string]string
 }
 
-// DeleteNetworkRequest asks a driver to delete a network.
+// DeleteNetworkRequest asks a driver to delete a network's state on this host.
 type DeleteNetworkRequest struct {
 	NetworkID NetworkID
+	// Forget reports whether the network goes from this host only: another host deleted the
+	// global network (and frees its cluster-wide allocation with FreeNetwork), so the driver
+	// removes what it made here and must not touch shared state. False on the host that
+	// deletes the network, and for local networks.
+	Forget bool
+}
+
+// AllocateNetworkRequest asks a [NetworkAllocator] for a new network's cluster-wide values.
+type AllocateNetworkRequest struct {
+	NetworkID NetworkID
+	Name      string
+	Options   NetworkOptions // nil: driver defaults
+	IPv4      []IPAMData
+	IPv6      []IPAMData
+}
+
+// FreeNetworkRequest asks a [NetworkAllocator] to free a network's allocation.
+type FreeNetworkRequest struct {
+	NetworkID NetworkID
+	// Allocation is what AllocateNetwork returned; nil when the Controller frees an orphan
+	// (an allocation listed by Allocated whose network has no record): the driver finds it by
+	// NetworkID.
+	Allocation map[string]string
 }
 
 // CreateEndpointRequest asks a driver to reserve an endpoint. Addresses come from IPAM; the
@@ -186,9 +222,8 @@ type CreateEndpointRequest struct {
 	MAC        net.HardwareAddr // nil: the driver may choose one and return it
 	IPv4       netip.Prefix     // address with the subnet's length; zero for none
 	IPv6       netip.Prefix
-	// Ports are the ports to publish on the host for the endpoint (docker run -p and -P). A
-	// driver that publishes none must refuse a request that has some with an error matching
-	// ErrNotSupported. On a restart the Controller passes the ports as the driver bound them
+	// Ports are the ports to publish on the host for the endpoint (docker run -p and -P);
+	// always empty for a driver whose Capabilities.Ports is false. On a restart the Controller passes the ports as the driver bound them
 	// (CreateEndpointResult.Ports), and the driver must bind the same again. The slice is the
 	// caller's; the driver must not keep it.
 	Ports []PortBinding
@@ -292,6 +327,12 @@ type DeleteEndpointRequest struct {
 type JoinRequest struct {
 	NetworkID  NetworkID
 	EndpointID EndpointID
+	// SandboxID is the sandbox's ID (the container's); Endpoint is the endpoint's name.
+	SandboxID string
+	Endpoint  string
+	// Aliases are the endpoint's names on the network (docker network connect --alias),
+	// besides the sandbox's; nil for none. The slice is the driver's to keep.
+	Aliases []string
 	// SandboxKey is the path of the sandbox's network namespace (a bind mount, or /proc/.../ns/net).
 	SandboxKey string
 	// NetnsFD is an open descriptor of that namespace, valid for the duration of the call: a
@@ -394,6 +435,27 @@ type Repair struct {
 // String renders the repair as one line.
 func (r Repair) String() string { return fmt.Sprintf("%s %s: %s", r.Action, r.Object, r.Reason) }
 
+// NetworkAllocator is implemented by drivers whose networks hold a value that must be unique
+// in the cluster (the overlay's VNI), or in the host for a local driver. The Controller calls
+// AllocateNetwork exactly once per network, on the host that creates it, after IPAM and before
+// CreateNetwork; it keeps the result in the network's record, where every host's
+// CreateNetworkRequest.Allocation finds it, and shows it among the network's options. It calls
+// FreeNetwork exactly once, on the host that deletes the network, after DeleteNetwork (and on
+// any failed create after AllocateNetwork). A crash can still orphan an allocation: for
+// global-scope drivers the Controller's sweep lists Allocated and frees, after a grace period,
+// each network ID that has no record.
+type NetworkAllocator interface {
+	// AllocateNetwork reserves the network's values and returns them as string labels
+	// (com.docker.network.driver.* keys). A bad option fails with ErrInvalidParameter, an
+	// exhausted range with ErrUnavailable.
+	AllocateNetwork(ctx context.Context, req AllocateNetworkRequest) (map[string]string, error)
+	// FreeNetwork releases what AllocateNetwork reserved for the network. Freeing what is not
+	// allocated returns nil.
+	FreeNetwork(ctx context.Context, req FreeNetworkRequest) error
+	// Allocated lists the networks that hold an allocation.
+	Allocated(ctx context.Context) ([]NetworkID, error)
+}
+
 // Closer is implemented by drivers that hold resources; the Controller calls Close when it closes.
 type Closer interface {
 	Close() error
@@ -404,8 +466,9 @@ type Entry struct {
 	Name       string
 	Driver     Driver
 	Caps       Capabilities
-	Parser     OptionParser // nil when the driver takes no options
-	Reconciler Reconciler   // nil when it has none
+	Parser     OptionParser     // nil when the driver takes no options
+	Reconciler Reconciler       // nil when it has none
+	Allocator  NetworkAllocator // nil when it has none
 }
 
 // Registry holds the drivers of one Controller. It is safe for concurrent use.
@@ -439,6 +502,7 @@ func (r *Registry) Register(name string, d Driver) error {
 	e := &Entry{Name: name, Driver: d, Caps: caps}
 	e.Parser, _ = d.(OptionParser)
 	e.Reconciler, _ = d.(Reconciler)
+	e.Allocator, _ = d.(NetworkAllocator)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.drivers[name]; ok {

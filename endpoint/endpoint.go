@@ -66,6 +66,8 @@ type Info struct {
 	GatewayIPv6 netip.Addr
 	// Ports are the published ports as bound (single ports, ephemeral ones chosen).
 	Ports []drivers.PortBinding
+	// Aliases are the endpoint's extra names on its network.
+	Aliases []string
 }
 
 // Record is an endpoint as kept in the store, under Key(networkID, id).
@@ -87,6 +89,8 @@ type Record struct {
 	// Ports are the published ports as the driver bound them; a restart asks the driver to
 	// bind them again.
 	Ports []drivers.PortBinding `json:"ports,omitempty"`
+	// Aliases are the endpoint's extra names on its network (--alias).
+	Aliases []string `json:"aliases,omitempty"`
 	// While joined:
 	SandboxID   string          `json:"sandbox_id,omitempty"`
 	IfName      string          `json:"ifname,omitempty"`
@@ -201,6 +205,7 @@ func (e *Ep) Record() Record {
 	r := e.rec
 	r.Routes = append([]sandbox.Route(nil), r.Routes...)
 	r.Ports = slices.Clone(r.Ports)
+	r.Aliases = slices.Clone(r.Aliases)
 	return r
 }
 
@@ -210,6 +215,7 @@ func infoOf(r Record) Info {
 		ID: r.ID, Name: r.Name, NetworkID: r.NetworkID, MAC: mac,
 		IPv4: r.IPv4, IPv6: r.IPv6, SandboxID: r.SandboxID, IfName: r.IfName,
 		Gateway: r.Gateway, GatewayIPv6: r.GatewayIPv6, Ports: slices.Clone(r.Ports),
+		Aliases: slices.Clone(r.Aliases),
 	}
 }
 
@@ -284,6 +290,7 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 	mac, _ := net.ParseMAC(rec.MAC)
 	req := drivers.JoinRequest{
 		NetworkID: drivers.NetworkID(rec.NetworkID), EndpointID: drivers.EndpointID(rec.ID),
+		SandboxID: sb.ID(), Endpoint: rec.Name, Aliases: slices.Clone(rec.Aliases),
 		SandboxKey: sb.Key(), NetnsFD: sb.NetnsFD(), MAC: mac, IPv4: rec.IPv4, IPv6: rec.IPv6,
 	}
 	var release func()

@@ -20,6 +20,36 @@ type Spec struct {
 	MAC net.HardwareAddr
 	// Ports are the ports to publish (WithPorts, WithPublishAll); nil for none.
 	Ports []drivers.PortBinding
+	// Aliases are the endpoint's extra names on its network (WithAliases); nil for none.
+	Aliases []string
+}
+
+// WithAliases gives the endpoint extra names on its network (docker network connect --alias):
+// the drivers and the embedded DNS see them.
+func WithAliases(names ...string) Option {
+	names = slices.Clone(names)
+	return func(s *Spec) { s.Aliases = append(s.Aliases, names...) }
+}
+
+// ValidateAliases checks aliases: each a DNS name of at most 253 characters (letters, digits,
+// '-', '_' and '.'), none twice. It returns an error matching ErrInvalidParameter naming the
+// first bad one.
+func ValidateAliases(aliases []string) error {
+	seen := make(map[string]bool, len(aliases))
+	for _, a := range aliases {
+		switch {
+		case a == "" || len(a) > 253:
+			return errclass.Invalid("alias", a, "want 1 to 253 characters")
+		case strings.IndexFunc(a, func(r rune) bool {
+			return !(r == '-' || r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+		}) >= 0:
+			return errclass.Invalid("alias", a, "use letters, digits, '-', '_' and '.'")
+		case seen[strings.ToLower(a)]:
+			return errclass.Invalid("alias", a, "given twice")
+		}
+		seen[strings.ToLower(a)] = true
+	}
+	return nil
 }
 
 // Option sets a field of a Spec. Options never fail: the network validates the Spec once

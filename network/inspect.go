@@ -61,6 +61,7 @@ func (n *Net) Inspect() Inspect {
 	if in.Options == nil {
 		in.Options = map[string]string{}
 	}
+	maps.Copy(in.Options, r.Allocation) // the driver's allocation (a VNI) shows as Docker's does
 	if in.Labels == nil {
 		in.Labels = map[string]string{}
 	}

@@ -77,6 +77,9 @@ type Record struct {
 	Options    map[string]string `json:"options,omitempty"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	IPAMDriver string            `json:"ipam_driver,omitempty"` // "" is the default
+	// Allocation is what the driver's NetworkAllocator reserved for the network, once per
+	// cluster (its VNI): the one copy every host reads.
+	Allocation map[string]string `json:"allocation,omitempty"`
 }
 
 // KeyPrefix is the store prefix of network records.
@@ -203,9 +206,14 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	if err := n.allocate(ctx, true); err != nil {
 		return nil, fmt.Errorf("network %s: %w", name, err)
 	}
-	if err := cfg.Entry.Driver.CreateNetwork(ctx, n.driverRequest()); err != nil {
+	if err := n.allocateDriver(ctx); err != nil {
 		n.releasePools(rb)
-		return nil, fmt.Errorf("network %s: driver %s: %w", name, cfg.Entry.Name, err)
+		return nil, fmt.Errorf("network %s: driver %s: allocate: %w", name, cfg.Entry.Name, err)
+	}
+	if err := cfg.Entry.Driver.CreateNetwork(ctx, n.driverRequest()); err != nil {
+		ferr := n.freeDriver(rb)
+		n.releasePools(rb)
+		return nil, errors.Join(fmt.Errorf("network %s: driver %s: %w", name, cfg.Entry.Name, err), ferr)
 	}
 	b, err := json.Marshal(n.rec)
 	if err == nil {
@@ -218,10 +226,41 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	}
 	if err != nil {
 		derr := cfg.Entry.Driver.DeleteNetwork(rb, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(rec.ID)})
+		ferr := n.freeDriver(rb)
 		n.releasePools(rb)
-		return nil, errors.Join(fmt.Errorf("network %s: store: %w", name, err), derr)
+		return nil, errors.Join(fmt.Errorf("network %s: store: %w", name, err), derr, ferr)
 	}
 	return n, nil
+}
+
+// allocateDriver asks the driver's NetworkAllocator, if it has one, for the network's
+// cluster-wide values, and keeps them in the record.
+func (n *Net) allocateDriver(ctx context.Context) error {
+	a := n.cfg.Entry.Allocator
+	if a == nil {
+		return nil
+	}
+	got, err := a.AllocateNetwork(ctx, drivers.AllocateNetworkRequest{
+		NetworkID: drivers.NetworkID(n.rec.ID), Name: n.rec.Name, Options: n.opts,
+		IPv4: ipamData(n.rec.IPv4), IPv6: ipamData(n.rec.IPv6),
+	})
+	if err != nil {
+		return err
+	}
+	n.rec.Allocation = maps.Clone(got)
+	return nil
+}
+
+// freeDriver frees the network's allocation in the driver's NetworkAllocator, if it has one.
+func (n *Net) freeDriver(ctx context.Context) error {
+	a := n.cfg.Entry.Allocator
+	if a == nil {
+		return nil
+	}
+	if err := a.FreeNetwork(ctx, drivers.FreeNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID), Allocation: maps.Clone(n.rec.Allocation)}); err != nil {
+		return fmt.Errorf("network %s: driver %s: free: %w", n.rec.Name, n.cfg.Entry.Name, err)
+	}
+	return nil
 }
 
 // storeRecord writes a new network's record: create-only, and for a global network in one
@@ -381,7 +420,7 @@ func (n *Net) driverRequest() drivers.CreateNetworkRequest {
 	return drivers.CreateNetworkRequest{
 		NetworkID: drivers.NetworkID(n.rec.ID), Name: n.rec.Name, Options: n.opts,
 		IPv4: ipamData(n.rec.IPv4), IPv6: ipamData(n.rec.IPv6),
-		Internal: n.rec.Internal, EnableIPv6: n.rec.EnableIPv6,
+		Internal: n.rec.Internal, EnableIPv6: n.rec.EnableIPv6, Allocation: maps.Clone(n.rec.Allocation),
 	}
 }
 
@@ -408,7 +447,7 @@ func (n *Net) Record() Record {
 	for i := range r.IPv6 {
 		r.IPv6[i] = r.IPv6[i].Clone()
 	}
-	r.Options, r.Labels = maps.Clone(r.Options), maps.Clone(r.Labels)
+	r.Options, r.Labels, r.Allocation = maps.Clone(r.Options), maps.Clone(r.Labels), maps.Clone(r.Allocation)
 	return r
 }
 
@@ -494,7 +533,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 	}()
 
 	rb := context.WithoutCancel(ctx)
-	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Host}
+	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Host, Aliases: spec.Aliases}
 	if n.Global() {
 		// The record must be in the global store before the fence check below: a Join
 		// rewrites it at its revision.
@@ -602,6 +641,12 @@ func (n *Net) checkSpec(s endpoint.Spec) error {
 		if err := p.Validate(); err != nil {
 			return err
 		}
+	}
+	if err := endpoint.ValidateAliases(s.Aliases); err != nil {
+		return err
+	}
+	if len(s.Ports) > 0 && !n.cfg.Entry.Caps.Ports {
+		return &errclass.NotSupportedError{What: "published ports (" + s.Ports[0].String() + ") on a network of driver " + n.cfg.Entry.Name}
 	}
 	if len(s.Ports) > 0 && n.rec.Internal {
 		return errclass.Invalid("published ports", s.Ports[0].String(), "an internal network publishes no ports")
@@ -787,8 +832,18 @@ func (n *Net) delete(ctx context.Context) error {
 	if err := n.cfg.Store.Delete(ctx, Key(n.rec.ID)); err != nil {
 		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
 	}
-	n.releasePools(context.WithoutCancel(ctx))
+	rb := context.WithoutCancel(ctx)
+	n.releasePools(rb)
+	n.freeAfterDelete(rb)
 	return nil
+}
+
+// freeAfterDelete frees the allocation of a network whose record is gone. A failure is only
+// logged: the network is deleted, and the sweep frees a global driver's orphans.
+func (n *Net) freeAfterDelete(ctx context.Context) {
+	if err := n.freeDriver(ctx); err != nil {
+		n.cfg.Logger.Warn("free network allocation", "network", n.rec.Name, "err", err)
+	}
 }
 
 // deleteGlobal deletes a global network from any host: refused while any host has endpoints
@@ -839,6 +894,7 @@ func (n *Net) deleteGlobal(ctx context.Context) error {
 		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
 	}
 	n.releasePools(rb)
+	n.freeAfterDelete(rb)
 	return nil
 }
 
@@ -848,13 +904,15 @@ func (n *Net) deleteGlobal(ctx context.Context) error {
 // dropped with it.
 func (n *Net) Forget(ctx context.Context) error {
 	n.mu.Lock()
-	if n.deleted {
+	if n.deleted || n.deleting {
+		// Deleted here (the store's delete event of this host's own delete): the delete
+		// finishes the driver's work and drops the network.
 		n.mu.Unlock()
 		return nil
 	}
 	n.deleted = true
 	n.mu.Unlock()
-	err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)})
+	err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID), Forget: true})
 	if n.cfg.OnDelete != nil {
 		n.cfg.OnDelete(n.rec.ID)
 	}

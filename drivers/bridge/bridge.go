@@ -194,7 +194,7 @@ func (d *Driver) Close() error {
 
 // Capabilities reports a local-scope driver with IPAM whose endpoints join namespace sandboxes.
 func (d *Driver) Capabilities() drivers.Capabilities {
-	return drivers.Capabilities{DataScope: drivers.LocalScope, Sandbox: drivers.NamespaceSandbox}
+	return drivers.Capabilities{DataScope: drivers.LocalScope, Sandbox: drivers.NamespaceSandbox, Ports: true}
 }
 
 // ParseNetworkOptions implements [drivers.OptionParser] with the package's

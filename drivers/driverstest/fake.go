@@ -136,7 +136,11 @@ func (f *Fake) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReque
 func (f *Fake) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkRequest) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.beginLocked("DeleteNetwork", "net="+req.NetworkID.Short()); err != nil {
+	line := "net=" + req.NetworkID.Short()
+	if req.Forget {
+		line += " forget"
+	}
+	if err := f.beginLocked("DeleteNetwork", line); err != nil {
 		return f.endLocked(err)
 	}
 	for _, nid := range f.endpoints {
@@ -188,6 +192,12 @@ func (f *Fake) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointReq
 func (f *Fake) Join(ctx context.Context, req drivers.JoinRequest) (drivers.JoinResult, error) {
 	line := fmt.Sprintf("net=%s ep=%s sandbox=%s if=%s mac=%s ipv4=%s ipv6=%s",
 		req.NetworkID.Short(), req.EndpointID.Short(), req.SandboxKey, req.IfName, macString(req.MAC), prefixString(req.IPv4), prefixString(req.IPv6))
+	if req.SandboxID != "" {
+		line += " sandbox_id=" + req.SandboxID
+	}
+	if len(req.Aliases) > 0 {
+		line += " aliases=" + strings.Join(req.Aliases, ",")
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.beginLocked("Join", line); err != nil {
@@ -255,6 +265,15 @@ func renderNetwork(req drivers.CreateNetworkRequest) string {
 		}
 	}
 	fmt.Fprintf(&b, " internal=%t enable_ipv6=%t", req.Internal, req.EnableIPv6)
+	if len(req.Allocation) > 0 {
+		b.WriteString(" allocation=")
+		for i, k := range slices.Sorted(maps.Keys(req.Allocation)) {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, "%s=%s", k, req.Allocation[k])
+		}
+	}
 	return b.String()
 }
 
