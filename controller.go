@@ -161,6 +161,7 @@ type Controller struct {
 	hostNL   *netlink.Handle
 	seq      atomic.Uint64
 	global   *global // nil without Config.GlobalStore
+	gw       gatewayService
 
 	mu        sync.Mutex                // guards following
 	ipams     map[string]ipam.Allocator // IPAM drivers by name
@@ -195,6 +196,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		networks: make(map[string]*network.Net), netNames: make(map[string]string),
 		sandboxes: make(map[string]*sbox), waiting: make(map[string]*waitingNet),
 	}
+	c.gw.c = c
 	defer func() {
 		if err != nil {
 			c.closeResources()
@@ -417,7 +419,7 @@ func (c *Controller) overlapsHost(p netip.Prefix) bool {
 
 func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Config {
 	cfg := network.Config{
-		Entry: e, Store: c.store, IPAM: a, OnDelete: c.dropNetwork,
+		Entry: e, Store: c.store, IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log,
 	}
 	if e.Caps.DataScope == drivers.GlobalScope && c.global != nil {
@@ -768,6 +770,9 @@ func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
 	c.mu.Unlock()
 
 	err := c.deleteSandbox(ctx, sb)
+	if err == nil {
+		c.gw.forget(id)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {

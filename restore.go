@@ -169,6 +169,7 @@ func (c *Controller) restore(ctx context.Context) error {
 	var live drivers.LiveState
 	c.waitingLive(&live)
 	for _, n := range c.networks {
+		c.gw.restore(n.Eps())
 		live.Networks = append(live.Networks, drivers.NetworkID(n.ID()))
 		for _, ep := range n.Eps() {
 			if ep.Info().SandboxID != "" {

@@ -236,6 +236,7 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 			c.settleDropped(ctx, j.ep, j.r.SandboxID, j.r.IfName)
 		}
 	}
+	c.gw.restore(n.Eps())
 	c.log.Info("network restored", "network", n.Name(), "driver", n.Driver(), "endpoints", len(n.Eps()))
 	return nil
 }

@@ -361,6 +361,11 @@ type JoinResult struct {
 	GatewayIPv6 netip.Addr
 	// StaticRoutes are extra routes through the interface.
 	StaticRoutes []Route
+	// NeedGateway asks the Controller for a way out of the sandbox that the network does not
+	// give (an overlay network reaches only its own endpoints): the sandbox is connected to a
+	// per-host NAT bridge network (cnm.GatewayNetwork, Docker's docker_gwbridge), which gives
+	// it its default route, and disconnected from it with the last endpoint that asked.
+	NeedGateway bool
 }
 
 // Route is a route the sandbox adds through an endpoint's interface. A zero NextHop makes it

@@ -98,6 +98,19 @@ type Record struct {
 	GatewayIPv6 netip.Addr      `json:"gateway_ipv6,omitzero"`
 	Routes      []sandbox.Route `json:"routes,omitempty"`
 	JoinSeq     uint64          `json:"join_seq,omitempty"` // orders the interfaces of a sandbox
+	// GatewayService marks a join whose driver asked for a way out (JoinResult.NeedGateway):
+	// the sandbox holds a gateway-network attachment on its behalf.
+	GatewayService bool `json:"gateway_service,omitempty"`
+}
+
+// GatewayService connects sandboxes to a network that gives them a way out, on behalf of the
+// endpoints whose driver asks for one. The Controller implements it.
+type GatewayService interface {
+	// Attach makes sure sandbox sb has a way out, claimed by endpoint epID. Attaching twice
+	// for one endpoint is one claim.
+	Attach(ctx context.Context, sb sandbox.Sandbox, epID string) error
+	// Detach drops epID's claim on sandbox sbID's way out; the way out goes with the last claim.
+	Detach(ctx context.Context, sbID, epID string) error
 }
 
 // KeyPrefix is the store prefix of every endpoint record.
@@ -120,6 +133,9 @@ type Config struct {
 	// expects its driver to return, so that it can commit the join record before asking.
 	Gateway     netip.Addr
 	GatewayIPv6 netip.Addr
+	// GatewayService gives the sandbox a way out when the driver's Join asks for one
+	// (JoinResult.NeedGateway). Nil: such a join fails with an error matching ErrNotSupported.
+	GatewayService GatewayService
 	// OnDelete is called once the endpoint is deleted, to drop it from its network.
 	OnDelete func(id string)
 	// Seq returns a number larger than any it returned before; it orders joins.
@@ -353,26 +369,37 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 		routes = append(routes, sandbox.Route{Destination: r.Destination, NextHop: r.NextHop})
 	}
 	rec.Gateway, rec.GatewayIPv6, rec.Routes = res.Gateway, res.GatewayIPv6, routes
+	rec.GatewayService = res.NeedGateway
 	var addErr error
-	if !res.NoInterface {
+	if res.NeedGateway && e.cfg.GatewayService == nil {
+		addErr = &errclass.NotSupportedError{What: "a way out of the sandbox (the driver asks for a gateway service)"}
+	}
+	if !res.NoInterface && addErr == nil {
 		addErr = sb.AddInterface(ctx, sandbox.InterfaceConfig{
 			Name: req.IfName, InSandbox: res.InterfaceInSandbox, SrcName: res.SrcName, MAC: mac,
 			IPv4: rec.IPv4, IPv6: rec.IPv6, Gateway: res.Gateway, GatewayIPv6: res.GatewayIPv6, Routes: routes,
 		})
 	}
 	st := <-done
-	if st.err == nil && addErr == nil && (rec.Gateway != predicted.Gateway || rec.GatewayIPv6 != predicted.GatewayIPv6 || len(routes) > 0) {
+	if st.err == nil && addErr == nil && (rec.Gateway != predicted.Gateway || rec.GatewayIPv6 != predicted.GatewayIPv6 || len(routes) > 0 || rec.GatewayService) {
 		st.rev, st.err = e.store(rb, rec, st.rev) // the driver chose other gateways or routes
+	}
+	removeIface := func() error {
+		if res.NoInterface {
+			return nil
+		}
+		return sb.RemoveInterface(rb, req.IfName)
 	}
 	switch {
 	case addErr != nil:
 		return errors.Join(fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), addErr), leave(), undoRecord(st))
 	case st.err != nil:
-		var rerr error
-		if !res.NoInterface {
-			rerr = sb.RemoveInterface(rb, req.IfName)
+		return errors.Join(fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), st.err), removeIface(), leave())
+	}
+	if rec.GatewayService {
+		if err := e.cfg.GatewayService.Attach(ctx, sb, rec.ID); err != nil {
+			return errors.Join(fmt.Errorf("endpoint %s: join %s: gateway service: %w", name, sb.ID(), err), removeIface(), leave(), undoRecord(st))
 		}
-		return errors.Join(fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), st.err), rerr, leave())
 	}
 	e.mu.Lock()
 	e.rec, e.revision, e.sb = rec, st.rev, sb
@@ -435,7 +462,8 @@ func (e *Ep) leave(ctx context.Context, sbID string, gone bool) error {
 	}); err != nil {
 		errs = append(errs, fmt.Errorf("driver %s: %w", e.cfg.DriverName, err))
 	}
-	rec.SandboxID, rec.IfName, rec.Gateway, rec.GatewayIPv6, rec.Routes, rec.JoinSeq = "", "", netip.Addr{}, netip.Addr{}, nil, 0
+	claimed := rec.GatewayService
+	rec.SandboxID, rec.IfName, rec.Gateway, rec.GatewayIPv6, rec.Routes, rec.JoinSeq, rec.GatewayService = "", "", netip.Addr{}, netip.Addr{}, nil, 0, false
 	newRev, err := e.store(context.WithoutCancel(ctx), rec, rev)
 	if err != nil {
 		errs = append(errs, err)
@@ -443,6 +471,12 @@ func (e *Ep) leave(ctx context.Context, sbID string, gone bool) error {
 		e.mu.Lock()
 		e.rec, e.revision, e.sb = rec, newRev, nil
 		e.mu.Unlock()
+	}
+	if claimed && e.cfg.GatewayService != nil {
+		// A sandbox that is gone took its gateway attachment with it: the claim only goes.
+		if err := e.cfg.GatewayService.Detach(context.WithoutCancel(ctx), sbID, rec.ID); err != nil && !gone {
+			errs = append(errs, fmt.Errorf("gateway service: %w", err))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("endpoint %s: leave %s: %w", name, sbID, err)

@@ -122,6 +122,8 @@ type Config struct {
 	Exclude []netip.Prefix
 	// OnDelete is called once the network is deleted.
 	OnDelete func(id string)
+	// GatewayService gives a way out to sandboxes whose endpoints' driver asks for one.
+	GatewayService endpoint.GatewayService
 	// Seq orders endpoint joins.
 	Seq    func() uint64
 	Logger *slog.Logger
@@ -455,7 +457,7 @@ func (n *Net) epConfig() endpoint.Config {
 	cfg := endpoint.Config{
 		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
 		Store: n.cfg.Store, IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
-		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger,
+		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger, GatewayService: n.cfg.GatewayService,
 	}
 	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
 		if len(n.rec.IPv4) > 0 {
