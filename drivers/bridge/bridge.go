@@ -137,7 +137,7 @@ func New(cfg Config) (_ *Driver, err error) {
 			ns.Close()
 		}
 	}()
-	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+	h, err := newRouteHandle(ns)
 	if err != nil {
 		return nil, fmt.Errorf("bridge: netlink handle in %s: %w", ns.Path(), err)
 	}
@@ -738,21 +738,6 @@ func (d *Driver) network(nid drivers.NetworkID) (*network, error) {
 // linkList lists the host namespace's links, retrying a dump the kernel interrupted.
 func (d *Driver) linkList() ([]netlink.Link, error) {
 	return retryDump(d.h.LinkList)
-}
-
-// retryDump calls list until its dump is not interrupted, at most five times.
-func retryDump[T any](list func() ([]T, error)) ([]T, error) {
-	var (
-		out []T
-		err error
-	)
-	for range 5 {
-		out, err = list()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, err
 }
 
 // defaultBridgeName returns "br-" and the first 12 characters of the network ID.
