@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // ensureBridge makes the bridge of network nid as n describes (n.index is ignored), with the
@@ -45,7 +45,7 @@ func (d *Driver) createBridge(ctx context.Context, nid drivers.NetworkID, n *net
 	la.MTU = n.mtu
 	br := &netlink.Bridge{LinkAttrs: la}
 	if err := d.h.LinkAdd(br); err != nil {
-		if errors.Is(err, unix.EEXIST) {
+		if errors.Is(err, syscall.EEXIST) {
 			return 0, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
 		}
 		return 0, fmt.Errorf("create bridge %q: %w", n.bridge, err)
