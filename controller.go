@@ -15,6 +15,10 @@
 // on the host namespace named by Config.HostNetns (by default the caller's), and creates a
 // namespace per sandbox, bind-mounted under Config.RunDir.
 //
+// It needs Linux. The module builds on other systems, so that programs embedding it can be
+// built there, but New fails on them with an error matching ErrNotSupported, before it touches
+// anything.
+//
 // # State and restart
 //
 // Networks, endpoints and sandboxes are kept in a kvstore.Store (bbolt under Config.DataDir by
@@ -180,8 +184,12 @@ type sbox struct {
 	deleting bool
 }
 
-// New creates a Controller, restoring and reconciling the state kept in its store.
+// New creates a Controller, restoring and reconciling the state kept in its store. On systems
+// other than Linux it fails with an error matching [ErrNotSupported].
 func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
+	if err := checkSystem(); err != nil {
+		return nil, fmt.Errorf("cnm: %w", err)
+	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = "/var/lib/cnm"
 	}
@@ -384,7 +392,7 @@ func (c *Controller) ensurePredefined(ctx context.Context) error {
 // hostRoutes returns the destinations of the host namespace's routes (default routes left out):
 // subnets IPAM must not pick.
 func (c *Controller) hostRoutes() []netip.Prefix {
-	routes, err := c.hostNL.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 0}, 0)
+	routes, err := listRoutes(c.hostNL)
 	if err != nil {
 		c.log.Warn("list host routes", "err", err)
 		return nil

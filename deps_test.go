@@ -79,13 +79,7 @@ var depsForbiddenNames = []string{"types", "utils", "common"}
 func TestDeps(t *testing.T) {
 	t.Run("self-check", testDepsSelfCheck)
 
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but the go tool is not in PATH: %v", err)
-		}
-		t.Skipf("the go tool is not in PATH: %v", err)
-	}
+	goTool := depsGoTool(t)
 	for _, goos := range []string{"linux", "darwin"} {
 		t.Run(goos, func(t *testing.T) {
 			pkgs := depsGoList(t, goTool, goos)
@@ -99,6 +93,45 @@ func TestDeps(t *testing.T) {
 				if name := path.Base(p); slices.Contains(depsForbiddenNames, name) {
 					t.Errorf("package %s is named %q: name packages after what they provide (rule 6)", p, name)
 				}
+			}
+		})
+	}
+}
+
+// depsGoTool returns the path of the go tool. Without one it skips the test, or fails it
+// when CI is "true".
+func depsGoTool(t *testing.T) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true but the go tool is not in PATH: %v", err)
+		}
+		t.Skipf("the go tool is not in PATH: %v", err)
+	}
+	return goTool
+}
+
+// TestBuildsOffLinux fails when the module does not build for systems other than Linux. cnm
+// works on Linux only, but a program that embeds it must build elsewhere too, where
+// Controller.New fails with an error matching ErrNotSupported: Linux-only code lives in
+// _linux.go files, with _other.go stubs (STYLE.md rule 35). It runs `go build ./...` for
+// darwin/arm64 and windows/amd64, which takes a while with a cold build cache: -short skips
+// it.
+func TestBuildsOffLinux(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cross-builds the module; skipped with -short")
+	}
+	goTool := depsGoTool(t)
+	for _, target := range []struct{ goos, goarch string }{
+		{"darwin", "arm64"},
+		{"windows", "amd64"},
+	} {
+		t.Run(target.goos+"/"+target.goarch, func(t *testing.T) {
+			cmd := exec.CommandContext(t.Context(), goTool, "build", "./...")
+			cmd.Env = append(os.Environ(), "GOOS="+target.goos, "GOARCH="+target.goarch, "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("GOOS=%s GOARCH=%s go build ./...: %v\n%s", target.goos, target.goarch, err, out)
 			}
 		})
 	}

@@ -14,7 +14,8 @@ type Namespace struct{}
 
 var _ Sandbox = (*Namespace)(nil)
 
-var errNotSupported = &errclass.NotSupportedError{What: "network sandboxes on this system"}
+// errNotSupported is what New, Open and the other calls that need the kernel return.
+var errNotSupported = errclass.LinuxOnly("network sandboxes")
 
 // New fails: network namespaces are Linux only.
 func New(ctx context.Context, cfg Config) (*Namespace, error) {
@@ -25,7 +26,7 @@ func New(ctx context.Context, cfg Config) (*Namespace, error) {
 }
 
 // Open fails: network namespaces are Linux only.
-func Open(ctx context.Context, cfg Config, ifaces []Interface) (*Namespace, []string, error) {
+func Open(ctx context.Context, cfg Config, ifaces []Interface) (sb *Namespace, dropped []string, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, nil, err
 	}
@@ -43,6 +44,11 @@ func RemoveNamespace(runDir, id string) error {
 	return errNotSupported
 }
 
+// The methods below are those of [Sandbox], for the type to satisfy it. New and Open give no
+// *Namespace on this system, so they are not reached: accessors return zero values, the calls
+// that need the kernel (Delete among them) fail with an error matching
+// [errclass.ErrNotSupported], and Close, with nothing to release, returns nil.
+
 func (s *Namespace) ID() string                                          { return "" }
 func (s *Namespace) Mode() Mode                                          { return ModeNamespace }
 func (s *Namespace) Key() string                                         { return "" }
@@ -53,5 +59,5 @@ func (s *Namespace) AddInterface(context.Context, InterfaceConfig) error { retur
 func (s *Namespace) RemoveInterface(context.Context, string) error       { return errNotSupported }
 func (s *Namespace) HostsPath() string                                   { return "" }
 func (s *Namespace) ResolvConfPath() string                              { return "" }
-func (s *Namespace) Delete(context.Context) error                        { return nil }
+func (s *Namespace) Delete(context.Context) error                        { return errNotSupported }
 func (s *Namespace) Close() error                                        { return nil }

@@ -16,6 +16,8 @@
 // The implementation, *Namespace, is Linux only and needs CAP_NET_ADMIN and CAP_SYS_ADMIN. It
 // never changes the namespace of the calling thread: it works through netlink handles opened
 // in the sandbox's and the host's namespaces (see internal/netns).
+// On other systems the package builds, but New, Open, ListNamespaces and RemoveNamespace
+// fail with an error matching cnm.ErrNotSupported.
 package sandbox
 
 import (

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
@@ -19,7 +20,6 @@ import (
 	"github.com/cnmkit/cnm/internal/netns"
 	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 var (
@@ -137,7 +137,7 @@ func New(cfg Config) (_ *Driver, err error) {
 			ns.Close()
 		}
 	}()
-	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+	h, err := newRouteHandle(ns)
 	if err != nil {
 		return nil, fmt.Errorf("bridge: netlink handle in %s: %w", ns.Path(), err)
 	}
@@ -410,7 +410,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 			d.log.WarnContext(ctx, "bridge of network is not ours; left alone", "network", nid.Short(), "bridge", link.Attrs().Name)
 		}
 	}
-	if err != nil && !errors.Is(err, unix.ENODEV) {
+	if err != nil && !errors.Is(err, syscall.ENODEV) {
 		return fmt.Errorf("bridge: delete network %s: %w", nid.Short(), err)
 	}
 	// The rules go after the bridge, so no live bridge is ever without its isolation.
@@ -639,10 +639,10 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.Joi
 	}
 	host := hostVethName(req.EndpointID)
 	err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
-	if errors.Is(err, unix.EEXIST) {
+	if errors.Is(err, syscall.EEXIST) {
 		if err = d.removeStaleVeth(ctx, host, req.IfName); err == nil {
 			err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
-			if errors.Is(err, unix.EEXIST) {
+			if errors.Is(err, syscall.EEXIST) {
 				err = &errclass.ConflictError{Kind: "interface", Name: req.IfName, Reason: "exists in the sandbox"}
 			}
 		}
@@ -659,7 +659,7 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.Joi
 		// Only endpoints with published ports pay for this round trip.
 		if err := d.h.LinkSetHairpin(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}}, true); err != nil {
 			err = fmt.Errorf("bridge: join endpoint %s: hairpin mode on %s: %w", req.EndpointID.Short(), host, err)
-			if derr := d.raw.Exec(cnl.DelLinkRequest(host)); derr != nil && !errors.Is(derr, unix.ENODEV) {
+			if derr := d.raw.Exec(cnl.DelLinkRequest(host)); derr != nil && !errors.Is(derr, syscall.ENODEV) {
 				err = errors.Join(err, fmt.Errorf("rollback: delete veth %s: %w", host, derr))
 			}
 			return drivers.JoinResult{}, err
@@ -701,7 +701,7 @@ func (d *Driver) removeStaleVeth(ctx context.Context, name, ifName string) error
 		return &errclass.ConflictError{Kind: "interface", Name: name, Reason: "host interface name taken by a foreign " + link.Type() + " device"}
 	}
 	d.log.WarnContext(ctx, "removing stale veth", "link", name)
-	if err := d.h.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+	if err := d.h.LinkDel(link); err != nil && !errors.Is(err, syscall.ENODEV) {
 		return fmt.Errorf("delete stale veth: %w", err)
 	}
 	return nil
@@ -718,7 +718,7 @@ func (d *Driver) Leave(ctx context.Context, req drivers.LeaveRequest) error {
 		return fmt.Errorf("bridge: leave endpoint %s: %w", req.EndpointID.Short(), err)
 	}
 	host := hostVethName(req.EndpointID)
-	if err := d.raw.Exec(cnl.DelLinkRequest(host)); err != nil && !errors.Is(err, unix.ENODEV) {
+	if err := d.raw.Exec(cnl.DelLinkRequest(host)); err != nil && !errors.Is(err, syscall.ENODEV) {
 		return fmt.Errorf("bridge: leave endpoint %s: delete veth %s: %w", req.EndpointID.Short(), host, err)
 	}
 	return nil
@@ -738,21 +738,6 @@ func (d *Driver) network(nid drivers.NetworkID) (*network, error) {
 // linkList lists the host namespace's links, retrying a dump the kernel interrupted.
 func (d *Driver) linkList() ([]netlink.Link, error) {
 	return retryDump(d.h.LinkList)
-}
-
-// retryDump calls list until its dump is not interrupted, at most five times.
-func retryDump[T any](list func() ([]T, error)) ([]T, error) {
-	var (
-		out []T
-		err error
-	)
-	for range 5 {
-		out, err = list()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return out, err
-		}
-	}
-	return nil, err
 }
 
 // defaultBridgeName returns "br-" and the first 12 characters of the network ID.

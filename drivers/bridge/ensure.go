@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // ensureBridge makes the bridge of network nid as n describes (n.index is ignored), with the
@@ -45,7 +45,7 @@ func (d *Driver) createBridge(ctx context.Context, nid drivers.NetworkID, n *net
 	la.MTU = n.mtu
 	br := &netlink.Bridge{LinkAttrs: la}
 	if err := d.h.LinkAdd(br); err != nil {
-		if errors.Is(err, unix.EEXIST) {
+		if errors.Is(err, syscall.EEXIST) {
 			return 0, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
 		}
 		return 0, fmt.Errorf("create bridge %q: %w", n.bridge, err)
@@ -106,7 +106,7 @@ func (d *Driver) adoptBridge(ctx context.Context, nid drivers.NetworkID, link ne
 			return 0, fmt.Errorf("set MTU of bridge %q to %d: %w", n.bridge, n.mtu, err)
 		}
 	}
-	have, err := retryDump(func() ([]netlink.Addr, error) { return d.h.AddrList(link, netlink.FAMILY_ALL) })
+	have, err := listAddrs(d.h, link)
 	if err != nil {
 		return 0, fmt.Errorf("list addresses of bridge %q: %w", n.bridge, err)
 	}
@@ -136,19 +136,6 @@ func (d *Driver) adoptBridge(ctx context.Context, nid drivers.NetworkID, link ne
 	}
 	d.log.DebugContext(ctx, "adopted bridge", "network", nid.Short(), "bridge", n.bridge, "index", a.Index)
 	return a.Index, nil
-}
-
-// bridgeAddr returns the netlink address for p. An IPv6 address skips duplicate address
-// detection, which would keep it tentative, unusable, until the bridge has carrier.
-func bridgeAddr(p netip.Prefix) *netlink.Addr {
-	a := &netlink.Addr{IPNet: &net.IPNet{
-		IP:   p.Addr().AsSlice(),
-		Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
-	}}
-	if p.Addr().Is6() {
-		a.Flags = unix.IFA_F_NODAD
-	}
-	return a
 }
 
 // prefixOf converts n to a prefix that keeps the address (not masked).

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // Reconcile removes what a crash left in the host namespace: every bridge whose alias starts
@@ -59,7 +59,7 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 			return
 		}
 		name := l.Attrs().Name
-		if err := d.h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		if err := d.h.LinkDel(l); err != nil && !errors.Is(err, syscall.ENODEV) {
 			errs = append(errs, fmt.Errorf("bridge: reconcile: delete link %s: %w", name, err))
 			return
 		}

@@ -9,6 +9,7 @@ package errclass
 import (
 	"errors"
 	"fmt"
+	"runtime"
 )
 
 // The classes. Each typed error below reports Is(class) for exactly one of them.
@@ -127,3 +128,14 @@ func (e *NotSupportedError) Error() string {
 }
 func (e *NotSupportedError) Is(target error) bool { return target == ErrNotSupported }
 func (e *NotSupportedError) Unwrap() error        { return e.Err }
+
+// errNeedsLinux is the cause of every error [LinuxOnly] returns.
+var errNeedsLinux = errors.New("needs Linux")
+
+// LinuxOnly returns a *[NotSupportedError] for what, a kernel feature cnm uses, on a system
+// other than Linux: "<what> on <GOOS> not supported: needs Linux". The stubs that cnm builds on
+// other systems (the files named *_other.go) return it from every call that would reach the
+// kernel.
+func LinuxOnly(what string) error {
+	return &NotSupportedError{What: what + " on " + runtime.GOOS, Err: errNeedsLinux}
+}

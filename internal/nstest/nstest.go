@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/internal/netns"
-	"golang.org/x/sys/unix"
 )
 
 // Enabled reports whether the privileged tier is switched on.
@@ -72,7 +71,7 @@ func nsDir(tb testing.TB) string {
 			p := filepath.Join(dir, e.Name())
 			if netns.IsMounted(p) {
 				tb.Errorf("nstest: namespace %s still mounted at cleanup", p)
-				_ = unix.Unmount(p, unix.MNT_DETACH)
+				_ = detach(p)
 			}
 		}
 	})

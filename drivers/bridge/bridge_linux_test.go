@@ -17,11 +17,8 @@ import (
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var (
 	subnet4 = netip.MustParsePrefix("10.123.0.0/24")

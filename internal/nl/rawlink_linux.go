@@ -1,5 +1,3 @@
-// Package nl holds netlink helpers shared by cnm's drivers and benchmarks: hand-built
-// requests for the fast paths that the netlink library spreads over several round trips.
 package nl
 
 import (
@@ -22,11 +20,14 @@ import (
 // link, then sets the master, and unregisters the link if either fails), and RTM_DELLINK with
 // IFLA_IFNAME, so each of Join and Leave is one message, and Join is atomic.
 
+// Request is a netlink request message, as the netlink library builds and sends it.
+type Request = vnl.NetlinkRequest
+
 // VethRequest returns the RTM_NEWLINK request that creates the veth pair of a Join in one
 // message: host end hostName, up, with MTU mtu, enslaved to the bridge with index master; peer
 // end peerName with MTU mtu and MAC mac (nil: the kernel's choice), created directly in the
 // namespace open at netnsFD, and left down.
-func VethRequest(hostName string, master, mtu int, peerName string, mac net.HardwareAddr, netnsFD int) *vnl.NetlinkRequest {
+func VethRequest(hostName string, master, mtu int, peerName string, mac net.HardwareAddr, netnsFD int) *Request {
 	req := vnl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
 	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Flags = unix.IFF_UP
@@ -53,7 +54,7 @@ func VethRequest(hostName string, master, mtu int, peerName string, mac net.Hard
 
 // DelLinkRequest returns the RTM_DELLINK request that deletes the link named name. The kernel
 // answers ENODEV when there is none.
-func DelLinkRequest(name string) *vnl.NetlinkRequest {
+func DelLinkRequest(name string) *Request {
 	req := vnl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
 	req.AddData(vnl.NewIfInfomsg(unix.AF_UNSPEC))
 	req.AddData(vnl.NewRtAttr(unix.IFLA_IFNAME, vnl.ZeroTerminated(name)))
@@ -94,7 +95,7 @@ func (s Socket) Close() {
 
 // Exec sends req and waits for the kernel's acknowledgement. A kernel error is a
 // syscall.Errno, possibly wrapped with the kernel's extended-ack message.
-func (s Socket) Exec(req *vnl.NetlinkRequest) error {
+func (s Socket) Exec(req *Request) error {
 	req.Sockets = s.socks
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
