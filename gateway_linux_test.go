@@ -8,8 +8,8 @@ import (
 
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/network"
 	"github.com/vishvananda/netlink"
 )
