@@ -29,6 +29,15 @@ func mustNetworkOf(t *testing.T, c *cnm.Controller, name, d string, opts ...netw
 	return n
 }
 
+func mustNetworkNamed(t *testing.T, c *cnm.Controller, name string) network.Network {
+	t.Helper()
+	n, err := c.Network(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // hasLine reports whether one of lines starts with prefix and contains every part.
 func hasLine(lines []string, prefix string, parts ...string) bool {
 	return slices.ContainsFunc(lines, func(l string) bool {
@@ -155,7 +164,7 @@ func TestPrivilegedJoinContextAndPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustNetworkOf(t, l.c, "pp", "p2p", network.WithSubnet(netip.MustParsePrefix("10.71.0.0/24")))
-	mustSandbox(t, l.c, "web")
+	mustSandbox(t, l.c, "web", cnm.WithHostname("web.local"))
 	ports, _ := endpoint.ParsePortSpec("8080:80")
 	if _, err := l.c.Connect(ctx, "pp", "web", endpoint.WithPorts(ports...)); !errors.Is(err, cnm.ErrNotSupported) {
 		t.Fatalf("ports on a driver without the capability = %v, want ErrNotSupported", err)
@@ -166,13 +175,28 @@ func TestPrivilegedJoinContextAndPorts(t *testing.T) {
 	if len(d.reqs) != 0 {
 		t.Fatalf("the driver was asked to join %d times by refused connects", len(d.reqs))
 	}
-	ep := mustConnect(t, l.c, "pp", "web", endpoint.WithAliases("www", "front"))
+	if _, err := l.c.Connect(ctx, "pp", "web", endpoint.WithIfName("way/too/long")); !errors.Is(err, cnm.ErrInvalidParameter) {
+		t.Fatalf("a bad interface name = %v, want ErrInvalidParameter", err)
+	}
+	ep := mustConnect(t, l.c, "pp", "web", endpoint.WithAliases("www", "front"), endpoint.WithIfName("data0"))
 	if len(d.reqs) != 1 {
 		t.Fatalf("joins = %d", len(d.reqs))
 	}
 	got := d.reqs[0]
-	if got.SandboxID != "web" || got.Endpoint != "web" || !slices.Equal(got.Aliases, []string{"www", "front"}) || got.IfName != "eth0" {
-		t.Fatalf("join request = sandbox %q endpoint %q aliases %q ifname %q", got.SandboxID, got.Endpoint, got.Aliases, got.IfName)
+	if got.SandboxID != "web" || got.Hostname != "web.local" || got.Endpoint != "web" || !slices.Equal(got.Aliases, []string{"www", "front"}) || got.IfName != "data0" {
+		t.Fatalf("join request = sandbox %q hostname %q endpoint %q aliases %q ifname %q", got.SandboxID, got.Hostname, got.Endpoint, got.Aliases, got.IfName)
+	}
+	sb, _ := l.c.Sandbox("web")
+	if links := links(t, sb.Key()); !slices.Equal(links, []string{"data0", "lo"}) {
+		t.Fatalf("sandbox links = %v, want the wanted name data0", links)
+	}
+	// The name is taken now: a second endpoint wanting it is refused, with nothing left.
+	mustNetwork(t, l.c, "br")
+	if _, err := l.c.Connect(ctx, "br", "web", endpoint.WithIfName("data0")); !errors.Is(err, cnm.ErrAlreadyExists) {
+		t.Fatalf("a taken interface name = %v, want ErrAlreadyExists", err)
+	}
+	if eps := mustNetworkNamed(t, l.c, "br").Endpoints(); len(eps) != 0 {
+		t.Fatalf("endpoints left by the refused connect: %v", eps)
 	}
 	if !slices.Equal(ep.Info().Aliases, []string{"www", "front"}) {
 		t.Fatalf("endpoint aliases = %q", ep.Info().Aliases)

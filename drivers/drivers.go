@@ -327,8 +327,10 @@ type DeleteEndpointRequest struct {
 type JoinRequest struct {
 	NetworkID  NetworkID
 	EndpointID EndpointID
-	// SandboxID is the sandbox's ID (the container's); Endpoint is the endpoint's name.
+	// SandboxID is the sandbox's ID (the container's), Hostname its host name (--hostname,
+	// its ID when none was given); Endpoint is the endpoint's name.
 	SandboxID string
+	Hostname  string
 	Endpoint  string
 	// Aliases are the endpoint's names on the network (docker network connect --alias),
 	// besides the sandbox's; nil for none. The slice is the driver's to keep.
@@ -338,7 +340,8 @@ type JoinRequest struct {
 	// NetnsFD is an open descriptor of that namespace, valid for the duration of the call: a
 	// driver creates the container end of its link directly in it (netlink IFLA_NET_NS_FD).
 	NetnsFD int
-	// IfName is the interface name the endpoint gets inside the sandbox ("eth0").
+	// IfName is the interface name the endpoint gets inside the sandbox: the one the endpoint
+	// asked for (endpoint.WithIfName), else the next free ethN.
 	IfName string
 	MAC    net.HardwareAddr
 	IPv4   netip.Prefix

@@ -91,6 +91,8 @@ type Record struct {
 	Ports []drivers.PortBinding `json:"ports,omitempty"`
 	// Aliases are the endpoint's extra names on its network (--alias).
 	Aliases []string `json:"aliases,omitempty"`
+	// WantIfName is the interface name asked for in the sandbox ("" lets the sandbox pick).
+	WantIfName string `json:"want_ifname,omitempty"`
 	// While joined:
 	SandboxID   string          `json:"sandbox_id,omitempty"`
 	IfName      string          `json:"ifname,omitempty"`
@@ -306,13 +308,13 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 	mac, _ := net.ParseMAC(rec.MAC)
 	req := drivers.JoinRequest{
 		NetworkID: drivers.NetworkID(rec.NetworkID), EndpointID: drivers.EndpointID(rec.ID),
-		SandboxID: sb.ID(), Endpoint: rec.Name, Aliases: slices.Clone(rec.Aliases),
+		SandboxID: sb.ID(), Hostname: sb.Hostname(), Endpoint: rec.Name, Aliases: slices.Clone(rec.Aliases),
 		SandboxKey: sb.Key(), NetnsFD: sb.NetnsFD(), MAC: mac, IPv4: rec.IPv4, IPv6: rec.IPv6,
 	}
 	var release func()
 	if e.cfg.Caps.Sandbox == drivers.NamespaceSandbox {
 		var err error
-		req.IfName, release, err = sb.ReserveName()
+		req.IfName, release, err = sb.ReserveName(rec.WantIfName)
 		if err != nil {
 			return fmt.Errorf("endpoint %s: join %s: %w", name, sb.ID(), err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/sandbox"
 )
 
 // Spec is the per-call configuration of a new endpoint, set by Options.
@@ -22,6 +23,31 @@ type Spec struct {
 	Ports []drivers.PortBinding
 	// Aliases are the endpoint's extra names on its network (WithAliases); nil for none.
 	Aliases []string
+	// IfName is the interface name the endpoint wants in its sandbox (WithIfName); "" lets
+	// the sandbox pick the next ethN.
+	IfName string
+}
+
+// WithIfName asks for the interface name the endpoint gets in the sandbox it joins (Docker's
+// com.docker.network.endpoint.ifname): a name taken there fails the join with an error
+// matching ErrAlreadyExists.
+func WithIfName(name string) Option { return func(s *Spec) { s.IfName = name } }
+
+// Validate checks the fields of s that need no network: ports, aliases, interface name. It
+// returns an error matching ErrInvalidParameter naming the first bad value.
+func (s Spec) Validate() error {
+	for _, p := range s.Ports {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	if err := ValidateAliases(s.Aliases); err != nil {
+		return err
+	}
+	if s.IfName != "" {
+		return sandbox.ValidateIfName(s.IfName)
+	}
+	return nil
 }
 
 // WithAliases gives the endpoint extra names on its network (docker network connect --alias):

@@ -535,7 +535,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 	}()
 
 	rb := context.WithoutCancel(ctx)
-	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Host, Aliases: spec.Aliases}
+	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Host, Aliases: spec.Aliases, WantIfName: spec.IfName}
 	if n.Global() {
 		// The record must be in the global store before the fence check below: a Join
 		// rewrites it at its revision.
@@ -639,12 +639,7 @@ func (n *Net) checkSpec(s endpoint.Spec) error {
 	if s.MAC != nil && s.MAC[0]&1 == 1 {
 		return errclass.Invalid("mac address", s.MAC.String(), "multicast address")
 	}
-	for _, p := range s.Ports {
-		if err := p.Validate(); err != nil {
-			return err
-		}
-	}
-	if err := endpoint.ValidateAliases(s.Aliases); err != nil {
+	if err := s.Validate(); err != nil {
 		return err
 	}
 	if len(s.Ports) > 0 && !n.cfg.Entry.Caps.Ports {

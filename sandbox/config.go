@@ -159,6 +159,10 @@ func (c *Config) validate() error {
 
 // validIfname checks an interface name the way the kernel does (dev_valid_name): 1-15
 // bytes, not "." or "..", no '/', ':' or white space.
+// ValidateIfName checks an interface name: 1 to 15 bytes, not "." or "..", without '/', ':'
+// or white space. It returns an error matching cnm.ErrInvalidParameter that names it.
+func ValidateIfName(name string) error { return validIfname("interface name", name) }
+
 func validIfname(field, name string) error {
 	switch {
 	case name == "":

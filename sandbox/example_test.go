@@ -25,7 +25,7 @@ func Example() {
 	}
 	defer sb.Delete(ctx)
 
-	name, release, err := sb.ReserveName()
+	name, release, err := sb.ReserveName("")
 	if err != nil {
 		log.Fatal(err)
 	}

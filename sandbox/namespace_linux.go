@@ -463,6 +463,9 @@ func (s *Namespace) HostsPath() string { return s.hostsPath }
 // ResolvConfPath returns the path of the resolv.conf file, FilesDir/resolv.conf.
 func (s *Namespace) ResolvConfPath() string { return s.resolvPath }
 
+// Hostname returns the container's host name: Config.Hostname, or the ID when it was empty.
+func (s *Namespace) Hostname() string { return s.hostname }
+
 // Interfaces returns copies of the configured interfaces in the order they were added. The
 // caller owns the slice.
 func (s *Namespace) Interfaces() []Interface {
@@ -493,26 +496,36 @@ func (s *Namespace) closedErrLocked() error {
 	return &errclass.NotFoundError{Kind: "sandbox", Name: s.id, Err: errors.New(why)}
 }
 
-// ReserveName reserves the lowest interface name ethN that is neither configured, being
-// added or removed, nor reserved, and returns it with a function that releases the
-// reservation. The release function may be called any number of times and from any
+// ReserveName reserves the interface name want, or when want is "" the lowest name ethN,
+// that is neither configured, being added or removed, nor reserved, and returns it with a
+// function that releases the reservation. A want that is taken fails with an
+// [errclass.AlreadyExistsError], a bad one with an [errclass.InvalidParameterError]. The release function may be called any number of times and from any
 // goroutine; it does nothing once AddInterface has taken the name. ModeHost and
 // ModeContainer sandboxes refuse with an [errclass.ConflictError]; a closed or deleted
 // sandbox with an error matching [errclass.ErrNotFound].
-func (s *Namespace) ReserveName() (string, func(), error) {
+func (s *Namespace) ReserveName(want string) (string, func(), error) {
 	if s.mode != ModeNamespace {
 		return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, s.sharedErr())
+	}
+	if want != "" {
+		if err := validIfname("interface name", want); err != nil {
+			return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, err)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, s.closedErrLocked())
 	}
-	var name string
-	for n := 0; ; n++ {
-		name = "eth" + strconv.Itoa(n)
-		if !s.inUseLocked(name) && s.reserved[name] == 0 {
-			break
+	name := want
+	if name != "" {
+		if s.inUseLocked(name) || s.reserved[name] != 0 {
+			return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, &errclass.AlreadyExistsError{Kind: "interface", Name: name})
+		}
+	}
+	for n := 0; name == ""; n++ {
+		if c := "eth" + strconv.Itoa(n); !s.inUseLocked(c) && s.reserved[c] == 0 {
+			name = c
 		}
 	}
 	s.nextToken++

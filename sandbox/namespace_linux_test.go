@@ -97,7 +97,7 @@ func TestPrivilegedNewDelete(t *testing.T) {
 	if err := sb.Delete(t.Context()); err != nil {
 		t.Errorf("second Delete() = %v, want nil", err)
 	}
-	if _, _, err := sb.ReserveName(); !errors.Is(err, errclass.ErrNotFound) {
+	if _, _, err := sb.ReserveName(""); !errors.Is(err, errclass.ErrNotFound) {
 		t.Errorf("ReserveName after Delete = %v, want ErrNotFound", err)
 	}
 	if err := sb.AddInterface(t.Context(), sandbox.InterfaceConfig{Name: "eth0", InSandbox: true}); !errors.Is(err, errclass.ErrNotFound) {
@@ -164,7 +164,7 @@ func TestPrivilegedAddInterfaceInSandbox(t *testing.T) {
 	cfg.Hostname = "web"
 	sb := e.newSandbox(cfg)
 
-	name, release, err := sb.ReserveName()
+	name, release, err := sb.ReserveName("")
 	if err != nil || name != "eth0" {
 		t.Fatalf("ReserveName() = %q, %v; want eth0", name, err)
 	}
@@ -250,7 +250,7 @@ func TestPrivilegedAddInterfaceInSandbox(t *testing.T) {
 	}
 	// The name is used: the next reservation skips it, and its release is a no-op.
 	release()
-	if n, rel, _ := sb.ReserveName(); n != "eth1" {
+	if n, rel, _ := sb.ReserveName(""); n != "eth1" {
 		t.Errorf("ReserveName() = %q, want eth1", n)
 	} else {
 		rel()
@@ -395,7 +395,7 @@ func TestPrivilegedAddInterfaceFailures(t *testing.T) {
 		if got := readFile(t, sb.HostsPath()); got != hostsBefore {
 			t.Errorf("hosts changed: %q", got)
 		}
-		n, rel, err := sb.ReserveName()
+		n, rel, err := sb.ReserveName("")
 		if err != nil || n != "eth0" {
 			t.Errorf("ReserveName() = %q, %v; want eth0 free again", n, err)
 		} else {
@@ -562,7 +562,7 @@ func TestPrivilegedModeHost(t *testing.T) {
 	if !sameNS(t, sb.NetnsFD(), e.host.Path()) {
 		t.Error("NetnsFD() is not the host namespace")
 	}
-	if _, _, err := sb.ReserveName(); !errors.Is(err, errclass.ErrConflict) {
+	if _, _, err := sb.ReserveName(""); !errors.Is(err, errclass.ErrConflict) {
 		t.Errorf("ReserveName() = %v, want ErrConflict", err)
 	}
 	if err := sb.AddInterface(t.Context(), sandbox.InterfaceConfig{Name: "eth0", InSandbox: true}); !errors.Is(err, errclass.ErrConflict) {
@@ -602,7 +602,7 @@ func TestPrivilegedModeContainer(t *testing.T) {
 	if side.Key() != base.Key() || !sameNS(t, side.NetnsFD(), base.Key()) {
 		t.Errorf("shared sandbox key %q, want %q and the same namespace", side.Key(), base.Key())
 	}
-	_, _, err := side.ReserveName()
+	_, _, err := side.ReserveName("")
 	if !errors.Is(err, errclass.ErrConflict) || !strings.Contains(err.Error(), `connect "base" instead`) {
 		t.Errorf("ReserveName() = %v, want a conflict naming base", err)
 	}
@@ -649,7 +649,7 @@ func TestPrivilegedOpen(t *testing.T) {
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := first.ReserveName(); !errors.Is(err, errclass.ErrNotFound) {
+	if _, _, err := first.ReserveName(""); !errors.Is(err, errclass.ErrNotFound) {
 		t.Errorf("ReserveName after Close = %v, want ErrNotFound", err)
 	}
 	if !netns.IsMounted(first.Key()) {
@@ -685,7 +685,7 @@ func TestPrivilegedOpen(t *testing.T) {
 	if got, want := readFile(t, sb.HostsPath()), hostsHead+"10.91.0.2\tweb\n10.92.0.2\tweb\n"; got != want {
 		t.Errorf("hosts = %q, want %q", got, want)
 	}
-	if n, rel, _ := sb.ReserveName(); n != "eth0" {
+	if n, rel, _ := sb.ReserveName(""); n != "eth0" {
 		t.Errorf("ReserveName() = %q, want eth0", n)
 	} else {
 		rel()
@@ -755,7 +755,7 @@ func TestPrivilegedConcurrent(t *testing.T) {
 	errc := make(chan error, n)
 	for i := range n {
 		wg.Go(func() {
-			name, release, err := sb.ReserveName()
+			name, release, err := sb.ReserveName("")
 			if err != nil {
 				errc <- err
 				return

@@ -54,7 +54,8 @@ func (s *Namespace) Mode() Mode                                          { retur
 func (s *Namespace) Key() string                                         { return "" }
 func (s *Namespace) NetnsFD() int                                        { return -1 }
 func (s *Namespace) Interfaces() []Interface                             { return nil }
-func (s *Namespace) ReserveName() (string, func(), error)                { return "", nil, errNotSupported }
+func (s *Namespace) Hostname() string                                    { return "" }
+func (s *Namespace) ReserveName(string) (string, func(), error)          { return "", nil, errNotSupported }
 func (s *Namespace) AddInterface(context.Context, InterfaceConfig) error { return errNotSupported }
 func (s *Namespace) RemoveInterface(context.Context, string) error       { return errNotSupported }
 func (s *Namespace) HostsPath() string                                   { return "" }

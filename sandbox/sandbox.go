@@ -101,10 +101,14 @@ type Sandbox interface {
 	NetnsFD() int
 	// Interfaces returns copies of the configured interfaces in the order they were added.
 	Interfaces() []Interface
-	// ReserveName reserves the lowest free interface name ethN and returns it with a function
-	// that releases it unless AddInterface used it. ModeHost and ModeContainer sandboxes
-	// refuse with an error matching cnm.ErrConflict.
-	ReserveName() (name string, release func(), err error)
+	// ReserveName reserves the interface name want, or the lowest free name ethN when want is
+	// "", and returns it with a function that releases it unless AddInterface used it. A want
+	// that is taken fails with an error matching cnm.ErrAlreadyExists, a bad one with
+	// cnm.ErrInvalidParameter. ModeHost and ModeContainer sandboxes refuse with an error
+	// matching cnm.ErrConflict.
+	ReserveName(want string) (name string, release func(), err error)
+	// Hostname returns the container's host name (its ID when none was given).
+	Hostname() string
 	// AddInterface configures an interface: addresses, link up, routes, default route when it
 	// provides the gateway; then rewrites the hosts file. On error the link is removed and
 	// nothing else is left.
