@@ -150,6 +150,7 @@ type Node struct {
 	syncWith       map[string]bool                      // came back from failure: bulk sync with them
 	watchers       map[*stream[Event]]watchFilter       // Watch subscriptions
 	memberWatchers map[*stream[MemberEvent]]struct{}    // WatchMembers subscriptions
+	keyWatchers    map[*stream[KeyringStatus]]struct{}  // WatchKeys subscriptions
 }
 
 type attachment struct {
@@ -202,6 +203,7 @@ func New(cfg Config) (*Node, error) {
 		syncWith:       map[string]bool{},
 		watchers:       map[*stream[Event]]watchFilter{},
 		memberWatchers: map[*stream[MemberEvent]]struct{}{},
+		keyWatchers:    map[*stream[KeyringStatus]]struct{}{},
 	}
 	n.clock.now = cfg.Now
 	n.boot = n.clock.next()

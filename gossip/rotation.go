@@ -45,6 +45,30 @@ func (n *Node) KeyringStatus() KeyringStatus {
 	return s
 }
 
+// WatchKeys subscribes to the changes of this node's keyring: a [KeyringStatus] after each
+// step of a rotation that changed it (a key installed, a new primary, a key removed) and after
+// each change by hand. Statuses carry key IDs, never key material. They are queued without
+// bound and never dropped; the channel is closed by cancel or Close. cancel is idempotent.
+func (n *Node) WatchKeys() (statuses <-chan KeyringStatus, cancel func()) {
+	s := newStream[KeyringStatus]()
+	n.mu.Lock()
+	n.keyWatchers[s] = struct{}{}
+	n.mu.Unlock()
+	if !n.start(func() { s.run(n.ctx) }) {
+		n.mu.Lock()
+		delete(n.keyWatchers, s)
+		n.mu.Unlock()
+		close(s.out)
+		return s.out, func() {}
+	}
+	return s.out, func() {
+		n.mu.Lock()
+		delete(n.keyWatchers, s)
+		n.mu.Unlock()
+		s.stop()
+	}
+}
+
 // Keys returns a copy of the keys this node holds, primary first. It is what another node
 // needs in Config.Keys to join after it missed two rotations or more (see the package
 // documentation); handle it as the secret it is.
@@ -156,9 +180,16 @@ func (n *Node) persistKeysLocked() {
 }
 
 // advertiseKeys re-advertises the node's meta data (its key IDs) to the cluster, which is how
-// the rotation driver learns that this node has done a step. The alive message is queued at
+// the rotation driver learns that this node has done a step, and tells the WatchKeys
+// subscribers. It is called after every change of the keyring. The alive message is queued at
 // once; UpdateNode's wait for it to be sent is cut short.
 func (n *Node) advertiseKeys() {
+	st := n.KeyringStatus()
+	n.mu.Lock()
+	for s := range n.keyWatchers {
+		s.push(st)
+	}
+	n.mu.Unlock()
 	if err := n.ml.UpdateNode(time.Millisecond); err != nil {
 		n.log.Debug("meta update queued", "err", err)
 	}

@@ -347,3 +347,37 @@ func TestSchedulePersisted(t *testing.T) {
 		t.Errorf("keyring file has no schedule: %s", raw)
 	}
 }
+
+// TestWatchKeys: a subscriber of WatchKeys hears each step of a rotation that changes this
+// node's keyring (install, use, remove), in order, with key IDs only; and stops with cancel.
+func TestWatchKeys(t *testing.T) {
+	c := newCluster(t, 2, func(i int, cfg *Config) { cfg.RotationInterval = time.Second })
+	ch, cancel := c.nodes[1].WatchKeys()
+	var seen []KeyringStatus
+	deadline := time.After(20 * time.Second)
+	for len(seen) < 3 || seen[len(seen)-1].Phase != "remove" {
+		select {
+		case st := <-ch:
+			seen = append(seen, st)
+		case <-deadline:
+			t.Fatalf("after 20s saw %d keyring changes: %+v", len(seen), seen)
+		}
+	}
+	for i, st := range seen {
+		for _, id := range append([]string{st.Primary}, st.Keys...) {
+			if len(id) > 16 || id == "" {
+				t.Fatalf("status %d shows %q: want key IDs only", i, id)
+			}
+		}
+		if i > 0 && st.Epoch < seen[i-1].Epoch {
+			t.Fatalf("epochs out of order: %+v", seen)
+		}
+	}
+	if first, last := seen[0], seen[len(seen)-1]; first.Primary == last.Primary && first.Epoch == last.Epoch {
+		t.Fatalf("a full rotation left the primary at %s: %+v", first.Primary, seen)
+	}
+	cancel()
+	cancel()
+	for range ch { // drained and closed by cancel
+	}
+}
