@@ -80,6 +80,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/host"
 	"github.com/cnmkit/cnm/drivers/null"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/lookup"
 	"github.com/cnmkit/cnm/internal/netns"
@@ -149,6 +150,19 @@ type Config struct {
 	// StoreTimeout bounds each call to GlobalStore: past it the call fails with an error
 	// matching ErrUnavailable. Default DefaultStoreTimeout.
 	StoreTimeout time.Duration
+
+	// Gossip starts the gossip plane: a gossip.Node with this configuration, started by New
+	// and closed by Close, given to the drivers that need one (drivers.GossipUser). Its
+	// NodeName defaults to Hostname (else the machine's host name), its Logger to Logger, and
+	// its Store to GlobalStore when that store has locks (kvstore.Locker), so that the
+	// cluster's keyring and rotation schedule are kept there. Nil (and GossipNode nil): no
+	// gossip plane, and networks of drivers that need one are refused with ErrNotSupported.
+	Gossip *gossip.Config
+	// GossipPeers are members ("host:port") the gossip node joins at start; when none
+	// answers, New goes on and the node keeps trying in the background.
+	GossipPeers []string
+	// GossipNode is a gossip node the caller started (and closes), used instead of Gossip.
+	GossipNode *gossip.Node
 }
 
 // Controller is the entry point: it owns the drivers, IPAM and the store, and creates networks
@@ -164,7 +178,8 @@ type Controller struct {
 	hostPath string
 	hostNL   *netlink.Handle
 	seq      atomic.Uint64
-	global   *global // nil without Config.GlobalStore
+	global   *global      // nil without Config.GlobalStore
+	gossip   *gossipPlane // nil without Config.Gossip or GossipNode
 	gw       gatewayService
 
 	mu        sync.Mutex                // guards following
@@ -257,7 +272,13 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, fmt.Errorf("cnm: %w", err)
 		}
 	}
+	if err := c.startGossip(ctx); err != nil {
+		return nil, err
+	}
 	for _, name := range slices.Sorted(maps.Keys(cfg.Drivers)) {
+		if err := c.useGossip(name, cfg.Drivers[name]); err != nil {
+			return nil, err
+		}
 		if err := c.reg.Register(name, cfg.Drivers[name]); err != nil {
 			return nil, fmt.Errorf("cnm: register driver: %w", err)
 		}
@@ -284,6 +305,12 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 // endpoints. The driver stays registered even when a waiting network fails to restore: the
 // error then names each such network, which keeps waiting with its records.
 func (c *Controller) RegisterDriver(ctx context.Context, name string, d drivers.Driver) error {
+	if _, err := c.reg.Get(name); err == nil {
+		return fmt.Errorf("cnm: register driver: %w", &errclass.AlreadyExistsError{Kind: "driver", Name: name})
+	}
+	if err := c.useGossip(name, d); err != nil {
+		return err
+	}
 	if err := c.reg.Register(name, d); err != nil {
 		return fmt.Errorf("cnm: register driver: %w", err)
 	}
@@ -501,6 +528,9 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
 	e, err := c.reg.Get(driverName)
+	if err == nil {
+		err = c.checkGossip(e)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
@@ -965,7 +995,7 @@ func (c *Controller) closeResources() error {
 			errs = append(errs, sb.ns.Close())
 		}
 	}
-	errs = append(errs, c.reg.Close())
+	errs = append(errs, c.reg.Close(), c.gossip.close())
 	if c.ownStore && c.store != nil {
 		errs = append(errs, c.store.Close())
 	}

@@ -39,8 +39,8 @@ var depRules = []depRule{
 	},
 	{
 		From: []string{"drivers/..."},
-		Deny: []string{".", "network/...", "endpoint/...", "sandbox/..."},
-		Why:  "a driver sees networks, endpoints and sandboxes only through request structs",
+		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "gossip/..."},
+		Why:  "a driver sees networks, endpoints and sandboxes only through request structs, and the gossip plane only as drivers.Gossip",
 	},
 	{
 		From: []string{"sandbox/..."},

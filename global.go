@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -77,13 +76,9 @@ func (c *Controller) initGlobal(ctx context.Context) error {
 	if cfg.GlobalStore == nil {
 		return nil
 	}
-	host := cfg.Hostname
-	if host == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("cnm: hostname: %w", err)
-		}
-		host = h
+	host, err := c.hostname()
+	if err != nil {
+		return err
 	}
 	if err := network.ValidateName("hostname", host); err != nil {
 		return fmt.Errorf("cnm: %w", err)
@@ -458,10 +453,18 @@ func (c *Controller) stopGlobal() {
 
 // Leave removes this host from the registry at once (its lease is revoked), for a host that
 // leaves the cluster for good: the survivors reclaim its remaining endpoints on global
-// networks right away. Close it afterwards.
+// networks right away, and it leaves the gossip cluster when the Controller started the gossip
+// node (peers drop its entries at once). Close it afterwards.
 func (c *Controller) Leave(ctx context.Context) error {
+	var gerr error
+	if c.gossip != nil && c.gossip.own {
+		// Peers drop this host's gossip entries at once, rather than after a failure verdict.
+		if err := c.gossip.node.Leave(ctx); err != nil {
+			gerr = fmt.Errorf("cnm: leave gossip: %w", err)
+		}
+	}
 	if c.global == nil {
-		return nil
+		return gerr
 	}
 	c.global.cancel()
 	<-c.global.done
@@ -470,12 +473,12 @@ func (c *Controller) Leave(ctx context.Context) error {
 	c.global.lease = nil
 	c.mu.Unlock()
 	if lease == nil {
-		return nil
+		return gerr
 	}
 	if err := lease.Revoke(ctx); err != nil {
-		return fmt.Errorf("cnm: leave: %w", err)
+		return errors.Join(gerr, fmt.Errorf("cnm: leave: %w", err))
 	}
-	return nil
+	return gerr
 }
 
 // retryWait waits for a backoff step of a background loop; false when ctx ended.

@@ -225,6 +225,9 @@ func (c *Controller) restoreNetwork(ctx context.Context, rec network.Record) (*n
 	if err != nil {
 		return nil, err
 	}
+	if err := c.checkGossip(e); err != nil {
+		return nil, err
+	}
 	var opts drivers.NetworkOptions
 	if len(rec.Options) > 0 {
 		if e.Parser == nil {

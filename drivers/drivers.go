@@ -2,7 +2,7 @@
 //
 // A driver is a Go value that implements [Driver]: seven methods, each taking a context and a
 // request struct. Extra abilities are optional interfaces ([OptionParser], [Reconciler],
-// [NetworkAllocator], [Closer]) that the [Registry] discovers once, at registration, with a
+// [NetworkAllocator], [GossipUser], [Closer]) that the [Registry] discovers once, at registration, with a
 // type assertion, or fields of [Capabilities] (Ports). The
 // built-in drivers (bridge, host, null, and later macvlan and overlay) use nothing that a
 // third-party driver could not: a custom driver registers with the Controller exactly like them.
@@ -477,6 +477,7 @@ type Entry struct {
 	Parser     OptionParser     // nil when the driver takes no options
 	Reconciler Reconciler       // nil when it has none
 	Allocator  NetworkAllocator // nil when it has none
+	GossipUser GossipUser       // nil when it needs no gossip plane
 }
 
 // Registry holds the drivers of one Controller. It is safe for concurrent use.
@@ -511,6 +512,7 @@ func (r *Registry) Register(name string, d Driver) error {
 	e.Parser, _ = d.(OptionParser)
 	e.Reconciler, _ = d.(Reconciler)
 	e.Allocator, _ = d.(NetworkAllocator)
+	e.GossipUser, _ = d.(GossipUser)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.drivers[name]; ok {
