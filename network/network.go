@@ -154,6 +154,7 @@ type Net struct {
 	names     map[string]string // endpoint name -> ID ("" while being created)
 	deleting  bool
 	deleted   bool
+	gone      bool // Forget was called while this host was deleting the network
 }
 
 var _ Network = (*Net)(nil)
@@ -787,6 +788,13 @@ func (n *Net) Delete(ctx context.Context) error {
 	n.mu.Unlock()
 	err := n.delete(ctx)
 	n.mu.Lock()
+	if err != nil && n.gone {
+		// The record went from the store, as the watch saw, though the store's answer to
+		// the delete did not say so (a transaction whose outcome was unknown): it is deleted,
+		// and its pools, left held, are freed by the sweep as orphans.
+		n.cfg.Logger.Warn("network deleted though the store did not confirm it", "network", n.rec.Name, "err", err)
+		err = nil
+	}
 	n.deleting = false
 	n.deleted = err == nil
 	n.mu.Unlock()
@@ -876,6 +884,13 @@ func (n *Net) deleteGlobal(ctx context.Context) error {
 func (n *Net) Forget(ctx context.Context) error {
 	n.mu.Lock()
 	if n.deleted {
+		n.mu.Unlock()
+		return nil
+	}
+	if n.deleting {
+		// This host's Delete removed the record that the watch saw go: Delete finishes, and
+		// publishes a delete of this host's.
+		n.gone = true
 		n.mu.Unlock()
 		return nil
 	}
