@@ -84,8 +84,9 @@ const (
 	// reclaimed endpoint of a departed host, an orphan address or pool, a key left by a write
 	// of unknown outcome). Repairs made while New restores are listed by Controller.Repairs.
 	Repaired
-	// KeyRotated: Key, a step of a gossip key rotation that this host's gossip node adopted.
-	// The Controller publishes it once gossip is wired into it.
+	// KeyRotated: Key, a step of a gossip key rotation that this host's gossip node adopted,
+	// filled from gossip.KeyringStatus (Epoch, Phase, TargetPrimary). Defined ahead of its
+	// publisher: the Controller publishes it once its gossip node is wired in.
 	KeyRotated
 	// Dropped: Dropped, the number of events this subscriber lost because its queue was full;
 	// Seq and Time are those of the last event lost. It is never published, only delivered.
@@ -120,9 +121,9 @@ func (k Kind) String() string {
 // Event is one thing that happened. Which fields are set depends on Kind (see the kinds);
 // the others are zero. An Event is a value: a subscriber may keep and modify it.
 type Event struct {
-	// Seq is the event's number in its Bus's sequence (1, 2, ...): a subscriber receives
-	// strictly increasing numbers, consecutive unless events were published while it was not
-	// subscribed.
+	// Seq is the event's number in its Bus's sequence (1, 2, ...; events published while
+	// the Bus has no subscriber are not numbered). A subscriber receives consecutive numbers
+	// from its first event on, but where a Dropped event stands for the ones it lost.
 	Seq uint64
 	// Time is when the event was published.
 	Time time.Time
