@@ -51,11 +51,20 @@
 // out, so that this stays rare. New needs the global store to answer: it restores the global
 // networks.
 //
+// # Events
+//
+// Events returns a channel of typed events (package events): networks, endpoints and
+// sandboxes created and deleted, endpoints joined and left, hosts joining and leaving the
+// registry, and repairs made at run time, in the order they happened, each published once its
+// store commit is done. A receiver that falls more than Config.EventBuffer events behind loses
+// the newest ones and is told how many; the Controller never waits for it. Restoring in New
+// publishes nothing: read the state after subscribing.
+//
 // # Concurrency
 //
 // Every method of the Controller, and of the networks, endpoints and sandboxes it returns, is
-// safe for concurrent use. Lock order: Controller, then network, then endpoint, then sandbox;
-// no lock is held across a driver, IPAM, store or netlink call.
+// safe for concurrent use. Lock order: Controller, then network, then endpoint, then sandbox,
+// and the event stream's last; no lock is held across a driver, IPAM, store or netlink call.
 package cnm
 
 import (
@@ -80,6 +89,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/host"
 	"github.com/cnmkit/cnm/drivers/null"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/lookup"
@@ -132,6 +142,10 @@ type Config struct {
 	NoPredefinedNetworks bool
 	// Logger receives the Controller's logs. Nil discards them.
 	Logger *slog.Logger
+	// EventBuffer is how many events each receiver of Events may fall behind before newer
+	// ones are dropped for it (and reported by an events.Dropped event). Zero means
+	// events.DefaultBuffer (1024); negative is invalid.
+	EventBuffer int
 
 	// GlobalStore is the store that hosts share (etcd or Consul, opened with
 	// kvstore/kvurl.Open): networks of global-scope drivers, their endpoints, the global
@@ -181,6 +195,7 @@ type Controller struct {
 	global   *global      // nil without Config.GlobalStore
 	gossip   *gossipPlane // nil without Config.Gossip or GossipNode
 	gw       gatewayService
+	bus      events.Bus // what Events returns; closed by Close
 
 	mu        sync.Mutex                // guards following
 	ipams     map[string]ipam.Allocator // IPAM drivers by name
@@ -213,6 +228,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.EventBuffer < 0 {
+		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("EventBuffer", fmt.Sprint(cfg.EventBuffer), "must not be negative"))
 	}
 	c := &Controller{
 		cfg: cfg, log: cfg.Logger, store: cfg.Store, ipam: cfg.IPAM,
@@ -290,6 +308,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		return nil, err
 	}
 	if c.global != nil {
+		c.seedHosts(ctx)
 		c.startGlobal()
 	}
 	if !cfg.NoPredefinedNetworks {
@@ -387,6 +406,33 @@ func (c *Controller) repaired(r drivers.Repair) {
 	c.repairs = append(c.repairs, r)
 	c.mu.Unlock()
 	c.log.Warn("repaired", "object", r.Object, "action", r.Action, "reason", r.Reason)
+	c.publishRepair(r)
+}
+
+// publishRepair publishes a Repaired event for r.
+func (c *Controller) publishRepair(r drivers.Repair) {
+	c.bus.Publish(events.Event{Kind: events.Repaired, Repair: events.Repair{Object: r.Object, Action: r.Action, Reason: r.Reason}})
+}
+
+// Events returns a channel that receives the Controller's events from now on, in the order
+// they happened, each with the next number of one Controller-wide sequence: networks,
+// endpoints and sandboxes created and deleted, endpoints joined and left, global networks
+// adopted or forgotten because of other hosts (Remote), hosts joining and leaving the
+// registry, and repairs made at run time. The kinds and their fields are in package events.
+//
+// An event is published once its operation is committed to the store; a failed or rolled-back
+// operation publishes nothing. The events of one object come in the order of its operations,
+// and an object's creation before, and its deletion after, the events of what it contains.
+// Objects that New restored are not created (nor repaired: Repairs lists what New fixed);
+// read the state (Networks, Sandboxes, Hosts) after subscribing to start from it.
+//
+// Up to Config.EventBuffer events wait for the receiver; past that, newer ones are dropped
+// and an events.Dropped event says how many, after which the receiver should read the state
+// again. The Controller never waits for a receiver. The channel is closed when ctx is done
+// or the Controller is closed (at once if it is already); receive until it is closed, or
+// cancel ctx. Events is safe for concurrent use; each call is a subscriber of its own.
+func (c *Controller) Events(ctx context.Context) <-chan events.Event {
+	return c.bus.Subscribe(ctx, c.cfg.EventBuffer)
 }
 
 func (c *Controller) checkOpen() error {
@@ -455,7 +501,7 @@ func (c *Controller) overlapsHost(p netip.Prefix) bool {
 func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Config {
 	cfg := network.Config{
 		Entry: e, Store: c.store, IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
-		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log,
+		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log, Publish: c.bus.Publish,
 	}
 	if e.Caps.DataScope == drivers.GlobalScope && c.global != nil {
 		cfg.Store, cfg.Host, cfg.Uncertain = c.global.store, c.global.host, c.noteUncertain
@@ -583,6 +629,7 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	}
 	c.networks[n.ID()] = n
 	c.netNames[name] = n.ID()
+	c.bus.Publish(events.Event{Kind: events.NetworkCreated, NetworkID: n.ID(), Network: name})
 	return n, nil
 }
 
@@ -712,6 +759,7 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 		return nil, fmt.Errorf("cnm: new sandbox %s: %w", id, err)
 	}
 	c.sandboxes[id] = sb
+	c.bus.Publish(events.Event{Kind: events.SandboxCreated, SandboxID: id})
 	return sb.ns, nil
 }
 
@@ -818,6 +866,7 @@ func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
 		return fmt.Errorf("cnm: delete sandbox %s: %w", id, err)
 	}
 	delete(c.sandboxes, id)
+	c.bus.Publish(events.Event{Kind: events.SandboxDeleted, SandboxID: id})
 	return nil
 }
 
@@ -972,7 +1021,9 @@ func (c *Controller) Disconnect(ctx context.Context, nameOrID, sandboxID string)
 }
 
 // Close releases the Controller: its drivers, store and open handles. Networks, sandboxes and
-// their kernel state stay, for the next Controller on the same DataDir. Close is idempotent.
+// their kernel state stay, for the next Controller on the same DataDir. The channels that
+// Events returned are closed, and Close waits for the goroutines that fed them. Close is
+// idempotent.
 func (c *Controller) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -987,6 +1038,7 @@ func (c *Controller) Close() error {
 func (c *Controller) closeResources() error {
 	var errs []error
 	c.stopGlobal()
+	c.bus.Close()
 	c.mu.Lock()
 	sbs := slices.Collect(maps.Values(c.sandboxes))
 	c.mu.Unlock()

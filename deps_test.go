@@ -38,6 +38,11 @@ var depRules = []depRule{
 		Why:  "a contract package imports only the standard library and internal/errclass",
 	},
 	{
+		From: []string{"events"},
+		Only: []string{},
+		Why:  "the event stream imports only the standard library: every layer may publish to it",
+	},
+	{
 		From: []string{"drivers/..."},
 		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "gossip/..."},
 		Why:  "a driver sees networks, endpoints and sandboxes only through request structs, and the gossip plane only as drivers.Gossip",
@@ -264,8 +269,9 @@ func depsDisplay(p string) string {
 func testDepsSelfCheck(t *testing.T) {
 	good := map[string][]string{
 		".":                 {"network", "endpoint", "sandbox", "drivers", "drivers/bridge", "ipam", "kvstore", "kvstore/boltdb"},
-		"network":           {"endpoint", "drivers", "ipam", "kvstore", "internal/errclass"},
-		"endpoint":          {"sandbox", "drivers", "ipam", "kvstore", "internal/errclass"},
+		"network":           {"endpoint", "drivers", "events", "ipam", "kvstore", "internal/errclass"},
+		"endpoint":          {"sandbox", "drivers", "events", "ipam", "kvstore", "internal/errclass"},
+		"events":            nil,
 		"sandbox":           {"internal/netns", "internal/errclass"},
 		"drivers":           {"internal/errclass"},
 		"drivers/bridge":    {"drivers", "internal/netns", "internal/nl"},
@@ -286,12 +292,14 @@ func testDepsSelfCheck(t *testing.T) {
 		"endpoint":          nil,
 		"drivers":           {"internal/errclass", "internal/netns"},
 		"drivers/null":      {"drivers"},
+		"events":            {"internal/errclass"},
 		"internal/netns":    nil,
 		"internal/errclass": nil,
 	}
 	got := depViolations(bad)
 	want := []string{
 		"drivers must not import internal/netns",
+		"events must not import internal/errclass",
 		"sandbox must not import endpoint",
 	}
 	if len(got) != len(want) {
@@ -302,7 +310,7 @@ func testDepsSelfCheck(t *testing.T) {
 			t.Errorf("violation %d = %q, want prefix %q", i, got[i], want[i])
 		}
 	}
-	if !strings.Contains(got[1], "sandbox -> internal/helper -> endpoint") {
-		t.Errorf("violation %q does not show the chain sandbox -> internal/helper -> endpoint", got[1])
+	if !strings.Contains(got[2], "sandbox -> internal/helper -> endpoint") {
+		t.Errorf("violation %q does not show the chain sandbox -> internal/helper -> endpoint", got[2])
 	}
 }

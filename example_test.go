@@ -8,6 +8,7 @@ import (
 	"net/netip"
 
 	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/network"
 )
 
@@ -49,6 +50,49 @@ func Example() {
 	}
 	if err := c.DeleteNetwork(ctx, "backend"); err != nil {
 		log.Fatal(err)
+	}
+}
+
+// This example follows the Controller's state as a DNS server or an agent's /events would:
+// it reads the state once, then applies each event, and reads the state again when it fell
+// behind and lost events. It needs root, so it is compiled but not run.
+func ExampleController_Events() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := cnm.New(ctx, cnm.Config{DataDir: "/var/lib/cnm-example", RunDir: "/run/cnm-example"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	evs := c.Events(ctx)         // subscribe first, then read the state: nothing falls in between
+	names := map[string]string{} // sandbox ID -> its address on "backend"
+	load := func() {
+		clear(names)
+		if nw, err := c.Network("backend"); err == nil {
+			for _, ep := range nw.Endpoints() {
+				if info := ep.Info(); info.SandboxID != "" {
+					names[info.SandboxID] = info.IPv4.Addr().String()
+				}
+			}
+		}
+	}
+	load()
+	for ev := range evs { // closed when ctx ends or c closes
+		switch ev.Kind {
+		case events.EndpointJoined:
+			if ev.Network == "backend" {
+				names[ev.SandboxID] = ev.IPv4.Addr().String()
+			}
+		case events.EndpointLeft:
+			if ev.Network == "backend" {
+				delete(names, ev.SandboxID)
+			}
+		case events.Dropped:
+			log.Printf("fell behind: %d events lost; reading the state again", ev.Dropped)
+			load()
+		}
+		fmt.Println(ev.Seq, ev.Kind, names)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/ipam/ipamkv"
@@ -61,6 +62,9 @@ type global struct {
 	// refers to) the last sweep found, with when they were first seen; owned by the
 	// watchHosts goroutine.
 	suspects map[string]time.Time
+	// hosts is the registry as this host last saw it, to publish HostJoined and HostLeft for
+	// what changes; nil until first listed. Set in New, then owned by the watchHosts goroutine.
+	hosts map[string]bool
 
 	// Under Controller.mu:
 	lease     kvstore.Lease
@@ -299,6 +303,7 @@ func (c *Controller) adoptGlobal(ctx context.Context, value []byte) bool {
 		return false
 	}
 	c.networks[rec.ID] = n
+	c.bus.Publish(events.Event{Kind: events.NetworkCreated, NetworkID: rec.ID, Network: rec.Name, Remote: true})
 	if id, taken := c.netNames[rec.Name]; !taken || id == "" {
 		if taken {
 			// A create of the same name is running here: it will lose (the name key is
@@ -556,6 +561,61 @@ func (c *Controller) syncNetworks(ctx context.Context) error {
 	return nil
 }
 
+// seedHosts records the hosts in the registry when the Controller starts: they did not join
+// (Hosts lists them). When the store does not answer, watchHosts records them later.
+func (c *Controller) seedHosts(ctx context.Context) {
+	recs, err := c.hostRecords(ctx)
+	if err != nil {
+		c.log.Warn("global: list hosts", "err", err)
+		return
+	}
+	c.global.hosts = make(map[string]bool, len(recs))
+	for name := range recs {
+		c.global.hosts[name] = true
+	}
+}
+
+// syncHosts lists the registry and publishes HostJoined and HostLeft for what changed since
+// the hosts were last seen: watchHosts runs it each time it starts a watch, so that what
+// happened while it did not watch is published too.
+func (c *Controller) syncHosts(ctx context.Context) {
+	g := c.global
+	if g.hosts == nil {
+		c.seedHosts(ctx)
+		return
+	}
+	recs, err := c.hostRecords(ctx)
+	if err != nil {
+		return
+	}
+	for _, name := range slices.Sorted(maps.Keys(g.hosts)) {
+		if _, ok := recs[name]; !ok {
+			c.hostSeen(name, false)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(recs)) {
+		c.hostSeen(name, true)
+	}
+}
+
+// hostSeen records that host name is in the registry (present) or not, and publishes
+// HostJoined or HostLeft when that is news.
+func (c *Controller) hostSeen(name string, present bool) {
+	g := c.global
+	if g.hosts == nil || g.hosts[name] == present {
+		return
+	}
+	kind := events.HostLeft
+	if present {
+		kind = events.HostJoined
+		g.hosts[name] = true
+	} else {
+		delete(g.hosts, name)
+	}
+	c.log.Info("global: registry", "host", name, "event", kind.String())
+	c.bus.Publish(events.Event{Kind: kind, Host: name})
+}
+
 // watchHosts keeps this host registered (registering again after its lease ended, as after an
 // outage longer than the TTL) and reclaims the endpoints of hosts that left the registry: on
 // their delete event, and in a sweep every TTL that also catches what happened while no
@@ -575,6 +635,7 @@ func (c *Controller) watchHosts(ctx context.Context) {
 			continue
 		}
 		attempt = 0
+		c.syncHosts(ctx) // after the watch started: nothing falls between the two
 		c.mu.Lock()
 		lease := g.lease
 		c.mu.Unlock()
@@ -589,8 +650,13 @@ func (c *Controller) watchHosts(ctx context.Context) {
 				if !ok {
 					break events
 				}
-				if ev.Type == kvstore.EventDelete {
-					if name := strings.TrimPrefix(ev.Pair.Key, hostKeyPrefix); name != g.host {
+				name := strings.TrimPrefix(ev.Pair.Key, hostKeyPrefix)
+				switch ev.Type {
+				case kvstore.EventPut:
+					c.hostSeen(name, true)
+				case kvstore.EventDelete:
+					c.hostSeen(name, false)
+					if name != g.host {
 						c.reclaimHosts(ctx, map[string]bool{name: true})
 					}
 				}
@@ -836,6 +902,7 @@ func (c *Controller) noteGlobalRepair(r drivers.Repair) {
 	c.mu.Lock()
 	c.reclaimed = append(c.reclaimed, r)
 	c.mu.Unlock()
+	c.publishRepair(r)
 }
 
 // reclaimHosts deletes the endpoint records of the hosts in gone and frees their addresses in

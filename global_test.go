@@ -848,3 +848,64 @@ func TestPrivilegedGlobalJoinRestart(t *testing.T) {
 	}
 	assertGlobalClean(t, gs)
 }
+
+// TestPrivilegedGlobalEvents checks what one host's event stream says of the others: a host
+// joining and leaving the registry, networks another host created and deleted (Remote), the
+// reclaim of a departed host's endpoint, and a delete made here.
+func TestPrivilegedGlobalEvents(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel() // its server, hosts and prefix are its own
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	prefix := fmt.Sprintf("t%d", time.Now().UnixNano())
+	a := newGhost(t, "host-a", openEtcd(t, ec.Endpoints(), prefix), time.Second)
+	evs := a.c.Events(ctx)
+
+	b := newGhost(t, "host-b", openEtcd(t, ec.Endpoints(), prefix), time.Second)
+	g, err := b.c.NewNetwork(ctx, "g", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.92.0.0/24")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := b.c.NewNetwork(ctx, "g2", globalDriver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a does not see g2", func() bool { return hasNetwork(a.c, "g2") })
+	if err := b.c.DeleteNetwork(ctx, "g2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.CreateEndpoint(ctx, "on-b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.c.Leave(ctx); err != nil { // for good: a reclaims its endpoint at once
+		t.Fatal(err)
+	}
+
+	check := func(want ...string) {
+		t.Helper()
+		got := map[string]bool{}
+		for range want {
+			ev := nextEvent(t, evs)
+			if ev.NetworkID != "" && ev.NetworkID != g.ID() && ev.NetworkID != g2.ID() {
+				t.Errorf("%s: NetworkID %s, want g's %s or g2's %s", evLine(ev), ev.NetworkID, g.ID(), g2.ID())
+			}
+			got[evLine(ev)] = true
+		}
+		for _, w := range want {
+			if !got[w] {
+				t.Fatalf("events %v, want %q", got, w)
+			}
+		}
+	}
+	check("host.joined host=host-b")
+	check("network.created net=g remote=true")
+	check("network.created net=g2 remote=true")
+	check("network.deleted net=g2 remote=true")
+	// The registry's delete and the sweep may each be first to reclaim: either order.
+	check("host.left host=host-b", "repaired repair=reclaimed endpoint on-b of host host-b")
+
+	if err := a.c.DeleteNetwork(ctx, "g"); err != nil {
+		t.Fatal(err)
+	}
+	check("network.deleted net=g")
+}

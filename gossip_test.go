@@ -11,6 +11,7 @@ import (
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
@@ -89,13 +90,13 @@ func TestPrivilegedGossipPlane(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	events, cancel := gb.Watch(nid, "peers")
+	changes, cancel := gb.Watch(nid, "peers")
 	defer cancel()
 	// next waits for host-b's next event of the table and checks it.
 	next := func(want string) {
 		t.Helper()
 		select {
-		case ev := <-events:
+		case ev := <-changes:
 			if got := strings.Join([]string{ev.Type.String(), ev.Key, string(ev.Value), ev.Owner}, " "); got != want {
 				t.Fatalf("host-b saw %q, want %q", got, want)
 			}
@@ -125,6 +126,7 @@ func TestPrivilegedGossipPlane(t *testing.T) {
 		t.Fatalf("deleting a deleted entry = %v, want nil", err)
 	}
 
+	evs := cb.Events(ctx)
 	keys, stopKeys := gb.WatchKeys()
 	defer stopKeys()
 	select {
@@ -135,6 +137,18 @@ func TestPrivilegedGossipPlane(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no key rotation seen in 20s with a 2s rotation interval")
 	}
+	waitFor(t, 10*time.Second, "a KeyRotated event", func() bool {
+		for {
+			select {
+			case ev := <-evs:
+				if ev.Kind == events.KeyRotated && ev.Key.Primary != "" && ev.Key.Phase != "" {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
 
 	// Without a gossip plane, the driver's networks are refused.
 	c, err := cnm.New(ctx, cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), HostNetns: nstest.NewNS(t).Path(), NoPredefinedNetworks: true,

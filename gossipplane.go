@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/kvstore"
@@ -84,6 +85,11 @@ func (c *Controller) startGossip(ctx context.Context) error {
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	c.gossip = p
+	// Each change of the keyring (a rotation step) is an event of the Controller's.
+	keys, stop := p.node.WatchKeys()
+	if !p.goStart(func() { p.publishKeys(c, keys, stop) }) {
+		stop()
+	}
 	if len(cfg.GossipPeers) > 0 {
 		if _, err := p.node.Join(ctx, cfg.GossipPeers); err != nil {
 			c.log.Warn("gossip: join failed; retrying in the background", "peers", cfg.GossipPeers, "err", err)
@@ -91,6 +97,22 @@ func (c *Controller) startGossip(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// publishKeys publishes an events.KeyRotated for each keyring change until the plane closes.
+func (p *gossipPlane) publishKeys(c *Controller, keys <-chan gossip.KeyringStatus, stop func()) {
+	defer stop()
+	for {
+		select {
+		case st, ok := <-keys:
+			if !ok {
+				return
+			}
+			c.bus.Publish(events.Event{Kind: events.KeyRotated, Key: events.KeyRotation{Epoch: st.Epoch, Phase: st.Phase, Primary: st.Primary}})
+		case <-p.ctx.Done():
+			return
+		}
+	}
 }
 
 // rejoin tries the peers until one answers or the plane closes.

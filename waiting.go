@@ -237,7 +237,7 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 		}
 	}
 	c.gw.restore(n.Eps())
-	c.log.Info("network restored", "network", n.Name(), "driver", n.Driver(), "endpoints", len(n.Eps()))
+	c.repaired(drivers.Repair{Object: "network " + n.Name(), Action: "restored", Reason: fmt.Sprintf("driver %s and IPAM driver %s registered; %d endpoints", n.Driver(), ipamName(w.rec.IPAMDriver), len(n.Eps()))})
 	return nil
 }
 

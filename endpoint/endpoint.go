@@ -7,6 +7,9 @@
 // holds its addresses and, while joined, the sandbox and interface name: it is the only copy of
 // those facts, from which IPAM and the sandboxes are rebuilt after a restart.
 //
+// Every operation that changes an endpoint's record is published, once committed, to the
+// Controller's event stream (Config.Publish, package events).
+//
 // Every method is safe for concurrent use. Join and Leave of one endpoint are serialized; an
 // endpoint busy with one refuses the other with an error matching cnm.ErrConflict.
 package endpoint
@@ -24,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
@@ -122,7 +126,7 @@ const KeyPrefix = "cnm/v1/endpoints/"
 func Key(networkID, id string) string { return KeyPrefix + networkID + "/" + id }
 
 // Config is what an endpoint needs from its network. All fields are required except IPAM and
-// pools (nil and zero for drivers without IPAM), OnDelete and Logger.
+// pools (nil and zero for drivers without IPAM), OnDelete, Publish, NetworkName and Logger.
 type Config struct {
 	Driver     drivers.Driver
 	DriverName string
@@ -140,6 +144,14 @@ type Config struct {
 	GatewayService GatewayService
 	// OnDelete is called once the endpoint is deleted, to drop it from its network.
 	OnDelete func(id string)
+	// NetworkName is the name of the endpoint's network, for its events.
+	NetworkName string
+	// Publish, when set, is given the endpoint's events once each operation is committed to
+	// the store: events.EndpointJoined, EndpointLeft and EndpointDeleted, and EndpointCreated
+	// when a Join writes the endpoint's first record (see network.Net.CreateEndpointForJoin).
+	// It is called while the endpoint is busy, so the events of one endpoint are published in
+	// the order of its operations. It must not block.
+	Publish func(events.Event)
 	// Seq returns a number larger than any it returned before; it orders joins.
 	Seq    func() uint64
 	Logger *slog.Logger
@@ -225,6 +237,17 @@ func (e *Ep) Record() Record {
 	r.Ports = slices.Clone(r.Ports)
 	r.Aliases = slices.Clone(r.Aliases)
 	return r
+}
+
+// publish gives cfg.Publish an event of kind about rec, with sandboxID.
+func (e *Ep) publish(kind events.Kind, rec Record, sandboxID string) {
+	if e.cfg.Publish == nil {
+		return
+	}
+	e.cfg.Publish(events.Event{
+		Kind: kind, NetworkID: rec.NetworkID, Network: e.cfg.NetworkName,
+		EndpointID: rec.ID, Endpoint: rec.Name, IPv4: rec.IPv4, IPv6: rec.IPv6, SandboxID: sandboxID,
+	})
 }
 
 func infoOf(r Record) Info {
@@ -406,6 +429,10 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 	e.mu.Lock()
 	e.rec, e.revision, e.sb = rec, st.rev, sb
 	e.mu.Unlock()
+	if rev == 0 {
+		e.publish(events.EndpointCreated, rec, "") // this join wrote its first record
+	}
+	e.publish(events.EndpointJoined, rec, sb.ID())
 	return nil
 }
 
@@ -473,6 +500,7 @@ func (e *Ep) leave(ctx context.Context, sbID string, gone bool) error {
 		e.mu.Lock()
 		e.rec, e.revision, e.sb = rec, newRev, nil
 		e.mu.Unlock()
+		e.publish(events.EndpointLeft, rec, sbID)
 	}
 	if claimed && e.cfg.GatewayService != nil {
 		// A sandbox that is gone took its gateway attachment with it: the claim only goes.
@@ -530,6 +558,11 @@ func (e *Ep) Delete(ctx context.Context) error {
 	e.deleted = true
 	e.mu.Unlock()
 	e.ReleaseAddresses(context.WithoutCancel(ctx))
+	if rev != 0 {
+		// A record existed, so its creation was published; an endpoint that Connect created
+		// and never stored (its Join failed) had none.
+		e.publish(events.EndpointDeleted, rec, "")
+	}
 	if e.cfg.OnDelete != nil {
 		e.cfg.OnDelete(e.id)
 	}
@@ -539,8 +572,8 @@ func (e *Ep) Delete(ctx context.Context) error {
 // Remove ends an endpoint whose sandbox was removed (its interface went with the namespace)
 // without touching the store: it tells the driver the endpoint left and is deleted, and
 // returns the key of the record for the caller to delete, batched with others, and a finish
-// function to call once that is done: it releases the addresses and drops the endpoint from
-// its network. Controller.DeleteSandbox uses it to remove a sandbox in one store commit.
+// function to call once that is done: it releases the addresses, publishes EndpointLeft and
+// EndpointDeleted, and drops the endpoint from its network. Controller.DeleteSandbox uses it to remove a sandbox in one store commit.
 func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) {
 	e.mu.Lock()
 	if e.deleted {
@@ -551,7 +584,7 @@ func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) 
 		e.mu.Unlock()
 		return "", nil, err
 	}
-	rec := e.rec
+	rec, rev := e.rec, e.revision
 	e.mu.Unlock()
 	defer e.end()
 	nid, eid := drivers.NetworkID(rec.NetworkID), drivers.EndpointID(rec.ID)
@@ -573,6 +606,12 @@ func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) 
 		e.rec.SandboxID, e.sb = "", nil
 		e.mu.Unlock()
 		e.ReleaseAddresses(context.WithoutCancel(ctx))
+		if rec.SandboxID != "" {
+			e.publish(events.EndpointLeft, rec, rec.SandboxID)
+		}
+		if rev != 0 {
+			e.publish(events.EndpointDeleted, rec, "")
+		}
 		if e.cfg.OnDelete != nil {
 			e.cfg.OnDelete(e.id)
 		}

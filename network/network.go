@@ -4,10 +4,12 @@
 // A network is created by the Controller (cnm.Controller.NewNetwork), which checks its name
 // and driver; this package allocates its subnets, asks the driver to build it, stores its
 // record, and creates, lists and deletes its endpoints. Inspect reports it in the shape of
-// `docker network inspect`.
+// `docker network inspect`. Committed operations on the network and its endpoints are
+// published to the Controller's event stream (Config.Publish, package events).
 //
 // Every method is safe for concurrent use. Lock order: a network's lock is taken after the
-// Controller's and before an endpoint's; none is held across driver, IPAM or store calls.
+// Controller's and before an endpoint's (and the event stream's last); none is held across
+// driver, IPAM or store calls.
 package network
 
 import (
@@ -30,6 +32,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/lookup"
 	"github.com/cnmkit/cnm/ipam"
@@ -124,6 +127,11 @@ type Config struct {
 	OnDelete func(id string)
 	// GatewayService gives a way out to sandboxes whose endpoints' driver asks for one.
 	GatewayService endpoint.GatewayService
+	// Publish, when set, is given the events of the network and its endpoints once each
+	// operation is committed: events.NetworkDeleted (by Delete, and by Forget with Remote set)
+	// and the endpoints' events (see endpoint.Config.Publish). NetworkCreated is the
+	// Controller's to publish, once it has registered the network. It must not block.
+	Publish func(events.Event)
 	// Seq orders endpoint joins.
 	Seq    func() uint64
 	Logger *slog.Logger
@@ -151,6 +159,7 @@ type Net struct {
 	names     map[string]string // endpoint name -> ID ("" while being created)
 	deleting  bool
 	deleted   bool
+	gone      bool // Forget was called while this host was deleting the network
 }
 
 var _ Network = (*Net)(nil)
@@ -291,6 +300,13 @@ func (n *Net) storeRecord(ctx context.Context, b []byte) error {
 }
 
 func shortID(id string) string { return id[:min(12, len(id))] }
+
+// publish gives Config.Publish an event of kind about the network.
+func (n *Net) publish(kind events.Kind, remote bool) {
+	if n.cfg.Publish != nil {
+		n.cfg.Publish(events.Event{Kind: kind, NetworkID: n.rec.ID, Network: n.rec.Name, Remote: remote})
+	}
+}
 
 // Global reports whether the network is of global scope: its records live in the global store.
 func (n *Net) Global() bool { return n.cfg.Host != "" }
@@ -458,6 +474,7 @@ func (n *Net) epConfig() endpoint.Config {
 		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
 		Store: n.cfg.Store, IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
 		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger, GatewayService: n.cfg.GatewayService,
+		NetworkName: n.rec.Name, Publish: n.cfg.Publish,
 	}
 	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
 		if len(n.rec.IPv4) > 0 {
@@ -497,7 +514,8 @@ func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.
 
 // CreateEndpointForJoin creates an endpoint whose record is not written yet: the Join that
 // must follow writes it, so create+join costs one store commit (Controller.Connect). Until
-// then a restart forgets the endpoint; if the Join fails, Delete it.
+// then a restart forgets the endpoint; if the Join fails, Delete it. Its creation is published
+// by the Join (events.EndpointCreated, then EndpointJoined), and not at all if the Join fails.
 func (n *Net) CreateEndpointForJoin(ctx context.Context, name string, opts ...endpoint.Option) (*endpoint.Ep, error) {
 	return n.createEndpoint(ctx, name, false, opts)
 }
@@ -610,6 +628,14 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 	n.mu.Lock()
 	n.endpoints[rec.ID] = ep
 	n.names[name] = rec.ID
+	if store && n.cfg.Publish != nil {
+		// Under the lock, so that nothing can find the endpoint, join it and publish that
+		// before its creation is published. Without a record, its Join publishes it.
+		n.cfg.Publish(events.Event{
+			Kind: events.EndpointCreated, NetworkID: n.rec.ID, Network: n.rec.Name,
+			EndpointID: rec.ID, Endpoint: rec.Name, IPv4: rec.IPv4, IPv6: rec.IPv6,
+		})
+	}
 	n.mu.Unlock()
 	return ep, nil
 }
@@ -804,12 +830,21 @@ func (n *Net) Delete(ctx context.Context) error {
 	n.mu.Unlock()
 	err := n.delete(ctx)
 	n.mu.Lock()
+	if err != nil && n.gone {
+		// The record went from the store, as the watch saw, though the store's answer to
+		// the delete did not say so (a transaction whose outcome was unknown): it is deleted,
+		// and its pools, left held, are freed by the sweep as orphans.
+		n.cfg.Logger.Warn("network deleted though the store did not confirm it", "network", n.rec.Name, "err", err)
+		err = nil
+	}
 	n.deleting = false
 	n.deleted = err == nil
 	n.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	// Before OnDelete frees the name: a network created again under it is published after.
+	n.publish(events.NetworkDeleted, false)
 	if n.cfg.OnDelete != nil {
 		n.cfg.OnDelete(n.rec.ID)
 	}
@@ -898,18 +933,24 @@ func (n *Net) deleteGlobal(ctx context.Context) error {
 // Forget drops a global network that another host deleted: the driver removes what it made on
 // this host; the store and the shared IPAM pools were cleaned by the deleting host. Local
 // endpoints, which the deleting host's check cannot have missed unless the store lost them, are
-// dropped with it.
+// dropped with it. It publishes events.NetworkDeleted with Remote set.
 func (n *Net) Forget(ctx context.Context) error {
 	n.mu.Lock()
-	if n.deleted || n.deleting {
-		// Deleted here (the store's delete event of this host's own delete): the delete
-		// finishes the driver's work and drops the network.
+	if n.deleted {
+		n.mu.Unlock()
+		return nil
+	}
+	if n.deleting {
+		// This host's Delete removed the record that the watch saw go: Delete finishes, and
+		// publishes a delete of this host's.
+		n.gone = true
 		n.mu.Unlock()
 		return nil
 	}
 	n.deleted = true
 	n.mu.Unlock()
 	err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID), Forget: true})
+	n.publish(events.NetworkDeleted, true)
 	if n.cfg.OnDelete != nil {
 		n.cfg.OnDelete(n.rec.ID)
 	}
