@@ -124,6 +124,7 @@ type Node struct {
 
 	// With Config.Store (all immutable after New): the store's lock and keys, and the
 	// campaign for the rotation lock, which Leave and Close end (campCancel).
+	store      kvstore.Bounded // Config.Store, each call bounded by StoreTimeout; zero without a store
 	locker     kvstore.Locker
 	lockKey    string
 	ringKey    string
@@ -213,6 +214,7 @@ func New(cfg Config) (*Node, error) {
 	n.leadCh = make(chan *leadership)
 	n.resigned = make(chan struct{})
 	if cfg.Store != nil {
+		n.store = kvstore.Bound(cfg.Store, cfg.StoreTimeout)
 		n.locker = cfg.Store.(kvstore.Locker) // checked by withDefaults
 		n.lockKey = cfg.StorePrefix + storeLock
 		n.ringKey = cfg.StorePrefix + storeKeyring

@@ -53,18 +53,10 @@ func decodeStoreRecord(key string, b []byte) (*rotationState, string, error) {
 	return st, rec.Driver, nil
 }
 
-// storeCtx returns a context for one store call, bounded by Config.StoreTimeout and ended
-// with parent.
-func (n *Node) storeCtx(parent context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(parent, n.cfg.StoreTimeout)
-}
-
 // readStore returns the rotation state kept in the store and the revision of its record; a
 // missing record returns (nil, 0, nil).
 func (n *Node) readStore(parent context.Context) (*rotationState, uint64, error) {
-	ctx, cancel := n.storeCtx(parent)
-	defer cancel()
-	kv, err := n.cfg.Store.Get(ctx, n.ringKey)
+	kv, err := n.store.Get(parent, n.ringKey)
 	if errors.Is(err, kvstore.ErrKeyNotFound) {
 		return nil, 0, nil
 	}
@@ -86,9 +78,7 @@ func (n *Node) writeStore(parent context.Context, st *rotationState, prev uint64
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := n.storeCtx(parent)
-	defer cancel()
-	rev, err := n.cfg.Store.AtomicPut(ctx, n.ringKey, b, prev)
+	rev, err := n.store.AtomicPut(parent, n.ringKey, b, prev)
 	if err != nil {
 		return 0, fmt.Errorf("write %q to the store: %w", n.ringKey, err)
 	}
@@ -192,7 +182,7 @@ func (n *Node) campaign() {
 // clean up after it). It runs on keyLoop, or on campaign for a lock keyLoop never took, so no
 // rotation step is being written meanwhile.
 func (n *Node) unlock(l *leadership, why string) {
-	ctx, cancel := n.storeCtx(context.WithoutCancel(n.ctx))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(n.ctx), n.store.Timeout())
 	defer cancel()
 	switch err := l.u.Unlock(ctx); {
 	case err == nil:
