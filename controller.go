@@ -84,6 +84,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cnmkit/cnm/cluster"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/drivers/host"
@@ -192,8 +193,8 @@ type Controller struct {
 	hostPath string
 	hostNL   *netlink.Handle
 	seq      atomic.Uint64
-	global   *global      // nil without Config.GlobalStore
-	gossip   *gossipPlane // nil without Config.Gossip or GossipNode
+	cluster  *cluster.Cluster // nil without Config.GlobalStore
+	gossip   *gossipPlane     // nil without Config.Gossip or GossipNode
 	gw       gatewayService
 	bus      events.Bus // what Events returns; closed by Close
 
@@ -301,15 +302,14 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, fmt.Errorf("cnm: register driver: %w", err)
 		}
 	}
-	if err := c.initGlobal(ctx); err != nil {
+	if err := c.initCluster(ctx); err != nil {
 		return nil, err
 	}
 	if err := c.restore(ctx); err != nil {
 		return nil, err
 	}
-	if c.global != nil {
-		c.seedHosts(ctx)
-		c.startGlobal()
+	if c.cluster != nil {
+		c.cluster.Start()
 	}
 	if !cfg.NoPredefinedNetworks {
 		if err := c.ensurePredefined(ctx); err != nil {
@@ -500,11 +500,12 @@ func (c *Controller) overlapsHost(p netip.Prefix) bool {
 
 func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Config {
 	cfg := network.Config{
-		Entry: e, Store: c.store, IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
+		Entry: e, Records: network.LocalRecords(c.store), IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log, Publish: c.bus.Publish,
 	}
-	if e.Caps.DataScope == drivers.GlobalScope && c.global != nil {
-		cfg.Store, cfg.Host, cfg.Uncertain = c.global.store, c.global.host, c.noteUncertain
+	// Scope is the driver's, stated at registration: its networks' records go to the cluster.
+	if e.Caps.DataScope == drivers.GlobalScope && c.cluster != nil {
+		cfg.Records = c.cluster
 	}
 	if !e.Caps.NoIPAM {
 		cfg.Exclude = c.hostRoutes()
@@ -516,11 +517,11 @@ func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Confi
 // default one, which for a global-scope driver is the global IPAM.
 func (c *Controller) allocatorFor(e *drivers.Entry, name string) (ipam.Allocator, error) {
 	if e.Caps.DataScope == drivers.GlobalScope {
-		if c.global == nil {
+		if c.cluster == nil {
 			return nil, &errclass.NotSupportedError{What: fmt.Sprintf("global-scope driver %s without Config.GlobalStore", e.Name)}
 		}
 		if name == "" || name == DefaultIPAM {
-			return c.global.ipam, nil
+			return c.cluster.IPAM(), nil
 		}
 	}
 	return c.ipamDriver(name)
@@ -603,17 +604,20 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 		return nil, fmt.Errorf("cnm: new network: %w (kept in the store, waiting: %v)", &errclass.AlreadyExistsError{Kind: "network", Name: name}, w.reason)
 	}
 	c.netNames[name] = ""
-	if ncfg.Host != "" {
+	global := ncfg.Records.Scope() == drivers.GlobalScope
+	if global {
+		// The watch must not adopt the record this create writes: the cluster leaves it
+		// alone until Created, which runs once c.networks has it (both under c.mu).
 		ncfg.ID = network.NewID()
-		c.global.pending[ncfg.ID] = struct{}{}
+		c.cluster.Creating(ncfg.ID)
 	}
 	c.mu.Unlock()
 
 	n, err := network.Create(ctx, ncfg, name, spec, dopts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ncfg.Host != "" {
-		delete(c.global.pending, ncfg.ID)
+	if global {
+		defer c.cluster.Created(ncfg.ID)
 	}
 	if err != nil {
 		delete(c.netNames, name)
@@ -894,7 +898,7 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 			continue
 		}
 		if key != "" {
-			if c.global != nil && ep.Store() == c.global.store {
+			if ep.Scope() == drivers.GlobalScope {
 				globalKeys = append(globalKeys, key)
 			} else {
 				keys = append(keys, key)
@@ -906,7 +910,7 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		return errors.Join(append(errs, fmt.Errorf("store: %w", err))...)
 	}
 	if len(globalKeys) > 0 {
-		if err := deleteKeys(rb, c.global.store, globalKeys); err != nil {
+		if err := deleteKeys(rb, c.cluster.Store(), globalKeys); err != nil {
 			errs = append(errs, fmt.Errorf("global store: %w", err))
 		}
 	}
@@ -1037,7 +1041,9 @@ func (c *Controller) Close() error {
 
 func (c *Controller) closeResources() error {
 	var errs []error
-	c.stopGlobal()
+	if c.cluster != nil {
+		c.cluster.Stop()
+	}
 	c.bus.Close()
 	c.mu.Lock()
 	sbs := slices.Collect(maps.Values(c.sandboxes))

@@ -59,8 +59,13 @@ var depRules = []depRule{
 	},
 	{
 		From: []string{"network/..."},
-		Deny: []string{"."},
-		Why:  "only the root package wires the layers together",
+		Deny: []string{".", "cluster/..."},
+		Why:  "only the root package wires the layers together; network declares Records, cluster implements it",
+	},
+	{
+		From: []string{"cluster/..."},
+		Deny: []string{".", "gossip/...", "drivers/bridge/...", "drivers/host/...", "drivers/null/..."},
+		Why:  "the cluster is store logic: no gossip, no built-in driver",
 	},
 	{
 		From: []string{"kvstore/...", "gossip/..."},

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/cluster"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/endpoint"
@@ -224,7 +225,7 @@ func TestPrivilegedGlobalNetworks(t *testing.T) {
 // key, and no allocated address.
 func assertGlobalClean(t *testing.T, s kvstore.Store) {
 	t.Helper()
-	for _, prefix := range []string{network.KeyPrefix, network.NameKeyPrefix, network.DeletingKeyPrefix, endpoint.KeyPrefix, ipam.DefaultGlobalPrefix + "/chunks/"} {
+	for _, prefix := range []string{network.KeyPrefix, cluster.NameKeyPrefix, cluster.DeletingKeyPrefix, endpoint.KeyPrefix, ipam.DefaultGlobalPrefix + "/chunks/"} {
 		kvs, err := s.List(t.Context(), prefix)
 		if err != nil {
 			t.Fatalf("List(%s): %v", prefix, err)

@@ -118,8 +118,12 @@ func (p *gossipPlane) publishKeys(c *Controller, keys <-chan gossip.KeyringStatu
 // rejoin tries the peers until one answers or the plane closes.
 func (p *gossipPlane) rejoin(peers []string) {
 	for attempt := 0; ; attempt++ {
-		if !retryWait(p.ctx, attempt+4) {
+		t := time.NewTimer(min(time.Second<<min(attempt, 4), 15*time.Second))
+		select {
+		case <-p.ctx.Done():
+			t.Stop()
 			return
+		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 		_, err := p.node.Join(ctx, peers)

@@ -79,7 +79,7 @@ func (c *Controller) restore(ctx context.Context) error {
 			eps[rec.SandboxID] = append(eps[rec.SandboxID], ep)
 		}
 	}
-	if c.global != nil {
+	if c.cluster != nil {
 		// Global networks and this host's endpoints on them, from the global store.
 		gseq, err := c.restoreGlobal(ctx, eps)
 		if err != nil {

@@ -244,7 +244,7 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 // dropWaitingRecord deletes the record of an endpoint of a waiting network that cannot be
 // restored (its address is another's, its driver refused it), from the store it came from.
 func (c *Controller) dropWaitingRecord(ctx context.Context, w *waitingNet, e waitingEp, reason string) {
-	if w.global && c.global != nil {
+	if w.global && c.cluster != nil {
 		c.dropGlobalRecord(ctx, e.key, e.rev, "endpoint "+e.rec.Name, reason)
 		return
 	}

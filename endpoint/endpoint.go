@@ -224,6 +224,9 @@ func (e *Ep) Rewrite(ctx context.Context) error {
 	return nil
 }
 
+// Scope returns the data scope of the endpoint's network: where its record lives.
+func (e *Ep) Scope() drivers.Scope { return e.cfg.Caps.DataScope }
+
 // Store returns the store that holds the endpoint's record: the global store for an endpoint
 // of a global-scope network, else the local one.
 func (e *Ep) Store() kvstore.Store { return e.cfg.Store }

@@ -98,29 +98,13 @@ type UncertainKey struct {
 	Value []byte
 }
 
-// uncertain reports the keys when err says the store did not answer.
-func (n *Net) uncertain(err error, keys ...UncertainKey) {
-	if n.cfg.Uncertain != nil && errors.Is(err, errclass.ErrUnavailable) {
-		n.cfg.Uncertain(keys...)
-	}
-}
-
-// Keys that only global-scope networks use, in the global store.
-const (
-	// NameKeyPrefix + name holds the ID of the global network of that name: it is created in
-	// the same transaction as the record, so names are unique across the cluster.
-	NameKeyPrefix = "cnm/v1/names/"
-	// DeletingKeyPrefix + id exists while a host deletes the network: endpoint creation on
-	// any host checks it after storing its record, and deletion lists the endpoints after
-	// writing it, so one of the two always sees the other.
-	DeletingKeyPrefix = "cnm/v1/deleting/"
-)
-
 // Config is what a network needs from the Controller.
 type Config struct {
 	Entry *drivers.Entry
-	Store kvstore.Store
-	IPAM  ipam.Allocator
+	// Records is where the network's and its endpoints' records live (LocalRecords, or the
+	// cluster's for a global-scope driver).
+	Records Records
+	IPAM    ipam.Allocator
 	// Exclude lists prefixes an auto-picked subnet must avoid (the host's routes).
 	Exclude []netip.Prefix
 	// OnDelete is called once the network is deleted.
@@ -135,15 +119,8 @@ type Config struct {
 	// Seq orders endpoint joins.
 	Seq    func() uint64
 	Logger *slog.Logger
-	// Uncertain, when set, is told of writes to the store that failed as unavailable: they may
-	// or may not have taken effect, so the caller deletes each key once the store answers
-	// again (if its value is still Value, when Value is set).
-	Uncertain func(...UncertainKey)
 	// ID, when set, is the ID Create gives the new network (else a random one).
 	ID string
-	// Host is set for a global-scope network: Store is then the global store that every host
-	// shares, and Host is this host's name, stamped on the endpoints it creates.
-	Host string
 }
 
 // Net is the implementation of Network.
@@ -228,12 +205,7 @@ func Create(ctx context.Context, cfg Config, name string, spec Spec, opts driver
 	}
 	b, err := json.Marshal(n.rec)
 	if err == nil {
-		err = n.storeRecord(ctx, b)
-		if n.Global() {
-			n.uncertain(err, UncertainKey{Key: Key(rec.ID)}, UncertainKey{Key: NameKeyPrefix + name, Value: []byte(rec.ID)})
-		} else {
-			n.uncertain(err, UncertainKey{Key: Key(rec.ID)})
-		}
+		err = cfg.Records.CreateNetwork(ctx, n.rec, b)
 	}
 	if err != nil {
 		derr := cfg.Entry.Driver.DeleteNetwork(rb, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(rec.ID)})
@@ -274,33 +246,6 @@ func (n *Net) freeDriver(ctx context.Context) error {
 	return nil
 }
 
-// storeRecord writes a new network's record: create-only, and for a global network in one
-// transaction with its name key, so that two hosts creating the same name cannot both win.
-func (n *Net) storeRecord(ctx context.Context, b []byte) error {
-	if !n.Global() {
-		_, err := n.cfg.Store.AtomicPut(ctx, Key(n.rec.ID), b, 0)
-		return err
-	}
-	bs, ok := n.cfg.Store.(kvstore.Batcher)
-	if !ok {
-		return &errclass.NotSupportedError{What: "a global store without transactions (kvstore.Batcher)"}
-	}
-	_, err := bs.Batch(ctx, []kvstore.Op{
-		{Key: NameKeyPrefix + n.rec.Name, Value: []byte(n.rec.ID), Check: true},
-		{Key: Key(n.rec.ID), Value: b, Check: true},
-	})
-	if errors.Is(err, kvstore.ErrKeyExists) {
-		owner := ""
-		if kv, gerr := n.cfg.Store.Get(ctx, NameKeyPrefix+n.rec.Name); gerr == nil {
-			owner = " (network " + shortID(string(kv.Value)) + ")"
-		}
-		return fmt.Errorf("%w%s", &errclass.AlreadyExistsError{Kind: "global network", Name: n.rec.Name}, owner)
-	}
-	return err
-}
-
-func shortID(id string) string { return id[:min(12, len(id))] }
-
 // publish gives Config.Publish an event of kind about the network.
 func (n *Net) publish(kind events.Kind, remote bool) {
 	if n.cfg.Publish != nil {
@@ -308,8 +253,8 @@ func (n *Net) publish(kind events.Kind, remote bool) {
 	}
 }
 
-// Global reports whether the network is of global scope: its records live in the global store.
-func (n *Net) Global() bool { return n.cfg.Host != "" }
+// Global reports whether the network's records are of global scope: shared by every host.
+func (n *Net) Global() bool { return n.cfg.Records.Scope() == drivers.GlobalScope }
 
 // Restore rebuilds a network from its record after a restart: it replays its IPAM pools and
 // asks the driver to re-create (or verify) it. opts are the driver's options parsed from
@@ -472,7 +417,7 @@ func (n *Net) Record() Record {
 func (n *Net) epConfig() endpoint.Config {
 	cfg := endpoint.Config{
 		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
-		Store: n.cfg.Store, IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
+		Store: n.cfg.Records.Store(), IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
 		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger, GatewayService: n.cfg.GatewayService,
 		NetworkName: n.rec.Name, Publish: n.cfg.Publish,
 	}
@@ -553,7 +498,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 	}()
 
 	rb := context.WithoutCancel(ctx)
-	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Host, Aliases: spec.Aliases, WantIfName: spec.IfName}
+	rec := endpoint.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Records.Host(), Aliases: spec.Aliases, WantIfName: spec.IfName}
 	if n.Global() {
 		// The record must be in the global store before the fence check below: a Join
 		// rewrites it at its revision.
@@ -607,15 +552,15 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 		var b []byte
 		b, err = json.Marshal(rec)
 		if err == nil {
-			rev, err = n.cfg.Store.AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
-			n.uncertain(err, UncertainKey{Key: endpoint.Key(n.rec.ID, rec.ID)})
+			rev, err = n.cfg.Records.Store().AtomicPut(ctx, endpoint.Key(n.rec.ID, rec.ID), b, 0)
+			n.cfg.Records.Uncertain(err, UncertainKey{Key: endpoint.Key(n.rec.ID, rec.ID)})
 		}
 	}
-	if err == nil && n.Global() {
-		if err = n.fence(ctx); err != nil {
-			if derr := n.cfg.Store.Delete(rb, endpoint.Key(n.rec.ID, rec.ID)); derr != nil {
+	if err == nil && store {
+		if err = n.cfg.Records.CheckEndpoint(ctx, n.rec); err != nil {
+			if derr := n.cfg.Records.Store().Delete(rb, endpoint.Key(n.rec.ID, rec.ID)); derr != nil {
 				err = errors.Join(err, derr)
-				n.uncertain(derr, UncertainKey{Key: endpoint.Key(n.rec.ID, rec.ID)})
+				n.cfg.Records.Uncertain(derr, UncertainKey{Key: endpoint.Key(n.rec.ID, rec.ID)})
 			}
 		}
 	}
@@ -641,22 +586,6 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 }
 
 func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
-
-// fence checks, after an endpoint record of a global network was stored, that no host is
-// deleting the network and that it still exists.
-func (n *Net) fence(ctx context.Context) error {
-	if _, err := n.cfg.Store.Get(ctx, DeletingKeyPrefix+n.rec.ID); err == nil {
-		return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "being deleted by another host"}
-	} else if !errors.Is(err, kvstore.ErrKeyNotFound) {
-		return err
-	}
-	if _, err := n.cfg.Store.Get(ctx, Key(n.rec.ID)); errors.Is(err, kvstore.ErrKeyNotFound) {
-		return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "deleted by another host"}
-	} else if err != nil {
-		return err
-	}
-	return nil
-}
 
 func (n *Net) checkSpec(s endpoint.Spec) error {
 	if s.MAC != nil && len(s.MAC) != 6 {
@@ -855,16 +784,17 @@ func (n *Net) delete(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("network %s: delete: %w", n.rec.Name, err)
 	}
-	if n.Global() {
-		return n.deleteGlobal(ctx)
-	}
-	if err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)}); err != nil {
-		return fmt.Errorf("network %s: delete: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err)
-	}
-	if err := n.cfg.Store.Delete(ctx, Key(n.rec.ID)); err != nil {
-		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
+	finish, err := n.cfg.Records.BeginDelete(ctx, n.rec)
+	if err != nil {
+		return fmt.Errorf("network %s: delete: %w", n.rec.Name, err)
 	}
 	rb := context.WithoutCancel(ctx)
+	if err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)}); err != nil {
+		return errors.Join(fmt.Errorf("network %s: delete: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err), finish(rb, false))
+	}
+	if err := finish(rb, true); err != nil {
+		return fmt.Errorf("network %s: delete: %w", n.rec.Name, err)
+	}
 	n.releasePools(rb)
 	n.freeAfterDelete(rb)
 	return nil
@@ -876,58 +806,6 @@ func (n *Net) freeAfterDelete(ctx context.Context) {
 	if err := n.freeDriver(ctx); err != nil {
 		n.cfg.Logger.Warn("free network allocation", "network", n.rec.Name, "err", err)
 	}
-}
-
-// deleteGlobal deletes a global network from any host: refused while any host has endpoints
-// on it. The deleting key fences endpoint creation on every host while the endpoints are
-// listed; the record, name and fence go in one transaction.
-func (n *Net) deleteGlobal(ctx context.Context) error {
-	rb := context.WithoutCancel(ctx)
-	fence := DeletingKeyPrefix + n.rec.ID
-	if _, err := n.cfg.Store.AtomicPut(ctx, fence, []byte(n.cfg.Host), 0); err != nil {
-		if errors.Is(err, kvstore.ErrKeyExists) {
-			return &errclass.ConflictError{Kind: "network", Name: n.rec.Name, Reason: "being deleted by another host"}
-		}
-		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
-	}
-	unfence := func(err error) error {
-		if derr := n.cfg.Store.Delete(rb, fence); derr != nil {
-			return errors.Join(err, fmt.Errorf("network %s: delete: remove fence: %w", n.rec.Name, derr))
-		}
-		return err
-	}
-	eps, err := n.cfg.Store.List(ctx, endpoint.KeyPrefix+n.rec.ID+"/")
-	if err != nil {
-		return unfence(fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err))
-	}
-	if len(eps) > 0 {
-		hosts := map[string]int{}
-		for _, p := range eps {
-			var r endpoint.Record
-			if json.Unmarshal(p.Value, &r) == nil {
-				hosts[r.Host]++
-			}
-		}
-		var parts []string
-		for _, h := range slices.Sorted(maps.Keys(hosts)) {
-			parts = append(parts, fmt.Sprintf("%d on %s", hosts[h], h))
-		}
-		return unfence(&errclass.ConflictError{Kind: "network", Name: n.rec.Name,
-			Reason: fmt.Sprintf("has active endpoints (%s)", strings.Join(parts, ", "))})
-	}
-	if err := n.cfg.Entry.Driver.DeleteNetwork(ctx, drivers.DeleteNetworkRequest{NetworkID: drivers.NetworkID(n.rec.ID)}); err != nil {
-		return unfence(fmt.Errorf("network %s: delete: driver %s: %w", n.rec.Name, n.cfg.Entry.Name, err))
-	}
-	bs, ok := n.cfg.Store.(kvstore.Batcher)
-	if !ok {
-		return unfence(&errclass.NotSupportedError{What: "a global store without transactions (kvstore.Batcher)"})
-	}
-	if _, err := bs.Batch(rb, []kvstore.Op{{Key: Key(n.rec.ID)}, {Key: NameKeyPrefix + n.rec.Name}, {Key: fence}}); err != nil {
-		return fmt.Errorf("network %s: delete: store: %w", n.rec.Name, err)
-	}
-	n.releasePools(rb)
-	n.freeAfterDelete(rb)
-	return nil
 }
 
 // Forget drops a global network that another host deleted: the driver removes what it made on
@@ -967,7 +845,7 @@ func (n *Net) Forget(ctx context.Context) error {
 // reports false when the record was there.
 func (n *Net) Reassert(ctx context.Context, ep *endpoint.Ep) (bool, error) {
 	rec := ep.Record()
-	if _, err := n.cfg.Store.Get(ctx, endpoint.Key(n.rec.ID, rec.ID)); !errors.Is(err, kvstore.ErrKeyNotFound) {
+	if _, err := n.cfg.Records.Store().Get(ctx, endpoint.Key(n.rec.ID, rec.ID)); !errors.Is(err, kvstore.ErrKeyNotFound) {
 		return false, err
 	}
 	var taken []func()
@@ -1002,7 +880,7 @@ func (n *Net) Reassert(ctx context.Context, ep *endpoint.Ep) (bool, error) {
 // when several survivors reclaim the same endpoint only one frees the addresses. It reports
 // whether this call reclaimed it.
 func (n *Net) Reclaim(ctx context.Context, rec endpoint.Record, rev uint64) (bool, error) {
-	err := n.cfg.Store.AtomicDelete(ctx, endpoint.Key(n.rec.ID, rec.ID), rev)
+	err := n.cfg.Records.Store().AtomicDelete(ctx, endpoint.Key(n.rec.ID, rec.ID), rev)
 	if errors.Is(err, kvstore.ErrKeyNotFound) || errors.Is(err, kvstore.ErrKeyModified) {
 		return false, nil
 	}

@@ -1,0 +1,70 @@
+package network
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/kvstore"
+)
+
+// Records is where a network's record and its endpoints' records live, and the rules that come
+// with the place. The Controller chooses it by the driver's DataScope, never by guessing from a
+// store or a host name: LocalRecords for a local-scope driver; the cluster's (cluster.Cluster)
+// for a global-scope driver, where every host shares the records, a name is unique across the
+// hosts, and a deletion is fenced against endpoint creation on the other hosts.
+type Records interface {
+	// Scope returns where the records live: drivers.LocalScope or drivers.GlobalScope.
+	Scope() drivers.Scope
+	// Store returns the store of the network's and its endpoints' records.
+	Store() kvstore.Store
+	// Host returns this host's name, stamped on the endpoints it creates; "" for local records.
+	Host() string
+	// CreateNetwork stores the record (encoded as b) of a new network: create-only, and
+	// refused with an error matching cnm.ErrAlreadyExists when the name is taken in the
+	// records' scope.
+	CreateNetwork(ctx context.Context, rec Record, b []byte) error
+	// CheckEndpoint runs after the record of a new endpoint of network rec was stored. It
+	// fails with an error matching cnm.ErrConflict when the network is being deleted, or is
+	// gone; the caller then deletes the endpoint's record.
+	CheckEndpoint(ctx context.Context, rec Record) error
+	// BeginDelete starts the deletion of network rec. It fails with an error matching
+	// cnm.ErrConflict while any host has endpoints on the network. On success the caller
+	// removes the network's driver state and calls finish: with ok true to remove the records,
+	// false to give the deletion up.
+	BeginDelete(ctx context.Context, rec Record) (finish func(ctx context.Context, ok bool) error, err error)
+	// Uncertain is told of a write of keys that failed with err. When err says the store did
+	// not answer (cnm.ErrUnavailable) the write may yet take effect: the records' owner deletes
+	// the keys once the store answers again. Other errors are ignored.
+	Uncertain(err error, keys ...UncertainKey)
+}
+
+// LocalRecords returns the Records of local-scope networks: their records in store s, names
+// unique in the Controller (which checks them), nothing to fence.
+func LocalRecords(s kvstore.Store) Records { return localRecords{s} }
+
+type localRecords struct{ s kvstore.Store }
+
+func (l localRecords) Scope() drivers.Scope           { return drivers.LocalScope }
+func (l localRecords) Store() kvstore.Store           { return l.s }
+func (l localRecords) Host() string                   { return "" }
+func (localRecords) Uncertain(error, ...UncertainKey) {}
+
+func (l localRecords) CreateNetwork(ctx context.Context, rec Record, b []byte) error {
+	_, err := l.s.AtomicPut(ctx, Key(rec.ID), b, 0)
+	return err
+}
+
+func (localRecords) CheckEndpoint(context.Context, Record) error { return nil }
+
+func (l localRecords) BeginDelete(ctx context.Context, rec Record) (func(context.Context, bool) error, error) {
+	return func(ctx context.Context, ok bool) error {
+		if !ok {
+			return nil
+		}
+		if err := l.s.Delete(ctx, Key(rec.ID)); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		return nil
+	}, nil
+}
