@@ -51,6 +51,21 @@
 // out, so that this stays rare. New needs the global store to answer: it restores the global
 // networks.
 //
+// All of this lives in package cluster, with its own lock and lifecycle; a network's Records
+// (network.LocalRecords, or the cluster) is chosen by its driver's DataScope, stated at
+// registration. The gossip plane (Config.Gossip) is started and stopped with the Controller
+// and reaches drivers that ask for it (drivers.GossipUser) as drivers.Gossip.
+//
+// # Where each fact lives
+//
+// Local store: local networks' and their endpoints' records, sandbox records, this host's
+// identity in the cluster. Global store: global networks' records (with their drivers'
+// allocations, such as a VNI), name keys, delete fences, their endpoints' records (each naming
+// its host), host registry entries, the global IPAM, the gossip keyring. Kernel: namespaces,
+// links, addresses, routes, rules, rebuilt or adopted from the records at start. Memory: only
+// what the store and the kernel give back (the networks waiting for a driver, the
+// gateway-network claims, both rebuilt from records).
+//
 // # Events
 //
 // Events returns a channel of typed events (package events): networks, endpoints and
