@@ -5,7 +5,9 @@
 // [NetworkAllocator], [GossipUser], [Closer]) that the [Registry] discovers once, at registration, with a
 // type assertion, or fields of [Capabilities] (Ports). The
 // built-in drivers (bridge, host, null, and later macvlan and overlay) use nothing that a
-// third-party driver could not: a custom driver registers with the Controller exactly like them.
+// third-party driver could not: this package's types, typed errors ([NotFoundError], ...,
+// [Invalid]) and capabilities, and package netns for namespace handles. A custom driver
+// registers with the Controller exactly like them.
 //
 // # Lifecycle
 //
@@ -53,6 +55,24 @@ var (
 	// ErrUnavailable: a service the driver needs cannot be used now.
 	ErrUnavailable = errclass.ErrUnavailable
 )
+
+// Typed errors, for errors.As, the same types the Controller returns: each names the object or
+// field it is about and matches its class (ErrNotFound, ...) with errors.Is.
+type (
+	NotFoundError         = errclass.NotFoundError
+	AlreadyExistsError    = errclass.AlreadyExistsError
+	InvalidParameterError = errclass.InvalidParameterError
+	ConflictError         = errclass.ConflictError
+	UnavailableError      = errclass.UnavailableError
+	NotSupportedError     = errclass.NotSupportedError
+)
+
+// Invalid returns an *InvalidParameterError: field has the bad value, for reason.
+func Invalid(field, value, reason string) error { return errclass.Invalid(field, value, reason) }
+
+// LinuxOnly returns the *NotSupportedError of a feature that needs Linux, for a driver's stubs
+// on other systems.
+func LinuxOnly(what string) error { return errclass.LinuxOnly(what) }
 
 // NetworkID identifies a network: 64 lowercase hex characters.
 type NetworkID string

@@ -15,10 +15,9 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/iptables"
-	"github.com/cnmkit/cnm/internal/netns"
 	cnl "github.com/cnmkit/cnm/internal/nl"
+	"github.com/cnmkit/cnm/netns"
 	"github.com/vishvananda/netlink"
 )
 
@@ -121,7 +120,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		pr = PortRange{DefaultPortRangeFirst, DefaultPortRangeLast}
 	}
 	if pr.First == 0 || pr.Last < pr.First {
-		return nil, fmt.Errorf("bridge: %w", errclass.Invalid("port range", pr.String(), "want first port 1 to 65535 and last port at least first"))
+		return nil, fmt.Errorf("bridge: %w", drivers.Invalid("port range", pr.String(), "want first port 1 to 65535 and last port at least first"))
 	}
 	var ns *netns.NS
 	if cfg.HostNetns == "" {
@@ -245,10 +244,10 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	owner, held := d.names[cfg.bridge]
 	switch {
 	case old != nil && old.bridge != cfg.bridge:
-		err = &errclass.ConflictError{Kind: "network", Name: string(nid),
+		err = &drivers.ConflictError{Kind: "network", Name: string(nid),
 			Reason: fmt.Sprintf("exists with bridge %q, not %q", old.bridge, cfg.bridge)}
 	case held && owner != nid:
-		err = &errclass.ConflictError{Kind: "bridge", Name: cfg.bridge,
+		err = &drivers.ConflictError{Kind: "bridge", Name: cfg.bridge,
 			Reason: "bridge name used by network " + owner.Short()}
 	default:
 		d.names[cfg.bridge] = nid
@@ -297,7 +296,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 			o = *opts
 		}
 	default:
-		return nil, errclass.Invalid("network options", opts.DriverType(), "not bridge options")
+		return nil, drivers.Invalid("network options", opts.DriverType(), "not bridge options")
 	}
 	if err := o.validate(); err != nil {
 		return nil, err
@@ -315,7 +314,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 	}
 	for _, s := range req.IPv4 {
 		if !s.Subnet.Addr().Is4() || (s.Gateway.IsValid() && (!s.Gateway.Is4() || !s.Subnet.Contains(s.Gateway))) {
-			return nil, errclass.Invalid("IPv4 gateway", s.Gateway.String()+" in "+s.Subnet.String(), "want an IPv4 address in an IPv4 subnet")
+			return nil, drivers.Invalid("IPv4 gateway", s.Gateway.String()+" in "+s.Subnet.String(), "want an IPv4 address in an IPv4 subnet")
 		}
 		if !n.gw4.IsValid() {
 			n.gw4 = s.Gateway
@@ -324,7 +323,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 	}
 	for _, s := range req.IPv6 {
 		if !s.Subnet.Addr().Is6() || (s.Gateway.IsValid() && (!s.Gateway.Is6() || !s.Subnet.Contains(s.Gateway))) {
-			return nil, errclass.Invalid("IPv6 gateway", s.Gateway.String()+" in "+s.Subnet.String(), "want an IPv6 address in an IPv6 subnet")
+			return nil, drivers.Invalid("IPv6 gateway", s.Gateway.String()+" in "+s.Subnet.String(), "want an IPv6 address in an IPv6 subnet")
 		}
 		if !n.gw6.IsValid() {
 			n.gw6 = s.Gateway
@@ -332,7 +331,7 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 		n.subnets6 = append(n.subnets6, s.Subnet.Masked())
 	}
 	if len(req.IPv6) > 0 && n.mtu < MinIPv6MTU {
-		return nil, errclass.Invalid(LabelMTU, fmt.Sprint(n.mtu), "a network with IPv6 subnets needs at least 1280")
+		return nil, drivers.Invalid(LabelMTU, fmt.Sprint(n.mtu), "a network with IPv6 subnets needs at least 1280")
 	}
 	return n, nil
 }
@@ -509,7 +508,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	d.mu.Lock()
 	if d.epBusy[eid] {
 		d.mu.Unlock()
-		return res, &errclass.ConflictError{Kind: "endpoint", Name: string(eid), Reason: "another create or delete of it is in progress"}
+		return res, &drivers.ConflictError{Kind: "endpoint", Name: string(eid), Reason: "another create or delete of it is in progress"}
 	}
 	old := d.endpoints[eid]
 	if len(want) == 0 && (old == nil || len(old.ports) == 0) {
@@ -573,7 +572,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	d.mu.Lock()
 	if d.epBusy[eid] {
 		d.mu.Unlock()
-		return fmt.Errorf("bridge: delete endpoint %s: %w", eid.Short(), &errclass.ConflictError{Kind: "endpoint", Name: string(eid), Reason: "another create or delete of it is in progress"})
+		return fmt.Errorf("bridge: delete endpoint %s: %w", eid.Short(), &drivers.ConflictError{Kind: "endpoint", Name: string(eid), Reason: "another create or delete of it is in progress"})
 	}
 	ep := d.endpoints[eid]
 	if ep == nil {
@@ -643,7 +642,7 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.Joi
 		if err = d.removeStaleVeth(ctx, host, req.IfName); err == nil {
 			err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
 			if errors.Is(err, syscall.EEXIST) {
-				err = &errclass.ConflictError{Kind: "interface", Name: req.IfName, Reason: "exists in the sandbox"}
+				err = &drivers.ConflictError{Kind: "interface", Name: req.IfName, Reason: "exists in the sandbox"}
 			}
 		}
 	}
@@ -680,7 +679,7 @@ func checkJoin(req drivers.JoinRequest) error {
 		return err
 	}
 	if req.NetnsFD < 0 {
-		return errclass.Invalid("netns fd", fmt.Sprint(req.NetnsFD), "not an open descriptor")
+		return drivers.Invalid("netns fd", fmt.Sprint(req.NetnsFD), "not an open descriptor")
 	}
 	if req.MAC != nil {
 		return checkMAC(req.MAC)
@@ -694,11 +693,11 @@ func (d *Driver) removeStaleVeth(ctx context.Context, name, ifName string) error
 	link, err := d.h.LinkByName(name)
 	switch {
 	case errors.As(err, new(netlink.LinkNotFoundError)):
-		return &errclass.ConflictError{Kind: "interface", Name: ifName, Reason: "exists in the sandbox"}
+		return &drivers.ConflictError{Kind: "interface", Name: ifName, Reason: "exists in the sandbox"}
 	case err != nil:
 		return err
 	case link.Type() != "veth":
-		return &errclass.ConflictError{Kind: "interface", Name: name, Reason: "host interface name taken by a foreign " + link.Type() + " device"}
+		return &drivers.ConflictError{Kind: "interface", Name: name, Reason: "host interface name taken by a foreign " + link.Type() + " device"}
 	}
 	d.log.WarnContext(ctx, "removing stale veth", "link", name)
 	if err := d.h.LinkDel(link); err != nil && !errors.Is(err, syscall.ENODEV) {
@@ -730,7 +729,7 @@ func (d *Driver) network(nid drivers.NetworkID) (*network, error) {
 	defer d.mu.Unlock()
 	n := d.networks[nid]
 	if n == nil {
-		return nil, &errclass.NotFoundError{Kind: "bridge network", Name: string(nid)}
+		return nil, &drivers.NotFoundError{Kind: "bridge network", Name: string(nid)}
 	}
 	return n, nil
 }
@@ -762,7 +761,7 @@ func isHostVethName(name string) bool {
 // bridge and veth names use the first 12 and 11).
 func checkID(field, id string) error {
 	if len(id) < 12 || len(id) > 64 || !isHex(id) {
-		return errclass.Invalid(field, id, "want 12 to 64 lowercase hex characters")
+		return drivers.Invalid(field, id, "want 12 to 64 lowercase hex characters")
 	}
 	return nil
 }
@@ -778,7 +777,7 @@ func isHex(s string) bool {
 
 func checkMAC(mac net.HardwareAddr) error {
 	if len(mac) != 6 || mac[0]&1 != 0 || [6]byte(mac) == [6]byte{} {
-		return errclass.Invalid("MAC", mac.String(), "want a 6-byte unicast address")
+		return drivers.Invalid("MAC", mac.String(), "want a 6-byte unicast address")
 	}
 	return nil
 }

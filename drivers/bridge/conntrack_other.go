@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/drivers"
 	vnetns "github.com/vishvananda/netns"
 )
 
@@ -15,9 +15,9 @@ import (
 type conntrackSocket struct{}
 
 // errConntrack is what the stubs of this file return.
-var errConntrack = errclass.LinuxOnly("conntrack")
+var errConntrack = drivers.LinuxOnly("conntrack")
 
-// newConntrackSocket fails with an error matching [errclass.ErrNotSupported].
+// newConntrackSocket fails with an error matching [drivers.ErrNotSupported].
 func newConntrackSocket(ns vnetns.NsHandle, timeout time.Duration) (*conntrackSocket, error) {
 	return nil, errConntrack
 }
@@ -25,5 +25,5 @@ func newConntrackSocket(ns vnetns.NsHandle, timeout time.Duration) (*conntrackSo
 // Close does nothing: no socket was opened.
 func (c *conntrackSocket) Close() {}
 
-// flushAddr fails with an error matching [errclass.ErrNotSupported].
+// flushAddr fails with an error matching [drivers.ErrNotSupported].
 func (c *conntrackSocket) flushAddr(a netip.Addr) error { return errConntrack }

@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/vishvananda/netlink"
 )
 
@@ -32,7 +31,7 @@ func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *net
 	}
 	alias := link.Attrs().Alias
 	if link.Type() != "bridge" || (alias != aliasPrefix+string(nid) && (alias != "" || n.bridge != defaultBridgeName(nid))) {
-		return 0, false, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
+		return 0, false, &drivers.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
 	}
 	index, err = d.adoptBridge(ctx, nid, link, n, addrs)
 	return index, false, err
@@ -46,7 +45,7 @@ func (d *Driver) createBridge(ctx context.Context, nid drivers.NetworkID, n *net
 	br := &netlink.Bridge{LinkAttrs: la}
 	if err := d.h.LinkAdd(br); err != nil {
 		if errors.Is(err, syscall.EEXIST) {
-			return 0, &errclass.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
+			return 0, &drivers.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
 		}
 		return 0, fmt.Errorf("create bridge %q: %w", n.bridge, err)
 	}

@@ -8,7 +8,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/iptables"
 )
 
@@ -411,7 +411,7 @@ func (d *Driver) fwState(ctx context.Context, f *ipFamily) (map[string]*iptables
 func (d *Driver) checkFirewall(n *network) error {
 	if d.noFW {
 		if n.noICC {
-			return &errclass.NotSupportedError{What: LabelEnableICC + "=false with the firewall disabled (Config.DisableIPTables)"}
+			return &drivers.NotSupportedError{What: LabelEnableICC + "=false with the firewall disabled (Config.DisableIPTables)"}
 		}
 		return nil
 	}
@@ -431,7 +431,7 @@ func (d *Driver) checkFirewall(n *network) error {
 			return err
 		}
 		if !exists {
-			return &errclass.NotSupportedError{
+			return &drivers.NotSupportedError{
 				What: LabelEnableICC + "=false",
 				Err:  fmt.Errorf("needs br_netfilter (%s is missing in the host namespace; modprobe br_netfilter)", sysctlBrNF),
 			}

@@ -5,7 +5,7 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/netns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )

@@ -5,8 +5,8 @@ package bridge
 import (
 	"net/netip"
 
-	"github.com/cnmkit/cnm/internal/errclass"
-	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/netns"
 	"github.com/vishvananda/netlink"
 )
 
@@ -14,17 +14,17 @@ import (
 // reaches them, as the host namespace cannot be opened.
 
 // errNetlink is what the stubs of this file return: netlink is a Linux kernel interface.
-var errNetlink = errclass.LinuxOnly("netlink")
+var errNetlink = drivers.LinuxOnly("netlink")
 
-// newRouteHandle fails with an error matching [errclass.ErrNotSupported].
+// newRouteHandle fails with an error matching [drivers.ErrNotSupported].
 func newRouteHandle(ns *netns.NS) (*netlink.Handle, error) { return nil, errNetlink }
 
-// listAddrs fails with an error matching [errclass.ErrNotSupported].
+// listAddrs fails with an error matching [drivers.ErrNotSupported].
 func listAddrs(h *netlink.Handle, link netlink.Link) ([]netlink.Addr, error) {
 	return nil, errNetlink
 }
 
-// retryDump fails with an error matching [errclass.ErrNotSupported] without calling list:
+// retryDump fails with an error matching [drivers.ErrNotSupported] without calling list:
 // there is no kernel to dump.
 func retryDump[T any](list func() ([]T, error)) ([]T, error) { return nil, errNetlink }
 

@@ -7,7 +7,6 @@ import (
 	"strconv"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/internal/errclass"
 )
 
 // DriverType is the driver type that [NetworkOptions] are for.
@@ -110,7 +109,7 @@ func (o NetworkOptions) Labels() map[string]string {
 // LabelMTU, LabelEnableICC and LabelEnableIPMasquerade (booleans as strconv.ParseBool reads
 // them: true, false, 1, 0, ...), LabelHostBindingIPv4 (an IPv4 address) and
 // LabelGatewayModeIPv4 ("nat" or "routed"). An unknown key, a bad bridge name, an MTU that is
-// not a decimal number from 68 to 65535, or any other bad value is refused with an *errclass.InvalidParameterError (matching cnm.ErrInvalidParameter)
+// not a decimal number from 68 to 65535, or any other bad value is refused with an *drivers.InvalidParameterError (matching cnm.ErrInvalidParameter)
 // that names the key and the value. When several labels are bad, the error is about the first
 // in key order. Nil or empty labels give the zero NetworkOptions (the defaults).
 //
@@ -128,7 +127,7 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 		case LabelMTU:
 			mtu, err := strconv.Atoi(v)
 			if err != nil {
-				return NetworkOptions{}, &errclass.InvalidParameterError{Field: k, Value: v, Reason: "not a decimal number"}
+				return NetworkOptions{}, &drivers.InvalidParameterError{Field: k, Value: v, Reason: "not a decimal number"}
 			}
 			if err := checkMTU(k, v, mtu); err != nil {
 				return NetworkOptions{}, err
@@ -137,7 +136,7 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 		case LabelEnableICC, LabelEnableIPMasquerade:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return NetworkOptions{}, errclass.Invalid(k, v, "not a boolean")
+				return NetworkOptions{}, drivers.Invalid(k, v, "not a boolean")
 			}
 			if k == LabelEnableICC {
 				o.DisableICC = !b
@@ -147,17 +146,17 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 		case LabelHostBindingIPv4:
 			a, err := netip.ParseAddr(v)
 			if err != nil || !a.Is4() {
-				return NetworkOptions{}, errclass.Invalid(k, v, "not an IPv4 address")
+				return NetworkOptions{}, drivers.Invalid(k, v, "not an IPv4 address")
 			}
 			o.HostBindingIPv4 = a
 		case LabelGatewayModeIPv4:
 			m := GatewayMode(v)
 			if m == "" || !m.valid() {
-				return NetworkOptions{}, errclass.Invalid(k, v, `want "nat" or "routed"`)
+				return NetworkOptions{}, drivers.Invalid(k, v, `want "nat" or "routed"`)
 			}
 			o.GatewayModeIPv4 = m
 		default:
-			return NetworkOptions{}, errclass.Invalid(k, v, "unknown bridge network option")
+			return NetworkOptions{}, drivers.Invalid(k, v, "unknown bridge network option")
 		}
 	}
 	return o, nil
@@ -176,17 +175,17 @@ func (o NetworkOptions) validate() error {
 		}
 	}
 	if a := o.HostBindingIPv4; a.IsValid() && !a.Is4() {
-		return errclass.Invalid("host binding IPv4", a.String(), "not an IPv4 address")
+		return drivers.Invalid("host binding IPv4", a.String(), "not an IPv4 address")
 	}
 	if !o.GatewayModeIPv4.valid() {
-		return errclass.Invalid("IPv4 gateway mode", string(o.GatewayModeIPv4), `want "nat" or "routed"`)
+		return drivers.Invalid("IPv4 gateway mode", string(o.GatewayModeIPv4), `want "nat" or "routed"`)
 	}
 	return nil
 }
 
 func checkMTU(field, value string, mtu int) error {
 	if mtu < MinMTU || mtu > MaxMTU {
-		return errclass.Invalid(field, value, "want 68 to 65535")
+		return drivers.Invalid(field, value, "want 68 to 65535")
 	}
 	return nil
 }
@@ -196,18 +195,18 @@ func checkMTU(field, value string, mtu int) error {
 func checkIfName(field, name string) error {
 	switch {
 	case name == "":
-		return errclass.Invalid(field, name, "empty interface name")
+		return drivers.Invalid(field, name, "empty interface name")
 	case len(name) > 15:
-		return errclass.Invalid(field, name, "interface name longer than 15 bytes")
+		return drivers.Invalid(field, name, "interface name longer than 15 bytes")
 	case name == "." || name == "..":
-		return errclass.Invalid(field, name, "not an interface name")
+		return drivers.Invalid(field, name, "not an interface name")
 	}
 	for i := 0; i < len(name); i++ {
 		switch c := name[i]; {
 		case c == '/' || c == ':':
-			return errclass.Invalid(field, name, "interface name with '/' or ':'")
+			return drivers.Invalid(field, name, "interface name with '/' or ':'")
 		case c == ' ' || c == 0x7f || c < 0x20:
-			return errclass.Invalid(field, name, "interface name with white space or a control character")
+			return drivers.Invalid(field, name, "interface name with white space or a control character")
 		}
 	}
 	return nil

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/iptables"
 )
 
@@ -68,11 +67,11 @@ func (d *Driver) expandPorts(n *network, req drivers.CreateEndpointRequest) ([]w
 	}
 	switch {
 	case n.internal:
-		return nil, errclass.Invalid("published ports", req.Ports[0].String(), "an internal network publishes no ports")
+		return nil, drivers.Invalid("published ports", req.Ports[0].String(), "an internal network publishes no ports")
 	case d.noFW:
-		return nil, &errclass.NotSupportedError{What: "published ports with the firewall disabled (Config.DisableIPTables)"}
+		return nil, &drivers.NotSupportedError{What: "published ports with the firewall disabled (Config.DisableIPTables)"}
 	case !req.IPv4.IsValid():
-		return nil, errclass.Invalid("published ports", req.Ports[0].String(), "the endpoint has no IPv4 address")
+		return nil, drivers.Invalid("published ports", req.Ports[0].String(), "the endpoint has no IPv4 address")
 	}
 	var out []wantPort
 	for _, b := range req.Ports {
@@ -86,7 +85,7 @@ func (d *Driver) expandPorts(n *network, req drivers.CreateEndpointRequest) ([]w
 			b.HostIP = n.hostIP
 		}
 		if b.HostIP.Is6() && !b.HostIP.Is4In6() {
-			return nil, &errclass.NotSupportedError{What: "publishing on IPv6 host address " + b.HostIP.String() + " (ports are published on IPv4 host addresses only)"}
+			return nil, &drivers.NotSupportedError{What: "publishing on IPv6 host address " + b.HostIP.String() + " (ports are published on IPv4 host addresses only)"}
 		}
 		b.HostIP = b.HostIP.Unmap()
 		if b.HostIP.IsUnspecified() {
@@ -154,10 +153,10 @@ func (d *Driver) reserveLocked(eid drivers.EndpointID, want []wantPort) ([]drive
 			host.HostPort, host.HostPortEnd = w.first, w.last
 			if w.first == w.last {
 				host.HostPortEnd = 0
-				return nil, nil, &errclass.ConflictError{Kind: "host port", Name: portName(k.proto, k.addr, w.first),
+				return nil, nil, &drivers.ConflictError{Kind: "host port", Name: portName(k.proto, k.addr, w.first),
 					Reason: "already published by another endpoint"}
 			}
-			return nil, nil, &errclass.ConflictError{Kind: "host port range", Name: host.String(), Reason: "no free port in the range"}
+			return nil, nil, &drivers.ConflictError{Kind: "host port range", Name: host.String(), Reason: "no free port in the range"}
 		}
 		if w.first != w.last {
 			d.nextPort[w.b.Proto] = k.port + 1
