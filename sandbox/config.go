@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -82,6 +83,10 @@ func validID(id string) bool {
 	return true
 }
 
+// ValidateID checks a sandbox ID as Config.Validate does: 1 to 64 characters of
+// [A-Za-z0-9_.-], the first alphanumeric. It returns an [errclass.InvalidParameterError].
+func ValidateID(id string) error { return checkID(id) }
+
 func checkID(id string) error {
 	if !validID(id) {
 		return errclass.Invalid("sandbox id", id, "want 1-64 characters of [A-Za-z0-9_.-], the first alphanumeric")
@@ -95,8 +100,10 @@ func hasSpace(s string) bool {
 	return strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f })
 }
 
-// validate checks c and returns an *errclass.InvalidParameterError for the first bad field.
-func (c *Config) validate() error {
+// Validate checks c as [New] does and returns an [errclass.InvalidParameterError] for the first
+// bad field. It touches nothing: an implementation of [Machine] other than [Kernel] (package
+// sandboxtest's) calls it to refuse what the kernel's would.
+func (c *Config) Validate() error {
 	if err := checkID(c.ID); err != nil {
 		return err
 	}
@@ -157,8 +164,52 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// validIfname checks an interface name the way the kernel does (dev_valid_name): 1-15
-// bytes, not "." or "..", no '/', ':' or white space.
+// ValidateOpen checks c and ifaces as [Open] does: c as Validate does, and ifaces, which a
+// sandbox of mode ModeHost or ModeContainer cannot have, for valid names given once each. It
+// returns an [errclass.InvalidParameterError] for the first bad field.
+func (c *Config) ValidateOpen(ifaces []Interface) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if c.Mode != ModeNamespace && len(ifaces) > 0 {
+		return errclass.Invalid("interfaces", ifaces[0].Name, "a sandbox in mode "+c.Mode.String()+" has none")
+	}
+	for i, ifc := range ifaces {
+		if err := validIfname("interface name", ifc.Name); err != nil {
+			return err
+		}
+		if slices.ContainsFunc(ifaces[:i], func(o Interface) bool { return o.Name == ifc.Name }) {
+			return errclass.Invalid("interface name", ifc.Name, "given twice")
+		}
+	}
+	return nil
+}
+
+// HostsFile returns the hosts file a sandbox of this configuration holds with the interfaces
+// ifaces configured: what New writes (with none), and Open, AddInterface and RemoveInterface
+// write again.
+func (c *Config) HostsFile(ifaces []Interface) []byte {
+	hostname := c.Hostname
+	if hostname == "" {
+		hostname = c.ID
+	}
+	var addrs []netip.Addr
+	for _, ifc := range ifaces {
+		if ifc.IPv4.IsValid() {
+			addrs = append(addrs, ifc.IPv4.Addr())
+		}
+		if ifc.IPv6.IsValid() {
+			addrs = append(addrs, ifc.IPv6.Addr())
+		}
+	}
+	return hostsFile(hostname, c.Domainname, addrs, c.ExtraHosts)
+}
+
+// ResolvConf returns the resolv.conf file a sandbox of this configuration holds, as New and
+// Open write it: DNS, DNSSearch and DNSOptions, and for those left empty the host's, read
+// from HostResolvConf.
+func (c *Config) ResolvConf() ([]byte, error) { return resolvConfFor(c) }
+
 // ValidateIfName checks an interface name: 1 to 15 bytes, not "." or "..", without '/', ':'
 // or white space. It returns an error matching cnm.ErrInvalidParameter that names it.
 func ValidateIfName(name string) error { return validIfname("interface name", name) }
@@ -175,6 +226,15 @@ func validIfname(field, name string) error {
 		return errclass.Invalid(field, name, "contains '/', ':' or white space")
 	}
 	return nil
+}
+
+// Validate checks cfg as AddInterface does and returns an [errclass.InvalidParameterError]
+// for the first bad field: Name as [ValidateIfName] does, then the others.
+func (cfg *InterfaceConfig) Validate() error {
+	if err := validIfname("interface name", cfg.Name); err != nil {
+		return err
+	}
+	return validateInterface(cfg)
 }
 
 // validateInterface checks the fields of cfg other than Name.
@@ -216,8 +276,8 @@ func validateInterface(cfg *InterfaceConfig) error {
 	return nil
 }
 
-// cloneInterface returns a deep copy of ifc.
-func cloneInterface(ifc Interface) Interface {
+// Clone returns a deep copy of ifc.
+func (ifc Interface) Clone() Interface {
 	ifc.MAC = append([]byte(nil), ifc.MAC...)
 	ifc.Routes = append([]Route(nil), ifc.Routes...)
 	return ifc

@@ -55,22 +55,22 @@ func TestConfigValidate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := good()
 			tt.edit(&c)
-			err := c.validate()
+			err := c.Validate()
 			if tt.field == "" {
 				if err != nil {
-					t.Fatalf("validate() = %v, want nil", err)
+					t.Fatalf("Validate() = %v, want nil", err)
 				}
 				return
 			}
 			ipe, ok := errors.AsType[*errclass.InvalidParameterError](err)
 			if !ok {
-				t.Fatalf("validate() = %v, want an *errclass.InvalidParameterError", err)
+				t.Fatalf("Validate() = %v, want an *errclass.InvalidParameterError", err)
 			}
 			if ipe.Field != tt.field {
 				t.Errorf("field = %q, want %q (error %v)", ipe.Field, tt.field, err)
 			}
 			if !errors.Is(err, errclass.ErrInvalidParameter) {
-				t.Errorf("validate() = %v, does not match ErrInvalidParameter", err)
+				t.Errorf("Validate() = %v, does not match ErrInvalidParameter", err)
 			}
 		})
 	}

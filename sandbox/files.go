@@ -137,6 +137,23 @@ func resolvConfFile(own dnsSettings, host []byte, hostPath string) []byte {
 	return b.Bytes()
 }
 
+// resolvConfFor returns the resolv.conf contents for cfg.
+func resolvConfFor(cfg *Config) ([]byte, error) {
+	hostPath := cfg.HostResolvConf
+	if hostPath == "" {
+		hostPath = DefaultHostResolvConf
+	}
+	var host []byte
+	if len(cfg.DNS) == 0 || len(cfg.DNSSearch) == 0 || len(cfg.DNSOptions) == 0 {
+		var err error
+		if host, err = readHostResolvConf(hostPath); err != nil {
+			return nil, fmt.Errorf("read host resolv.conf: %w", err)
+		}
+	}
+	own := dnsSettings{nameservers: cfg.DNS, search: cfg.DNSSearch, options: cfg.DNSOptions}
+	return resolvConfFile(own, host, hostPath), nil
+}
+
 // readHostResolvConf reads the host's resolv.conf; a missing file reads as empty.
 func readHostResolvConf(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)

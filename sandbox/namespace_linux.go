@@ -11,12 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/sandbox/internal/iftable"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -57,14 +57,11 @@ type Namespace struct {
 	hostMu sync.Mutex      // guards following
 	hostNL *netlink.Handle // netlink in hostNS, made on first use
 
-	mu        sync.Mutex        // guards following
-	closed    bool              // by Close or Delete: the handles are (being) closed
-	deleted   bool              // by Delete
-	ifaces    []*iface          // configured interfaces, in the order added
-	busy      map[string]bool   // names being added or removed
-	reserved  map[string]uint64 // names reserved by ReserveName, with the reservation's token
-	nextToken uint64
-	gw4, gw6  string // the interface providing the IPv4/IPv6 default route; "" for none
+	mu       sync.Mutex            // guards following
+	closed   bool                  // by Close or Delete: the handles are (being) closed
+	deleted  bool                  // by Delete
+	ifaces   iftable.Table[*iface] // configured interfaces in the order added, and the names' states
+	gw4, gw6 string                // the interface providing the IPv4/IPv6 default route; "" for none
 }
 
 var _ Sandbox = (*Namespace)(nil)
@@ -85,7 +82,7 @@ type iface struct {
 // left behind: no mount, no file and no directory that New made (RunDir/netns, shared by all
 // sandboxes, may stay).
 func New(ctx context.Context, cfg Config) (*Namespace, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	s := newNamespace(&cfg)
@@ -105,9 +102,8 @@ func newNamespace(cfg *Config) *Namespace {
 		domainname: cfg.Domainname,
 		extraHosts: slices.Clone(cfg.ExtraHosts),
 		log:        cfg.Logger,
-		busy:       map[string]bool{},
-		reserved:   map[string]uint64{},
 	}
+	s.ifaces.Init(&s.mu)
 	if s.hostname == "" {
 		s.hostname = cfg.ID
 	}
@@ -193,23 +189,6 @@ func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
 		}
 	}
 	return nil
-}
-
-// resolvConfFor returns the resolv.conf contents for cfg.
-func resolvConfFor(cfg *Config) ([]byte, error) {
-	hostPath := cfg.HostResolvConf
-	if hostPath == "" {
-		hostPath = DefaultHostResolvConf
-	}
-	var host []byte
-	if len(cfg.DNS) == 0 || len(cfg.DNSSearch) == 0 || len(cfg.DNSOptions) == 0 {
-		var err error
-		if host, err = readHostResolvConf(hostPath); err != nil {
-			return nil, fmt.Errorf("read host resolv.conf: %w", err)
-		}
-	}
-	own := dnsSettings{nameservers: cfg.DNS, search: cfg.DNSSearch, options: cfg.DNSOptions}
-	return resolvConfFile(own, host, hostPath), nil
 }
 
 // openNamespaces opens the host namespace and, for ModeHost and ModeContainer, sets the
@@ -330,28 +309,15 @@ func (s *Namespace) closeHandles() error {
 // and resolv.conf files. ModeHost and ModeContainer sandboxes have no interfaces: ifaces must
 // be empty. On error Open leaves the sandbox as it found it, apart from the default routes.
 func Open(ctx context.Context, cfg Config, ifaces []Interface) (sb *Namespace, dropped []string, err error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.ValidateOpen(ifaces); err != nil {
 		return nil, nil, err
-	}
-	if cfg.Mode != ModeNamespace && len(ifaces) > 0 {
-		return nil, nil, errclass.Invalid("interfaces", ifaces[0].Name, "a sandbox in mode "+cfg.Mode.String()+" has none")
-	}
-	seen := map[string]bool{}
-	for _, ifc := range ifaces {
-		if err := validIfname("interface name", ifc.Name); err != nil {
-			return nil, nil, err
-		}
-		if seen[ifc.Name] {
-			return nil, nil, errclass.Invalid("interface name", ifc.Name, "given twice")
-		}
-		seen[ifc.Name] = true
 	}
 	s := newNamespace(&cfg)
 	dropped, err = s.open(ctx, &cfg, ifaces)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sandbox %s: open: %w", cfg.ID, errors.Join(err, s.closeHandles()))
 	}
-	s.log.Debug("sandbox opened", "sandbox", s.id, "mode", s.mode, "interfaces", len(s.ifaces), "dropped", dropped)
+	s.log.Debug("sandbox opened", "sandbox", s.id, "mode", s.mode, "interfaces", s.ifaces.Len(), "dropped", dropped)
 	return s, dropped, nil
 }
 
@@ -397,11 +363,11 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 				dropped = append(dropped, ifc.Name)
 				continue
 			}
-			ifc = cloneInterface(ifc)
+			ifc = ifc.Clone()
 			if len(ifc.MAC) == 0 {
 				ifc.MAC = slices.Clone(link.Attrs().HardwareAddr)
 			}
-			s.ifaces = append(s.ifaces, &iface{Interface: ifc, index: link.Attrs().Index})
+			s.ifaces.Add(ifc.Name, &iface{Interface: ifc, index: link.Attrs().Index})
 		}
 		if err := s.ensureDefaultRoutes(); err != nil {
 			return nil, err
@@ -471,9 +437,9 @@ func (s *Namespace) Hostname() string { return s.hostname }
 func (s *Namespace) Interfaces() []Interface {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Interface, 0, len(s.ifaces))
-	for _, ifc := range s.ifaces {
-		out = append(out, cloneInterface(ifc.Interface))
+	out := make([]Interface, 0, s.ifaces.Len())
+	for _, ifc := range s.ifaces.All() {
+		out = append(out, ifc.Interface.Clone())
 	}
 	return out
 }
@@ -517,38 +483,11 @@ func (s *Namespace) ReserveName(want string) (string, func(), error) {
 	if s.closed {
 		return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, s.closedErrLocked())
 	}
-	name := want
-	if name != "" {
-		if s.inUseLocked(name) || s.reserved[name] != 0 {
-			return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, &errclass.AlreadyExistsError{Kind: "interface", Name: name})
-		}
-	}
-	for n := 0; name == ""; n++ {
-		if c := "eth" + strconv.Itoa(n); !s.inUseLocked(c) && s.reserved[c] == 0 {
-			name = c
-		}
-	}
-	s.nextToken++
-	token := s.nextToken
-	s.reserved[name] = token
-	release := func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.reserved[name] == token {
-			delete(s.reserved, name)
-		}
+	name, release, err := s.ifaces.Reserve(want)
+	if err != nil {
+		return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.id, err)
 	}
 	return name, release, nil
-}
-
-// inUseLocked reports whether name is configured or being added or removed.
-func (s *Namespace) inUseLocked(name string) bool {
-	return s.busy[name] || s.indexLocked(name) >= 0
-}
-
-// indexLocked returns the position of the configured interface name, or -1.
-func (s *Namespace) indexLocked(name string) int {
-	return slices.IndexFunc(s.ifaces, func(ifc *iface) bool { return ifc.Name == name })
 }
 
 // addState is what AddInterface has done so far, for its rollback.
@@ -595,12 +534,10 @@ func (s *Namespace) addInterface(ctx context.Context, cfg *InterfaceConfig) erro
 		defer s.mu.Unlock()
 		return s.closedErrLocked()
 	}
-	if s.inUseLocked(cfg.Name) {
+	if err := s.ifaces.Claim(cfg.Name); err != nil {
 		s.mu.Unlock()
-		return &errclass.AlreadyExistsError{Kind: "interface", Name: cfg.Name}
+		return err
 	}
-	s.busy[cfg.Name] = true
-	delete(s.reserved, cfg.Name)
 	if verr == nil && cfg.Gateway.IsValid() && s.gw4 == "" {
 		s.gw4, st.ownGW4 = cfg.Name, true
 	}
@@ -621,8 +558,7 @@ func (s *Namespace) addInterface(ctx context.Context, cfg *InterfaceConfig) erro
 
 	// Commit, then write the hosts file; if that fails, undo the whole interface.
 	s.mu.Lock()
-	delete(s.busy, cfg.Name)
-	ifc := &iface{Interface: cloneInterface(Interface{
+	ifc := &iface{Interface: Interface{
 		Name:        cfg.Name,
 		MAC:         cfg.MAC,
 		IPv4:        cfg.IPv4,
@@ -630,8 +566,8 @@ func (s *Namespace) addInterface(ctx context.Context, cfg *InterfaceConfig) erro
 		Gateway:     cfg.Gateway,
 		GatewayIPv6: cfg.GatewayIPv6,
 		Routes:      maskedRoutes(cfg.Routes),
-	}), index: st.index}
-	s.ifaces = append(s.ifaces, ifc)
+	}.Clone(), index: st.index}
+	s.ifaces.Add(cfg.Name, ifc)
 	s.mu.Unlock()
 	if err := s.writeHosts(); err != nil {
 		return errors.Join(fmt.Errorf("write hosts: %w", err), s.removeInterface(cfg.Name))
@@ -751,7 +687,7 @@ func (s *Namespace) rollbackAdd(cfg *InterfaceConfig, st *addState) error {
 		}
 	}
 	s.mu.Lock()
-	delete(s.busy, cfg.Name)
+	s.ifaces.Unclaim(cfg.Name)
 	handOver := false
 	if s.gw4 == cfg.Name && st.ownGW4 {
 		s.gw4, handOver = "", true
@@ -808,7 +744,7 @@ func (s *Namespace) RemoveInterface(ctx context.Context, name string) error {
 		return fmt.Errorf("sandbox %s: remove interface %s: %w", s.id, name, err)
 	}
 	s.mu.Lock()
-	if s.deleted || s.indexLocked(name) < 0 {
+	if s.deleted || s.ifaces.Index(name) < 0 {
 		s.mu.Unlock()
 		return nil
 	}
@@ -830,14 +766,11 @@ func (s *Namespace) RemoveInterface(ctx context.Context, name string) error {
 // can not be deleted, the interface stays configured.
 func (s *Namespace) removeInterface(name string) error {
 	s.mu.Lock()
-	i := s.indexLocked(name)
-	if i < 0 {
+	ifc, i, ok := s.ifaces.Take(name)
+	if !ok {
 		s.mu.Unlock()
 		return nil
 	}
-	ifc := s.ifaces[i]
-	s.ifaces = slices.Delete(s.ifaces, i, i+1)
-	s.busy[name] = true
 	s.mu.Unlock()
 
 	// Delete by name: the index recorded at Open or AddInterface may since have gone to
@@ -845,12 +778,12 @@ func (s *Namespace) removeInterface(name string) error {
 	err := s.deleteLink(0, name)
 
 	s.mu.Lock()
-	delete(s.busy, name)
 	if err != nil {
-		s.ifaces = slices.Insert(s.ifaces, min(i, len(s.ifaces)), ifc)
+		s.ifaces.Put(i, name, ifc)
 		s.mu.Unlock()
 		return err
 	}
+	s.ifaces.Unclaim(name)
 	if s.gw4 == name {
 		s.gw4 = ""
 	}
@@ -872,16 +805,14 @@ func (s *Namespace) ensureDefaultRoutes() error {
 	}
 	var picks []pick
 	s.mu.Lock()
-	if s.gw4 == "" {
-		if i := slices.IndexFunc(s.ifaces, func(f *iface) bool { return f.Gateway.IsValid() }); i >= 0 {
-			f := s.ifaces[i]
+	for _, f := range s.ifaces.All() {
+		if s.gw4 == "" && f.Gateway.IsValid() {
 			s.gw4 = f.Name
 			picks = append(picks, pick{f.Name, f.Gateway, f.index, false})
 		}
 	}
-	if s.gw6 == "" {
-		if i := slices.IndexFunc(s.ifaces, func(f *iface) bool { return f.GatewayIPv6.IsValid() }); i >= 0 {
-			f := s.ifaces[i]
+	for _, f := range s.ifaces.All() {
+		if s.gw6 == "" && f.GatewayIPv6.IsValid() {
 			s.gw6 = f.Name
 			picks = append(picks, pick{f.Name, f.GatewayIPv6, f.index, true})
 		}
@@ -912,7 +843,7 @@ func (s *Namespace) ensureDefaultRoutes() error {
 func (s *Namespace) hostsContent() []byte {
 	s.mu.Lock()
 	var addrs []netip.Addr
-	for _, ifc := range s.ifaces {
+	for _, ifc := range s.ifaces.All() {
 		if ifc.IPv4.IsValid() {
 			addrs = append(addrs, ifc.IPv4.Addr())
 		}

@@ -19,7 +19,7 @@ var errNotSupported = errclass.LinuxOnly("network sandboxes")
 
 // New fails: network namespaces are Linux only.
 func New(ctx context.Context, cfg Config) (*Namespace, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return nil, errNotSupported
@@ -27,7 +27,7 @@ func New(ctx context.Context, cfg Config) (*Namespace, error) {
 
 // Open fails: network namespaces are Linux only.
 func Open(ctx context.Context, cfg Config, ifaces []Interface) (sb *Namespace, dropped []string, err error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}
 	return nil, nil, errNotSupported

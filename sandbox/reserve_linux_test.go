@@ -11,7 +11,7 @@ import (
 // TestReserveName exercises the name bookkeeping, which needs no kernel.
 func TestReserveName(t *testing.T) {
 	s := newNamespace(&Config{ID: "c1", RunDir: "/run/cnm", FilesDir: "/tmp/c1"})
-	s.ifaces = []*iface{{Interface: Interface{Name: "eth1"}}}
+	s.ifaces.Add("eth1", &iface{Interface: Interface{Name: "eth1"}})
 
 	n0, rel0, err := s.ReserveName("")
 	if err != nil || n0 != "eth0" {
@@ -33,8 +33,9 @@ func TestReserveName(t *testing.T) {
 	}
 	// A name taken by AddInterface (here: busy) is not freed by its release.
 	s.mu.Lock()
-	delete(s.reserved, "eth2")
-	s.busy["eth2"] = true
+	if err := s.ifaces.Claim("eth2"); err != nil {
+		t.Fatal(err)
+	}
 	s.mu.Unlock()
 	rel2()
 	if n, _, _ := s.ReserveName(""); n != "eth4" {
@@ -72,7 +73,7 @@ func TestAddInterfaceBadNameTouchesNothing(t *testing.T) {
 // the ethN picks step over it.
 func TestReserveWantedName(t *testing.T) {
 	s := newNamespace(&Config{ID: "c1", RunDir: "/run/cnm", FilesDir: "/tmp/c1"})
-	s.ifaces = []*iface{{Interface: Interface{Name: "eth0"}}}
+	s.ifaces.Add("eth0", &iface{Interface: Interface{Name: "eth0"}})
 	n, rel, err := s.ReserveName("eth1")
 	if err != nil || n != "eth1" {
 		t.Fatalf(`ReserveName("eth1") = %q, %v`, n, err)
