@@ -13,6 +13,10 @@
 // Close lets go of it without removing it (for a restart). Every method is safe for
 // concurrent use.
 //
+// A Machine gathers what an owner of sandboxes (the cnm Controller) asks of the machine: the
+// host namespace's path and routes, and New, Open, ListNamespaces and RemoveNamespace. Kernel
+// is the real one; package sandbox/sandboxtest has one in memory, for tests without root.
+//
 // The implementation, *Namespace, is Linux only and needs CAP_NET_ADMIN and CAP_SYS_ADMIN. It
 // never changes the namespace of the calling thread: it works through netlink handles opened
 // in the sandbox's and the host's namespaces (see internal/netns).
