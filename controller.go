@@ -15,6 +15,10 @@
 // on the host namespace named by Config.HostNetns (by default the caller's), and creates a
 // namespace per sandbox, bind-mounted under Config.RunDir.
 //
+// Config.Machine replaces what it asks of the kernel: the host namespace and the sandboxes'
+// namespaces. With the in-memory sandboxtest.Machine (package sandbox/sandboxtest) and drivers
+// that do no kernel work (the built-in host and null), the Controller needs no privilege.
+//
 // It needs Linux. The module builds on other systems, so that programs embedding it can be
 // built there, but New fails on them with an error matching ErrNotSupported, before it touches
 // anything.
@@ -109,13 +113,11 @@ import (
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/lookup"
-	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/boltdb"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
-	"github.com/vishvananda/netlink"
 )
 
 // Names of the predefined networks, created on first start like Docker's.
@@ -137,8 +139,17 @@ type Config struct {
 	// RunDir holds the sandboxes' namespace bind mounts (RunDir/netns/<id>). Default /run/cnm.
 	RunDir string
 	// HostNetns is the path of the namespace the Controller treats as the host's (bridges live
-	// there; host-mode sandboxes use it). Default: the caller's namespace at New.
+	// there; host-mode sandboxes use it). Default: the caller's namespace at New. It must be
+	// empty when Machine is set.
 	HostNetns string
+	// Machine is what the Controller asks of the machine: the host namespace (its path, for
+	// the bridge driver and host-mode sandboxes, and its routes, which IPAM avoids) and the
+	// sandboxes' namespaces. Nil means the real kernel: New opens the namespace HostNetns
+	// names (sandbox.OpenKernel) and Close closes it. Another Machine, such as
+	// sandbox/sandboxtest's in-memory one, lets the Controller run without privileges, with
+	// drivers that need none: the built-in bridge driver needs a real host namespace. The
+	// Controller does not close a Machine it was given.
+	Machine sandbox.Machine
 	// Store replaces the embedded bbolt store. The Controller does not close a Store it was given.
 	Store kvstore.Store
 	// IPAM replaces the built-in "default" IPAM driver (ipam.Default with its default pools).
@@ -204,9 +215,8 @@ type Controller struct {
 	ownStore bool
 	ipam     ipam.Allocator // the "default" IPAM driver
 	reg      drivers.Registry
-	hostNS   *netns.NS
-	hostPath string
-	hostNL   *netlink.Handle
+	machine  sandbox.Machine
+	kernel   *sandbox.Kernel // the Machine New opened, closed by Close; nil with Config.Machine
 	seq      atomic.Uint64
 	cluster  *cluster.Cluster // nil without Config.GlobalStore
 	gossip   *gossipPlane     // nil without Config.Gossip or GossipNode
@@ -225,7 +235,7 @@ type Controller struct {
 }
 
 type sbox struct {
-	ns       *sandbox.Namespace
+	ns       sandbox.Handle
 	rec      sandboxRecord
 	deleting bool
 }
@@ -248,6 +258,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if cfg.EventBuffer < 0 {
 		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("EventBuffer", fmt.Sprint(cfg.EventBuffer), "must not be negative"))
 	}
+	if cfg.Machine != nil && cfg.HostNetns != "" {
+		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("HostNetns", cfg.HostNetns, "must be empty with Machine, which has its own host namespace"))
+	}
 	c := &Controller{
 		cfg: cfg, log: cfg.Logger, store: cfg.Store, ipam: cfg.IPAM,
 		networks: make(map[string]*network.Net), netNames: make(map[string]string),
@@ -262,19 +275,11 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("cnm: data dir: %w", err)
 	}
-	if cfg.HostNetns == "" {
-		if c.hostNS, err = netns.Current(); err != nil {
-			return nil, fmt.Errorf("cnm: host namespace: %w", err)
+	if c.machine = cfg.Machine; c.machine == nil {
+		if c.kernel, err = sandbox.OpenKernel(cfg.HostNetns); err != nil {
+			return nil, fmt.Errorf("cnm: %w", err)
 		}
-		c.hostPath = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), c.hostNS.FD())
-	} else {
-		if c.hostNS, err = netns.Open(cfg.HostNetns); err != nil {
-			return nil, fmt.Errorf("cnm: host namespace: %w", err)
-		}
-		c.hostPath = cfg.HostNetns
-	}
-	if c.hostNL, err = netlink.NewHandleAt(c.hostNS.Handle()); err != nil {
-		return nil, fmt.Errorf("cnm: host netlink: %w", err)
+		c.machine = c.kernel
 	}
 	if c.store == nil {
 		s, err := boltdb.Open(filepath.Join(cfg.DataDir, "local.db"), boltdb.Config{Logger: cfg.Logger})
@@ -296,7 +301,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	br, err := bridge.New(bridge.Config{HostNetns: c.hostPath, Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, PortRange: cfg.PortRange})
+	br, err := bridge.New(bridge.Config{HostNetns: c.machine.Path(), Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, PortRange: cfg.PortRange})
 	if err != nil {
 		return nil, fmt.Errorf("cnm: bridge driver: %w", err)
 	}
@@ -477,31 +482,17 @@ func (c *Controller) ensurePredefined(ctx context.Context) error {
 	return nil
 }
 
-// hostRoutes returns the destinations of the host namespace's routes (default routes left out):
-// subnets IPAM must not pick.
+// hostRoutes returns the destinations of the host namespace's routes (default, link-local and
+// multicast routes left out): subnets IPAM must not pick.
 func (c *Controller) hostRoutes() []netip.Prefix {
-	routes, err := listRoutes(c.hostNL)
+	routes, err := c.machine.Routes()
 	if err != nil {
 		c.log.Warn("list host routes", "err", err)
 		return nil
 	}
-	var out []netip.Prefix
-	for _, r := range routes {
-		if r.Dst == nil {
-			continue
-		}
-		a, ok := netip.AddrFromSlice(r.Dst.IP)
-		if !ok {
-			continue
-		}
-		bits, _ := r.Dst.Mask.Size()
-		p := netip.PrefixFrom(a.Unmap(), bits).Masked()
-		if p.Bits() == 0 || p.Addr().IsLinkLocalUnicast() || p.Addr().IsMulticast() {
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
+	return slices.DeleteFunc(routes, func(p netip.Prefix) bool {
+		return p.Bits() == 0 || p.Addr().IsLinkLocalUnicast() || p.Addr().IsMulticast()
+	})
 }
 
 func (c *Controller) overlapsHost(p netip.Prefix) bool {
@@ -785,7 +776,7 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Config {
 	cfg := sandbox.Config{
 		ID: rec.ID, Mode: rec.Mode, RunDir: c.cfg.RunDir,
-		FilesDir: filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID), HostNetns: c.hostPath,
+		FilesDir: filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID), HostNetns: c.machine.Path(),
 		Hostname: rec.Hostname, Domainname: rec.Domainname, DNS: rec.DNS, DNSSearch: rec.DNSSearch,
 		DNSOptions: rec.DNSOptions, ExtraHosts: rec.ExtraHosts, Logger: c.log,
 	}
@@ -796,7 +787,7 @@ func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Confi
 }
 
 func (c *Controller) createSandbox(ctx context.Context, rec sandboxRecord, share *sbox) (*sbox, error) {
-	ns, err := sandbox.New(ctx, c.sandboxConfig(rec, share))
+	ns, err := c.machine.New(ctx, c.sandboxConfig(rec, share))
 	if err != nil {
 		return nil, err
 	}
@@ -1072,10 +1063,9 @@ func (c *Controller) closeResources() error {
 	if c.ownStore && c.store != nil {
 		errs = append(errs, c.store.Close())
 	}
-	if c.hostNL != nil {
-		c.hostNL.Close()
+	if c.kernel != nil {
+		errs = append(errs, c.kernel.Close())
 	}
-	errs = append(errs, c.hostNS.Close())
 	return errors.Join(errs...)
 }
 

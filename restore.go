@@ -123,7 +123,7 @@ func (c *Controller) restore(ctx context.Context) error {
 
 	// 4. Namespaces under RunDir that no sandbox owns: a crash between creating one and
 	// storing its record.
-	names, err := sandbox.ListNamespaces(c.cfg.RunDir)
+	names, err := c.machine.List(c.cfg.RunDir)
 	if err != nil {
 		c.log.Warn("restore: list namespaces", "err", err)
 	}
@@ -135,7 +135,7 @@ func (c *Controller) restore(ctx context.Context) error {
 			continue // a sandbox kept for the next start to retry, or the store failed
 		}
 		obj := "netns " + id
-		if err := sandbox.RemoveNamespace(c.cfg.RunDir, id); err != nil {
+		if err := c.machine.Remove(c.cfg.RunDir, id); err != nil {
 			c.log.Error("restore: remove namespace", "netns", id, "err", err)
 			continue
 		}
@@ -287,14 +287,14 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 		share = c.sandboxes[rec.Share]
 	}
 	var (
-		ns      *sandbox.Namespace
+		ns      sandbox.Handle
 		dropped []string
 		err     error
 	)
 	if rec.Mode == sandbox.ModeContainer && share == nil {
 		err = &errclass.NotFoundError{Kind: "sandbox", Name: rec.Share}
 	} else {
-		ns, dropped, err = sandbox.Open(ctx, c.sandboxConfig(rec, share), ifaces)
+		ns, dropped, err = c.machine.Open(ctx, c.sandboxConfig(rec, share), ifaces)
 	}
 	if err != nil && !errors.Is(err, errclass.ErrNotFound) {
 		// Something else failed: keep the records for the next start to try again.
