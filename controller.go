@@ -17,7 +17,8 @@
 //
 // Config.Machine replaces what it asks of the kernel: the host namespace and the sandboxes'
 // namespaces. With the in-memory sandboxtest.Machine (package sandbox/sandboxtest) and drivers
-// that do no kernel work (the built-in host and null), the Controller needs no privilege.
+// that do no kernel work (the built-in host and null, and drivers/driverstest's Fake in place
+// of the bridge driver, through Config.Drivers), the Controller needs no privilege.
 //
 // It needs Linux. The module builds on other systems, so that programs embedding it can be
 // built there, but New fails on them with an error matching ErrNotSupported, before it touches
@@ -147,8 +148,8 @@ type Config struct {
 	// sandboxes' namespaces. Nil means the real kernel: New opens the namespace HostNetns
 	// names (sandbox.OpenKernel) and Close closes it. Another Machine, such as
 	// sandbox/sandboxtest's in-memory one, lets the Controller run without privileges, with
-	// drivers that need none: the built-in bridge driver needs a real host namespace. The
-	// Controller does not close a Machine it was given.
+	// drivers that need none: the built-in bridge driver needs a real host namespace, so
+	// replace it through Drivers. The Controller does not close a Machine it was given.
 	Machine sandbox.Machine
 	// Store replaces the embedded bbolt store. The Controller does not close a Store it was given.
 	Store kvstore.Store
@@ -157,13 +158,16 @@ type Config struct {
 	// IPAMDrivers registers extra IPAM drivers by name, next to "default"; a network picks
 	// one with network.WithIPAMDriver.
 	IPAMDrivers map[string]ipam.Allocator
-	// Drivers registers extra drivers by name, next to the built-in bridge, host and null.
+	// Drivers registers drivers by name, next to the built-in bridge, host and null. A driver
+	// named "bridge", "host" or "null" replaces that built-in one, which is then not created:
+	// the predefined network of that name uses it (the bridge network without
+	// bridge.NetworkOptions), and so do the networks restored from the store.
 	Drivers map[string]drivers.Driver
-	// DisableIPTables makes the bridge driver write no iptables rules and leave forwarding
-	// alone (Docker's --iptables=false): no NAT, ICC or isolation rules.
+	// DisableIPTables makes the built-in bridge driver write no iptables rules and leave
+	// forwarding alone (Docker's --iptables=false): no NAT, ICC or isolation rules.
 	DisableIPTables bool
-	// PortRange is where the bridge driver picks ephemeral host ports for published ports
-	// (-P); the zero value is 49153-60999.
+	// PortRange is where the built-in bridge driver picks ephemeral host ports for published
+	// ports (-P); the zero value is 49153-60999.
 	PortRange bridge.PortRange
 	// NoPredefinedNetworks skips creating the bridge, host and none networks.
 	NoPredefinedNetworks bool
@@ -217,6 +221,7 @@ type Controller struct {
 	reg      drivers.Registry
 	machine  sandbox.Machine
 	kernel   *sandbox.Kernel // the Machine New opened, closed by Close; nil with Config.Machine
+	bridge   bool            // whether "bridge" is the built-in bridge driver
 	seq      atomic.Uint64
 	cluster  *cluster.Cluster // nil without Config.GlobalStore
 	gossip   *gossipPlane     // nil without Config.Gossip or GossipNode
@@ -301,12 +306,18 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	br, err := bridge.New(bridge.Config{HostNetns: c.machine.Path(), Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, PortRange: cfg.PortRange})
-	if err != nil {
-		return nil, fmt.Errorf("cnm: bridge driver: %w", err)
+	builtin := map[string]drivers.Driver{"host": host.New(), "null": null.New()}
+	if _, replaced := cfg.Drivers["bridge"]; !replaced {
+		br, err := bridge.New(bridge.Config{HostNetns: c.machine.Path(), Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, PortRange: cfg.PortRange})
+		if err != nil {
+			return nil, fmt.Errorf("cnm: bridge driver: %w", err)
+		}
+		builtin["bridge"], c.bridge = br, true
 	}
-	builtin := map[string]drivers.Driver{"bridge": br, "host": host.New(), "null": null.New()}
 	for _, name := range slices.Sorted(maps.Keys(builtin)) {
+		if _, replaced := cfg.Drivers[name]; replaced {
+			continue
+		}
 		if err := c.reg.Register(name, builtin[name]); err != nil {
 			return nil, fmt.Errorf("cnm: %w", err)
 		}
@@ -470,7 +481,7 @@ func (c *Controller) ensurePredefined(ctx context.Context) error {
 		}
 		var opts []network.Option
 		if p.name == DefaultNetwork {
-			opts = append(opts, network.WithDriverOptions(bridge.NetworkOptions{BridgeName: DefaultBridge}))
+			opts = append(opts, c.bridgeOptions(bridge.NetworkOptions{BridgeName: DefaultBridge})...)
 			if !c.overlapsHost(DefaultSubnet) {
 				opts = append(opts, network.WithSubnet(DefaultSubnet))
 			}
@@ -480,6 +491,15 @@ func (c *Controller) ensurePredefined(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// bridgeOptions returns the option that gives o to the "bridge" driver when it is the built-in
+// one, and none when Config.Drivers replaced it.
+func (c *Controller) bridgeOptions(o bridge.NetworkOptions) []network.Option {
+	if !c.bridge {
+		return nil
+	}
+	return []network.Option{network.WithDriverOptions(o)}
 }
 
 // hostRoutes returns the destinations of the host namespace's routes (default, link-local and

@@ -8,7 +8,6 @@ import (
 	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/errclass"
-	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 )
 
@@ -54,9 +53,9 @@ func (g *gatewayService) Attach(ctx context.Context, sb sandbox.Sandbox, epID st
 func (g *gatewayService) connect(ctx context.Context, sbID string) error {
 	c := g.c
 	if _, err := c.network(GatewayNetwork); errors.Is(err, errclass.ErrNotFound) {
-		_, err = c.NewNetwork(ctx, GatewayNetwork, "bridge", network.WithDriverOptions(bridge.NetworkOptions{
+		_, err = c.NewNetwork(ctx, GatewayNetwork, "bridge", c.bridgeOptions(bridge.NetworkOptions{
 			BridgeName: GatewayNetwork, DisableICC: true,
-		}))
+		})...)
 		if err != nil && !errors.Is(err, errclass.ErrAlreadyExists) {
 			return err
 		}
