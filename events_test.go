@@ -61,9 +61,18 @@ func evLine(ev events.Event) string {
 // IDs, and that failures published nothing.
 func TestPrivilegedEvents(t *testing.T) {
 	nstest.Privileged(t)
+	checkEvents(t, newLab(t).c)
+}
+
+// TestEvents is TestPrivilegedEvents on an in-memory machine, with a fake bridge driver.
+func TestEvents(t *testing.T) {
+	checkEvents(t, newFakeLab(t).c)
+}
+
+// checkEvents is the body of TestPrivilegedEvents and TestEvents, on a fresh Controller c
+// whose "bridge" driver makes namespace-sandbox endpoints. It closes c.
+func checkEvents(t *testing.T, c *cnm.Controller) {
 	ctx := t.Context()
-	l := newLab(t)
-	c := l.c
 	ch := c.Events(ctx)
 	subCtx, cancelSub := context.WithCancel(ctx)
 	other := c.Events(subCtx)
