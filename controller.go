@@ -18,7 +18,9 @@
 // Config.Machine replaces what it asks of the kernel: the host namespace and the sandboxes'
 // namespaces. With the in-memory sandboxtest.Machine (package sandbox/sandboxtest) and drivers
 // that do no kernel work (the built-in host and null, and drivers/driverstest's Fake in place
-// of the bridge driver, through Config.Drivers), the Controller needs no privilege.
+// of the bridge driver, through Config.Drivers), the Controller needs no privilege: names,
+// Connect and Disconnect, events, restore across restarts and the multi-host logic run as any
+// user. cnm's unprivileged tests run this way, and an orchestrator's can.
 //
 // It needs Linux. The module builds on other systems, so that programs embedding it can be
 // built there, but New fails on them with an error matching ErrNotSupported, before it touches

@@ -53,6 +53,11 @@ var depRules = []depRule{
 		Why:  "a sandbox is a namespace and its interfaces, below every other layer",
 	},
 	{
+		From: []string{"sandbox/sandboxtest"},
+		Only: []string{"sandbox", "sandbox/internal/...", "internal/errclass", "internal/netns"},
+		Why:  "the in-memory machine is the sandbox package's twin: it uses that package, its bookkeeping (sandbox/internal/iftable) and errclass; internal/netns only through sandbox",
+	},
+	{
 		From: []string{"endpoint/..."},
 		Deny: []string{".", "network/..."},
 		Why:  "imports flow network -> endpoint -> sandbox, never back",
