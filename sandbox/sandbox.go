@@ -20,8 +20,8 @@
 // The implementation, *Namespace, is Linux only and needs CAP_NET_ADMIN and CAP_SYS_ADMIN. It
 // never changes the namespace of the calling thread: it works through netlink handles opened
 // in the sandbox's and the host's namespaces (see internal/netns).
-// On other systems the package builds, but New, Open, ListNamespaces and RemoveNamespace
-// fail with an error matching cnm.ErrNotSupported.
+// On other systems the package builds, but New, Open, ListNamespaces, RemoveNamespace and
+// OpenKernel fail with an error matching cnm.ErrNotSupported.
 package sandbox
 
 import (
@@ -91,8 +91,9 @@ type Interface struct {
 	Routes      []Route
 }
 
-// Sandbox is a container's network stack. It has one implementation, *Namespace; an
-// orchestrator may wrap it.
+// Sandbox is a container's network stack. *Namespace implements it on the kernel, and package
+// sandboxtest in memory, with the same contract but for the kernel state; an orchestrator may
+// wrap it.
 type Sandbox interface {
 	// ID returns the sandbox's ID (the container's ID or name, as given to New).
 	ID() string
