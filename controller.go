@@ -248,10 +248,14 @@ type sbox struct {
 }
 
 // New creates a Controller, restoring and reconciling the state kept in its store. On systems
-// other than Linux it fails with an error matching [ErrNotSupported].
+// other than Linux it fails with an error matching [ErrNotSupported], unless Config.Machine is
+// a machine of the caller's (sandbox/sandboxtest's, say) and Config.Drivers replaces the
+// bridge driver: then it runs as on Linux, without a kernel.
 func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
-	if err := checkSystem(); err != nil {
-		return nil, fmt.Errorf("cnm: %w", err)
+	if cfg.Machine == nil {
+		if err := checkSystem(); err != nil {
+			return nil, fmt.Errorf("cnm: %w", err)
+		}
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = "/var/lib/cnm"
