@@ -24,7 +24,7 @@
 //
 // It needs Linux. The module builds on other systems, so that programs embedding it can be
 // built there, but New fails on them with an error matching ErrNotSupported, before it touches
-// anything.
+// anything, unless it is given a Config.Machine (and a bridge driver) of the caller's.
 //
 // # State and restart
 //
