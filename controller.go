@@ -111,6 +111,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/drivers/host"
 	"github.com/cnmkit/cnm/drivers/null"
+	"github.com/cnmkit/cnm/drivers/overlay"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/gossip"
@@ -210,6 +211,11 @@ type Config struct {
 	GossipPeers []string
 	// GossipNode is a gossip node the caller started (and closes), used instead of Gossip.
 	GossipNode *gossip.Node
+	// Overlay configures the built-in overlay driver (registered as "overlay" with a
+	// GlobalStore, unless Drivers replaces it): this host's VTEP address or interface, the
+	// VXLAN port and the VNI range. Its Store, HostNetns, RunDir (RunDir/overlay) and Logger
+	// are the Controller's.
+	Overlay overlay.Config
 }
 
 // Controller is the entry point: it owns the drivers, IPAM and the store, and creates networks
@@ -338,6 +344,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		if err := c.reg.Register(name, cfg.Drivers[name]); err != nil {
 			return nil, fmt.Errorf("cnm: register driver: %w", err)
 		}
+	}
+	if err := c.registerOverlay(); err != nil {
+		return nil, err
 	}
 	if err := c.initCluster(ctx); err != nil {
 		return nil, err

@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 
 	"github.com/cnmkit/cnm/cluster"
 	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/overlay"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
 )
 
@@ -247,4 +250,34 @@ func (c *Controller) Leave(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// registerOverlay registers the built-in overlay driver when there is a global store (its VNIs
+// are claimed there) and Config.Drivers does not replace it.
+func (c *Controller) registerOverlay() error {
+	cfg := c.cfg
+	if cfg.GlobalStore == nil {
+		return nil
+	}
+	if _, replaced := cfg.Drivers[overlay.DriverType]; replaced {
+		return nil
+	}
+	timeout := cfg.StoreTimeout
+	if timeout == 0 {
+		timeout = DefaultStoreTimeout
+	}
+	oc := cfg.Overlay
+	oc.Store = kvstore.Bound(cfg.GlobalStore, timeout)
+	oc.HostNetns, oc.RunDir, oc.Logger = c.machine.Path(), filepath.Join(cfg.RunDir, "overlay"), c.log
+	ov, err := overlay.New(oc)
+	if err != nil {
+		return fmt.Errorf("cnm: overlay driver: %w", err)
+	}
+	if err := c.useGossip(overlay.DriverType, ov); err != nil {
+		return err
+	}
+	if err := c.reg.Register(overlay.DriverType, ov); err != nil {
+		return fmt.Errorf("cnm: %w", err)
+	}
+	return nil
 }

@@ -21,3 +21,15 @@ func Open(path string) (*NS, error) { return inner.Open(path) }
 
 // Current opens the namespace of the calling OS thread.
 func Current() (*NS, error) { return inner.Current() }
+
+// New creates a network namespace and bind-mounts it at path (whose directory is created when
+// missing), and returns it open: a driver's own namespace, such as the overlay's per network.
+// The path must not exist. On error nothing is left behind.
+func New(path string) (*NS, error) { return inner.New(path) }
+
+// Remove unmounts the namespace bind-mounted at path and deletes the file; the namespace ends
+// once nothing holds it. A missing path returns nil.
+func Remove(path string) error { return inner.Remove(path) }
+
+// IsMounted reports whether path is a live network-namespace bind mount.
+func IsMounted(path string) bool { return inner.IsMounted(path) }

@@ -1,0 +1,399 @@
+// Package overlay is cnm's VXLAN overlay driver: one network across hosts, as Docker's overlay
+// networks are. Its scope is global: a network is defined once in the cluster's store and
+// usable from every host.
+//
+// # Control plane
+//
+// A network's VNI is allocated once per cluster ([drivers.NetworkAllocator]) by the host that
+// creates it: the lowest free number of Config.VNIRange (4096–16777215 by default, as Docker),
+// claimed with a create-only key in the cluster's store (VNIKeyPrefix + VNI, holding the
+// network's ID), kept in the network's record (Docker's label
+// com.docker.network.driver.overlay.vxlanid_list), freed by the host that deletes the network,
+// swept by the cluster if a crash orphans it.
+//
+// Which endpoint (IP, MAC) sits behind which host (its VTEP address) travels in the gossip
+// plane (drivers.Gossip), in the network's table "endpoints": each host writes the entries of
+// its own endpoints and programs the others' into its kernel. A host joins a network's gossip
+// group with its first local endpoint and leaves it with its last.
+//
+// # Data plane
+//
+// On each host with endpoints on a network, the network lives in a namespace of its own
+// (RunDir/ov-<VNI>), as libnetwork does, so that it is isolated from the host's namespace and
+// from the other overlay networks: a bridge "br0" for the local endpoints, and a VXLAN device
+// for the network's VNI (UDP Config.Port, 4789 by default; learning off, ARP proxy on). The
+// VXLAN device is created in the host's namespace, where its UDP socket stays, and moved into
+// the network's namespace. Remote endpoints are static entries, never learnt or flooded: an
+// FDB entry (MAC → remote VTEP) and a neighbour entry (IP → MAC, which the VXLAN device's ARP
+// proxy answers). The namespace is created with the first local endpoint and removed with the
+// last. An endpoint is a veth pair: one end on br0, the other created directly in the sandbox.
+//
+// The MTU is the underlay interface's (the one holding the VTEP address) less the VXLAN
+// overhead: 50 bytes over IPv4, 70 over IPv6; an explicit com.docker.network.driver.mtu wins.
+// A container reaches the outside through its own host: Join asks for the gateway service
+// (drivers.JoinResult.NeedGateway) unless the network is internal.
+//
+// The "encrypted" option (Docker's IPsec) is refused: this kernel has no ESP.
+//
+// # Not yet
+//
+// After a restart of its Controller, the driver does not yet publish its endpoints again nor
+// rebuild its watch of the others': issue 11 continues there.
+package overlay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/kvstore"
+)
+
+// DriverType is the name of the overlay driver type, and its usual registration name.
+const DriverType = "overlay"
+
+// Defaults of Config.
+const (
+	DefaultPort     = 4789
+	DefaultVNIFirst = 4096
+	DefaultVNILast  = 1<<24 - 1
+)
+
+// Labels the driver reads and writes, as Docker names them.
+const (
+	LabelVNI       = "com.docker.network.driver.overlay.vxlanid_list"
+	LabelMTU       = "com.docker.network.driver.mtu"
+	LabelEncrypted = "encrypted"
+)
+
+// VNIKeyPrefix + VNI is the key in the cluster's store that claims a VNI for a network.
+const VNIKeyPrefix = "cnm/v1/overlay/vni/"
+
+// Config configures the driver.
+type Config struct {
+	// Store is the cluster's store, where VNIs are claimed. Required.
+	Store kvstore.Store
+	// VTEP is this host's underlay address, which the other hosts send the VXLAN packets of
+	// its endpoints to. The zero Addr means the address of the interface of the default route
+	// in the host's namespace (Interface, when set, names the interface instead).
+	VTEP      netip.Addr
+	Interface string
+	// HostNetns is the path of the host's namespace (where the VXLAN sockets live). "" means
+	// the caller's.
+	HostNetns string
+	// RunDir holds the networks' namespaces (RunDir/ov-<VNI>). Required.
+	RunDir string
+	// Port is the VXLAN UDP port; 0 means DefaultPort.
+	Port int
+	// VNIFirst and VNILast bound the VNIs; 0 means DefaultVNIFirst and DefaultVNILast.
+	VNIFirst, VNILast uint32
+	// Logger receives the driver's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// NetworkOptions are the overlay driver's network options.
+type NetworkOptions struct {
+	// MTU overrides the MTU derived from the underlay (its MTU less the VXLAN overhead).
+	MTU int
+}
+
+// DriverType returns "overlay".
+func (NetworkOptions) DriverType() string { return DriverType }
+
+// Labels returns the options as Docker labels.
+func (o NetworkOptions) Labels() map[string]string {
+	m := map[string]string{}
+	if o.MTU != 0 {
+		m[LabelMTU] = strconv.Itoa(o.MTU)
+	}
+	return m
+}
+
+// ParseNetworkOptions parses Docker's overlay labels. "encrypted" is refused with an error
+// matching drivers.ErrNotSupported: this kernel has no ESP (IPsec) for the data plane.
+func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
+	var o NetworkOptions
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		v := labels[k]
+		switch k {
+		case LabelMTU:
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 68 || n > 65535 {
+				return o, drivers.Invalid(k, v, "want an MTU of 68 to 65535")
+			}
+			o.MTU = n
+		case LabelEncrypted:
+			return o, &drivers.NotSupportedError{What: "encrypted overlay networks", Err: fmt.Errorf("the kernel lacks ESP (IPsec), which they need")}
+		case LabelVNI:
+			return o, drivers.Invalid(k, v, "the VNI is allocated by the cluster")
+		default:
+			return o, drivers.Invalid("overlay option", k, "unknown option")
+		}
+	}
+	return o, nil
+}
+
+// Driver is the overlay driver. Create it with New; it is safe for concurrent use.
+type Driver struct {
+	cfg  Config
+	vnis vniAllocator
+	log  *slog.Logger
+
+	mu       sync.Mutex // guards following
+	gossip   drivers.Gossip
+	networks map[drivers.NetworkID]*ovNetwork
+}
+
+var (
+	_ drivers.Driver           = (*Driver)(nil)
+	_ drivers.OptionParser     = (*Driver)(nil)
+	_ drivers.NetworkAllocator = (*Driver)(nil)
+	_ drivers.GossipUser       = (*Driver)(nil)
+)
+
+// New returns an overlay driver. Config.Store and Config.RunDir are required.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Store == nil {
+		return nil, drivers.Invalid("overlay Store", "<nil>", "required: the cluster's store")
+	}
+	if cfg.RunDir == "" {
+		return nil, drivers.Invalid("overlay RunDir", "", "required")
+	}
+	if cfg.Port == 0 {
+		cfg.Port = DefaultPort
+	}
+	if cfg.Port < 1 || cfg.Port > 65535 {
+		return nil, drivers.Invalid("overlay Port", strconv.Itoa(cfg.Port), "want 1 to 65535")
+	}
+	if cfg.VNIFirst == 0 {
+		cfg.VNIFirst = DefaultVNIFirst
+	}
+	if cfg.VNILast == 0 {
+		cfg.VNILast = DefaultVNILast
+	}
+	if cfg.VNIFirst > cfg.VNILast || cfg.VNILast > DefaultVNILast {
+		return nil, drivers.Invalid("overlay VNI range", fmt.Sprintf("%d-%d", cfg.VNIFirst, cfg.VNILast), "want first <= last <= 16777215")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{
+		cfg: cfg, log: cfg.Logger, networks: map[drivers.NetworkID]*ovNetwork{},
+		vnis: vniAllocator{store: cfg.Store, first: cfg.VNIFirst, last: cfg.VNILast},
+	}, nil
+}
+
+// Capabilities implements drivers.Driver: global scope, namespace sandboxes.
+func (d *Driver) Capabilities() drivers.Capabilities {
+	return drivers.Capabilities{DataScope: drivers.GlobalScope, Sandbox: drivers.NamespaceSandbox}
+}
+
+// ParseNetworkOptions implements drivers.OptionParser.
+func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkOptions, error) {
+	o, err := ParseNetworkOptions(labels)
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// UseGossip implements drivers.GossipUser.
+func (d *Driver) UseGossip(g drivers.Gossip) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.gossip = g
+	return nil
+}
+
+// AllocateNetwork implements drivers.NetworkAllocator: the lowest free VNI of the range.
+func (d *Driver) AllocateNetwork(ctx context.Context, req drivers.AllocateNetworkRequest) (map[string]string, error) {
+	vni, err := d.vnis.allocate(ctx, req.NetworkID)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: network %s: %w", req.Name, err)
+	}
+	return map[string]string{LabelVNI: strconv.FormatUint(uint64(vni), 10)}, nil
+}
+
+// FreeNetwork implements drivers.NetworkAllocator.
+func (d *Driver) FreeNetwork(ctx context.Context, req drivers.FreeNetworkRequest) error {
+	return d.vnis.free(ctx, req.NetworkID, req.Allocation[LabelVNI])
+}
+
+// Allocated implements drivers.NetworkAllocator.
+func (d *Driver) Allocated(ctx context.Context) ([]drivers.NetworkID, error) {
+	return d.vnis.allocated(ctx)
+}
+
+// ovNetwork is a network this host knows. Its data plane exists while it has local endpoints.
+type ovNetwork struct {
+	id       drivers.NetworkID
+	vni      uint32
+	internal bool
+	mtu      int // from the options; 0: derived from the underlay
+	subnets  []netip.Prefix
+
+	// planeMu orders the building and removal of the network's kernel state and its ports:
+	// held across netlink calls, for this network only.
+	planeMu   sync.Mutex
+	plane     *plane        // nil while no endpoint is joined here; under planeMu
+	stopWatch func()        // ends the peer watch; under planeMu
+	watchDone chan struct{} // closed when the peer watch has ended
+
+	// Under Driver.mu:
+	endpoints map[drivers.EndpointID]*ovEndpoint
+}
+
+// ovEndpoint is an endpoint of this host.
+type ovEndpoint struct {
+	id     drivers.EndpointID
+	mac    net.HardwareAddr
+	ipv4   netip.Prefix
+	ipv6   netip.Prefix
+	joined bool
+}
+
+// CreateNetwork implements drivers.Driver: it records the network; its kernel state is made with
+// its first local endpoint.
+func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkRequest) error {
+	v, err := strconv.ParseUint(req.Allocation[LabelVNI], 10, 32)
+	if err != nil || v == 0 || v > DefaultVNILast {
+		return drivers.Invalid("overlay VNI", req.Allocation[LabelVNI], "not a VNI: the network was not allocated by an overlay driver")
+	}
+	if err := d.needGossip(); err != nil {
+		return err
+	}
+	n := &ovNetwork{id: req.NetworkID, vni: uint32(v), internal: req.Internal, endpoints: map[drivers.EndpointID]*ovEndpoint{}}
+	if o, ok := req.Options.(NetworkOptions); ok {
+		n.mtu = o.MTU
+	}
+	for _, s := range append(slices.Clone(req.IPv4), req.IPv6...) {
+		n.subnets = append(n.subnets, s.Subnet)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.networks[req.NetworkID]; ok {
+		if old.vni != n.vni {
+			return &drivers.ConflictError{Kind: "overlay network", Name: string(req.NetworkID), Reason: fmt.Sprintf("exists with VNI %d", old.vni)}
+		}
+		return nil
+	}
+	d.networks[req.NetworkID] = n
+	return nil
+}
+
+func (d *Driver) needGossip() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.gossip == nil {
+		return &drivers.NotSupportedError{What: "overlay networks without the gossip plane"}
+	}
+	return nil
+}
+
+// DeleteNetwork implements drivers.Driver: the network's kernel state goes (if any endpoint
+// is still joined here, which the Controller prevents, its interfaces go with it).
+func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	n := d.networks[req.NetworkID]
+	delete(d.networks, req.NetworkID)
+	g := d.gossip
+	d.mu.Unlock()
+	if n == nil {
+		return nil
+	}
+	n.planeMu.Lock()
+	defer n.planeMu.Unlock()
+	p := n.plane
+	if p == nil {
+		return nil
+	}
+	n.plane = nil
+	if n.stopWatch != nil {
+		n.stopWatch()
+		<-n.watchDone
+	}
+	var gerr error
+	if g != nil {
+		gerr = g.LeaveNetwork(n.id)
+	}
+	return errors.Join(gerr, p.destroy())
+}
+
+// CreateEndpoint implements drivers.Driver: it chooses the endpoint's MAC (from its IPv4
+// address, 02:42:a.b.c.d, as Docker does) when none is given.
+func (d *Driver) CreateEndpoint(ctx context.Context, req drivers.CreateEndpointRequest) (drivers.CreateEndpointResult, error) {
+	mac := req.MAC
+	if mac == nil {
+		mac = macFor(req.IPv4.Addr(), req.EndpointID)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.networks[req.NetworkID]
+	if n == nil {
+		return drivers.CreateEndpointResult{}, &drivers.NotFoundError{Kind: "overlay network", Name: string(req.NetworkID)}
+	}
+	if _, ok := n.endpoints[req.EndpointID]; !ok {
+		n.endpoints[req.EndpointID] = &ovEndpoint{id: req.EndpointID, mac: mac, ipv4: req.IPv4, ipv6: req.IPv6}
+	}
+	return drivers.CreateEndpointResult{MAC: mac}, nil
+}
+
+// macFor returns Docker's MAC for an IPv4 address, 02:42:a.b.c.d, or one from the endpoint ID.
+func macFor(a netip.Addr, id drivers.EndpointID) net.HardwareAddr {
+	if a.Is4() {
+		b := a.As4()
+		return net.HardwareAddr{0x02, 0x42, b[0], b[1], b[2], b[3]}
+	}
+	mac := net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0}
+	for i := 0; i < 4 && 2*i+1 < len(id); i++ {
+		v, _ := strconv.ParseUint(string(id[2*i:2*i+2]), 16, 8)
+		mac[2+i] = byte(v)
+	}
+	return mac
+}
+
+// DeleteEndpoint implements drivers.Driver.
+func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if n := d.networks[req.NetworkID]; n != nil {
+		delete(n.endpoints, req.EndpointID)
+	}
+	return nil
+}
+
+// peerEntry is an endpoint as the gossip table carries it.
+type peerEntry struct {
+	MAC  string     `json:"mac"`
+	IPv4 netip.Addr `json:"ipv4,omitzero"`
+	IPv6 netip.Addr `json:"ipv6,omitzero"`
+	VTEP netip.Addr `json:"vtep"`
+}
+
+// peerTable is the gossip table of a network's endpoints.
+const peerTable = "endpoints"
+
+func (e peerEntry) encode() []byte {
+	b, _ := json.Marshal(e)
+	return b
+}
+
+func decodePeer(b []byte) (peerEntry, error) {
+	var e peerEntry
+	err := json.Unmarshal(b, &e)
+	return e, err
+}
+
+func (d *Driver) nsPath(vni uint32) string {
+	return filepath.Join(d.cfg.RunDir, "ov-"+strconv.FormatUint(uint64(vni), 10))
+}

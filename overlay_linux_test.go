@@ -1,0 +1,220 @@
+package cnm_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers/overlay"
+	"github.com/cnmkit/cnm/gossip"
+	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/internal/storetest"
+	vnetns "github.com/cnmkit/cnm/netns"
+	"github.com/cnmkit/cnm/network"
+	"github.com/vishvananda/netlink"
+)
+
+// ovLab is an underlay for overlay tests: a bridge in a lab namespace, and host namespaces
+// each with an eth0 on it holding an address of 192.0.2.0/24 (a documentation range, used
+// only inside these namespaces).
+type ovLab struct {
+	lab *netns.NS
+	br  int
+}
+
+func newOvLab(t *testing.T) *ovLab {
+	t.Helper()
+	l := &ovLab{lab: nstest.NewNS(t)}
+	h := nlHandle(t, l.lab)
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "underlay"}}); err != nil {
+		t.Fatal(err)
+	}
+	br, err := h.LinkByName("underlay")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	l.br = br.Attrs().Index
+	return l
+}
+
+func nlHandle(t *testing.T, ns *netns.NS) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// host makes a host namespace with eth0 at addr on the underlay.
+func (l *ovLab) host(t *testing.T, name string, addr netip.Prefix) *netns.NS {
+	t.Helper()
+	ns := nstest.NewNS(t)
+	h := nlHandle(t, ns)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", MTU: 1500}, PeerName: "ul-" + name, PeerNamespace: netlink.NsFd(l.lab.FD())}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []netlink.Link{eth0, &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo"}}} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lh := nlHandle(t, l.lab)
+	peer, err := lh.LinkByName("ul-" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lh.LinkSetMasterByIndex(peer, l.br); err != nil {
+		t.Fatal(err)
+	}
+	if err := lh.LinkSetUp(peer); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// TestPrivilegedOverlay: two hosts on one underlay, each a Controller with its own namespace,
+// sharing etcd and an encrypted gossip cluster: an overlay network created on one is usable on
+// both, containers on the two hosts reach each other through VXLAN (the VNI from the cluster),
+// the remote endpoint is one static FDB and one neighbour entry, and everything goes with the
+// last endpoint.
+func TestPrivilegedOverlay(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	gs := openEtcd(t, ec.Endpoints(), "overlay")
+	key, err := gossip.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := newOvLab(t)
+	type hostT struct {
+		ns     *netns.NS
+		c      *cnm.Controller
+		runDir string
+	}
+	open := func(name string, vtep netip.Prefix, peers ...string) hostT {
+		ns := lab.host(t, name, vtep)
+		runDir := t.TempDir()
+		c, err := cnm.New(ctx, cnm.Config{DataDir: t.TempDir(), RunDir: runDir, HostNetns: ns.Path(),
+			GlobalStore: gs, Hostname: name, StoreTimeout: 2 * time.Second,
+			Gossip:      &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{key}, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
+			GossipPeers: peers,
+			Overlay:     overlay.Config{VTEP: vtep.Addr()},
+		})
+		if err != nil {
+			t.Fatalf("cnm.New %s: %v", name, err)
+		}
+		t.Cleanup(func() {
+			for _, sb := range c.Sandboxes() {
+				c.DeleteSandbox(context.Background(), sb.ID())
+			}
+			c.Close()
+		})
+		return hostT{ns, c, runDir}
+	}
+	a := open("host-a", netip.MustParsePrefix("192.0.2.11/24"))
+	b := open("host-b", netip.MustParsePrefix("192.0.2.12/24"), a.c.GossipNode().LocalAddr().String())
+
+	nw, err := a.c.NewNetwork(ctx, "ov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.80.0.0/24")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vni := nw.Inspect().Options[overlay.LabelVNI]
+	if vni != "4096" {
+		t.Fatalf("VNI = %q, want the range's first, 4096", vni)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts ov", func() bool { return hasNetwork(b.c, "ov") })
+
+	c1 := mustSandbox(t, a.c, "c1")
+	c2 := mustSandbox(t, b.c, "c2")
+	e1 := mustConnect(t, a.c, "ov", "c1")
+	e2 := mustConnect(t, b.c, "ov", "c2")
+	if e1.Info().IfName != "eth0" || !strings.HasPrefix(e1.Info().MAC.String(), "02:42:") {
+		t.Fatalf("endpoint on host-a: %+v", e1.Info())
+	}
+	// Each container also has its way out, through its host's gateway network.
+	if got := links(t, c1.Key()); len(got) != 3 {
+		t.Fatalf("c1 links = %v, want eth0 (overlay), eth1 (gateway network) and lo", got)
+	}
+	waitFor(t, 10*time.Second, "c1 reaches c2 over the overlay", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	if _, ok := nstest.Ping(c2.Key(), e1.Info().IPv4.Addr().String(), 3); !ok {
+		t.Fatal("c2 does not reach c1")
+	}
+	// On host-b, c1 is one FDB entry (its MAC behind host-a's VTEP) and one neighbour entry.
+	ovPath := func(h hostT) string { return filepath.Join(h.runDir, "overlay", "ov-"+vni) }
+	show := func(h hostT, cmd ...string) string {
+		t.Helper()
+		out, err := nstest.ExecContext(ctx, ovPath(h), cmd[0], cmd[1:]...)
+		if err != nil {
+			t.Fatalf("%v in %s: %v: %s", cmd, ovPath(h), err, out)
+		}
+		return out
+	}
+	mac1 := e1.Info().MAC.String()
+	fdb := show(b, "bridge", "fdb", "show", "dev", "vx-"+vni)
+	if strings.Count(fdb, mac1) != 1 || !strings.Contains(fdb, mac1+" dst 192.0.2.11") {
+		t.Fatalf("host-b fdb = %q, want exactly one entry of %s to 192.0.2.11", fdb, mac1)
+	}
+	neigh := show(b, "ip", "neigh", "show", "dev", "vx-"+vni)
+	if strings.Count(neigh, e1.Info().IPv4.Addr().String()+" ") != 1 || !strings.Contains(neigh, mac1) {
+		t.Fatalf("host-b neighbours = %q, want %s at %s", neigh, e1.Info().IPv4.Addr(), mac1)
+	}
+	// The VXLAN device carries the cluster's VNI, learning off, on the VTEP.
+	if d := show(b, "ip", "-d", "link", "show", "vx-"+vni); !strings.Contains(d, "vxlan id "+vni) || !strings.Contains(d, "local 192.0.2.12") || !strings.Contains(d, "nolearning") {
+		t.Fatalf("host-b vxlan = %q", d)
+	}
+
+	// c1 leaves: host-a's namespace for the network goes, host-b forgets c1.
+	if err := a.c.Disconnect(ctx, "ov", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, c1.Key()); len(got) != 1 {
+		t.Fatalf("c1 links after disconnect = %v, want lo only (the gateway attachment goes too)", got)
+	}
+	waitFor(t, 10*time.Second, "host-b drops c1's FDB entry", func() bool {
+		return !strings.Contains(show(b, "bridge", "fdb", "show", "dev", "vx-"+vni), mac1)
+	})
+	if vnetns.IsMounted(ovPath(a)) {
+		t.Fatalf("host-a's overlay namespace %s is left without endpoints", ovPath(a))
+	}
+	if err := b.c.Disconnect(ctx, "ov", "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if vnetns.IsMounted(ovPath(b)) {
+		t.Fatalf("host-b's overlay namespace %s is left without endpoints", ovPath(b))
+	}
+	if _, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithDriverLabels(map[string]string{"encrypted": ""})); !errors.Is(err, cnm.ErrNotSupported) || !strings.Contains(err.Error(), "ESP") {
+		t.Fatalf("an encrypted overlay network = %v, want ErrNotSupported naming ESP", err)
+	}
+	if err := b.c.DeleteNetwork(ctx, "ov"); err != nil {
+		t.Fatal(err)
+	}
+	if kvs, err := gs.List(ctx, overlay.VNIKeyPrefix); err != nil || len(kvs) != 0 {
+		t.Fatalf("VNI keys after the delete: %v (%v)", kvs, err)
+	}
+	_ = c2
+}
