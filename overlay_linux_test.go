@@ -19,6 +19,7 @@ import (
 	vnetns "github.com/cnmkit/cnm/netns"
 	"github.com/cnmkit/cnm/network"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // ovLab is an underlay for overlay tests: a bridge in a lab namespace, and host namespaces
@@ -164,6 +165,10 @@ func TestPrivilegedOverlay(t *testing.T) {
 	if _, ok := nstest.Ping(c2.Key(), e1.Info().IPv4.Addr().String(), 3); !ok {
 		t.Fatal("c2 does not reach c1")
 	}
+	// What crosses the underlay is VXLAN with the network's VNI.
+	if !lab.vxlanSeen(t, "host-a", 3*time.Second, 4096, func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }) {
+		t.Fatal("no VXLAN packet with VNI 4096 seen on the underlay while c1 pinged c2")
+	}
 	// On host-b, c1 is one FDB entry (its MAC behind host-a's VTEP) and one neighbour entry.
 	ovPath := func(h hostT) string { return filepath.Join(h.runDir, "overlay", "ov-"+vni) }
 	show := func(h hostT, cmd ...string) string {
@@ -218,3 +223,58 @@ func TestPrivilegedOverlay(t *testing.T) {
 	}
 	_ = c2
 }
+
+// vxlanSeen captures the frames on the underlay port of host for d, while during runs, and
+// reports whether one was a VXLAN packet (UDP to port 4789) carrying vni.
+func (l *ovLab) vxlanSeen(t *testing.T, host string, d time.Duration, vni uint32, during func()) bool {
+	t.Helper()
+	port, err := nlHandle(t, l.lab).LinkByName("ul-" + host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	err = l.lab.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: port.Attrs().Index})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	go during()
+	buf := make([]byte, 2048)
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || n < 14+20+8+8 {
+			continue
+		}
+		f := buf[:n]
+		if f[12] != 0x08 || f[13] != 0x00 { // IPv4
+			continue
+		}
+		ip := f[14:]
+		ihl := int(ip[0]&0x0f) * 4
+		if ip[9] != 17 || len(ip) < ihl+16 { // UDP
+			continue
+		}
+		udp := ip[ihl:]
+		if uint16(udp[2])<<8|uint16(udp[3]) != 4789 {
+			continue
+		}
+		vx := udp[8:]
+		if vx[0]&0x08 != 0 && uint32(vx[4])<<16|uint32(vx[5])<<8|uint32(vx[6]) == vni {
+			return true
+		}
+	}
+	return false
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
