@@ -3,6 +3,7 @@ package cnm_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -110,32 +111,42 @@ func TestPrivilegedOverlay(t *testing.T) {
 	}
 	lab := newOvLab(t)
 	type hostT struct {
-		ns     *netns.NS
-		c      *cnm.Controller
-		runDir string
+		name            string
+		vtep            netip.Prefix
+		ns              *netns.NS
+		c               *cnm.Controller
+		runDir, dataDir string
 	}
-	open := func(name string, vtep netip.Prefix, peers ...string) hostT {
-		ns := lab.host(t, name, vtep)
-		runDir := t.TempDir()
-		c, err := cnm.New(ctx, cnm.Config{DataDir: t.TempDir(), RunDir: runDir, HostNetns: ns.Path(),
-			GlobalStore: gs, Hostname: name, StoreTimeout: 2 * time.Second,
+	// start starts (or restarts) host h's Controller.
+	start := func(h *hostT, peers ...string) {
+		c, err := cnm.New(ctx, cnm.Config{DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.ns.Path(),
+			GlobalStore: gs, Hostname: h.name, StoreTimeout: 2 * time.Second,
 			Gossip:      &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{key}, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
 			GossipPeers: peers,
-			Overlay:     overlay.Config{VTEP: vtep.Addr()},
+			Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
 		})
 		if err != nil {
-			t.Fatalf("cnm.New %s: %v", name, err)
+			t.Fatalf("cnm.New %s: %v", h.name, err)
 		}
-		t.Cleanup(func() {
-			for _, sb := range c.Sandboxes() {
-				c.DeleteSandbox(context.Background(), sb.ID())
-			}
-			c.Close()
-		})
-		return hostT{ns, c, runDir}
+		h.c = c
 	}
-	a := open("host-a", netip.MustParsePrefix("192.0.2.11/24"))
-	b := open("host-b", netip.MustParsePrefix("192.0.2.12/24"), a.c.GossipNode().LocalAddr().String())
+	newHost := func(name, vtep string) *hostT {
+		h := &hostT{name: name, vtep: netip.MustParsePrefix(vtep), runDir: t.TempDir(), dataDir: t.TempDir()}
+		h.ns = lab.host(t, name, h.vtep)
+		t.Cleanup(func() { // the host's Controller of the moment
+			if h.c == nil {
+				return
+			}
+			for _, sb := range h.c.Sandboxes() {
+				h.c.DeleteSandbox(context.Background(), sb.ID())
+			}
+			h.c.Close()
+		})
+		return h
+	}
+	a, b := newHost("host-a", "192.0.2.11/24"), newHost("host-b", "192.0.2.12/24")
+	start(a)
+	start(b, a.c.GossipNode().LocalAddr().String())
 
 	nw, err := a.c.NewNetwork(ctx, "ov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.80.0.0/24")))
 	if err != nil {
@@ -170,8 +181,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 		t.Fatal("no VXLAN packet with VNI 4096 seen on the underlay while c1 pinged c2")
 	}
 	// On host-b, c1 is one FDB entry (its MAC behind host-a's VTEP) and one neighbour entry.
-	ovPath := func(h hostT) string { return filepath.Join(h.runDir, "overlay", "ov-"+vni) }
-	show := func(h hostT, cmd ...string) string {
+	ovPath := func(h *hostT) string { return filepath.Join(h.runDir, "overlay", "ov-"+vni) }
+	show := func(h *hostT, cmd ...string) string {
 		t.Helper()
 		out, err := nstest.ExecContext(ctx, ovPath(h), cmd[0], cmd[1:]...)
 		if err != nil {
@@ -191,6 +202,48 @@ func TestPrivilegedOverlay(t *testing.T) {
 	// The VXLAN device carries the cluster's VNI, learning off, on the VTEP.
 	if d := show(b, "ip", "-d", "link", "show", "vx-"+vni); !strings.Contains(d, "vxlan id "+vni) || !strings.Contains(d, "local 192.0.2.12") || !strings.Contains(d, "nolearning") {
 		t.Fatalf("host-b vxlan = %q", d)
+	}
+
+	// exactly reports whether host h's VXLAN device has exactly one FDB entry for mac, to vtep,
+	// and one neighbour entry for ip.
+	exactly := func(h *hostT, mac, vtep string, ip netip.Addr) bool {
+		fdb := show(h, "bridge", "fdb", "show", "dev", "vx-"+vni)
+		neigh := show(h, "ip", "neigh", "show", "dev", "vx-"+vni)
+		return strings.Count(fdb, mac) == 1 && strings.Contains(fdb, mac+" dst "+vtep) && strings.Count(neigh, ip.String()+" ") == 1
+	}
+	mac2 := e2.Info().MAC.String()
+
+	// host-a restarts: c1 keeps its interface, is published again, and each side holds one
+	// entry for the other.
+	a.c.Close()
+	start(a, b.c.GossipNode().LocalAddr().String())
+	waitFor(t, 15*time.Second, "c1 reaches c2 after host-a restarted", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	waitFor(t, 10*time.Second, "one entry each way after the restart", func() bool {
+		return exactly(a, mac2, "192.0.2.12", e2.Info().IPv4.Addr()) && exactly(b, mac1, "192.0.2.11", e1.Info().IPv4.Addr())
+	})
+	if reps := a.c.Repairs(); len(reps) != 0 {
+		t.Fatalf("host-a's restart repaired %v, want nothing", reps)
+	}
+
+	// host-b dies (its Controller closes without leaving): host-a drops c2 once gossip has
+	// declared host-b failed; host-b comes back: c2 is back.
+	b.c.Close()
+	waitFor(t, 20*time.Second, "host-a drops c2's entries after host-b failed", func() bool {
+		time.Sleep(100 * time.Millisecond)
+		return !strings.Contains(show(a, "bridge", "fdb", "show", "dev", "vx-"+vni), mac2)
+	}, func() string {
+		return fmt.Sprintf("members %+v, fdb %q", a.c.GossipNode().Members(), show(a, "bridge", "fdb", "show", "dev", "vx-"+vni))
+	})
+	start(b, a.c.GossipNode().LocalAddr().String())
+	waitFor(t, 15*time.Second, "c1 reaches c2 after host-b came back", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	if !exactly(a, mac2, "192.0.2.12", e2.Info().IPv4.Addr()) {
+		t.Fatalf("host-a fdb after host-b's return: %q", show(a, "bridge", "fdb", "show", "dev", "vx-"+vni))
 	}
 
 	// c1 leaves: host-a's namespace for the network goes, host-b forgets c1.

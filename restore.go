@@ -317,10 +317,36 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 	}
 	for _, ep := range joined {
 		if ep.Info().SandboxID == rec.ID {
-			ep.Restore(ns)
+			c.rejoin(ctx, ep, ns)
 		}
 	}
 	c.sandboxes[rec.ID] = &sbox{ns: ns, rec: rec}
+}
+
+// rejoin attaches a restored endpoint to its restored sandbox, and lets its driver restore
+// what it keeps of the join (drivers.EndpointRestorer).
+func (c *Controller) rejoin(ctx context.Context, ep *endpoint.Ep, sb sandbox.Handle) {
+	ep.Restore(sb)
+	c.mu.Lock()
+	n := c.networks[ep.NetworkID()]
+	c.mu.Unlock()
+	if n == nil {
+		return
+	}
+	e, err := c.reg.Get(n.Driver())
+	if err != nil || e.Restorer == nil {
+		return
+	}
+	r := ep.Record()
+	mac, _ := parseMAC(r.MAC)
+	err = e.Restorer.RestoreEndpoint(ctx, drivers.JoinRequest{
+		NetworkID: drivers.NetworkID(r.NetworkID), EndpointID: drivers.EndpointID(r.ID),
+		SandboxID: sb.ID(), Hostname: sb.Hostname(), Endpoint: r.Name, Aliases: r.Aliases,
+		SandboxKey: sb.Key(), NetnsFD: sb.NetnsFD(), IfName: r.IfName, MAC: mac, IPv4: r.IPv4, IPv6: r.IPv6,
+	})
+	if err != nil {
+		c.repaired(drivers.Repair{Object: "endpoint " + r.Name + " of network " + n.Name(), Action: "not restored in its driver", Reason: err.Error()})
+	}
 }
 
 // settleDropped handles an endpoint whose interface in sandbox sbID was found missing or

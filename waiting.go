@@ -231,7 +231,7 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 			}
 			c.loseEndpoint(ctx, j.ep, "sandbox "+j.r.SandboxID+" is gone")
 		case slices.ContainsFunc(sb.ns.Interfaces(), func(i sandbox.Interface) bool { return i.Name == j.r.IfName }):
-			j.ep.Restore(sb.ns)
+			c.rejoin(ctx, j.ep, sb.ns)
 		default:
 			c.settleDropped(ctx, j.ep, j.r.SandboxID, j.r.IfName)
 		}

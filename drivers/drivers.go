@@ -484,6 +484,16 @@ type NetworkAllocator interface {
 	Allocated(ctx context.Context) ([]NetworkID, error)
 }
 
+// EndpointRestorer is implemented by drivers that keep state of a joined endpoint outside the
+// kernel objects a restart leaves in place (the overlay publishes its endpoints in the gossip
+// plane). On start, for each endpoint the Controller restores joined to a sandbox whose
+// namespace and interface are still there, it calls RestoreEndpoint after CreateEndpoint, with
+// the request Join had: the driver adopts what it made then, and must not create the
+// interface again. An error is reported as a repair; the endpoint stays.
+type EndpointRestorer interface {
+	RestoreEndpoint(ctx context.Context, req JoinRequest) error
+}
+
 // Closer is implemented by drivers that hold resources; the Controller calls Close when it closes.
 type Closer interface {
 	Close() error
@@ -498,6 +508,7 @@ type Entry struct {
 	Reconciler Reconciler       // nil when it has none
 	Allocator  NetworkAllocator // nil when it has none
 	GossipUser GossipUser       // nil when it needs no gossip plane
+	Restorer   EndpointRestorer // nil when a restart needs nothing of it for joined endpoints
 }
 
 // Registry holds the drivers of one Controller. It is safe for concurrent use.
@@ -533,6 +544,7 @@ func (r *Registry) Register(name string, d Driver) error {
 	e.Reconciler, _ = d.(Reconciler)
 	e.Allocator, _ = d.(NetworkAllocator)
 	e.GossipUser, _ = d.(GossipUser)
+	e.Restorer, _ = d.(EndpointRestorer)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.drivers[name]; ok {

@@ -32,7 +32,7 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (_ drivers.J
 	}
 	n.planeMu.Lock()
 	defer n.planeMu.Unlock()
-	p, err := d.ensurePlane(n, g)
+	p, err := d.ensurePlane(n, g, false)
 	if err != nil {
 		return drivers.JoinResult{}, err
 	}
@@ -56,6 +56,44 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (_ drivers.J
 	ep.joined = true
 	d.mu.Unlock()
 	return drivers.JoinResult{InterfaceInSandbox: true, NeedGateway: !n.internal}, nil
+}
+
+// RestoreEndpoint implements drivers.EndpointRestorer: after a restart, an endpoint still
+// joined here takes back the network's namespace (its interface is in it), publishes itself
+// in the gossip table again, and the remote endpoints are programmed afresh from the table.
+func (d *Driver) RestoreEndpoint(ctx context.Context, req drivers.JoinRequest) error {
+	d.mu.Lock()
+	n := d.networks[req.NetworkID]
+	var ep *ovEndpoint
+	if n != nil {
+		ep = n.endpoints[req.EndpointID]
+	}
+	g := d.gossip
+	d.mu.Unlock()
+	if n == nil || ep == nil {
+		return &drivers.NotFoundError{Kind: "overlay endpoint", Name: string(req.EndpointID)}
+	}
+	if g == nil {
+		return &drivers.NotSupportedError{What: "overlay networks without the gossip plane"}
+	}
+	n.planeMu.Lock()
+	defer n.planeMu.Unlock()
+	p, err := d.ensurePlane(n, g, true)
+	if err != nil {
+		return err
+	}
+	mac := req.MAC
+	if mac == nil {
+		mac = ep.mac
+	}
+	entry := peerEntry{MAC: mac.String(), IPv4: req.IPv4.Addr(), IPv6: req.IPv6.Addr(), VTEP: p.vtep}
+	if err := g.Put(req.NetworkID, peerTable, string(req.EndpointID), entry.encode()); err != nil {
+		return fmt.Errorf("overlay: publish endpoint: %w", err)
+	}
+	d.mu.Lock()
+	ep.joined = true
+	d.mu.Unlock()
+	return nil
 }
 
 // Leave implements drivers.Driver: the endpoint is withdrawn from the gossip table and its
@@ -95,11 +133,18 @@ func (d *Driver) Leave(ctx context.Context, req drivers.LeaveRequest) error {
 
 // ensurePlane builds the network's kernel state and starts programming its peers, if no
 // endpoint of this host did yet. The caller holds n.planeMu.
-func (d *Driver) ensurePlane(n *ovNetwork, g drivers.Gossip) (*plane, error) {
+func (d *Driver) ensurePlane(n *ovNetwork, g drivers.Gossip, adopt bool) (*plane, error) {
 	if n.plane != nil {
 		return n.plane, nil
 	}
-	p, err := d.buildPlane(n)
+	var p *plane
+	var err error
+	if adopt {
+		p, err = d.adoptPlane(n)
+	}
+	if p == nil && err == nil {
+		p, err = d.buildPlane(n)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -159,8 +204,11 @@ func (d *Driver) releasePlane(n *ovNetwork, g drivers.Gossip) error {
 		return nil
 	}
 	n.plane = nil
-	n.stopWatch()
-	<-n.watchDone
+	if n.stopWatch != nil {
+		n.stopWatch()
+		<-n.watchDone
+		n.stopWatch = nil
+	}
 	return errors.Join(g.LeaveNetwork(n.id), p.destroy())
 }
 

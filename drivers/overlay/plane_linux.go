@@ -296,3 +296,66 @@ func (p *plane) delPeer(e peerEntry) error {
 	}
 	return errors.Join(errs...)
 }
+
+// adoptPlane takes back the network's namespace a previous Controller left on this host (with
+// the veths of the endpoints still joined), if there is one: it forgets the remote endpoints
+// programmed then, which the gossip table programs again. It returns nil, nil when there is
+// no namespace to adopt.
+func (d *Driver) adoptPlane(n *ovNetwork) (_ *plane, err error) {
+	path := d.nsPath(n.vni)
+	if !netns.IsMounted(path) {
+		return nil, nil
+	}
+	vtep, _, err := d.underlay()
+	if err != nil {
+		return nil, err
+	}
+	p := &plane{path: path, vtep: vtep}
+	if p.ns, err = netns.Open(path); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			p.h.Close()
+			p.sock.Close()
+			p.ns.Close()
+		}
+	}()
+	if p.h, err = netlink.NewHandleAt(p.ns.Handle()); err != nil {
+		return nil, err
+	}
+	if p.sock, err = cnl.NewSocket(p.ns.Handle(), 5*time.Second); err != nil {
+		return nil, err
+	}
+	br, err := p.h.LinkByName("br0")
+	if err != nil {
+		return nil, fmt.Errorf("overlay: adopt %s: %w", path, err)
+	}
+	vx, err := p.h.LinkByName("vx-" + strconv.FormatUint(uint64(n.vni), 10))
+	if err != nil {
+		return nil, fmt.Errorf("overlay: adopt %s: %w", path, err)
+	}
+	p.br, p.vx, p.mtu = br.Attrs().Index, vx.Attrs().Index, br.Attrs().MTU
+	return p, p.flushPeers()
+}
+
+// flushPeers deletes every remote endpoint programmed on the VXLAN device.
+func (p *plane) flushPeers() error {
+	var errs []error
+	for _, fam := range []int{syscall.AF_BRIDGE, netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		ns, err := p.h.NeighList(p.vx, fam)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range ns {
+			if fam == syscall.AF_BRIDGE && (e.Flags&netlink.NTF_SELF == 0 || e.IP == nil || e.IP.IsUnspecified()) {
+				continue
+			}
+			if err := p.h.NeighDel(&e); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
