@@ -32,7 +32,7 @@ import (
 
 type hostFlags struct {
 	name, store, vtep, iface, gossipAddr, join, key, dataDir, runDir, netName, subnet, container string
-	create, verbose                                                                                 bool
+	create, verbose                                                                              bool
 }
 
 func main() {
