@@ -117,7 +117,7 @@ func mustNetwork(t *testing.T, c *cnm.Controller, name string, opts ...network.O
 	return n
 }
 
-func mustSandbox(t *testing.T, c *cnm.Controller, id string, opts ...cnm.SandboxOption) sandbox.Sandbox {
+func mustSandbox(t testing.TB, c *cnm.Controller, id string, opts ...cnm.SandboxOption) sandbox.Sandbox {
 	t.Helper()
 	sb, err := c.NewSandbox(t.Context(), id, opts...)
 	if err != nil {
@@ -126,7 +126,7 @@ func mustSandbox(t *testing.T, c *cnm.Controller, id string, opts ...cnm.Sandbox
 	return sb
 }
 
-func mustConnect(t *testing.T, c *cnm.Controller, nw, sb string, opts ...endpoint.Option) endpoint.Endpoint {
+func mustConnect(t testing.TB, c *cnm.Controller, nw, sb string, opts ...endpoint.Option) endpoint.Endpoint {
 	t.Helper()
 	ep, err := c.Connect(t.Context(), nw, sb, opts...)
 	if err != nil {

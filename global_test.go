@@ -404,7 +404,7 @@ func TestPrivilegedHostRegistry(t *testing.T) {
 }
 
 // openEtcd opens a client on the given endpoints with the test's prefix.
-func openEtcd(t *testing.T, endpoints []string, prefix string) kvstore.Store {
+func openEtcd(t testing.TB, endpoints []string, prefix string) kvstore.Store {
 	t.Helper()
 	s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: endpoints, Prefix: prefix, RequestTimeout: 2 * time.Second, DialTimeout: 2 * time.Second})
 	if err != nil {

@@ -31,7 +31,7 @@ type ovLab struct {
 	br  int
 }
 
-func newOvLab(t *testing.T) *ovLab {
+func newOvLab(t testing.TB) *ovLab {
 	t.Helper()
 	l := &ovLab{lab: nstest.NewNS(t)}
 	h := nlHandle(t, l.lab)
@@ -49,7 +49,7 @@ func newOvLab(t *testing.T) *ovLab {
 	return l
 }
 
-func nlHandle(t *testing.T, ns *netns.NS) *netlink.Handle {
+func nlHandle(t testing.TB, ns *netns.NS) *netlink.Handle {
 	t.Helper()
 	h, err := netlink.NewHandleAt(ns.Handle())
 	if err != nil {
@@ -60,7 +60,7 @@ func nlHandle(t *testing.T, ns *netns.NS) *netlink.Handle {
 }
 
 // host makes a host namespace with eth0 at addr on the underlay.
-func (l *ovLab) host(t *testing.T, name string, addr netip.Prefix) *netns.NS {
+func (l *ovLab) host(t testing.TB, name string, addr netip.Prefix) *netns.NS {
 	t.Helper()
 	ns := nstest.NewNS(t)
 	h := nlHandle(t, ns)
