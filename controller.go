@@ -110,6 +110,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/drivers/host"
+	"github.com/cnmkit/cnm/drivers/macvlan"
 	"github.com/cnmkit/cnm/drivers/null"
 	"github.com/cnmkit/cnm/drivers/overlay"
 	"github.com/cnmkit/cnm/endpoint"
@@ -161,8 +162,10 @@ type Config struct {
 	// IPAMDrivers registers extra IPAM drivers by name, next to "default"; a network picks
 	// one with network.WithIPAMDriver.
 	IPAMDrivers map[string]ipam.Allocator
-	// Drivers registers drivers by name, next to the built-in bridge, host and null. A driver
-	// named "bridge", "host" or "null" replaces that built-in one, which is then not created:
+	// Drivers registers drivers by name, next to the built-in bridge, host, null and macvlan
+	// (macvlan is built in when Machine is nil, or with a Machine when the bridge driver is
+	// built in too). A driver named "bridge", "host", "null" or "macvlan" replaces that
+	// built-in one, which is then not created:
 	// the predefined network of that name uses it (the bridge network without
 	// bridge.NetworkOptions), and so do the networks restored from the store.
 	Drivers map[string]drivers.Driver
@@ -325,6 +328,19 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, fmt.Errorf("cnm: bridge driver: %w", err)
 		}
 		builtin["bridge"], c.bridge = br, true
+	}
+	// macvlan works on the host namespace too; with a caller's Machine and no built-in bridge
+	// there may be no kernel namespace behind Machine.Path, so it is built in only when the
+	// Controller runs on the kernel or the bridge driver proved the namespace real.
+	if _, replaced := cfg.Drivers["macvlan"]; !replaced && (cfg.Machine == nil || c.bridge) {
+		mv, err := macvlan.New(macvlan.Config{HostNetns: c.machine.Path(), Logger: cfg.Logger})
+		if err != nil {
+			if br, ok := builtin["bridge"].(drivers.Closer); ok {
+				br.Close() // not registered yet: closeResources does not see it
+			}
+			return nil, fmt.Errorf("cnm: macvlan driver: %w", err)
+		}
+		builtin["macvlan"] = mv
 	}
 	for _, name := range slices.Sorted(maps.Keys(builtin)) {
 		if _, replaced := cfg.Drivers[name]; replaced {

@@ -23,6 +23,12 @@ func VethRequest(hostName string, master, mtu int, peerName string, mac net.Hard
 	return nil
 }
 
+// MacvlanRequest returns nil: there is no netlink message to build on this system. Passing the
+// result to [Socket.Exec] fails with an error matching [errclass.ErrNotSupported].
+func MacvlanRequest(name string, parent, mtu int, mode uint32, mac net.HardwareAddr, netnsFD int) *Request {
+	return nil
+}
+
 // DelLinkRequest returns nil: there is no netlink message to build on this system. Passing the
 // result to [Socket.Exec] fails with an error matching [errclass.ErrNotSupported].
 func DelLinkRequest(name string) *Request { return nil }
