@@ -17,8 +17,8 @@ import (
 	"github.com/cnmkit/cnm/drivers/overlay"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/netns"
-	"github.com/cnmkit/cnm/internal/nstest"
 	cnl "github.com/cnmkit/cnm/internal/nl"
+	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/network"
 	"github.com/vishvananda/netlink"
@@ -95,14 +95,17 @@ func rtt(b *testing.B, path, ip string, n int) time.Duration {
 }
 
 // BenchmarkPrivilegedOverlay measures, on two hosts of a namespace underlay:
+//
 //   - rtt: container-to-container ping round trip across the overlay, against host-to-host on
 //     the underlay, in the same run;
+//
 //   - reachable: from Connect returning on host A until host B has the endpoint programmed
 //     (its neighbour entry on the VXLAN device), p50 and p95;
+//
 //   - attach: Connect on the overlay network (the second endpoint on the host, the network's
 //     namespace made) against the raw netlink calls of the same attach.
 //
-//	CNM_PRIVILEGED_TESTS=1 ../shared/tools/nsrun -- go test -run '^$' -bench PrivilegedOverlay -benchtime 50x -count 3 .
+//     CNM_PRIVILEGED_TESTS=1 ../shared/tools/nsrun -- go test -run '^$' -bench PrivilegedOverlay -benchtime 50x -count 3 .
 func BenchmarkPrivilegedOverlay(b *testing.B) {
 	o := newBenchOverlay(b)
 	ctx := b.Context()
