@@ -642,6 +642,48 @@ func (c *Controller) hostRoutes() []netip.Prefix {
 	})
 }
 
+// checkHostRoutes refuses an explicit subnet of spec that overlaps a route of the host's (as
+// Podman does), unless spec.HostRouteOverlap: the host would send that subnet's traffic
+// elsewhere, or the network would hide what the route reaches. The routes to the Controller's
+// own networks (a bridge's connected route) are left to IPAM, whose error names the network.
+func (c *Controller) checkHostRoutes(e *drivers.Entry, spec network.Spec) error {
+	if spec.HostRouteOverlap || e.Caps.NoIPAM {
+		return nil
+	}
+	var subs []netip.Prefix
+	for _, cfg := range append(slices.Clone(spec.IPv4), spec.IPv6...) {
+		if cfg.Subnet.IsValid() {
+			subs = append(subs, cfg.Subnet)
+		}
+	}
+	if len(subs) == 0 {
+		return nil
+	}
+	routes := c.hostRoutes()
+	c.mu.Lock()
+	var own []netip.Prefix
+	for _, n := range c.networks {
+		for _, cfg := range append(n.Record().IPv4, n.Record().IPv6...) {
+			own = append(own, cfg.Subnet)
+		}
+	}
+	for _, w := range c.waiting {
+		for _, cfg := range append(slices.Clone(w.rec.IPv4), w.rec.IPv6...) {
+			own = append(own, cfg.Subnet)
+		}
+	}
+	c.mu.Unlock()
+	for _, sub := range subs {
+		for _, r := range routes {
+			if !r.Overlaps(sub) || slices.ContainsFunc(own, func(o netip.Prefix) bool { return o.Bits() <= r.Bits() && o.Contains(r.Addr()) }) {
+				continue
+			}
+			return &errclass.ConflictError{Kind: "subnet", Name: sub.String(), Reason: fmt.Sprintf("overlaps the host's route to %s: give network.WithHostRouteOverlap() if that is meant", r)}
+		}
+	}
+	return nil
+}
+
 func (c *Controller) overlapsHost(p netip.Prefix) bool {
 	for _, r := range c.hostRoutes() {
 		if r.Overlaps(p) {
@@ -717,9 +759,11 @@ func driverOptions(e *drivers.Entry, spec network.Spec) (drivers.NetworkOptions,
 }
 
 // NewNetwork creates a network named name (unique on the Controller) with the driver registered
-// as driverName. Errors: invalid parameter (bad name, subnet, gateway, option), not found
-// (driver), already exists (name), conflict (the subnet overlaps another network's). On error
-// nothing is left behind.
+// as driverName. Errors: invalid parameter (bad name, subnet, gateway, option; a subnet of
+// loopback, multicast, IPv6 link-local or IPv4-mapped addresses), not found (driver), already
+// exists (name), conflict (the subnet overlaps another network's, or one of the host's routes
+// unless network.WithHostRouteOverlap is given: the error names the route). On error nothing
+// is left behind.
 func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, opts ...network.Option) (network.Network, error) {
 	if err := errclass.CheckContext(ctx); err != nil {
 		return nil, fmt.Errorf("cnm: new network: %w", err)
@@ -745,6 +789,9 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	}
 	dopts, err := driverOptions(e, spec)
 	if err != nil {
+		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
+	}
+	if err := c.checkHostRoutes(e, spec); err != nil {
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
 	alloc, err := c.allocatorFor(e, spec.IPAMDriver)

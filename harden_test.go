@@ -357,3 +357,62 @@ func TestNewCancelledLeavesNothing(t *testing.T) {
 		t.Errorf("a failed New on a used DataDir removed its store: %v", err)
 	}
 }
+
+// TestSubnetsThatCannotWork: NewNetwork refuses subnets of loopback, multicast, IPv6
+// link-local and IPv4-mapped addresses (ErrInvalidParameter naming the value), and an
+// explicit subnet that overlaps a host route (ErrConflict naming the route) unless
+// network.WithHostRouteOverlap is given; the routes to its own networks are left to IPAM,
+// whose error names the network. Nothing is left behind by a refusal.
+func TestSubnetsThatCannotWork(t *testing.T) {
+	ctx := t.Context()
+	l, st := newStoreLab(t)
+	c := l.c
+	l.m.SetRoutes(netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("fd99::/64"))
+	before := l.snapshot(t, st)
+	for _, tc := range []struct {
+		subnet string
+		class  error
+		names  []string
+	}{
+		{"127.0.0.0/24", cnm.ErrInvalidParameter, []string{"127.0.0.0/24", "loopback"}},
+		{"224.1.0.0/24", cnm.ErrInvalidParameter, []string{"224.1.0.0/24", "multicast"}},
+		{"fe80::/64", cnm.ErrInvalidParameter, []string{"fe80::/64", "link-local"}},
+		{"::ffff:10.0.0.0/104", cnm.ErrInvalidParameter, []string{"::ffff:10.0.0.0/104", "IPv4-mapped"}},
+		{"10.99.1.0/24", cnm.ErrConflict, []string{"10.99.1.0/24", "10.99.0.0/16", "WithHostRouteOverlap"}},
+		{"10.0.0.0/8", cnm.ErrConflict, []string{"10.0.0.0/8", "10.99.0.0/16"}},
+		{"fd99::/64", cnm.ErrConflict, []string{"fd99::/64", "route to fd99::/64"}},
+	} {
+		_, err := c.NewNetwork(ctx, "n", "bridge", network.WithSubnet(netip.MustParsePrefix(tc.subnet)))
+		if !errors.Is(err, tc.class) {
+			t.Errorf("NewNetwork(%s) = %v, want %v", tc.subnet, err, tc.class)
+			continue
+		}
+		for _, s := range tc.names {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("NewNetwork(%s) = %v, want it to name %s", tc.subnet, err, s)
+			}
+		}
+	}
+	if diff := cmp.Diff(before, l.snapshot(t, st)); diff != "" {
+		t.Errorf("refused subnets changed the lab (-before +after):\n%s", diff)
+	}
+	if _, err := c.Network("n"); !errors.Is(err, cnm.ErrNotFound) {
+		t.Errorf("Network(n) after refusals = %v, want ErrNotFound (name not kept)", err)
+	}
+	// Opting in works; an auto-picked subnet avoids the route anyway.
+	n, err := c.NewNetwork(ctx, "n", "bridge", network.WithSubnet(netip.MustParsePrefix("10.99.1.0/24")), network.WithHostRouteOverlap())
+	if err != nil {
+		t.Fatalf("NewNetwork with WithHostRouteOverlap: %v", err)
+	}
+	if auto, err := c.NewNetwork(ctx, "auto", "bridge"); err != nil {
+		t.Fatal(err)
+	} else if sub := netip.MustParsePrefix(auto.Inspect().IPAM.Config[0].Subnet); sub.Overlaps(netip.MustParsePrefix("10.99.0.0/16")) {
+		t.Errorf("auto-picked subnet %s overlaps the host route", sub)
+	}
+	// A route to one of its own networks (a bridge's connected route) is not the host's: the
+	// overlap is reported against the network.
+	l.m.SetRoutes(netip.MustParsePrefix(n.Inspect().IPAM.Config[0].Subnet))
+	if _, err := c.NewNetwork(ctx, "m", "bridge", network.WithSubnet(netip.MustParsePrefix("10.99.1.0/25"))); !errors.Is(err, cnm.ErrConflict) || !strings.Contains(err.Error(), `network "n"`) {
+		t.Errorf("NewNetwork on n's subnet = %v, want ErrConflict naming network n", err)
+	}
+}
