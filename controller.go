@@ -1068,10 +1068,14 @@ func (c *Controller) endpointsOf(id string) []*endpoint.Ep {
 	return eps
 }
 
-// DeleteSandbox removes the sandbox id as `docker rm` does: its namespace goes (taking its
-// interfaces with it, in one step), and the endpoints joined to it are left and deleted,
-// releasing their addresses. A sandbox whose namespace another sandbox shares is refused with
-// an error matching ErrConflict. Deleting a missing sandbox fails with ErrNotFound.
+// DeleteSandbox removes the sandbox id as `docker rm` does: its namespace goes, taking its
+// interfaces with it, and the endpoints joined to it are left and deleted, releasing their
+// addresses, their records going in one store commit. The kernel tears a namespace down
+// asynchronously: the host ends of its veths may stay visible for a short while (about 100 ms)
+// after DeleteSandbox returns, and a Controller started on the same state in that window
+// removes them as leftovers and reports that in Repairs. A sandbox whose namespace another
+// sandbox shares is refused with an error matching ErrConflict. Deleting a missing sandbox
+// fails with ErrNotFound.
 func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
 	if err := errclass.CheckContext(ctx); err != nil {
 		return fmt.Errorf("cnm: delete sandbox: %w", err)
