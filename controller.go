@@ -571,8 +571,14 @@ func (c *Controller) publishRepair(r drivers.Repair) {
 // and an events.Dropped event says how many, after which the receiver should read the state
 // again. The Controller never waits for a receiver. The channel is closed when ctx is done
 // or the Controller is closed (at once if it is already); receive until it is closed, or
-// cancel ctx. Events is safe for concurrent use; each call is a subscriber of its own.
+// cancel ctx. Events is safe for concurrent use; each call is a subscriber of its own. A nil
+// ctx, which Events cannot refuse with an error, gets a closed channel, as a done ctx does.
 func (c *Controller) Events(ctx context.Context) <-chan events.Event {
+	if ctx == nil {
+		ch := make(chan events.Event)
+		close(ch)
+		return ch
+	}
 	return c.bus.Subscribe(ctx, c.cfg.EventBuffer)
 }
 

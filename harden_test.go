@@ -313,6 +313,9 @@ func TestNilContext(t *testing.T) {
 	if err := sb.AddInterface(nilCtx, sandbox.InterfaceConfig{Name: "eth0"}); !isNilCtxErr(err) {
 		t.Errorf("Sandbox.AddInterface(nil) = %v, want ErrInvalidParameter", err)
 	}
+	if _, ok := <-c.Events(nilCtx); ok {
+		t.Error("Events(nil) gave an open channel, want a closed one")
+	}
 	if _, err := c.Hosts(nilCtx); !isNilCtxErr(err) {
 		t.Errorf("Hosts(nil) = %v, want ErrInvalidParameter", err)
 	}
