@@ -85,7 +85,16 @@
 // # Concurrency
 //
 // Every method of the Controller, and of the networks, endpoints and sandboxes it returns, is
-// safe for concurrent use. Lock order: Controller, then network, then endpoint, then sandbox,
+// safe for concurrent use.
+//
+// # Close and bad arguments
+//
+// Once Close has begun, every method that returns an error (of the Controller, and of the
+// networks, endpoints and sandboxes it returned: CreateEndpoint, Delete, Join, Leave,
+// ReserveName, AddInterface, RemoveInterface, ...) refuses with an error matching
+// ErrUnavailable before it touches the kernel, the store, the files or the Controller's own
+// state; Close waits for the operations that began before it. Those taking a context refuse a
+// nil one with an error matching ErrInvalidParameter, before they reserve anything. Lock order: Controller, then network, then endpoint, then sandbox,
 // and the event stream's last; no lock is held across a driver, IPAM, store or netlink call.
 package cnm
 
@@ -239,6 +248,10 @@ type Controller struct {
 	gw       gatewayService
 	bus      events.Bus // what Events returns; closed by Close
 
+	// ops counts the operations in flight: each is added under mu while the Controller is
+	// open (begin), and Close waits for them once it has marked the Controller closed.
+	ops sync.WaitGroup
+
 	mu        sync.Mutex                // guards following
 	ipams     map[string]ipam.Allocator // IPAM drivers by name
 	networks  map[string]*network.Net
@@ -247,7 +260,7 @@ type Controller struct {
 	repairs   []drivers.Repair       // what restores (New's, and later registrations') repaired
 	sandboxes map[string]*sbox       // by ID; nil while being created
 	waiting   map[string]*waitingNet // by ID: networks kept in the store, not restored yet
-	closed    bool
+	closed    bool                   // Close has begun: no operation may begin
 }
 
 type sbox struct {
@@ -256,11 +269,64 @@ type sbox struct {
 	deleting bool
 }
 
+// user returns the sandbox as the Controller hands it out.
+func (sb *sbox) user(c *Controller) sandbox.Sandbox { return userSandbox{Sandbox: sb.ns, c: c} }
+
+// userSandbox is a sandbox as the Controller hands it out: the methods that change it refuse
+// once the Controller is closing or closed, as the Controller's own do. It is a comparable
+// value: two handed out for one sandbox are equal.
+type userSandbox struct {
+	sandbox.Sandbox
+	c *Controller
+}
+
+// ReserveName implements sandbox.Sandbox.
+func (s userSandbox) ReserveName(want string) (string, func(), error) {
+	end, err := s.c.begin()
+	if err != nil {
+		return "", nil, fmt.Errorf("sandbox %s: reserve name: %w", s.ID(), err)
+	}
+	defer end()
+	return s.Sandbox.ReserveName(want)
+}
+
+// AddInterface implements sandbox.Sandbox.
+func (s userSandbox) AddInterface(ctx context.Context, cfg sandbox.InterfaceConfig) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("sandbox %s: add interface: %w", s.ID(), err)
+	}
+	end, err := s.c.begin()
+	if err != nil {
+		return fmt.Errorf("sandbox %s: add interface: %w", s.ID(), err)
+	}
+	defer end()
+	return s.Sandbox.AddInterface(ctx, cfg)
+}
+
+// RemoveInterface implements sandbox.Sandbox.
+func (s userSandbox) RemoveInterface(ctx context.Context, name string) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("sandbox %s: remove interface: %w", s.ID(), err)
+	}
+	end, err := s.c.begin()
+	if err != nil {
+		return fmt.Errorf("sandbox %s: remove interface: %w", s.ID(), err)
+	}
+	defer end()
+	return s.Sandbox.RemoveInterface(ctx, name)
+}
+
 // New creates a Controller, restoring and reconciling the state kept in its store. On systems
 // other than Linux it fails with an error matching [ErrNotSupported], unless Config.Machine is
 // a machine of the caller's (sandbox/sandboxtest's, say) and Config.Drivers replaces the
 // bridge driver: then it runs as on Linux, without a kernel.
 func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return nil, fmt.Errorf("cnm: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("cnm: %w", err) // before any file is made
+	}
 	if cfg.Machine == nil {
 		if err := checkSystem(); err != nil {
 			return nil, fmt.Errorf("cnm: %w", err)
@@ -287,6 +353,28 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		sandboxes: make(map[string]*sbox), waiting: make(map[string]*waitingNet),
 	}
 	c.gw.c = c
+	// A failed New leaves behind no DataDir or store of its own making (an empty local.db
+	// would make the next start's DataDir look used). Deferred before closeResources, so
+	// that it runs after the store is closed.
+	var made []string // removed on failure, last first; os.Remove keeps a directory not empty
+	if _, serr := os.Lstat(cfg.DataDir); errors.Is(serr, os.ErrNotExist) {
+		made = append(made, cfg.DataDir)
+	}
+	if db := filepath.Join(cfg.DataDir, "local.db"); cfg.Store == nil {
+		if _, serr := os.Lstat(db); errors.Is(serr, os.ErrNotExist) {
+			made = append(made, db)
+		}
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, p := range slices.Backward(made) {
+			if rerr := os.Remove(p); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+				c.log.Debug("failed start: leave what it made", "path", p, "err", rerr)
+			}
+		}
+	}()
 	defer func() {
 		if err != nil {
 			c.closeResources()
@@ -386,6 +474,14 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 // endpoints. The driver stays registered even when a waiting network fails to restore: the
 // error then names each such network, which keeps waiting with its records.
 func (c *Controller) RegisterDriver(ctx context.Context, name string, d drivers.Driver) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("cnm: register driver: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return fmt.Errorf("cnm: register driver: %w", err)
+	}
+	defer end()
 	if _, err := c.reg.Get(name); err == nil {
 		return fmt.Errorf("cnm: register driver: %w", &errclass.AlreadyExistsError{Kind: "driver", Name: name})
 	}
@@ -408,6 +504,14 @@ const DefaultIPAM = "default"
 // network.WithIPAMDriver(name). A name registered twice fails with ErrAlreadyExists. Networks
 // kept in the store that waited for it are restored, as RegisterDriver does.
 func (c *Controller) RegisterIPAMDriver(ctx context.Context, name string, a ipam.Allocator) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("cnm: register ipam driver: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return fmt.Errorf("cnm: register ipam driver: %w", err)
+	}
+	defer end()
 	if err := c.registerIPAM(name, a); err != nil {
 		return err
 	}
@@ -492,16 +596,39 @@ func (c *Controller) publishRepair(r drivers.Repair) {
 // and an events.Dropped event says how many, after which the receiver should read the state
 // again. The Controller never waits for a receiver. The channel is closed when ctx is done
 // or the Controller is closed (at once if it is already); receive until it is closed, or
-// cancel ctx. Events is safe for concurrent use; each call is a subscriber of its own.
+// cancel ctx. Events is safe for concurrent use; each call is a subscriber of its own. A nil
+// ctx, which Events cannot refuse with an error, gets a closed channel, as a done ctx does.
 func (c *Controller) Events(ctx context.Context) <-chan events.Event {
+	if ctx == nil {
+		ch := make(chan events.Event)
+		close(ch)
+		return ch
+	}
 	return c.bus.Subscribe(ctx, c.cfg.EventBuffer)
 }
 
+// checkOpen refuses with an error matching ErrUnavailable once Close has begun; the caller
+// holds c.mu.
 func (c *Controller) checkOpen() error {
 	if c.closed {
-		return &errclass.UnavailableError{What: "controller", Err: errors.New("closed")}
+		return errclass.Closed("controller")
 	}
 	return nil
+}
+
+// begin starts an operation: it fails with an error matching ErrUnavailable once Close has
+// begun, and otherwise counts the operation in flight until the caller calls end. Close waits
+// for every operation that began. Operations nest (a Connect creates an endpoint and joins
+// it): an inner one refused because Close began meanwhile fails its outer one, which rolls
+// back as for any other error.
+func (c *Controller) begin() (end func(), err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	c.ops.Add(1)
+	return c.ops.Done, nil
 }
 
 // ensurePredefined creates the bridge, host and none networks if they are missing.
@@ -546,6 +673,48 @@ func (c *Controller) hostRoutes() []netip.Prefix {
 	})
 }
 
+// checkHostRoutes refuses an explicit subnet of spec that overlaps a route of the host's (as
+// Podman does), unless spec.HostRouteOverlap: the host would send that subnet's traffic
+// elsewhere, or the network would hide what the route reaches. The routes to the Controller's
+// own networks (a bridge's connected route) are left to IPAM, whose error names the network.
+func (c *Controller) checkHostRoutes(e *drivers.Entry, spec network.Spec) error {
+	if spec.HostRouteOverlap || e.Caps.NoIPAM {
+		return nil
+	}
+	var subs []netip.Prefix
+	for _, cfg := range append(slices.Clone(spec.IPv4), spec.IPv6...) {
+		if cfg.Subnet.IsValid() {
+			subs = append(subs, cfg.Subnet)
+		}
+	}
+	if len(subs) == 0 {
+		return nil
+	}
+	routes := c.hostRoutes()
+	c.mu.Lock()
+	var own []netip.Prefix
+	for _, n := range c.networks {
+		for _, cfg := range append(n.Record().IPv4, n.Record().IPv6...) {
+			own = append(own, cfg.Subnet)
+		}
+	}
+	for _, w := range c.waiting {
+		for _, cfg := range append(slices.Clone(w.rec.IPv4), w.rec.IPv6...) {
+			own = append(own, cfg.Subnet)
+		}
+	}
+	c.mu.Unlock()
+	for _, sub := range subs {
+		for _, r := range routes {
+			if !r.Overlaps(sub) || slices.ContainsFunc(own, func(o netip.Prefix) bool { return o.Bits() <= r.Bits() && o.Contains(r.Addr()) }) {
+				continue
+			}
+			return &errclass.ConflictError{Kind: "subnet", Name: sub.String(), Reason: fmt.Sprintf("overlaps the host's route to %s: give network.WithHostRouteOverlap() if that is meant", r)}
+		}
+	}
+	return nil
+}
+
 func (c *Controller) overlapsHost(p netip.Prefix) bool {
 	for _, r := range c.hostRoutes() {
 		if r.Overlaps(p) {
@@ -559,6 +728,7 @@ func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Confi
 	cfg := network.Config{
 		Entry: e, Records: network.LocalRecords(c.store), IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log, Publish: c.bus.Publish,
+		Begin: c.begin,
 	}
 	// Scope is the driver's, stated at registration: its networks' records go to the cluster.
 	if e.Caps.DataScope == drivers.GlobalScope && c.cluster != nil {
@@ -620,10 +790,20 @@ func driverOptions(e *drivers.Entry, spec network.Spec) (drivers.NetworkOptions,
 }
 
 // NewNetwork creates a network named name (unique on the Controller) with the driver registered
-// as driverName. Errors: invalid parameter (bad name, subnet, gateway, option), not found
-// (driver), already exists (name), conflict (the subnet overlaps another network's). On error
-// nothing is left behind.
+// as driverName. Errors: invalid parameter (bad name, subnet, gateway, option; a subnet of
+// loopback, multicast, IPv6 link-local or IPv4-mapped addresses), not found (driver), already
+// exists (name), conflict (the subnet overlaps another network's, or one of the host's routes
+// unless network.WithHostRouteOverlap is given: the error names the route). On error nothing
+// is left behind.
 func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, opts ...network.Option) (network.Network, error) {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return nil, fmt.Errorf("cnm: new network: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return nil, fmt.Errorf("cnm: new network: %w", err)
+	}
+	defer end()
 	if err := network.ValidateName("network", name); err != nil {
 		return nil, fmt.Errorf("cnm: new network: %w", err)
 	}
@@ -640,6 +820,9 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	}
 	dopts, err := driverOptions(e, spec)
 	if err != nil {
+		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
+	}
+	if err := c.checkHostRoutes(e, spec); err != nil {
 		return nil, fmt.Errorf("cnm: new network %s: %w", name, err)
 	}
 	alloc, err := c.allocatorFor(e, spec.IPAMDriver)
@@ -721,8 +904,12 @@ func (c *Controller) poolOwnerLocked(err error) string {
 	return ""
 }
 
-// Network returns the network with that name, ID, or unique ID prefix.
+// Network returns the network with that name, ID, or unique ID prefix. Once Close has begun it
+// fails with an error matching ErrUnavailable.
 func (c *Controller) Network(nameOrID string) (network.Network, error) {
+	if err := c.openNow(); err != nil {
+		return nil, fmt.Errorf("cnm: network: %w", err)
+	}
 	n, err := c.network(nameOrID)
 	if err != nil {
 		return nil, err
@@ -758,6 +945,14 @@ func (c *Controller) Networks() []network.Network {
 // DeleteNetwork removes the network with that name or ID. The predefined networks cannot be
 // removed; a network with endpoints is refused with an error matching ErrConflict.
 func (c *Controller) DeleteNetwork(ctx context.Context, nameOrID string) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("cnm: delete network: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return fmt.Errorf("cnm: delete network: %w", err)
+	}
+	defer end()
 	n, err := c.network(nameOrID)
 	if err != nil {
 		return fmt.Errorf("cnm: delete network: %w", err)
@@ -774,6 +969,14 @@ func (c *Controller) DeleteNetwork(ctx context.Context, nameOrID string) error {
 // NewSandbox creates a sandbox for the container id: by default a new network namespace with
 // loopback only. HostMode and ContainerMode choose the host's namespace or another sandbox's.
 func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxOption) (sandbox.Sandbox, error) {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return nil, fmt.Errorf("cnm: new sandbox: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return nil, fmt.Errorf("cnm: new sandbox: %w", err)
+	}
+	defer end()
 	if err := network.ValidateName("sandbox", id); err != nil {
 		return nil, fmt.Errorf("cnm: new sandbox: %w", err)
 	}
@@ -821,7 +1024,7 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 	}
 	c.sandboxes[id] = sb
 	c.bus.Publish(events.Event{Kind: events.SandboxCreated, SandboxID: id})
-	return sb.ns, nil
+	return sb.user(c), nil
 }
 
 func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Config {
@@ -852,12 +1055,16 @@ func (c *Controller) createSandbox(ctx context.Context, rec sandboxRecord, share
 	return &sbox{ns: ns, rec: rec}, nil
 }
 
-// Sandbox returns the sandbox with that ID.
+// Sandbox returns the sandbox with that ID. Once Close has begun it fails with an error
+// matching ErrUnavailable.
 func (c *Controller) Sandbox(id string) (sandbox.Sandbox, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.checkOpen(); err != nil {
+		return nil, fmt.Errorf("cnm: sandbox: %w", err)
+	}
 	if sb := c.sandboxes[id]; sb != nil {
-		return sb.ns, nil
+		return sb.user(c), nil
 	}
 	return nil, &errclass.NotFoundError{Kind: "sandbox", Name: id}
 }
@@ -868,7 +1075,7 @@ func (c *Controller) Sandboxes() []sandbox.Sandbox {
 	var out []sandbox.Sandbox
 	for _, sb := range c.sandboxes {
 		if sb != nil {
-			out = append(out, sb.ns)
+			out = append(out, sb.user(c))
 		}
 	}
 	c.mu.Unlock()
@@ -892,11 +1099,23 @@ func (c *Controller) endpointsOf(id string) []*endpoint.Ep {
 	return eps
 }
 
-// DeleteSandbox removes the sandbox id as `docker rm` does: its namespace goes (taking its
-// interfaces with it, in one step), and the endpoints joined to it are left and deleted,
-// releasing their addresses. A sandbox whose namespace another sandbox shares is refused with
-// an error matching ErrConflict. Deleting a missing sandbox fails with ErrNotFound.
+// DeleteSandbox removes the sandbox id as `docker rm` does: its namespace goes, taking its
+// interfaces with it, and the endpoints joined to it are left and deleted, releasing their
+// addresses, their records going in one store commit. The kernel tears a namespace down
+// asynchronously: the host ends of its veths may stay visible for a short while (about 100 ms)
+// after DeleteSandbox returns, and a Controller started on the same state in that window
+// removes them as leftovers and reports that in Repairs. A sandbox whose namespace another
+// sandbox shares is refused with an error matching ErrConflict. Deleting a missing sandbox
+// fails with ErrNotFound.
 func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("cnm: delete sandbox: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return fmt.Errorf("cnm: delete sandbox: %w", err)
+	}
+	defer end()
 	c.mu.Lock()
 	sb := c.sandboxes[id]
 	if sb == nil {
@@ -916,7 +1135,7 @@ func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
 	sb.deleting = true
 	c.mu.Unlock()
 
-	err := c.deleteSandbox(ctx, sb)
+	err = c.deleteSandbox(ctx, sb)
 	if err == nil {
 		c.gw.forget(id)
 	}
@@ -1002,6 +1221,14 @@ func deleteKeys(ctx context.Context, s kvstore.Store, keys []string) error {
 // Connect creates an endpoint named after the sandbox on the network and joins it to the
 // sandbox (docker network connect). On error nothing is left behind.
 func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, opts ...endpoint.Option) (endpoint.Endpoint, error) {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return nil, fmt.Errorf("cnm: connect: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return nil, fmt.Errorf("cnm: connect: %w", err)
+	}
+	defer end()
 	n, err := c.network(nameOrID)
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect: %w", err)
@@ -1058,6 +1285,14 @@ func (c *Controller) checkNone(n *network.Net, sb sandbox.Sandbox) error {
 // Disconnect leaves and deletes the endpoint joining the sandbox to the network (docker
 // network disconnect). It fails with ErrNotFound when the sandbox is not connected.
 func (c *Controller) Disconnect(ctx context.Context, nameOrID, sandboxID string) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("cnm: disconnect: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return fmt.Errorf("cnm: disconnect: %w", err)
+	}
+	defer end()
 	n, err := c.network(nameOrID)
 	if err != nil {
 		return fmt.Errorf("cnm: disconnect: %w", err)
@@ -1085,6 +1320,14 @@ func (c *Controller) Disconnect(ctx context.Context, nameOrID, sandboxID string)
 // their kernel state stay, for the next Controller on the same DataDir. The channels that
 // Events returned are closed, and Close waits for the goroutines that fed them. Close is
 // idempotent.
+//
+// From the moment Close begins, every operation that has not begun yet is refused with an
+// error matching ErrUnavailable (see the package doc), and Close waits for the operations in
+// flight to return before it releases anything. That wait has no time limit of its own: each
+// operation is bounded by its context (cancel them for a prompt Close), by
+// Config.StoreTimeout for the global store, and by its kernel calls, which cannot be
+// cancelled; its rollback, if it fails, runs to the end. Calling Close from within an
+// operation (a driver's method) deadlocks.
 func (c *Controller) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -1093,7 +1336,15 @@ func (c *Controller) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
+	c.ops.Wait()
 	return c.closeResources()
+}
+
+// openNow refuses with an error matching ErrUnavailable once Close has begun.
+func (c *Controller) openNow() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checkOpen()
 }
 
 func (c *Controller) closeResources() error {

@@ -214,6 +214,14 @@ func (c *Controller) dropGlobalRecord(ctx context.Context, key string, rev uint6
 
 // Hosts returns the names of the hosts in the registry, sorted. It needs Config.GlobalStore.
 func (c *Controller) Hosts(ctx context.Context) ([]string, error) {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return nil, fmt.Errorf("cnm: hosts: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return nil, fmt.Errorf("cnm: hosts: %w", err)
+	}
+	defer end()
 	if c.cluster == nil {
 		return nil, fmt.Errorf("cnm: hosts: %w", &errclass.NotSupportedError{What: "a host registry without Config.GlobalStore"})
 	}
@@ -238,6 +246,14 @@ func (c *Controller) Reclaimed() []drivers.Repair {
 // networks right away, and it leaves the gossip cluster when the Controller started the gossip
 // node (peers drop its entries at once). Close it afterwards.
 func (c *Controller) Leave(ctx context.Context) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("cnm: leave: %w", err)
+	}
+	end, err := c.begin()
+	if err != nil {
+		return fmt.Errorf("cnm: leave: %w", err)
+	}
+	defer end()
 	var errs []error
 	if c.gossip != nil && c.gossip.own {
 		if err := c.gossip.node.Leave(ctx); err != nil {

@@ -53,6 +53,10 @@ type Endpoint interface {
 	Leave(ctx context.Context, sb sandbox.Sandbox) error
 	// Delete releases the endpoint and its addresses. A joined endpoint is refused with an
 	// error matching cnm.ErrConflict. Deleting twice returns nil.
+	//
+	// Join, Leave and Delete refuse a nil ctx with an error matching cnm.ErrInvalidParameter,
+	// and, once the Controller is closing or closed, every call with one matching
+	// cnm.ErrUnavailable; either way before they change anything.
 	Delete(ctx context.Context) error
 }
 
@@ -155,6 +159,11 @@ type Config struct {
 	// Seq returns a number larger than any it returned before; it orders joins.
 	Seq    func() uint64
 	Logger *slog.Logger
+	// Begin, when set, is called first by Join, Leave and Delete, after their arguments are
+	// checked: an error refuses the operation before it touches anything (the Controller's
+	// is one matching cnm.ErrUnavailable once it is closing or closed); otherwise the
+	// operation calls end when it returns (the Controller's Close waits for that).
+	Begin func() (end func(), err error)
 }
 
 // Ep is the implementation of Endpoint.
@@ -275,6 +284,19 @@ func (e *Ep) beginLocked(op string) error {
 	return nil
 }
 
+// beginOp runs Config.Begin, if any: an error refuses the operation op, else the caller must
+// call the returned func when done.
+func (e *Ep) beginOp(op string) (func(), error) {
+	if e.cfg.Begin == nil {
+		return func() {}, nil
+	}
+	end, err := e.cfg.Begin()
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %s: %w", e.Name(), op, err)
+	}
+	return end, nil
+}
+
 func (e *Ep) end() {
 	e.mu.Lock()
 	e.busy = false
@@ -302,9 +324,17 @@ func (e *Ep) checkSandbox(sb sandbox.Sandbox, name string) error {
 
 // Join implements Endpoint.
 func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("endpoint %s: join: %w", e.Name(), err)
+	}
 	if sb == nil {
 		return errclass.Invalid("sandbox", "<nil>", "a sandbox is required")
 	}
+	endOp, err := e.beginOp("join")
+	if err != nil {
+		return err
+	}
+	defer endOp()
 	e.mu.Lock()
 	name := e.rec.Name
 	if e.rec.SandboxID != "" {
@@ -449,9 +479,17 @@ func (e *Ep) store(ctx context.Context, rec Record, rev uint64) (uint64, error) 
 
 // Leave implements Endpoint.
 func (e *Ep) Leave(ctx context.Context, sb sandbox.Sandbox) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("endpoint %s: leave: %w", e.Name(), err)
+	}
 	if sb == nil {
 		return errclass.Invalid("sandbox", "<nil>", "a sandbox is required")
 	}
+	endOp, err := e.beginOp("leave")
+	if err != nil {
+		return err
+	}
+	defer endOp()
 	return e.leave(ctx, sb.ID(), false)
 }
 
@@ -526,6 +564,14 @@ func sandboxKey(sb sandbox.Sandbox) string {
 
 // Delete implements Endpoint.
 func (e *Ep) Delete(ctx context.Context) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("endpoint %s: delete: %w", e.Name(), err)
+	}
+	endOp, err := e.beginOp("delete")
+	if err != nil {
+		return err
+	}
+	defer endOp()
 	e.mu.Lock()
 	if e.deleted {
 		e.mu.Unlock()
@@ -553,7 +599,7 @@ func (e *Ep) Delete(ctx context.Context) error {
 		return fmt.Errorf("endpoint %s: delete: driver %s: %w", name, e.cfg.DriverName, err)
 	}
 	// The record is the lease: once it is gone the addresses are free.
-	err := e.cfg.Store.AtomicDelete(ctx, Key(rec.NetworkID, rec.ID), rev)
+	err = e.cfg.Store.AtomicDelete(ctx, Key(rec.NetworkID, rec.ID), rev)
 	if err != nil && !errors.Is(err, kvstore.ErrKeyNotFound) {
 		return fmt.Errorf("endpoint %s: delete: %w", name, err)
 	}

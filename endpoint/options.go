@@ -119,16 +119,19 @@ func WithPublishAll(exposed ...drivers.PortBinding) Option {
 // binding, for which the driver binds one free port of the range.
 //
 // Bad input (a port that is 0, not a decimal number or above 65535, an unknown protocol, a bad
-// address, ranges of different lengths) is refused with an error matching
-// cnm.ErrInvalidParameter that names the value.
+// address, ranges of different lengths) is refused with an *errclass.InvalidParameterError
+// (matching cnm.ErrInvalidParameter) whose Value is the part of spec as typed that is wrong
+// (the port "-1", the protocol "sctp"), or spec itself, never empty unless spec is.
 func ParsePortSpec(spec string) ([]drivers.PortBinding, error) {
 	bad := func(reason string) error { return errclass.Invalid("port spec", spec, reason) }
 	rest, proto, hasProto := strings.Cut(spec, "/")
 	b := drivers.PortBinding{Proto: "tcp"}
 	if hasProto {
-		switch p := strings.ToLower(proto); p {
-		case "tcp", "udp":
+		switch p := strings.ToLower(proto); {
+		case p == "tcp" || p == "udp":
 			b.Proto = p
+		case p == "":
+			return nil, bad(`empty protocol: want "tcp" or "udp"`)
 		default:
 			return nil, errclass.Invalid("port protocol", proto, `want "tcp" or "udp"`)
 		}
@@ -170,6 +173,9 @@ func ParsePortSpec(spec string) ([]drivers.PortBinding, error) {
 		}
 		b.HostIP = a.Unmap()
 	}
+	if ctr == "" {
+		return nil, bad("no container port")
+	}
 	var err error
 	if b.ContainerPort, b.ContainerPortEnd, err = parsePortRange(ctr); err != nil {
 		return nil, err
@@ -180,7 +186,9 @@ func ParsePortSpec(spec string) ([]drivers.PortBinding, error) {
 		}
 	}
 	if err := b.Validate(); err != nil {
-		return nil, err
+		// Validate names the binding as rendered ("/tcp" added, zeros dropped): name the
+		// spec as typed, with Validate's error as the cause.
+		return nil, &errclass.InvalidParameterError{Field: "port spec", Value: spec, Reason: "not a valid binding", Err: err}
 	}
 	// Equal ranges: one binding per port.
 	if b.ContainerPortEnd == 0 || (b.HostPort != 0 && b.HostPortEnd == 0) {
@@ -197,9 +205,13 @@ func ParsePortSpec(spec string) ([]drivers.PortBinding, error) {
 	return out, nil
 }
 
-// parsePortRange parses "port" or "first-last", each 1 to 65535; end is 0 for one port.
+// parsePortRange parses "port" or "first-last", each 1 to 65535; end is 0 for one port. Its
+// errors name the port as typed, or s when that part is empty ("-1", "80-").
 func parsePortRange(s string) (port, end uint16, err error) {
 	first, last, isRange := strings.Cut(s, "-")
+	if isRange && (first == "" || last == "") {
+		return 0, 0, errclass.Invalid("port range", s, "want first-last, each 1 to 65535")
+	}
 	p, err := parsePort(first)
 	if err != nil || !isRange {
 		return p, 0, err

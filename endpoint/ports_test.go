@@ -3,6 +3,7 @@ package endpoint_test
 import (
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -39,20 +40,28 @@ func TestParsePortSpec(t *testing.T) {
 		}
 	}
 	for spec, value := range map[string]string{
-		"0":                "0",
-		"65536":            "65536",
-		"8080:0":           "0",
-		"80/sctp":          "sctp",
-		"x:80":             "x",
-		"8000-8002:80-81":  "8000-8002:80-81/tcp",
-		"90-80":            "90-80",
-		"nohost:80:80":     "nohost",
-		":80:80":           ":80:80",
-		"a:b:c:d":          "a:b:c:d",
-		"[::1:80:80":       "[::1:80:80",
-		"+80":              "+80",
-		"":                 "",
-		"1.2.3.4:8080:80:": "1.2.3.4:8080:80:",
+		"0":                 "0",
+		"65536":             "65536",
+		"8080:0":            "0",
+		"80/sctp":           "sctp",
+		"x:80":              "x",
+		"8000-8002:80-81":   "8000-8002:80-81",
+		"-1:80":             "-1",
+		"80:-1":             "-1",
+		"80-:80":            "80-",
+		"8080:":             "8080:",
+		"80/":               "80/",
+		"[]:80:80":          "[]:80:80",
+		"1.2.3.4:-5:80":     "-5",
+		"08000-08002:80-81": "08000-08002:80-81",
+		"90-80":             "90-80",
+		"nohost:80:80":      "nohost",
+		":80:80":            ":80:80",
+		"a:b:c:d":           "a:b:c:d",
+		"[::1:80:80":        "[::1:80:80",
+		"+80":               "+80",
+		"":                  "",
+		"1.2.3.4:8080:80:":  "1.2.3.4:8080:80:",
 	} {
 		_, err := endpoint.ParsePortSpec(spec)
 		var ie *errclass.InvalidParameterError
@@ -60,21 +69,26 @@ func TestParsePortSpec(t *testing.T) {
 			t.Errorf("ParsePortSpec(%q) = %v, want an invalid parameter", spec, err)
 			continue
 		}
-		if !strings.Contains(ie.Value, value) {
-			t.Errorf("ParsePortSpec(%q): error names %q, want %q", spec, ie.Value, value)
+		if !strings.Contains(ie.Value, value) || !strings.Contains(err.Error(), strconv.Quote(value)) {
+			t.Errorf("ParsePortSpec(%q) = %v: names %q, want %q", spec, err, ie.Value, value)
 		}
 	}
 }
 
 func FuzzParsePortSpec(f *testing.F) {
-	for _, s := range []string{"80", "8080:80/udp", "127.0.0.1::80", "[::1]:80:80", "8000-8009:80-89", "0", "65536", "a:b"} {
+	for _, s := range []string{"80", "8080:80/udp", "127.0.0.1::80", "[::1]:80:80", "8000-8009:80-89", "0", "65536", "a:b", "-1:80", "80/", "8080:", "08000-08002:80-81"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, spec string) {
 		got, err := endpoint.ParsePortSpec(spec)
 		if err != nil {
-			if !errors.Is(err, errclass.ErrInvalidParameter) {
+			var ie *errclass.InvalidParameterError
+			if !errors.Is(err, errclass.ErrInvalidParameter) || !errors.As(err, &ie) {
 				t.Fatalf("ParsePortSpec(%q): %v, not an invalid parameter", spec, err)
+			}
+			// The error names what the user typed: a non-empty part of spec, quoted.
+			if spec != "" && (ie.Value == "" || !strings.Contains(spec, ie.Value) || !strings.Contains(err.Error(), strconv.Quote(ie.Value))) {
+				t.Fatalf("ParsePortSpec(%q) = %v: names %q, not a part of the input", spec, err, ie.Value)
 			}
 			return
 		}

@@ -61,7 +61,13 @@ type Network interface {
 	// Inspect returns the network's state as `docker network inspect` shows it.
 	Inspect() Inspect
 	// Delete removes the network. A network with endpoints is refused with an error matching
-	// cnm.ErrConflict.
+	// cnm.ErrConflict. Deleting a network that is deleted already returns nil, as deleting an
+	// endpoint twice does: deletes converge. (Controller.DeleteNetwork, which looks the
+	// network up by name or ID first, fails with cnm.ErrNotFound for it.)
+	//
+	// CreateEndpoint and Delete refuse a nil ctx with an error matching
+	// cnm.ErrInvalidParameter, and, once the Controller is closing or closed, every call
+	// with one matching cnm.ErrUnavailable; either way before they change anything.
 	Delete(ctx context.Context) error
 }
 
@@ -121,6 +127,12 @@ type Config struct {
 	Logger *slog.Logger
 	// ID, when set, is the ID Create gives the new network (else a random one).
 	ID string
+	// Begin, when set, is called first by CreateEndpoint (and CreateEndpointForJoin) and
+	// Delete, after their arguments are checked, and is given to the endpoints
+	// (endpoint.Config.Begin): an error refuses the operation before it touches anything (the
+	// Controller's is one matching cnm.ErrUnavailable once it is closing or closed);
+	// otherwise the operation calls end when it returns.
+	Begin func() (end func(), err error)
 }
 
 // Net is the implementation of Network.
@@ -419,7 +431,7 @@ func (n *Net) epConfig() endpoint.Config {
 		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
 		Store: n.cfg.Records.Store(), IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
 		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger, GatewayService: n.cfg.GatewayService,
-		NetworkName: n.rec.Name, Publish: n.cfg.Publish,
+		NetworkName: n.rec.Name, Publish: n.cfg.Publish, Begin: n.cfg.Begin,
 	}
 	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
 		if len(n.rec.IPv4) > 0 {
@@ -466,9 +478,17 @@ func (n *Net) CreateEndpointForJoin(ctx context.Context, name string, opts ...en
 }
 
 func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts []endpoint.Option) (_ *endpoint.Ep, err error) {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return nil, fmt.Errorf("network %s: create endpoint: %w", n.rec.Name, err)
+	}
 	if err := ValidateName("endpoint", name); err != nil {
 		return nil, fmt.Errorf("network %s: create endpoint: %w", n.rec.Name, err)
 	}
+	endOp, err := n.beginOp("create endpoint " + name)
+	if err != nil {
+		return nil, err
+	}
+	defer endOp()
 	var spec endpoint.Spec
 	for _, o := range opts {
 		if o != nil {
@@ -739,8 +759,29 @@ func (n *Net) Endpoint(nameOrID string) (endpoint.Endpoint, error) {
 	return ep, nil
 }
 
+// beginOp runs Config.Begin, if any: an error refuses the operation op, else the caller must
+// call the returned func when done.
+func (n *Net) beginOp(op string) (func(), error) {
+	if n.cfg.Begin == nil {
+		return func() {}, nil
+	}
+	end, err := n.cfg.Begin()
+	if err != nil {
+		return nil, fmt.Errorf("network %s: %s: %w", n.rec.Name, op, err)
+	}
+	return end, nil
+}
+
 // Delete implements Network.
 func (n *Net) Delete(ctx context.Context) error {
+	if err := errclass.CheckContext(ctx); err != nil {
+		return fmt.Errorf("network %s: delete: %w", n.rec.Name, err)
+	}
+	endOp, err := n.beginOp("delete")
+	if err != nil {
+		return err
+	}
+	defer endOp()
 	n.mu.Lock()
 	if n.deleted {
 		n.mu.Unlock()
@@ -757,7 +798,7 @@ func (n *Net) Delete(ctx context.Context) error {
 	}
 	n.deleting = true
 	n.mu.Unlock()
-	err := n.delete(ctx)
+	err = n.delete(ctx)
 	n.mu.Lock()
 	if err != nil && n.gone {
 		// The record went from the store, as the watch saw, though the store's answer to

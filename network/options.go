@@ -46,6 +46,9 @@ type Spec struct {
 	DriverLabels  map[string]string
 	// IPAMDriver names the IPAM driver registered with the Controller; "" means "default".
 	IPAMDriver string
+	// HostRouteOverlap lets an explicit subnet overlap one of the host's routes
+	// (WithHostRouteOverlap); by default the Controller refuses such a subnet.
+	HostRouteOverlap bool
 
 	errs []error // from options that could not apply
 }
@@ -76,34 +79,58 @@ func (s *Spec) last(v6 bool) *IPAMConfig {
 	return &(*l)[len(*l)-1]
 }
 
-// unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104) into its IPv4 form
-// (10.0.0.0/8); it returns the zero Prefix for a mapped prefix shorter than /96.
-func unmapPrefix(p netip.Prefix) netip.Prefix {
-	if !p.IsValid() || !p.Addr().Is4In6() {
-		return p
+// unusable lists the address ranges that no subnet of a network may overlap: a bridge given
+// such an address, and the routes to it, cannot work.
+var unusable = []struct {
+	p   netip.Prefix
+	why string
+}{
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback addresses (127.0.0.0/8)"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast addresses (224.0.0.0/4)"},
+	{netip.MustParsePrefix("::1/128"), "the IPv6 loopback address (::1)"},
+	{netip.MustParsePrefix("fe80::/10"), "IPv6 link-local addresses (fe80::/10)"},
+	{netip.MustParsePrefix("ff00::/8"), "IPv6 multicast addresses (ff00::/8)"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped IPv6 addresses (::ffff:0:0/96): give the IPv4 prefix"},
+}
+
+// checkUsable refuses a prefix (of field, "subnet" or "ip-range") that overlaps an unusable
+// range.
+func checkUsable(field string, p netip.Prefix) error {
+	for _, u := range unusable {
+		if u.p.Overlaps(p) {
+			return errclass.Invalid(field, p.String(), "overlaps "+u.why)
+		}
 	}
-	if p.Bits() < 96 {
-		return netip.Prefix{}
-	}
-	return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	return nil
 }
 
 // WithSubnet gives the network the subnet p (--subnet). An IPv6 subnet also enables IPv6.
+//
+// A subnet that overlaps loopback (127.0.0.0/8, ::1), multicast (224.0.0.0/4, ff00::/8),
+// IPv6 link-local (fe80::/10) or IPv4-mapped IPv6 (::ffff:0:0/96) addresses is refused with
+// an error matching cnm.ErrInvalidParameter naming it. The Controller also refuses a subnet
+// that overlaps one of the host's routes, unless WithHostRouteOverlap is given.
 func WithSubnet(p netip.Prefix) Option {
 	return func(s *Spec) {
-		q := unmapPrefix(p)
-		if !q.IsValid() {
+		if !p.IsValid() {
 			s.errs = append(s.errs, errclass.Invalid("subnet", p.String(), "not a valid prefix"))
 			return
 		}
-		if q.Addr().Is6() {
-			s.IPv6 = append(s.IPv6, IPAMConfig{Subnet: q})
+		if p.Addr().Is6() {
+			s.IPv6 = append(s.IPv6, IPAMConfig{Subnet: p})
 			s.EnableIPv6 = true
 			return
 		}
-		s.IPv4 = append(s.IPv4, IPAMConfig{Subnet: q})
+		s.IPv4 = append(s.IPv4, IPAMConfig{Subnet: p})
 	}
 }
+
+// WithHostRouteOverlap lets the network's explicit subnet (WithSubnet) overlap a route of
+// the host's, which the Controller otherwise refuses with an error naming the route (as
+// Podman does): say so when the overlap is meant, for a subnet the host routes elsewhere that
+// the containers are to reach only on this network. Subnets that IPAM picks always avoid the
+// host's routes.
+func WithHostRouteOverlap() Option { return func(s *Spec) { s.HostRouteOverlap = true } }
 
 // WithGateway sets the gateway of the last subnet given of a's family (--gateway).
 func WithGateway(a netip.Addr) Option {
@@ -125,13 +152,16 @@ func WithGateway(a netip.Addr) Option {
 // WithIPRange limits dynamic allocation in the last subnet of p's family to p (--ip-range).
 func WithIPRange(p netip.Prefix) Option {
 	return func(s *Spec) {
-		q := unmapPrefix(p)
-		c := s.last(q.Addr().Is6())
-		if c == nil || !q.IsValid() {
+		if p.IsValid() && p.Addr().Is4In6() {
+			s.errs = append(s.errs, errclass.Invalid("ip-range", p.String(), "an IPv4-mapped IPv6 prefix: give the IPv4 prefix"))
+			return
+		}
+		c := s.last(p.Addr().Is6())
+		if c == nil || !p.IsValid() {
 			s.errs = append(s.errs, errclass.Invalid("ip-range", p.String(), "give a valid range after a subnet of the same family"))
 			return
 		}
-		c.IPRange = q
+		c.IPRange = p
 	}
 }
 
@@ -234,6 +264,9 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 func (c IPAMConfig) validate() error {
 	sub := c.Subnet
+	if err := checkUsable("subnet", sub); err != nil {
+		return err
+	}
 	if sub != sub.Masked() {
 		return errclass.Invalid("subnet", sub.String(), fmt.Sprintf("host bits set (did you mean %s?)", sub.Masked()))
 	}

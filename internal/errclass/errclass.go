@@ -7,6 +7,7 @@
 package errclass
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -138,4 +139,20 @@ var errNeedsLinux = errors.New("needs Linux")
 // kernel.
 func LinuxOnly(what string) error {
 	return &NotSupportedError{What: what + " on " + runtime.GOOS, Err: errNeedsLinux}
+}
+
+// CheckContext returns an *[InvalidParameterError] (field "context") when ctx is nil, and nil
+// otherwise. Every entry point that takes a context calls it first, before it reserves or
+// touches anything, so that a nil context is refused rather than a panic halfway through.
+func CheckContext(ctx context.Context) error {
+	if ctx == nil {
+		return &InvalidParameterError{Field: "context", Value: "<nil>", Reason: "the context is nil: pass context.Background() or a real one"}
+	}
+	return nil
+}
+
+// Closed returns the error of an operation refused because what it needs (what, such as
+// "controller") is closing or closed: an *[UnavailableError].
+func Closed(what string) error {
+	return &UnavailableError{What: what, Err: errors.New("closed")}
 }
