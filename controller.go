@@ -678,7 +678,7 @@ func (c *Controller) hostRoutes() []netip.Prefix {
 // elsewhere, or the network would hide what the route reaches. The routes to the Controller's
 // own networks (a bridge's connected route) are left to IPAM, whose error names the network.
 func (c *Controller) checkHostRoutes(e *drivers.Entry, spec network.Spec) error {
-	if spec.HostRouteOverlap || e.Caps.NoIPAM {
+	if spec.HostRouteOverlap || e.Caps.NoIPAM || e.Caps.OnLink {
 		return nil
 	}
 	var subs []netip.Prefix

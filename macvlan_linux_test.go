@@ -59,6 +59,9 @@ func TestPrivilegedMacvlan(t *testing.T) {
 	plugLAN(t, lanNS, l.host, "host")
 	plugLAN(t, lanNS, router, "rtr")
 	run(t, router, "ip addr add 192.168.50.1/24 dev eth0")
+	// The host is on the LAN too, as a real one is: its route to the LAN's subnet does not
+	// make the macvlan network's subnet (the LAN's) a conflict.
+	run(t, l.host, "ip addr add 192.168.50.2/24 dev eth0")
 
 	if !slices.Contains(l.c.Drivers(), "macvlan") {
 		t.Fatalf("drivers = %v, want macvlan built in", l.c.Drivers())

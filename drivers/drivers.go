@@ -167,6 +167,10 @@ type Capabilities struct {
 	// NoIPAM reports whether the driver's networks take no subnet and its endpoints no address
 	// (host, null).
 	NoIPAM bool
+	// OnLink reports whether the driver's networks are subnets of the host's own links (macvlan:
+	// containers on the LAN): their subnets overlap the host's routes by design, so the
+	// Controller does not refuse an explicit subnet for overlapping one.
+	OnLink bool
 	// Ports reports whether the driver publishes ports on the host (CreateEndpointRequest.Ports).
 	// The Controller refuses an endpoint with ports on a network of a driver without it, with an
 	// error matching ErrNotSupported, before calling the driver.

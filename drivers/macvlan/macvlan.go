@@ -137,7 +137,7 @@ func (d *Driver) Close() error {
 // Capabilities reports a local-scope driver with IPAM whose endpoints join namespace
 // sandboxes, without published ports (a macvlan container is reached at its own address).
 func (d *Driver) Capabilities() drivers.Capabilities {
-	return drivers.Capabilities{DataScope: drivers.LocalScope, Sandbox: drivers.NamespaceSandbox}
+	return drivers.Capabilities{DataScope: drivers.LocalScope, Sandbox: drivers.NamespaceSandbox, OnLink: true}
 }
 
 // ParseNetworkOptions implements [drivers.OptionParser] with the package's
