@@ -2,6 +2,8 @@ package cnm_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -27,8 +29,8 @@ import (
 // benchOverlay is two hosts on an underlay with an internal overlay network (no gateway
 // service: the figures are the overlay's own).
 type benchOverlay struct {
-	a, b       *cnm.Controller
-	hostB      *netns.NS
+	a, b         *cnm.Controller
+	hostA, hostB *netns.NS
 	runA, runB string
 	nw         network.Network
 	vni        string
@@ -62,7 +64,7 @@ func newBenchOverlay(b *testing.B) *benchOverlay {
 		})
 		return c, ns
 	}
-	o.a, _ = start("host-a", "192.0.2.11/24", o.runA)
+	o.a, o.hostA = start("host-a", "192.0.2.11/24", o.runA)
 	o.b, o.hostB = start("host-b", "192.0.2.12/24", o.runB, o.a.GossipNode().LocalAddr().String())
 	var err error
 	if o.nw, err = o.a.NewNetwork(ctx, "bov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.81.0.0/16")), network.WithInternal()); err != nil {
@@ -78,6 +80,50 @@ func newBenchOverlay(b *testing.B) *benchOverlay {
 		}
 	}
 	return o
+}
+
+// iperf measures TCP throughput for 3 seconds from the namespace at client to an iperf3
+// server in the namespace at server listening on ip, in bits per second.
+func iperf(b *testing.B, server, client, ip string) float64 {
+	srv := exec.Command("nsenter", "--net="+server, "--", "iperf3", "-s", "-B", ip)
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		srv.Process.Kill()
+		srv.Wait()
+	}()
+	var out []byte
+	var err error
+	for range 50 { // until the server listens
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, err = exec.CommandContext(ctx, "nsenter", "--net="+client, "--", "iperf3", "-c", ip, "-t", "3", "-J").Output()
+		cancel()
+		var e struct {
+			Error string `json:"error"`
+		}
+		if err == nil && json.Unmarshal(out, &e) == nil && e.Error != "" {
+			err = errors.New(e.Error) // iperf3 -J exits 0 when it cannot connect
+		}
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		b.Fatalf("iperf3 to %s: %v: %s", ip, err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
+		b.Fatalf("iperf3 output: %v: %s", err, out)
+	}
+	return r.End.SumReceived.BitsPerSecond
 }
 
 // rtt returns the average round trip of n pings from the namespace at path to ip.
@@ -135,7 +181,22 @@ func BenchmarkPrivilegedOverlay(b *testing.B) {
 		b.ReportMetric(float64(mu.Microseconds()), "underlay-µs")
 		b.ReportMetric(float64(mo)/float64(mu), "ratio")
 	})
-	_ = sbb
+	b.Run("tcp", func(b *testing.B) {
+		if _, err := exec.LookPath("iperf3"); err != nil {
+			b.Skip("iperf3 is not installed (Debian: apt-get install iperf3)")
+		}
+		var over, under []float64
+		for b.Loop() {
+			over = append(over, iperf(b, sbb.Key(), sa.Key(), eb.Info().IPv4.Addr().String()))
+			under = append(under, iperf(b, o.hostB.Path(), o.hostA.Path(), "192.0.2.12"))
+		}
+		slices.Sort(over)
+		slices.Sort(under)
+		mo, mu := over[len(over)/2], under[len(under)/2]
+		b.ReportMetric(mo/1e9, "overlay-Gbit/s")
+		b.ReportMetric(mu/1e9, "underlay-Gbit/s")
+		b.ReportMetric(mo/mu, "ratio")
+	})
 	ovB := filepath.Join(o.runB, "overlay", "ov-"+o.vni)
 	nsB, err := netns.Open(ovB)
 	if err != nil {
