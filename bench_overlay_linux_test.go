@@ -31,9 +31,9 @@ import (
 type benchOverlay struct {
 	a, b         *cnm.Controller
 	hostA, hostB *netns.NS
-	runA, runB string
-	nw         network.Network
-	vni        string
+	runA, runB   string
+	nw           network.Network
+	vni          string
 }
 
 func newBenchOverlay(b *testing.B) *benchOverlay {
