@@ -337,7 +337,10 @@ func (c *Cluster) BeginDelete(ctx context.Context, rec network.Record) (func(con
 		_, err := c.store.Batch(ctx, []kvstore.Op{{Key: network.Key(rec.ID)}, {Key: NameKeyPrefix + rec.Name}, {Key: fence}})
 		if err != nil {
 			if errors.Is(err, errclass.ErrUnavailable) {
-				// It may yet take effect; if not, the fence must not stay behind.
+				// It may yet take effect. If it does not, the fence must not stay behind:
+				// the cleanup of uncertain writes deletes it (if it is still this host's)
+				// once the store answers, and the network can be deleted again.
+				c.Uncertain(err, network.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
 				return fmt.Errorf("store: %w", err)
 			}
 			return unfence(ctx, fmt.Errorf("store: %w", err))
