@@ -250,6 +250,12 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 	sweep := time.NewTicker(min(c.cfg.TTL, 5*time.Second))
 	reassertAgain := 0
 	defer sweep.Stop()
+	// A host whose entry goes is reclaimed after reclaimGrace, if it has not registered again
+	// meanwhile: a host restarting before its lease ran out takes its entry over by deleting
+	// and writing it, and must not lose its endpoints in between.
+	departed := map[string]time.Time{}
+	grace := time.NewTicker(reclaimGrace / 4)
+	defer grace.Stop()
 	c.sweep(ctx)
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		ch, err := c.raw.Watch(ctx, hostKeyPrefix, 0)
@@ -282,7 +288,7 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 				case kvstore.EventDelete:
 					c.hostSeen(name, false)
 					if name != c.cfg.Host {
-						c.reclaimHosts(ctx, map[string]bool{name: true})
+						departed[name] = time.Now()
 					}
 				}
 			case <-leaseDone:
@@ -306,6 +312,17 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 						return
 					}
 				}
+			case now := <-grace.C:
+				gone := map[string]bool{}
+				for name, since := range departed {
+					if now.Sub(since) >= reclaimGrace {
+						gone[name] = true
+						delete(departed, name)
+					}
+				}
+				if len(gone) > 0 {
+					c.reclaimHosts(ctx, gone) // skips the hosts registered again
+				}
 			case <-sweep.C:
 				if reassertAgain > 0 {
 					reassertAgain--
@@ -318,6 +335,10 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 		}
 	}
 }
+
+// reclaimGrace is how long after a host's entry went its endpoints are reclaimed: long enough
+// for a restarting host's takeover (delete, then write) to complete.
+var reclaimGrace = 2 * time.Second
 
 // reassert puts back the records of this host's endpoints on global networks that the other
 // hosts reclaimed while its registration had lapsed, taking their addresses back. An address

@@ -29,14 +29,19 @@ type labHost struct {
 	container string
 	ip        string
 	sbPath    string
+	mac       string
+	args      []string
 	ready     chan error
 }
 
 // runLab builds a cluster of n hosts on this machine and checks it: an underlay bridge with
 // etcd in a lab namespace, and n host namespaces on it, each running bin (this program) as one
-// host of the cluster; every container must reach every other across the overlay. Everything
-// is removed at the end. The machine's own network is not touched.
-func runLab(bin string, n int, out io.Writer) (err error) {
+// host of the cluster; every container must reach every other across the overlay. With crash,
+// the last host's process is then killed (SIGKILL): the first host must drop its container's
+// entries once gossip finds it dead; restarted, it must be reachable again, with exactly one
+// FDB entry for its container on the first host. Everything is removed at the end. The
+// machine's own network is not touched.
+func runLab(bin string, n int, crash bool, out io.Writer) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run me as root: the lab creates namespaces, bridges and veths")
 	}
@@ -157,7 +162,71 @@ func runLab(bin string, n int, out io.Writer) (err error) {
 			step("%s on %s reaches %s on %s", from.container, from.name, to.container, to.name)
 		}
 	}
+	if crash {
+		return crashLast(hosts, out)
+	}
 	return nil
+}
+
+// crashLast kills the last host's process, waits for the first host to drop its container,
+// restarts it and checks it is reachable again with one FDB entry on the first host.
+func crashLast(hosts []*labHost, out io.Writer) error {
+	first, last := hosts[0], hosts[len(hosts)-1]
+	// The lab's network is the cluster's first: its VNI is the range's first, 4096.
+	fdb := func() (string, error) {
+		path := filepath.Join(argAfter(first.args, "-run"), "overlay", "ov-4096")
+		b, err := exec.Command("nsenter", "--net="+path, "--", "bridge", "fdb", "show", "dev", "vx-4096").CombinedOutput()
+		return string(b), err
+	}
+	last.cmd.Process.Kill()
+	last.cmd.Wait()
+	fmt.Fprintf(out, "==> %s killed (SIGKILL)\n", last.name)
+	t0 := time.Now()
+	for {
+		f, err := fdb()
+		if err != nil {
+			return fmt.Errorf("fdb on %s: %w: %s", first.name, err, f)
+		}
+		if !strings.Contains(f, last.mac) {
+			break
+		}
+		if time.Since(t0) > 60*time.Second {
+			return fmt.Errorf("%s still has %s's container after 60s", first.name, last.name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Fprintf(out, "==> %s dropped %s's container %v after the kill\n", first.name, last.name, time.Since(t0).Round(100*time.Millisecond))
+	if err := start(last, last.args, out); err != nil {
+		return err
+	}
+	if err := <-last.ready; err != nil {
+		return fmt.Errorf("%s restarted: %w", last.name, err)
+	}
+	if err := ping(first.sbPath, last.ip); err != nil {
+		return fmt.Errorf("%s cannot reach %s after its restart: %w", first.container, last.container, err)
+	}
+	if err := ping(last.sbPath, first.ip); err != nil {
+		return fmt.Errorf("%s cannot reach %s after its restart: %w", last.container, first.container, err)
+	}
+	f, err := fdb()
+	if err != nil {
+		return err
+	}
+	if got := strings.Count(f, last.mac); got != 1 {
+		return fmt.Errorf("%s holds %d FDB entries for %s after its restart, want 1:\n%s", first.name, got, last.container, f)
+	}
+	fmt.Fprintf(out, "==> %s restarted: %s reaches %s again, one FDB entry for it on %s\n", last.name, first.container, last.container, first.name)
+	return nil
+}
+
+// argAfter returns the argument after flag in args.
+func argAfter(args []string, flag string) string {
+	for i, a := range args {
+		if a == flag && i+1 < len(args) {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // addrUp gives link the address and sets it and the namespace's loopback up.
@@ -213,6 +282,7 @@ func plug(lh *netlink.Handle, lab *netns.NS, h *labHost) error {
 
 // start runs a host's process and reads its READY line; its other output goes to out.
 func start(h *labHost, args []string, out io.Writer) error {
+	h.args, h.ready = args, make(chan error, 1)
 	h.cmd = exec.Command("nsenter", args...)
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdout, err := h.cmd.StdoutPipe()
@@ -229,8 +299,8 @@ func start(h *labHost, args []string, out io.Writer) error {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())
-			if len(f) == 4 && f[0] == "READY" {
-				h.container, h.ip, h.sbPath = f[1], f[2], f[3]
+			if len(f) == 5 && f[0] == "READY" {
+				h.container, h.ip, h.sbPath, h.mac = f[1], f[2], f[3], f[4]
 				report(nil)
 				continue
 			}

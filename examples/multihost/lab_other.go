@@ -7,6 +7,6 @@ import (
 	"io"
 )
 
-func runLab(bin string, n int, out io.Writer) error {
+func runLab(bin string, n int, crash bool, out io.Writer) error {
 	return errors.New("the lab needs Linux (network namespaces)")
 }

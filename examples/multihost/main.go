@@ -25,6 +25,7 @@ import (
 
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers/overlay"
+	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/kvstore/kvurl"
 	"github.com/cnmkit/cnm/network"
@@ -38,6 +39,7 @@ type hostFlags struct {
 func main() {
 	var f hostFlags
 	lab := flag.Int("lab", 0, "run a lab of N hosts on this machine, each this program in a namespace of its own, and check that their containers reach each other")
+	crash := flag.Bool("crash", false, "with -lab: kill the last host (SIGKILL), check the others drop its container, restart it and check it is back")
 	flag.StringVar(&f.name, "name", "", "this host's name, unique in the cluster (default: the machine's host name)")
 	flag.StringVar(&f.store, "store", "", "the global store: etcd://host:2379/prefix or consul://host:8500/prefix (required)")
 	flag.StringVar(&f.vtep, "vtep", "", "this host's underlay address (default: the address of the default route's interface)")
@@ -59,7 +61,7 @@ func main() {
 		if eerr != nil {
 			err = eerr
 		} else {
-			err = runLab(self, *lab, os.Stdout)
+			err = runLab(self, *lab, *crash, os.Stdout)
 		}
 	} else {
 		err = runHost(f)
@@ -142,15 +144,28 @@ func runHost(f hostFlags) (err error) {
 		}
 		id = "c-" + h
 	}
-	sb, err := c.NewSandbox(ctx, id)
+	// After a crash the container is still there: the Controller restored it.
+	sb, err := c.Sandbox(id)
+	var ep endpoint.Endpoint
+	if err == nil {
+		nw, nerr := c.Network(f.netName)
+		if nerr == nil {
+			ep, err = nw.Endpoint(id)
+		} else {
+			err = nerr
+		}
+	} else {
+		if sb, err = c.NewSandbox(ctx, id); err != nil {
+			return err
+		}
+		if ep, err = c.Connect(ctx, f.netName, id); err != nil {
+			return errors.Join(err, c.DeleteSandbox(context.WithoutCancel(ctx), id))
+		}
+	}
 	if err != nil {
 		return err
 	}
-	ep, err := c.Connect(ctx, f.netName, id)
-	if err != nil {
-		return errors.Join(err, c.DeleteSandbox(context.WithoutCancel(ctx), id))
-	}
-	fmt.Printf("READY %s %s %s\n", id, ep.Info().IPv4.Addr(), sb.Key())
+	fmt.Printf("READY %s %s %s %s\n", id, ep.Info().IPv4.Addr(), sb.Key(), ep.Info().MAC)
 
 	<-ctx.Done()
 	done := context.Background()
