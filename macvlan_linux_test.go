@@ -8,6 +8,9 @@ import (
 	"testing"
 
 	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/drivers/macvlan"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
@@ -188,4 +191,38 @@ func TestPrivilegedMacvlanRestart(t *testing.T) {
 		t.Errorf("Network(lan) after DeleteNetwork: %v, want ErrNotFound", err)
 	}
 	waitLinks(t, l.host.Path(), cnm.DefaultBridge, "eth0", "lo")
+}
+
+// TestPrivilegedMacvlanCrashLeftover: the veth parent the macvlan driver made for an internal
+// network whose record is gone (the process died between creating it and storing the
+// record) is removed by the next Controller's start and reported in Repairs.
+func TestPrivilegedMacvlanCrashLeftover(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab(t)
+	d, err := macvlan.New(macvlan.Config{HostNetns: l.host.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID()}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close() // the crash: no record, no DeleteNetwork
+	var leftover []string
+	for _, name := range links(t, l.host.Path()) {
+		if name != cnm.DefaultBridge && name != "lo" {
+			leftover = append(leftover, name)
+		}
+	}
+	if len(leftover) != 2 {
+		t.Fatalf("links the driver made = %v, want a veth pair", leftover)
+	}
+
+	l.c.Close()
+	c := l.open(t)
+	if !slices.ContainsFunc(c.Repairs(), func(r drivers.Repair) bool {
+		return slices.Contains([]string{"link " + leftover[0], "link " + leftover[1]}, r.Object) && r.Action == "removed"
+	}) {
+		t.Errorf("repairs = %v, want the removal of the leftover veth %v", c.Repairs(), leftover)
+	}
+	waitLinks(t, l.host.Path(), cnm.DefaultBridge, "lo")
 }
