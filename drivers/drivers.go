@@ -74,6 +74,44 @@ func Invalid(field, value, reason string) error { return errclass.Invalid(field,
 // on other systems.
 func LinuxOnly(what string) error { return errclass.LinuxOnly(what) }
 
+// MTU bounds that CheckMTU enforces.
+const (
+	MinMTU = 68    // the IPv4 minimum
+	MaxMTU = 65535 // the largest a Linux link takes
+)
+
+// CheckMTU returns an *InvalidParameterError naming field and value when mtu is outside
+// MinMTU..MaxMTU.
+func CheckMTU(field, value string, mtu int) error {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return Invalid(field, value, "want 68 to 65535")
+	}
+	return nil
+}
+
+// CheckIfName checks an interface name as the kernel does (dev_valid_name: 1 to 15 bytes, not
+// "." or "..", no '/', ':' or white space), and also refuses control characters. It returns an
+// *InvalidParameterError naming field.
+func CheckIfName(field, name string) error {
+	switch {
+	case name == "":
+		return Invalid(field, name, "empty interface name")
+	case len(name) > 15:
+		return Invalid(field, name, "interface name longer than 15 bytes")
+	case name == "." || name == "..":
+		return Invalid(field, name, "not an interface name")
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c == '/' || c == ':':
+			return Invalid(field, name, "interface name with '/' or ':'")
+		case c == ' ' || c == 0x7f || c < 0x20:
+			return Invalid(field, name, "interface name with white space or a control character")
+		}
+	}
+	return nil
+}
+
 // NetworkID identifies a network: 64 lowercase hex characters.
 type NetworkID string
 

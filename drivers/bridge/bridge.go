@@ -675,7 +675,7 @@ func checkJoin(req drivers.JoinRequest) error {
 	if err := checkID("endpoint ID", string(req.EndpointID)); err != nil {
 		return err
 	}
-	if err := checkIfName("interface name", req.IfName); err != nil {
+	if err := drivers.CheckIfName("interface name", req.IfName); err != nil {
 		return err
 	}
 	if req.NetnsFD < 0 {

@@ -41,8 +41,8 @@ func (m GatewayMode) valid() bool { return m == "" || m == GatewayModeNAT || m =
 // Defaults and limits of [NetworkOptions].
 const (
 	DefaultMTU = 1500
-	MinMTU     = 68    // the IPv4 minimum
-	MaxMTU     = 65535 // the largest a bridge or veth takes
+	MinMTU     = drivers.MinMTU // the IPv4 minimum
+	MaxMTU     = drivers.MaxMTU // the largest a bridge or veth takes
 	// MinIPv6MTU is the least MTU of a network with IPv6 subnets: below it the kernel turns
 	// IPv6 off on the link.
 	MinIPv6MTU = 1280
@@ -120,7 +120,7 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 		v := labels[k]
 		switch k {
 		case LabelBridgeName:
-			if err := checkIfName(k, v); err != nil {
+			if err := drivers.CheckIfName(k, v); err != nil {
 				return NetworkOptions{}, err
 			}
 			o.BridgeName = v
@@ -129,7 +129,7 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 			if err != nil {
 				return NetworkOptions{}, &drivers.InvalidParameterError{Field: k, Value: v, Reason: "not a decimal number"}
 			}
-			if err := checkMTU(k, v, mtu); err != nil {
+			if err := drivers.CheckMTU(k, v, mtu); err != nil {
 				return NetworkOptions{}, err
 			}
 			o.MTU = mtu
@@ -165,12 +165,12 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 // validate checks o as CreateNetwork gets it (the fields may not have come from labels).
 func (o NetworkOptions) validate() error {
 	if o.BridgeName != "" {
-		if err := checkIfName("bridge name", o.BridgeName); err != nil {
+		if err := drivers.CheckIfName("bridge name", o.BridgeName); err != nil {
 			return err
 		}
 	}
 	if o.MTU != 0 {
-		if err := checkMTU("MTU", strconv.Itoa(o.MTU), o.MTU); err != nil {
+		if err := drivers.CheckMTU("MTU", strconv.Itoa(o.MTU), o.MTU); err != nil {
 			return err
 		}
 	}
@@ -179,35 +179,6 @@ func (o NetworkOptions) validate() error {
 	}
 	if !o.GatewayModeIPv4.valid() {
 		return drivers.Invalid("IPv4 gateway mode", string(o.GatewayModeIPv4), `want "nat" or "routed"`)
-	}
-	return nil
-}
-
-func checkMTU(field, value string, mtu int) error {
-	if mtu < MinMTU || mtu > MaxMTU {
-		return drivers.Invalid(field, value, "want 68 to 65535")
-	}
-	return nil
-}
-
-// checkIfName checks name as the kernel does (dev_valid_name), and also refuses control
-// characters.
-func checkIfName(field, name string) error {
-	switch {
-	case name == "":
-		return drivers.Invalid(field, name, "empty interface name")
-	case len(name) > 15:
-		return drivers.Invalid(field, name, "interface name longer than 15 bytes")
-	case name == "." || name == "..":
-		return drivers.Invalid(field, name, "not an interface name")
-	}
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case c == '/' || c == ':':
-			return drivers.Invalid(field, name, "interface name with '/' or ':'")
-		case c == ' ' || c == 0x7f || c < 0x20:
-			return drivers.Invalid(field, name, "interface name with white space or a control character")
-		}
 	}
 	return nil
 }

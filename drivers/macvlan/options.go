@@ -58,8 +58,8 @@ func (m Mode) valid() bool {
 
 // Limits of [NetworkOptions].
 const (
-	MinMTU = 68    // the IPv4 minimum
-	MaxMTU = 65535 // the largest a macvlan link takes
+	MinMTU = drivers.MinMTU // the IPv4 minimum
+	MaxMTU = drivers.MaxMTU // the largest a macvlan link takes
 )
 
 var _ drivers.NetworkOptions = NetworkOptions{}
@@ -128,7 +128,7 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 			if err != nil {
 				return NetworkOptions{}, drivers.Invalid(k, v, "not a decimal number")
 			}
-			if err := checkMTU(k, v, mtu); err != nil {
+			if err := drivers.CheckMTU(k, v, mtu); err != nil {
 				return NetworkOptions{}, err
 			}
 			o.MTU = mtu
@@ -150,7 +150,7 @@ func (o NetworkOptions) validate() error {
 		return drivers.Invalid("macvlan mode", string(o.Mode), `want "bridge", "private", "vepa" or "passthru"`)
 	}
 	if o.MTU != 0 {
-		if err := checkMTU("MTU", strconv.Itoa(o.MTU), o.MTU); err != nil {
+		if err := drivers.CheckMTU("MTU", strconv.Itoa(o.MTU), o.MTU); err != nil {
 			return err
 		}
 	}
@@ -174,7 +174,7 @@ func splitVLAN(parent string) (string, int) {
 // checkParent checks a parent name: an interface name, not "lo", and for a name ending in a
 // dot and digits, a VLAN ID from 1 to 4094.
 func checkParent(field, name string) error {
-	if err := checkIfName(field, name); err != nil {
+	if err := drivers.CheckIfName(field, name); err != nil {
 		return err
 	}
 	if name == "lo" {
@@ -183,35 +183,6 @@ func checkParent(field, name string) error {
 	if _, id := splitVLAN(name); id != 0 || strings.HasSuffix(name, ".0") {
 		if id < 1 || id > 4094 {
 			return drivers.Invalid(field, name, "VLAN ID out of 1 to 4094")
-		}
-	}
-	return nil
-}
-
-func checkMTU(field, value string, mtu int) error {
-	if mtu < MinMTU || mtu > MaxMTU {
-		return drivers.Invalid(field, value, "want 68 to 65535")
-	}
-	return nil
-}
-
-// checkIfName checks name as the kernel does (dev_valid_name), and also refuses control
-// characters.
-func checkIfName(field, name string) error {
-	switch {
-	case name == "":
-		return drivers.Invalid(field, name, "empty interface name")
-	case len(name) > 15:
-		return drivers.Invalid(field, name, "interface name longer than 15 bytes")
-	case name == "." || name == "..":
-		return drivers.Invalid(field, name, "not an interface name")
-	}
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case c == '/' || c == ':':
-			return drivers.Invalid(field, name, "interface name with '/' or ':'")
-		case c == ' ' || c == 0x7f || c < 0x20:
-			return drivers.Invalid(field, name, "interface name with white space or a control character")
 		}
 	}
 	return nil

@@ -131,8 +131,11 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 		switch k {
 		case LabelMTU:
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 68 || n > 65535 {
-				return o, drivers.Invalid(k, v, "want an MTU of 68 to 65535")
+			if err != nil {
+				return o, drivers.Invalid(k, v, "not a number")
+			}
+			if err := drivers.CheckMTU(k, v, n); err != nil {
+				return o, err
 			}
 			o.MTU = n
 		case LabelEncrypted:

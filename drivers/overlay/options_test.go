@@ -1,0 +1,25 @@
+package overlay
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/cnmkit/cnm/drivers"
+)
+
+func TestParseNetworkOptions(t *testing.T) {
+	if o, err := ParseNetworkOptions(map[string]string{LabelMTU: "1400"}); err != nil || o.MTU != 1400 {
+		t.Fatalf("mtu 1400 = %+v, %v", o, err)
+	}
+	for labels, class := range map[[2]string]error{
+		{LabelEncrypted, ""}: drivers.ErrNotSupported,
+		{LabelMTU, "40"}:     drivers.ErrInvalidParameter,
+		{LabelMTU, "big"}:    drivers.ErrInvalidParameter,
+		{LabelVNI, "4096"}:   drivers.ErrInvalidParameter,
+		{"nosuch", "x"}:      drivers.ErrInvalidParameter,
+	} {
+		if _, err := ParseNetworkOptions(map[string]string{labels[0]: labels[1]}); !errors.Is(err, class) {
+			t.Errorf("%s=%q: %v, want %v", labels[0], labels[1], err, class)
+		}
+	}
+}
