@@ -2,8 +2,6 @@ package cnm_test
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -82,50 +80,6 @@ func newBenchOverlay(b *testing.B) *benchOverlay {
 	return o
 }
 
-// iperf measures TCP throughput for 3 seconds from the namespace at client to an iperf3
-// server in the namespace at server listening on ip, in bits per second.
-func iperf(b *testing.B, server, client, ip string) float64 {
-	srv := exec.Command("nsenter", "--net="+server, "--", "iperf3", "-s", "-B", ip)
-	if err := srv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		srv.Process.Kill()
-		srv.Wait()
-	}()
-	var out []byte
-	var err error
-	for range 50 { // until the server listens
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		out, err = exec.CommandContext(ctx, "nsenter", "--net="+client, "--", "iperf3", "-c", ip, "-t", "3", "-J").Output()
-		cancel()
-		var e struct {
-			Error string `json:"error"`
-		}
-		if err == nil && json.Unmarshal(out, &e) == nil && e.Error != "" {
-			err = errors.New(e.Error) // iperf3 -J exits 0 when it cannot connect
-		}
-		if err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		b.Fatalf("iperf3 to %s: %v: %s", ip, err, out)
-	}
-	var r struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
-		b.Fatalf("iperf3 output: %v: %s", err, out)
-	}
-	return r.End.SumReceived.BitsPerSecond
-}
-
 // rtt returns the average round trip of n pings from the namespace at path to ip.
 func rtt(b *testing.B, path, ip string, n int) time.Duration {
 	out, err := exec.Command("nsenter", "--net="+path, "--", "ping", "-n", "-q", "-c", strconv.Itoa(n), "-i", "0.01", ip).CombinedOutput()
@@ -187,8 +141,8 @@ func BenchmarkPrivilegedOverlay(b *testing.B) {
 		}
 		var over, under []float64
 		for b.Loop() {
-			over = append(over, iperf(b, sbb.Key(), sa.Key(), eb.Info().IPv4.Addr().String()))
-			under = append(under, iperf(b, o.hostB.Path(), o.hostA.Path(), "192.0.2.12"))
+			over = append(over, nstest.Iperf(b, sbb.Key(), sa.Key(), eb.Info().IPv4.Addr().String()))
+			under = append(under, nstest.Iperf(b, o.hostB.Path(), o.hostA.Path(), "192.0.2.12"))
 		}
 		slices.Sort(over)
 		slices.Sort(under)

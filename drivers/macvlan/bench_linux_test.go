@@ -1,9 +1,6 @@
 package macvlan
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -110,8 +107,8 @@ func BenchmarkPrivilegedThroughput(b *testing.B) {
 
 	var mv, eth []float64
 	for b.Loop() {
-		mv = append(mv, iperf(b, c2.ns.Path(), c1.ns.Path(), "192.168.50.20"))
-		eth = append(eth, iperf(b, host2.Path(), host1.Path(), "192.168.50.3"))
+		mv = append(mv, nstest.Iperf(b, c2.ns.Path(), c1.ns.Path(), "192.168.50.20"))
+		eth = append(eth, nstest.Iperf(b, host2.Path(), host1.Path(), "192.168.50.3"))
 	}
 	slices.Sort(mv)
 	slices.Sort(eth)
@@ -119,50 +116,4 @@ func BenchmarkPrivilegedThroughput(b *testing.B) {
 	b.ReportMetric(m/1e9, "macvlan-Gbit/s")
 	b.ReportMetric(e/1e9, "eth0-Gbit/s")
 	b.ReportMetric(m/e, "macvlan/eth0")
-}
-
-// iperf measures TCP throughput for 3 seconds from the namespace at client to an iperf3
-// server in the namespace at server listening on ip, in bits per second. It retries the
-// client until the server listens, and kills the server when done.
-func iperf(b *testing.B, server, client, ip string) float64 {
-	b.Helper()
-	srv := exec.Command("nsenter", "--net="+server, "--", "iperf3", "-s", "-B", ip)
-	if err := srv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		srv.Process.Kill()
-		srv.Wait()
-	}()
-	var out []byte
-	var err error
-	for range 50 {
-		ctx, cancel := context.WithTimeout(b.Context(), 20*time.Second)
-		out, err = exec.CommandContext(ctx, "nsenter", "--net="+client, "--", "iperf3", "-c", ip, "-t", "3", "-J").Output()
-		cancel()
-		var e struct {
-			Error string `json:"error"`
-		}
-		if err == nil && json.Unmarshal(out, &e) == nil && e.Error != "" {
-			err = errors.New(e.Error) // iperf3 -J exits 0 when it cannot connect
-		}
-		if err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		b.Fatalf("iperf3 to %s: %v: %s", ip, err, out)
-	}
-	var r struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
-		b.Fatalf("iperf3 output: %v: %s", err, out)
-	}
-	return r.End.SumReceived.BitsPerSecond
 }
