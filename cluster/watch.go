@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 
@@ -30,10 +31,16 @@ func (c *Cluster) adopt(ctx context.Context, value []byte) {
 // on other hosts are adopted, networks deleted elsewhere forgotten. After the watch breaks (the
 // store went away), it lists again and resumes.
 func (c *Cluster) watchNetworks(ctx context.Context) {
+	// Networks known here that a listing did not show: forgotten only once their record has
+	// stayed absent for orphanGrace (a restarted server can answer a listing before it has
+	// replayed its log, and a live network must not be dropped for that).
+	missing := map[string]time.Time{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		ch, err := c.raw.Watch(ctx, network.KeyPrefix, 0)
 		if err == nil {
-			err = c.syncNetworks(ctx)
+			err = c.syncNetworks(ctx, missing)
 		}
 		if err != nil {
 			c.log.Warn("global: watch networks", "err", err)
@@ -43,20 +50,51 @@ func (c *Cluster) watchNetworks(ctx context.Context) {
 			continue
 		}
 		attempt = 0
-		for ev := range ch {
-			id := strings.TrimPrefix(ev.Pair.Key, network.KeyPrefix)
-			switch ev.Type {
-			case kvstore.EventPut:
-				c.adopt(ctx, ev.Pair.Value)
-			case kvstore.EventDelete:
-				c.cfg.Networks.Forget(ctx, id)
+	events:
+		for {
+			select {
+			case ev, ok := <-ch:
+				if !ok {
+					break events
+				}
+				id := strings.TrimPrefix(ev.Pair.Key, network.KeyPrefix)
+				delete(missing, id)
+				switch ev.Type {
+				case kvstore.EventPut:
+					c.adopt(ctx, ev.Pair.Value)
+				case kvstore.EventDelete:
+					c.cfg.Networks.Forget(ctx, id)
+				}
+			case now := <-tick.C:
+				c.confirmMissing(ctx, missing, now)
+			case <-ctx.Done():
+				return
 			}
 		}
 	}
 }
 
-// syncNetworks adopts every global network in the store and forgets those that are gone.
-func (c *Cluster) syncNetworks(ctx context.Context) error {
+// confirmMissing forgets the networks of missing that have been absent for orphanGrace and
+// whose record a read still does not find; those found again are no longer missing.
+func (c *Cluster) confirmMissing(ctx context.Context, missing map[string]time.Time, now time.Time) {
+	for id, since := range missing {
+		if now.Sub(since) < orphanGrace {
+			continue
+		}
+		_, err := c.store.Get(ctx, network.Key(id))
+		switch {
+		case errors.Is(err, kvstore.ErrKeyNotFound):
+			delete(missing, id)
+			c.cfg.Networks.Forget(ctx, id)
+		case err == nil:
+			delete(missing, id)
+		}
+	}
+}
+
+// syncNetworks adopts every global network in the store, and notes in missing, from now, the
+// networks known here that it does not list (confirmMissing forgets them later).
+func (c *Cluster) syncNetworks(ctx context.Context, missing map[string]time.Time) error {
 	pairs, err := c.store.List(ctx, network.KeyPrefix)
 	if err != nil {
 		return err
@@ -75,14 +113,20 @@ func (c *Cluster) syncNetworks(ctx context.Context) error {
 		}
 	}
 	c.mu.Unlock()
+	now := time.Now()
 	for _, id := range gone {
-		c.cfg.Networks.Forget(ctx, id)
+		if _, ok := missing[id]; !ok {
+			missing[id] = now
+		}
+	}
+	for id := range missing {
+		if live[id] {
+			delete(missing, id)
+		}
 	}
 	return nil
 }
 
-// boundedStore bounds every call to a remote store by d, so that an unreachable store fails
-// the call with an error matching ErrUnavailable instead of hanging. Watch is not bounded.
 // retryWait waits for a backoff step of a background loop; false when ctx ended.
 func retryWait(ctx context.Context, attempt int) bool {
 	d := min(50*time.Millisecond<<min(attempt, 6), 2*time.Second)
