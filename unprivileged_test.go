@@ -306,11 +306,12 @@ func TestConnectDisconnect(t *testing.T) {
 func TestDeleteSandbox(t *testing.T) {
 	ctx := t.Context()
 	l := newFakeLab(t)
+	// Names that are not hex: Endpoint(name) also matches ID prefixes.
 	c := l.c
 	n := mustNetwork(t, c, "n1", network.WithSubnet(netip.MustParsePrefix("10.23.0.0/24")))
-	a := mustSandbox(t, c, "a")
-	mustConnect(t, c, "n1", "a")
-	mustConnect(t, c, cnm.DefaultNetwork, "a")
+	a := mustSandbox(t, c, "box")
+	mustConnect(t, c, "n1", "box")
+	mustConnect(t, c, cnm.DefaultNetwork, "box")
 	if err := c.DeleteNetwork(ctx, "n1"); !errors.Is(err, cnm.ErrConflict) {
 		t.Fatalf("DeleteNetwork with an endpoint = %v, want ErrConflict", err)
 	}
@@ -318,23 +319,23 @@ func TestDeleteSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteSandbox(ctx, "a"); err != nil {
+	if err := c.DeleteSandbox(ctx, "box"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteSandbox(ctx, "a"); !errors.Is(err, cnm.ErrNotFound) {
-		t.Errorf("DeleteSandbox(a) again = %v, want ErrNotFound", err)
+	if err := c.DeleteSandbox(ctx, "box"); !errors.Is(err, cnm.ErrNotFound) {
+		t.Errorf("DeleteSandbox(box) again = %v, want ErrNotFound", err)
 	}
 	if got := n.Inspect().Containers; len(got) != 0 {
 		t.Errorf("containers of n1 after the sandbox went = %v", got)
 	}
-	if _, err := n.Endpoint("a"); !errors.Is(err, cnm.ErrNotFound) {
-		t.Errorf("endpoint a after its sandbox went: %v, want ErrNotFound", err)
+	if _, err := n.Endpoint("box"); !errors.Is(err, cnm.ErrNotFound) {
+		t.Errorf("endpoint box after its sandbox went: %v, want ErrNotFound", err)
 	}
 	if got, _ := l.m.List(l.runDir); len(got) != 0 {
 		t.Errorf("namespaces left = %v", got)
 	}
 	if _, err := os.Stat(filepath.Dir(a.HostsPath())); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("files of a left: %v", err)
+		t.Errorf("files of box left: %v", err)
 	}
 	if err := c.DeleteNetwork(ctx, "n1"); !errors.Is(err, cnm.ErrConflict) {
 		t.Fatalf("DeleteNetwork with an idle endpoint = %v, want ErrConflict", err)
