@@ -14,6 +14,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/network"
@@ -104,7 +105,7 @@ func TestPrivilegedNetworkAllocator(t *testing.T) {
 	}
 	mustNetworkOf(t, c, "d", "vx", network.WithSubnet(netip.MustParsePrefix("10.77.0.0/24")))
 	// An allocation whose network never got a record (a crash between the two).
-	orphan := drivers.NetworkID(network.NewID())
+	orphan := drivers.NetworkID(netobj.NewID())
 	if _, err := alloc.AllocateNetwork(ctx, drivers.AllocateNetworkRequest{NetworkID: orphan, Name: "lost"}); err == nil {
 		t.Fatal("the range should be full")
 	}
@@ -262,7 +263,7 @@ func TestPrivilegedGlobalNetworkAllocator(t *testing.T) {
 		t.Fatalf("allocator calls = %q, want g1 freed once, by the deleting host", got)
 	}
 	// An orphan: allocated, never recorded. The sweep frees it once it has been seen long enough.
-	orphan := drivers.NetworkID(network.NewID())
+	orphan := drivers.NetworkID(netobj.NewID())
 	if _, err := shared.AllocateNetwork(ctx, drivers.AllocateNetworkRequest{NetworkID: orphan, Name: "lost"}); err != nil {
 		t.Fatal(err)
 	}

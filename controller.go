@@ -59,7 +59,7 @@
 // networks.
 //
 // All of this lives in package cluster, with its own lock and lifecycle; a network's Records
-// (network.LocalRecords, or the cluster) is chosen by its driver's DataScope, stated at
+// (netobj.LocalRecords, or the cluster) is chosen by its driver's DataScope, stated at
 // registration. The gossip plane (Config.Gossip) is started and stopped with the Controller
 // and reaches drivers that ask for it (drivers.GossipUser) as drivers.Gossip.
 //
@@ -125,8 +125,10 @@ import (
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
 	"github.com/cnmkit/cnm/gossip"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/lookup"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/boltdb"
@@ -254,7 +256,7 @@ type Controller struct {
 
 	mu        sync.Mutex                // guards following
 	ipams     map[string]ipam.Allocator // IPAM drivers by name
-	networks  map[string]*network.Net
+	networks  map[string]*netobj.Net
 	netNames  map[string]string      // name -> ID; "" while being created
 	reclaimed []drivers.Repair       // endpoints of departed hosts reclaimed here
 	repairs   []drivers.Repair       // what restores (New's, and later registrations') repaired
@@ -349,7 +351,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	c := &Controller{
 		cfg: cfg, log: cfg.Logger, store: cfg.Store, ipam: cfg.IPAM,
-		networks: make(map[string]*network.Net), netNames: make(map[string]string),
+		networks: make(map[string]*netobj.Net), netNames: make(map[string]string),
 		sandboxes: make(map[string]*sbox), waiting: make(map[string]*waitingNet),
 	}
 	c.gw.c = c
@@ -724,9 +726,9 @@ func (c *Controller) overlapsHost(p netip.Prefix) bool {
 	return false
 }
 
-func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) network.Config {
-	cfg := network.Config{
-		Entry: e, Records: network.LocalRecords(c.store), IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
+func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) netobj.Config {
+	cfg := netobj.Config{
+		Entry: e, Records: netobj.LocalRecords(c.store), IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log, Publish: c.bus.Publish,
 		Begin: c.begin,
 	}
@@ -848,12 +850,12 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	if global {
 		// The watch must not adopt the record this create writes: the cluster leaves it
 		// alone until Created, which runs once c.networks has it (both under c.mu).
-		ncfg.ID = network.NewID()
+		ncfg.ID = netobj.NewID()
 		c.cluster.Creating(ncfg.ID)
 	}
 	c.mu.Unlock()
 
-	n, err := network.Create(ctx, ncfg, name, spec, dopts)
+	n, err := netobj.Create(ctx, ncfg, name, spec, dopts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if global {
@@ -883,7 +885,7 @@ func (c *Controller) poolOwnerLocked(err error) string {
 	if !ok || oe.Pool == "" {
 		return ""
 	}
-	recs := make([]network.Record, 0, len(c.networks)+len(c.waiting))
+	recs := make([]netobj.Record, 0, len(c.networks)+len(c.waiting))
 	for _, n := range c.networks {
 		recs = append(recs, n.Record())
 	}
@@ -917,7 +919,7 @@ func (c *Controller) Network(nameOrID string) (network.Network, error) {
 	return n, nil
 }
 
-func (c *Controller) network(nameOrID string) (*network.Net, error) {
+func (c *Controller) network(nameOrID string) (*netobj.Net, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n, err := lookup.ByNameOrID("network", nameOrID, c.netNames, c.networks)
@@ -1084,11 +1086,11 @@ func (c *Controller) Sandboxes() []sandbox.Sandbox {
 }
 
 // endpointsOf returns the endpoints joined to sandbox id, on every network.
-func (c *Controller) endpointsOf(id string) []*endpoint.Ep {
+func (c *Controller) endpointsOf(id string) []*epobj.Ep {
 	c.mu.Lock()
 	nets := slices.Collect(maps.Values(c.networks))
 	c.mu.Unlock()
-	var eps []*endpoint.Ep
+	var eps []*epobj.Ep
 	for _, n := range nets {
 		for _, ep := range n.Eps() {
 			if ep.Info().SandboxID == id {
@@ -1253,9 +1255,9 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 // checkNone refuses to mix the none network with others on one sandbox, as Docker does. It
 // looks only at the (few) endpoints of isolated-sandbox networks and at the sandbox's own
 // interfaces, so its cost does not grow with the number of endpoints.
-func (c *Controller) checkNone(n *network.Net, sb sandbox.Sandbox) error {
+func (c *Controller) checkNone(n *netobj.Net, sb sandbox.Sandbox) error {
 	c.mu.Lock()
-	var isolated []*network.Net
+	var isolated []*netobj.Net
 	for _, nw := range c.networks {
 		if e, err := c.reg.Get(nw.Driver()); err == nil && e.Caps.Sandbox == drivers.IsolatedSandbox {
 			isolated = append(isolated, nw)

@@ -20,6 +20,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/boltdb"
@@ -747,7 +748,7 @@ func TestPrivilegedCrashInDeleteSandbox(t *testing.T) {
 	// may still find the host ends of victim's veths, and then rightly removes them.
 	var victimVeths []string
 	for _, k := range strings.Fields(l.info["keys"]) {
-		if strings.HasPrefix(k, endpoint.KeyPrefix) {
+		if strings.HasPrefix(k, epobj.KeyPrefix) {
 			victimVeths = append(victimVeths, "link "+hostVeth(k[strings.LastIndexByte(k, '/')+1:])+":")
 		}
 	}

@@ -44,12 +44,12 @@ var depRules = []depRule{
 	},
 	{
 		From: []string{"drivers/..."},
-		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "gossip/..."},
+		Deny: []string{".", "network/...", "endpoint/...", "internal/netobj", "internal/epobj", "sandbox/...", "gossip/..."},
 		Why:  "a driver sees networks, endpoints and sandboxes only through request structs, and the gossip plane only as drivers.Gossip",
 	},
 	{
 		From: []string{"sandbox/..."},
-		Deny: []string{".", "network/...", "endpoint/...", "drivers/...", "ipam/...", "kvstore/..."},
+		Deny: []string{".", "network/...", "endpoint/...", "internal/netobj", "internal/epobj", "drivers/...", "ipam/...", "kvstore/..."},
 		Why:  "a sandbox is a namespace and its interfaces, below every other layer",
 	},
 	{
@@ -58,14 +58,24 @@ var depRules = []depRule{
 		Why:  "the in-memory machine is the sandbox package's twin: it uses that package, its bookkeeping (sandbox/internal/iftable) and errclass; internal/netns only through sandbox",
 	},
 	{
+		From: []string{"network/...", "endpoint/..."},
+		Deny: []string{".", "cluster/...", "internal/netobj", "internal/epobj", "kvstore/...", "ipam/..."},
+		Why:  "the public network and endpoint packages are the contract (interfaces, options, inspect shapes); the implementation is internal and sealed",
+	},
+	{
 		From: []string{"endpoint/..."},
-		Deny: []string{".", "network/..."},
+		Deny: []string{"network/..."},
 		Why:  "imports flow network -> endpoint -> sandbox, never back",
 	},
 	{
-		From: []string{"network/..."},
+		From: []string{"internal/epobj"},
+		Deny: []string{".", "network/...", "internal/netobj", "cluster/..."},
+		Why:  "imports flow netobj -> epobj -> sandbox, never back",
+	},
+	{
+		From: []string{"internal/netobj"},
 		Deny: []string{".", "cluster/..."},
-		Why:  "only the root package wires the layers together; network declares Records, cluster implements it",
+		Why:  "only the root package wires the layers together; netobj declares Records, cluster implements it",
 	},
 	{
 		From: []string{"cluster/..."},
@@ -74,7 +84,7 @@ var depRules = []depRule{
 	},
 	{
 		From: []string{"kvstore/...", "gossip/..."},
-		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "drivers/...", "ipam/..."},
+		Deny: []string{".", "network/...", "endpoint/...", "internal/netobj", "internal/epobj", "sandbox/...", "drivers/...", "ipam/..."},
 		Why:  "the store and the gossip plane are below the networking layers: they hold bytes, not networks",
 	},
 	{
@@ -278,9 +288,11 @@ func depsDisplay(p string) string {
 // prints the chain, and accepts a graph that follows the rules.
 func testDepsSelfCheck(t *testing.T) {
 	good := map[string][]string{
-		".":                 {"network", "endpoint", "sandbox", "drivers", "drivers/bridge", "ipam", "kvstore", "kvstore/boltdb"},
-		"network":           {"endpoint", "drivers", "events", "ipam", "kvstore", "internal/errclass"},
-		"endpoint":          {"sandbox", "drivers", "events", "ipam", "kvstore", "internal/errclass"},
+		".":                 {"network", "endpoint", "internal/netobj", "sandbox", "drivers", "drivers/bridge", "ipam", "kvstore", "kvstore/boltdb"},
+		"network":           {"endpoint", "drivers", "internal/errclass"},
+		"endpoint":          {"sandbox", "drivers", "internal/errclass"},
+		"internal/netobj":   {"network", "internal/epobj", "drivers", "events", "ipam", "kvstore", "internal/errclass"},
+		"internal/epobj":    {"endpoint", "sandbox", "drivers", "events", "ipam", "kvstore", "internal/errclass"},
 		"events":            nil,
 		"sandbox":           {"internal/netns", "internal/errclass"},
 		"drivers":           {"internal/errclass"},

@@ -6,7 +6,7 @@ import (
 	"sync"
 
 	"github.com/cnmkit/cnm/drivers/bridge"
-	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/sandbox"
 )
@@ -18,7 +18,7 @@ import (
 // (an endpoint named after the sandbox) while one of its endpoints claims it.
 const GatewayNetwork = "cnm_gwbridge"
 
-// gatewayService is the Controller's endpoint.GatewayService.
+// gatewayService is the Controller's epobj.GatewayService.
 type gatewayService struct {
 	c *Controller
 	// serial orders attachments and detachments: each checks the claims, then connects or
@@ -28,9 +28,9 @@ type gatewayService struct {
 	claims map[string]map[string]bool // sandbox ID -> endpoint IDs; under serial
 }
 
-var _ endpoint.GatewayService = (*gatewayService)(nil)
+var _ epobj.GatewayService = (*gatewayService)(nil)
 
-// Attach implements endpoint.GatewayService: it connects sb to GatewayNetwork (creating the
+// Attach implements epobj.GatewayService: it connects sb to GatewayNetwork (creating the
 // network on first use) unless it is connected already, and records epID's claim.
 func (g *gatewayService) Attach(ctx context.Context, sb sandbox.Sandbox, epID string) error {
 	g.serial.Lock()
@@ -71,7 +71,7 @@ func (g *gatewayService) connect(ctx context.Context, sbID string) error {
 	return err
 }
 
-// Detach implements endpoint.GatewayService: it drops epID's claim, and disconnects the
+// Detach implements epobj.GatewayService: it drops epID's claim, and disconnects the
 // sandbox from GatewayNetwork when no claim is left. A sandbox that is gone is not an error.
 func (g *gatewayService) Detach(ctx context.Context, sbID, epID string) error {
 	g.serial.Lock()
@@ -93,7 +93,7 @@ func (g *gatewayService) Detach(ctx context.Context, sbID, epID string) error {
 }
 
 // restore records the claims of restored endpoints (their records say they hold one).
-func (g *gatewayService) restore(eps []*endpoint.Ep) {
+func (g *gatewayService) restore(eps []*epobj.Ep) {
 	g.serial.Lock()
 	defer g.serial.Unlock()
 	for _, ep := range eps {

@@ -17,6 +17,8 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/epobj"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/ipam"
@@ -225,7 +227,7 @@ func TestPrivilegedGlobalNetworks(t *testing.T) {
 // key, and no allocated address.
 func assertGlobalClean(t *testing.T, s kvstore.Store) {
 	t.Helper()
-	for _, prefix := range []string{network.KeyPrefix, cluster.NameKeyPrefix, cluster.DeletingKeyPrefix, endpoint.KeyPrefix, ipam.DefaultGlobalPrefix + "/chunks/"} {
+	for _, prefix := range []string{netobj.KeyPrefix, cluster.NameKeyPrefix, cluster.DeletingKeyPrefix, epobj.KeyPrefix, ipam.DefaultGlobalPrefix + "/chunks/"} {
 		kvs, err := s.List(t.Context(), prefix)
 		if err != nil {
 			t.Fatalf("List(%s): %v", prefix, err)
@@ -296,7 +298,7 @@ func TestPrivilegedGlobalAddresses10k(t *testing.T) {
 			if len(seen) != total {
 				t.Fatalf("%d distinct addresses, want %d", len(seen), total)
 			}
-			recs, err := be.open(t).List(ctx, endpoint.KeyPrefix)
+			recs, err := be.open(t).List(ctx, epobj.KeyPrefix)
 			if err != nil || len(recs) != total {
 				t.Fatalf("global store holds %d endpoint records (err %v), want %d", len(recs), err, total)
 			}
@@ -632,7 +634,7 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 			var diff string
 			waitFor(t, 30*time.Second, "records differ from the endpoints the hosts hold", func() bool {
 				var err error
-				recs, err = s.List(ctx, endpoint.KeyPrefix+nid+"/")
+				recs, err = s.List(ctx, epobj.KeyPrefix+nid+"/")
 				if err != nil {
 					diff = err.Error()
 					return false
@@ -640,7 +642,7 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 				inStore := map[string]bool{}
 				var extra, missing []string
 				for _, r := range recs {
-					id := strings.TrimPrefix(r.Key, endpoint.KeyPrefix+nid+"/")
+					id := strings.TrimPrefix(r.Key, epobj.KeyPrefix+nid+"/")
 					inStore[id] = true
 					if !held[id] {
 						extra = append(extra, string(r.Value))
@@ -747,7 +749,7 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 		if err != nil || len(hosts) != 2 {
 			return false
 		}
-		recs, err := s.List(ctx, endpoint.KeyPrefix+na.ID()+"/")
+		recs, err := s.List(ctx, epobj.KeyPrefix+na.ID()+"/")
 		if err != nil || len(recs) != 4 {
 			return false
 		}
@@ -755,7 +757,7 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 	})
 	// Stable: a later sweep does not take anything away again.
 	time.Sleep(3 * time.Second)
-	recs, err := s.List(ctx, endpoint.KeyPrefix+na.ID()+"/")
+	recs, err := s.List(ctx, epobj.KeyPrefix+na.ID()+"/")
 	if err != nil || len(recs) != 4 {
 		t.Fatalf("after the sweeps: %d records (%v), want 4", len(recs), err)
 	}
@@ -819,7 +821,7 @@ func TestPrivilegedGlobalJoinRestart(t *testing.T) {
 	ep := mustConnect(t, c, "gx", "sb1")
 	addr := ep.Info().IPv4.Addr()
 	pingOK(t, sb, netip.MustParseAddr("10.72.0.1"))
-	recs, err := gs.List(ctx, endpoint.KeyPrefix+nw.ID()+"/")
+	recs, err := gs.List(ctx, epobj.KeyPrefix+nw.ID()+"/")
 	if err != nil || len(recs) != 1 || !strings.Contains(string(recs[0].Value), `"host":"host-j"`) || !strings.Contains(string(recs[0].Value), `"sandbox_id":"sb1"`) {
 		t.Fatalf("global endpoint records = %v (%v), want one of host-j joined to sb1", recs, err)
 	}
@@ -841,7 +843,7 @@ func TestPrivilegedGlobalJoinRestart(t *testing.T) {
 	if err := c.DeleteSandbox(ctx, "sb1"); err != nil {
 		t.Fatalf("DeleteSandbox: %v", err)
 	}
-	if recs, err := gs.List(ctx, endpoint.KeyPrefix); err != nil || len(recs) != 0 {
+	if recs, err := gs.List(ctx, epobj.KeyPrefix); err != nil || len(recs) != 0 {
 		t.Fatalf("after DeleteSandbox: global endpoint records %d (%v), want none", len(recs), err)
 	}
 	if err := c.DeleteNetwork(ctx, "gx"); err != nil {

@@ -11,11 +11,11 @@ import (
 	"github.com/cnmkit/cnm/cluster"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/overlay"
-	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/kvstore"
-	"github.com/cnmkit/cnm/network"
 )
 
 // The multi-host state lives in package cluster; this file wires it to the Controller:
@@ -60,7 +60,7 @@ var _ cluster.Networks = clusterSide{}
 // Adopt implements cluster.Networks: the network's driver creates what it needs here and its
 // pools are adopted from the global IPAM; when that fails (its driver is not registered here,
 // say) the network waits.
-func (s clusterSide) Adopt(ctx context.Context, rec network.Record) {
+func (s clusterSide) Adopt(ctx context.Context, rec netobj.Record) {
 	c := s.c
 	c.mu.Lock()
 	_, known := c.networks[rec.ID]
@@ -167,7 +167,7 @@ func (s clusterSide) Allocators() map[string]drivers.NetworkAllocator {
 
 // restoreGlobal adopts the global networks of the store and restores this host's endpoints on
 // them. It runs in restore, after the local networks; eps collects the joined endpoints.
-func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*endpoint.Ep) (maxSeq uint64, err error) {
+func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.Ep) (maxSeq uint64, err error) {
 	recs, err := c.cluster.NetworkRecords(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("cnm: restore: %w", err)

@@ -13,8 +13,9 @@ import (
 	"strings"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
@@ -25,12 +26,12 @@ import (
 // in New, before the Controller is shared, and records each repair.
 func (c *Controller) restore(ctx context.Context) error {
 	// 1. Networks: replay their IPAM pools and let their drivers re-create or adopt them.
-	pairs, err := c.store.List(ctx, network.KeyPrefix)
+	pairs, err := c.store.List(ctx, netobj.KeyPrefix)
 	if err != nil {
 		return fmt.Errorf("cnm: restore networks: %w", err)
 	}
 	for _, p := range pairs {
-		var rec network.Record
+		var rec netobj.Record
 		if err := json.Unmarshal(p.Value, &rec); err != nil {
 			c.log.Error("restore: bad network record", "key", p.Key, "err", err)
 			continue
@@ -47,14 +48,14 @@ func (c *Controller) restore(ctx context.Context) error {
 	}
 
 	// 2. Endpoints: their records are the leases; replay them into IPAM.
-	pairs, err = c.store.List(ctx, endpoint.KeyPrefix)
+	pairs, err = c.store.List(ctx, epobj.KeyPrefix)
 	if err != nil {
 		return fmt.Errorf("cnm: restore endpoints: %w", err)
 	}
 	var maxSeq uint64
-	eps := map[string][]*endpoint.Ep{} // sandbox ID -> joined endpoints
+	eps := map[string][]*epobj.Ep{} // sandbox ID -> joined endpoints
 	for _, p := range pairs {
-		var rec endpoint.Record
+		var rec epobj.Record
 		if err := json.Unmarshal(p.Value, &rec); err != nil {
 			c.log.Error("restore: bad endpoint record", "key", p.Key, "err", err)
 			continue
@@ -220,7 +221,7 @@ func (c *Controller) restore(ctx context.Context) error {
 	return nil
 }
 
-func (c *Controller) restoreNetwork(ctx context.Context, rec network.Record) (*network.Net, error) {
+func (c *Controller) restoreNetwork(ctx context.Context, rec netobj.Record) (*netobj.Net, error) {
 	e, err := c.reg.Get(rec.Driver)
 	if err != nil {
 		return nil, err
@@ -241,7 +242,7 @@ func (c *Controller) restoreNetwork(ctx context.Context, rec network.Record) (*n
 	if err != nil {
 		return nil, err
 	}
-	return network.Restore(ctx, c.netConfig(e, alloc), rec, opts)
+	return netobj.Restore(ctx, c.netConfig(e, alloc), rec, opts)
 }
 
 func (c *Controller) dropRecord(ctx context.Context, key, object, reason string) {
@@ -254,7 +255,7 @@ func (c *Controller) dropRecord(ctx context.Context, key, object, reason string)
 
 // loseEndpoint handles an endpoint whose sandbox vanished: the driver is told, the endpoint is
 // deleted and its addresses freed, as DeleteSandbox would have done.
-func (c *Controller) loseEndpoint(ctx context.Context, ep *endpoint.Ep, reason string) {
+func (c *Controller) loseEndpoint(ctx context.Context, ep *epobj.Ep, reason string) {
 	name := ep.Name()
 	err := errors.Join(ep.LeaveGone(ctx), ep.Delete(ctx))
 	if err != nil {
@@ -266,9 +267,9 @@ func (c *Controller) loseEndpoint(ctx context.Context, ep *endpoint.Ep, reason s
 
 // restoreSandbox re-opens a sandbox with the interfaces of its joined endpoints and those held
 // for endpoints of waiting networks, in the order they joined.
-func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, joined []*endpoint.Ep, held []heldIface) {
+func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, joined []*epobj.Ep, held []heldIface) {
 	all := slices.Clone(held)
-	byName := map[string]*endpoint.Ep{}
+	byName := map[string]*epobj.Ep{}
 	for _, ep := range joined {
 		r := ep.Record()
 		if r.IfName == "" {
@@ -325,7 +326,7 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 
 // rejoin attaches a restored endpoint to its restored sandbox, and lets its driver restore
 // what it keeps of the join (drivers.EndpointRestorer).
-func (c *Controller) rejoin(ctx context.Context, ep *endpoint.Ep, sb sandbox.Handle) {
+func (c *Controller) rejoin(ctx context.Context, ep *epobj.Ep, sb sandbox.Handle) {
 	ep.Restore(sb)
 	c.mu.Lock()
 	n := c.networks[ep.NetworkID()]
@@ -352,7 +353,7 @@ func (c *Controller) rejoin(ctx context.Context, ep *endpoint.Ep, sb sandbox.Han
 // settleDropped handles an endpoint whose interface in sandbox sbID was found missing or
 // half-configured: a connected endpoint is lost (left and deleted), one whose join was cut
 // short is left and kept.
-func (c *Controller) settleDropped(ctx context.Context, ep *endpoint.Ep, sbID, ifName string) {
+func (c *Controller) settleDropped(ctx context.Context, ep *epobj.Ep, sbID, ifName string) {
 	if ep.Record().Connected {
 		c.loseEndpoint(ctx, ep, "its interface "+ifName+" in sandbox "+sbID+" was missing or half-configured")
 		return
@@ -384,10 +385,10 @@ func (c *Controller) reconcileIPAM(ctx context.Context) {
 		}
 		for _, fam := range []struct {
 			cfgs []network.IPAMConfig
-			addr func(endpoint.Record) netip.Prefix
+			addr func(epobj.Record) netip.Prefix
 		}{
-			{rec.IPv4, func(e endpoint.Record) netip.Prefix { return e.IPv4 }},
-			{rec.IPv6, func(e endpoint.Record) netip.Prefix { return e.IPv6 }},
+			{rec.IPv4, func(e epobj.Record) netip.Prefix { return e.IPv4 }},
+			{rec.IPv6, func(e epobj.Record) netip.Prefix { return e.IPv6 }},
 		} {
 			for _, cfg := range fam.cfgs {
 				live := []netip.Addr{cfg.Gateway}

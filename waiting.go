@@ -9,8 +9,9 @@ import (
 	"sort"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
@@ -42,7 +43,7 @@ type WaitingNetwork struct {
 // waitingNet is a network that could not be restored, with the records of its endpoints.
 // Under Controller.mu.
 type waitingNet struct {
-	rec      network.Record
+	rec      netobj.Record
 	global   bool
 	reason   error
 	eps      []waitingEp
@@ -54,7 +55,7 @@ type waitingNet struct {
 type waitingEp struct {
 	key string
 	rev uint64
-	rec endpoint.Record
+	rec epobj.Record
 }
 
 // Waiting returns the networks kept in the store that wait for their driver or IPAM driver
@@ -76,7 +77,7 @@ func (c *Controller) Waiting() []WaitingNetwork {
 // wait keeps a network that could not be restored (err says why) for a later registration.
 // A local network's subnets are held in its IPAM driver meanwhile, so that no other network
 // takes them; a global network's are held in the global store already.
-func (c *Controller) wait(ctx context.Context, rec network.Record, global bool, err error) {
+func (c *Controller) wait(ctx context.Context, rec netobj.Record, global bool, err error) {
 	w := &waitingNet{rec: rec, global: global, reason: err}
 	if !global {
 		if a, aerr := c.ipamDriver(rec.IPAMDriver); aerr == nil {
@@ -139,7 +140,7 @@ type heldIface struct {
 	iface sandbox.Interface
 }
 
-func interfaceOf(r endpoint.Record) sandbox.Interface {
+func interfaceOf(r epobj.Record) sandbox.Interface {
 	mac, _ := parseMAC(r.MAC)
 	return sandbox.Interface{
 		Name: r.IfName, MAC: mac, IPv4: r.IPv4, IPv6: r.IPv6,
@@ -194,8 +195,8 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 		return fmt.Errorf("network %s stays waiting: %w", w.rec.Name, err)
 	}
 	type joined struct {
-		ep *endpoint.Ep
-		r  endpoint.Record
+		ep *epobj.Ep
+		r  epobj.Record
 	}
 	var js []joined
 	for _, e := range w.eps {

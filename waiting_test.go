@@ -11,7 +11,7 @@ import (
 
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/ipam"
@@ -220,7 +220,7 @@ func TestPrivilegedGlobalLateDriver(t *testing.T) {
 	if w := ca.Waiting(); len(w) != 1 || w[0].Name != "gx" || w[0].Scope != drivers.GlobalScope || w[0].Endpoints != 1 {
 		t.Fatalf("host-a waiting = %+v, want gx (global) with its endpoint", w)
 	}
-	if recs, err := gs.List(ctx, endpoint.KeyPrefix+nw.ID()+"/"); err != nil || len(recs) != 1 {
+	if recs, err := gs.List(ctx, epobj.KeyPrefix+nw.ID()+"/"); err != nil || len(recs) != 1 {
 		t.Fatalf("global endpoint records after a restart without the driver: %d (%v), want 1", len(recs), err)
 	}
 	cb := open(b, false)

@@ -2,7 +2,7 @@
 // (etcd or Consul) agree on, in one place with its own lock and lifecycle.
 //
 // A [Cluster] registers this host in the store's registry on a lease, and keeps it there; it
-// is the network.Records of global-scope networks (their records and their endpoints' in the
+// is the netobj.Records of global-scope networks (their records and their endpoints' in the
 // global store, names unique across hosts in one transaction with the record, deletion fenced
 // against endpoint creation on every host); it holds the global IPAM (ipam.Global on the
 // store unless given another); and it runs the background work of a multi-host Controller:
@@ -24,8 +24,8 @@
 //
 // # Where each fact lives
 //
-// In the global store: network records (network.Key), name keys (NameKeyPrefix), delete
-// fences (DeletingKeyPrefix), endpoint records (endpoint.Key, each naming its host), host
+// In the global store: network records (netobj.Key), name keys (NameKeyPrefix), delete
+// fences (DeletingKeyPrefix), endpoint records (epobj.Key, each naming its host), host
 // records (HostKeyPrefix, bound to the host's lease), the global IPAM's state, and drivers'
 // allocations kept in the network records. In the local store: this host's identity
 // (HostIDKey), which lets a restarted host take its registry entry back while another host of
@@ -51,9 +51,10 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/ipam/ipamkv"
 	"github.com/cnmkit/cnm/kvstore"
@@ -98,7 +99,7 @@ type Networks interface {
 	// Adopt makes the global network of rec, seen in the store, known on this host: its
 	// driver creates what it needs here, or it waits for its driver. The cluster does not
 	// call it for a network being created on this host. A network known already is left.
-	Adopt(ctx context.Context, rec network.Record)
+	Adopt(ctx context.Context, rec netobj.Record)
 	// Forget drops the global network id, which another host deleted.
 	Forget(ctx context.Context, id string)
 	// Known returns the IDs of the global networks known on this host: restored, adopted, or
@@ -112,15 +113,15 @@ type Networks interface {
 	Allocators() map[string]drivers.NetworkAllocator
 }
 
-// Network is a global network on this host, as the cluster uses it; *network.Net is one.
+// Network is a global network on this host, as the cluster uses it; *netobj.Net is one.
 type Network interface {
 	ID() string
 	Name() string
-	Eps() []*endpoint.Ep
+	Eps() []*epobj.Ep
 	// Reassert puts back the record of ep, reclaimed by others while this host was away.
-	Reassert(ctx context.Context, ep *endpoint.Ep) (bool, error)
+	Reassert(ctx context.Context, ep *epobj.Ep) (bool, error)
 	// Reclaim deletes the record of an endpoint of a departed host and frees its addresses.
-	Reclaim(ctx context.Context, rec endpoint.Record, rev uint64) (bool, error)
+	Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, error)
 }
 
 // Config configures a Cluster.
@@ -177,7 +178,7 @@ type Cluster struct {
 	reclaimed []drivers.Repair    // what this host repaired in the global store
 }
 
-var _ network.Records = (*Cluster)(nil)
+var _ netobj.Records = (*Cluster)(nil)
 
 // New checks cfg, sets up the global IPAM and registers this host. A live host of the same
 // name fails it with an error matching cnm.ErrAlreadyExists; a store that does not answer,
@@ -232,10 +233,10 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 // Host returns this host's name in the registry.
 func (c *Cluster) Host() string { return c.cfg.Host }
 
-// Scope implements network.Records: drivers.GlobalScope.
+// Scope implements netobj.Records: drivers.GlobalScope.
 func (c *Cluster) Scope() drivers.Scope { return drivers.GlobalScope }
 
-// Store implements network.Records: the global store, each call bounded by Config.Timeout.
+// Store implements netobj.Records: the global store, each call bounded by Config.Timeout.
 func (c *Cluster) Store() kvstore.Store { return c.store }
 
 // IPAM returns the allocator of global networks' addresses.
@@ -257,14 +258,14 @@ func (c *Cluster) Created(id string) {
 	c.mu.Unlock()
 }
 
-// CreateNetwork implements network.Records: the record and the name key in one transaction,
+// CreateNetwork implements netobj.Records: the record and the name key in one transaction,
 // create-only, so that two hosts creating the same name cannot both win.
-func (c *Cluster) CreateNetwork(ctx context.Context, rec network.Record, b []byte) error {
+func (c *Cluster) CreateNetwork(ctx context.Context, rec netobj.Record, b []byte) error {
 	_, err := c.store.Batch(ctx, []kvstore.Op{
 		{Key: NameKeyPrefix + rec.Name, Value: []byte(rec.ID), Check: true},
-		{Key: network.Key(rec.ID), Value: b, Check: true},
+		{Key: netobj.Key(rec.ID), Value: b, Check: true},
 	})
-	c.Uncertain(err, network.UncertainKey{Key: network.Key(rec.ID)}, network.UncertainKey{Key: NameKeyPrefix + rec.Name, Value: []byte(rec.ID)})
+	c.Uncertain(err, netobj.UncertainKey{Key: netobj.Key(rec.ID)}, netobj.UncertainKey{Key: NameKeyPrefix + rec.Name, Value: []byte(rec.ID)})
 	if errors.Is(err, kvstore.ErrKeyExists) {
 		owner := ""
 		if kv, gerr := c.store.Get(ctx, NameKeyPrefix+rec.Name); gerr == nil {
@@ -275,15 +276,15 @@ func (c *Cluster) CreateNetwork(ctx context.Context, rec network.Record, b []byt
 	return err
 }
 
-// CheckEndpoint implements network.Records: after an endpoint record was stored, no host may
+// CheckEndpoint implements netobj.Records: after an endpoint record was stored, no host may
 // be deleting the network, and its record must still be there.
-func (c *Cluster) CheckEndpoint(ctx context.Context, rec network.Record) error {
+func (c *Cluster) CheckEndpoint(ctx context.Context, rec netobj.Record) error {
 	if _, err := c.store.Get(ctx, DeletingKeyPrefix+rec.ID); err == nil {
 		return &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "being deleted by another host"}
 	} else if !errors.Is(err, kvstore.ErrKeyNotFound) {
 		return err
 	}
-	if _, err := c.store.Get(ctx, network.Key(rec.ID)); errors.Is(err, kvstore.ErrKeyNotFound) {
+	if _, err := c.store.Get(ctx, netobj.Key(rec.ID)); errors.Is(err, kvstore.ErrKeyNotFound) {
 		return &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "deleted by another host"}
 	} else if err != nil {
 		return err
@@ -291,34 +292,34 @@ func (c *Cluster) CheckEndpoint(ctx context.Context, rec network.Record) error {
 	return nil
 }
 
-// BeginDelete implements network.Records: a fence key (DeletingKeyPrefix) stops endpoint
+// BeginDelete implements netobj.Records: a fence key (DeletingKeyPrefix) stops endpoint
 // creation on every host while the endpoints of every host are listed; any endpoint refuses
 // the delete, naming the hosts. finish(ok) removes the record, the name key and the fence in
 // one transaction; finish(!ok) removes the fence.
-func (c *Cluster) BeginDelete(ctx context.Context, rec network.Record) (func(context.Context, bool) error, error) {
+func (c *Cluster) BeginDelete(ctx context.Context, rec netobj.Record) (func(context.Context, bool) error, error) {
 	fence := DeletingKeyPrefix + rec.ID
 	if _, err := c.store.AtomicPut(ctx, fence, []byte(c.cfg.Host), 0); err != nil {
 		if errors.Is(err, kvstore.ErrKeyExists) {
 			return nil, &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "being deleted by another host"}
 		}
-		c.Uncertain(err, network.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
+		c.Uncertain(err, netobj.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	unfence := func(ctx context.Context, err error) error {
 		if derr := c.store.Delete(ctx, fence); derr != nil {
-			c.Uncertain(derr, network.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
+			c.Uncertain(derr, netobj.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
 			return errors.Join(err, fmt.Errorf("remove fence: %w", derr))
 		}
 		return err
 	}
-	eps, err := c.store.List(ctx, endpoint.KeyPrefix+rec.ID+"/")
+	eps, err := c.store.List(ctx, epobj.KeyPrefix+rec.ID+"/")
 	if err != nil {
 		return nil, unfence(context.WithoutCancel(ctx), fmt.Errorf("store: %w", err))
 	}
 	if len(eps) > 0 {
 		hosts := map[string]int{}
 		for _, p := range eps {
-			var r endpoint.Record
+			var r epobj.Record
 			if json.Unmarshal(p.Value, &r) == nil {
 				hosts[r.Host]++
 			}
@@ -334,13 +335,13 @@ func (c *Cluster) BeginDelete(ctx context.Context, rec network.Record) (func(con
 		if !ok {
 			return unfence(ctx, nil)
 		}
-		_, err := c.store.Batch(ctx, []kvstore.Op{{Key: network.Key(rec.ID)}, {Key: NameKeyPrefix + rec.Name}, {Key: fence}})
+		_, err := c.store.Batch(ctx, []kvstore.Op{{Key: netobj.Key(rec.ID)}, {Key: NameKeyPrefix + rec.Name}, {Key: fence}})
 		if err != nil {
 			if errors.Is(err, errclass.ErrUnavailable) {
 				// It may yet take effect. If it does not, the fence must not stay behind:
 				// the cleanup of uncertain writes deletes it (if it is still this host's)
 				// once the store answers, and the network can be deleted again.
-				c.Uncertain(err, network.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
+				c.Uncertain(err, netobj.UncertainKey{Key: fence, Value: []byte(c.cfg.Host)})
 				return fmt.Errorf("store: %w", err)
 			}
 			return unfence(ctx, fmt.Errorf("store: %w", err))
@@ -357,14 +358,14 @@ func (c *Cluster) publish(ev events.Event) {
 }
 
 // NetworkRecords returns the records of every global network in the store.
-func (c *Cluster) NetworkRecords(ctx context.Context) ([]network.Record, error) {
-	pairs, err := c.store.List(ctx, network.KeyPrefix)
+func (c *Cluster) NetworkRecords(ctx context.Context) ([]netobj.Record, error) {
+	pairs, err := c.store.List(ctx, netobj.KeyPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: list networks: %w", err)
 	}
-	out := make([]network.Record, 0, len(pairs))
+	out := make([]netobj.Record, 0, len(pairs))
 	for _, p := range pairs {
-		var rec network.Record
+		var rec netobj.Record
 		if err := json.Unmarshal(p.Value, &rec); err != nil {
 			c.log.Error("global: bad network record", "key", p.Key, "err", err)
 			continue
@@ -378,18 +379,18 @@ func (c *Cluster) NetworkRecords(ctx context.Context) ([]network.Record, error) 
 type EndpointRecord struct {
 	Key      string
 	Revision uint64
-	endpoint.Record
+	epobj.Record
 }
 
 // OwnEndpoints returns the records of this host's endpoints on global networks.
 func (c *Cluster) OwnEndpoints(ctx context.Context) ([]EndpointRecord, error) {
-	pairs, err := c.store.List(ctx, endpoint.KeyPrefix)
+	pairs, err := c.store.List(ctx, epobj.KeyPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: list endpoints: %w", err)
 	}
 	var out []EndpointRecord
 	for _, p := range pairs {
-		var rec endpoint.Record
+		var rec epobj.Record
 		if err := json.Unmarshal(p.Value, &rec); err != nil || rec.Host != c.cfg.Host {
 			continue
 		}

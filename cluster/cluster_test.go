@@ -13,12 +13,12 @@ import (
 
 	"github.com/cnmkit/cnm/cluster"
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/boltdb"
-	"github.com/cnmkit/cnm/network"
 	"go.uber.org/goleak"
 )
 
@@ -33,7 +33,7 @@ type side struct {
 	nets    map[string]*fakeNet
 }
 
-func (s *side) Adopt(ctx context.Context, rec network.Record) {
+func (s *side) Adopt(ctx context.Context, rec netobj.Record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.adopted = append(s.adopted, rec.Name)
@@ -90,15 +90,15 @@ type fakeNet struct {
 	reclaimed []string
 }
 
-func (n *fakeNet) ID() string          { return n.id }
-func (n *fakeNet) Name() string        { return "net-" + n.id }
-func (n *fakeNet) Eps() []*endpoint.Ep { return nil }
-func (n *fakeNet) Reassert(context.Context, *endpoint.Ep) (bool, error) {
+func (n *fakeNet) ID() string       { return n.id }
+func (n *fakeNet) Name() string     { return "net-" + n.id }
+func (n *fakeNet) Eps() []*epobj.Ep { return nil }
+func (n *fakeNet) Reassert(context.Context, *epobj.Ep) (bool, error) {
 	return false, nil
 }
 
-func (n *fakeNet) Reclaim(ctx context.Context, rec endpoint.Record, rev uint64) (bool, error) {
-	if err := n.store.AtomicDelete(ctx, endpoint.Key(n.id, rec.ID), rev); err != nil {
+func (n *fakeNet) Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, error) {
+	if err := n.store.AtomicDelete(ctx, epobj.Key(n.id, rec.ID), rev); err != nil {
 		return false, nil
 	}
 	n.mu.Lock()
@@ -206,19 +206,19 @@ func TestRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := network.Record{ID: network.NewID(), Name: "g1", Scope: drivers.GlobalScope}
+	rec := netobj.Record{ID: netobj.NewID(), Name: "g1", Scope: drivers.GlobalScope}
 	raw, _ := json.Marshal(rec)
 	if err := ca.CreateNetwork(ctx, rec, raw); err != nil {
 		t.Fatal(err)
 	}
-	dup := network.Record{ID: network.NewID(), Name: "g1", Scope: drivers.GlobalScope}
+	dup := netobj.Record{ID: netobj.NewID(), Name: "g1", Scope: drivers.GlobalScope}
 	if err := cb.CreateNetwork(ctx, dup, raw); !errors.Is(err, errclass.ErrAlreadyExists) || !strings.Contains(err.Error(), rec.ID[:12]) {
 		t.Fatalf("the same name from host-b = %v, want ErrAlreadyExists naming %s", err, rec.ID[:12])
 	}
 	// host-b has an endpoint: host-a's delete is refused, naming it, and leaves no fence.
-	ep := endpoint.Record{ID: network.NewID(), Name: "web", NetworkID: rec.ID, Host: "host-b"}
+	ep := epobj.Record{ID: netobj.NewID(), Name: "web", NetworkID: rec.ID, Host: "host-b"}
 	eb, _ := json.Marshal(ep)
-	if _, err := gs.Put(ctx, endpoint.Key(rec.ID, ep.ID), eb); err != nil {
+	if _, err := gs.Put(ctx, epobj.Key(rec.ID, ep.ID), eb); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ca.BeginDelete(ctx, rec); !errors.Is(err, errclass.ErrConflict) || !strings.Contains(err.Error(), "1 on host-b") {
@@ -227,7 +227,7 @@ func TestRecords(t *testing.T) {
 	if err := cb.CheckEndpoint(ctx, rec); err != nil {
 		t.Fatalf("endpoint check after a refused delete = %v, want nil (no fence left)", err)
 	}
-	if err := gs.Delete(ctx, endpoint.Key(rec.ID, ep.ID)); err != nil {
+	if err := gs.Delete(ctx, epobj.Key(rec.ID, ep.ID)); err != nil {
 		t.Fatal(err)
 	}
 	finish, err := ca.BeginDelete(ctx, rec)
@@ -254,7 +254,7 @@ func TestRecords(t *testing.T) {
 	if err := finish(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	for _, prefix := range []string{network.KeyPrefix, cluster.NameKeyPrefix, cluster.DeletingKeyPrefix} {
+	for _, prefix := range []string{netobj.KeyPrefix, cluster.NameKeyPrefix, cluster.DeletingKeyPrefix} {
 		if kvs, err := gs.List(ctx, prefix); err != nil || len(kvs) != 0 {
 			t.Fatalf("%s after the delete: %v (%v)", prefix, kvs, err)
 		}
@@ -291,13 +291,13 @@ func TestWatch(t *testing.T) {
 			}
 		}
 	})
-	mine := network.Record{ID: network.NewID(), Name: "mine", Scope: drivers.GlobalScope}
+	mine := netobj.Record{ID: netobj.NewID(), Name: "mine", Scope: drivers.GlobalScope}
 	ca.Creating(mine.ID)
 	raw, _ := json.Marshal(mine)
 	if err := ca.CreateNetwork(ctx, mine, raw); err != nil {
 		t.Fatal(err)
 	}
-	theirs := network.Record{ID: network.NewID(), Name: "theirs", Scope: drivers.GlobalScope}
+	theirs := netobj.Record{ID: netobj.NewID(), Name: "theirs", Scope: drivers.GlobalScope}
 	raw, _ = json.Marshal(theirs)
 	if err := cb.CreateNetwork(ctx, theirs, raw); err != nil {
 		t.Fatal(err)
@@ -315,9 +315,9 @@ func TestWatch(t *testing.T) {
 	a.side.mu.Lock()
 	a.side.nets[theirs.ID] = n
 	a.side.mu.Unlock()
-	ep := endpoint.Record{ID: network.NewID(), Name: "web", NetworkID: theirs.ID, Host: "host-b"}
+	ep := epobj.Record{ID: netobj.NewID(), Name: "web", NetworkID: theirs.ID, Host: "host-b"}
 	eb, _ := json.Marshal(ep)
-	if _, err := gs.Put(ctx, endpoint.Key(theirs.ID, ep.ID), eb); err != nil {
+	if _, err := gs.Put(ctx, epobj.Key(theirs.ID, ep.ID), eb); err != nil {
 		t.Fatal(err)
 	}
 	if err := cb.Leave(ctx); err != nil {
@@ -332,7 +332,7 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("reclaimed = %v", got)
 	}
 	// A network deleted in the store is forgotten.
-	if err := gs.Delete(ctx, network.Key(theirs.ID)); err != nil {
+	if err := gs.Delete(ctx, netobj.Key(theirs.ID)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "host-a forgets theirs", func() bool {

@@ -9,8 +9,9 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/events"
+	"github.com/cnmkit/cnm/internal/epobj"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
@@ -25,12 +26,12 @@ func (c *Cluster) sweep(ctx context.Context) {
 		return
 	}
 	gone := map[string]bool{}
-	pairs, err := c.store.List(ctx, endpoint.KeyPrefix)
+	pairs, err := c.store.List(ctx, epobj.KeyPrefix)
 	if err != nil {
 		return
 	}
 	for _, p := range pairs {
-		var rec endpoint.Record
+		var rec epobj.Record
 		if json.Unmarshal(p.Value, &rec) == nil && rec.Host != "" && rec.Host != c.cfg.Host {
 			if _, ok := hosts[rec.Host]; !ok {
 				gone[rec.Host] = true
@@ -72,14 +73,14 @@ type globalLister interface {
 // moment, so an orphan is freed only when sweeps find it for orphanGrace. Only the registry's
 // first host (by name) sweeps, so that hosts do not race.
 func (c *Cluster) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
-	nets, err := c.store.List(ctx, network.KeyPrefix)
+	nets, err := c.store.List(ctx, netobj.KeyPrefix)
 	if err != nil {
 		return
 	}
 	live := map[ipam.PoolID]map[netip.Addr]bool{}
 	subnets := map[string][]network.IPAMConfig{} // network ID -> its subnets
 	for _, p := range nets {
-		var rec network.Record
+		var rec netobj.Record
 		if json.Unmarshal(p.Value, &rec) != nil {
 			return // unreadable: sweep nothing rather than free what it holds
 		}
@@ -94,7 +95,7 @@ func (c *Cluster) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 		}
 	}
 	for _, p := range eps {
-		var rec endpoint.Record
+		var rec epobj.Record
 		if json.Unmarshal(p.Value, &rec) != nil {
 			return
 		}
@@ -202,7 +203,7 @@ func (c *Cluster) noteGlobalRepair(r drivers.Repair) {
 // reclaimHosts deletes the endpoint records of the hosts in gone and frees their addresses in
 // the global IPAM. Several survivors may run it at once: each record is reclaimed by one.
 func (c *Cluster) reclaimHosts(ctx context.Context, gone map[string]bool) {
-	pairs, err := c.store.List(ctx, endpoint.KeyPrefix)
+	pairs, err := c.store.List(ctx, epobj.KeyPrefix)
 	if err != nil {
 		c.log.Warn("global: reclaim: list endpoints", "err", err)
 		return
@@ -218,7 +219,7 @@ func (c *Cluster) reclaimHosts(ctx context.Context, gone map[string]bool) {
 // reclaim reclaims the records among pairs of the hosts in gone that are not in hosts.
 func (c *Cluster) reclaim(ctx context.Context, gone map[string]bool, pairs []kvstore.KVPair, hosts map[string]hostRecord) {
 	for _, p := range pairs {
-		var rec endpoint.Record
+		var rec epobj.Record
 		if json.Unmarshal(p.Value, &rec) != nil || !gone[rec.Host] {
 			continue
 		}

@@ -7,21 +7,21 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/kvstore"
-	"github.com/cnmkit/cnm/network"
 )
 
 // uncertainKey is a key that a write of unknown outcome may have left, and since when it has
 // been found absent (zero: not yet).
 type uncertainKey struct {
-	network.UncertainKey
+	netobj.UncertainKey
 	absentSince time.Time
 }
 
-// Uncertain implements network.Records: it queues the keys that a write whose outcome is
+// Uncertain implements netobj.Records: it queues the keys that a write whose outcome is
 // unknown (err matching cnm.ErrUnavailable) may have left, to delete them once the store
 // answers. Other errors are ignored.
-func (c *Cluster) Uncertain(err error, keys ...network.UncertainKey) {
+func (c *Cluster) Uncertain(err error, keys ...netobj.UncertainKey) {
 	if !errors.Is(err, errclass.ErrUnavailable) {
 		return
 	}

@@ -7,14 +7,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/kvstore"
-	"github.com/cnmkit/cnm/network"
 )
 
 // adopt hands a network record seen in the store to the Controller, unless the network is
 // being created here.
 func (c *Cluster) adopt(ctx context.Context, value []byte) {
-	var rec network.Record
+	var rec netobj.Record
 	if err := json.Unmarshal(value, &rec); err != nil {
 		c.log.Error("global: bad network record", "err", err)
 		return
@@ -38,7 +38,7 @@ func (c *Cluster) watchNetworks(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		ch, err := c.raw.Watch(ctx, network.KeyPrefix, 0)
+		ch, err := c.raw.Watch(ctx, netobj.KeyPrefix, 0)
 		if err == nil {
 			err = c.syncNetworks(ctx, missing)
 		}
@@ -57,7 +57,7 @@ func (c *Cluster) watchNetworks(ctx context.Context) {
 				if !ok {
 					break events
 				}
-				id := strings.TrimPrefix(ev.Pair.Key, network.KeyPrefix)
+				id := strings.TrimPrefix(ev.Pair.Key, netobj.KeyPrefix)
 				delete(missing, id)
 				switch ev.Type {
 				case kvstore.EventPut:
@@ -81,7 +81,7 @@ func (c *Cluster) confirmMissing(ctx context.Context, missing map[string]time.Ti
 		if now.Sub(since) < orphanGrace {
 			continue
 		}
-		_, err := c.store.Get(ctx, network.Key(id))
+		_, err := c.store.Get(ctx, netobj.Key(id))
 		switch {
 		case errors.Is(err, kvstore.ErrKeyNotFound):
 			delete(missing, id)
@@ -95,13 +95,13 @@ func (c *Cluster) confirmMissing(ctx context.Context, missing map[string]time.Ti
 // syncNetworks adopts every global network in the store, and notes in missing, from now, the
 // networks known here that it does not list (confirmMissing forgets them later).
 func (c *Cluster) syncNetworks(ctx context.Context, missing map[string]time.Time) error {
-	pairs, err := c.store.List(ctx, network.KeyPrefix)
+	pairs, err := c.store.List(ctx, netobj.KeyPrefix)
 	if err != nil {
 		return err
 	}
 	live := map[string]bool{}
 	for _, p := range pairs {
-		live[strings.TrimPrefix(p.Key, network.KeyPrefix)] = true
+		live[strings.TrimPrefix(p.Key, netobj.KeyPrefix)] = true
 		c.adopt(ctx, p.Value)
 	}
 	known := c.cfg.Networks.Known()

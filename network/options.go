@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -315,6 +316,22 @@ func (c IPAMConfig) validate() error {
 			return errclass.Invalid("aux-address", name+"="+a.String(), "also given as "+seen[a])
 		}
 		seen[a] = name
+	}
+	return nil
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+// ValidateName checks a network, endpoint or sandbox name: 1 to 64 characters of letters,
+// digits, '_', '.', '-', starting with a letter or digit.
+func ValidateName(kind, name string) error {
+	switch {
+	case name == "":
+		return errclass.Invalid(kind+" name", name, "empty")
+	case len(name) > 64:
+		return errclass.Invalid(kind+" name", name, "longer than 64 characters")
+	case !nameRE.MatchString(name):
+		return errclass.Invalid(kind+" name", name, "use letters, digits, '_', '.' and '-', starting with a letter or digit")
 	}
 	return nil
 }
