@@ -876,7 +876,7 @@ func (c *Controller) NewNetwork(ctx context.Context, name, driverName string, op
 	c.networks[n.ID()] = n
 	c.netNames[name] = n.ID()
 	c.bus.Publish(events.Event{Kind: events.NetworkCreated, NetworkID: n.ID(), Network: name})
-	return n, nil
+	return n.Sealed(), nil
 }
 
 // poolOwnerLocked returns the name of the network whose pool err says a subnet overlaps, or "".
@@ -916,7 +916,7 @@ func (c *Controller) Network(nameOrID string) (network.Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	return n, nil
+	return n.Sealed(), nil
 }
 
 func (c *Controller) network(nameOrID string) (*netobj.Net, error) {
@@ -939,7 +939,7 @@ func (c *Controller) Networks() []network.Network {
 	sort.Slice(ns, func(i, j int) bool { return ns[i].Name() < ns[j].Name() })
 	out := make([]network.Network, len(ns))
 	for i, n := range ns {
-		out[i] = n
+		out[i] = n.Sealed()
 	}
 	return out
 }
@@ -1249,7 +1249,7 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 	if err := ep.Join(ctx, sb); err != nil {
 		return nil, errors.Join(fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err), ep.Delete(context.WithoutCancel(ctx)))
 	}
-	return ep, nil
+	return ep.Sealed(), nil
 }
 
 // checkNone refuses to mix the none network with others on one sandbox, as Docker does. It

@@ -6,11 +6,13 @@ package cnm_test
 // machine records.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -614,5 +616,59 @@ func TestReplaceBuiltinDrivers(t *testing.T) {
 	}
 	if err := c.DeleteSandbox(ctx, "a"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSealed checks that what the Controller hands out has the methods of network.Network and
+// endpoint.Endpoint and no others: the methods it uses to restore, reclaim and forget networks
+// and endpoints (issue 13) are out of an orchestrator's reach, even through an assertion to an
+// interface of its own.
+func TestSealed(t *testing.T) {
+	ctx := t.Context()
+	l := newFakeLab(t)
+	c := l.c
+	nw := mustNetwork(t, c, "n1", network.WithSubnet(netip.MustParsePrefix("10.21.0.0/24")))
+	mustSandbox(t, c, "a")
+	connected := mustConnect(t, c, "n1", "a")
+	created, err := nw.CreateEndpoint(ctx, "spare")
+	if err != nil {
+		t.Fatal(err)
+	}
+	looked, err := nw.Endpoint("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName, err := c.Network("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := c.Networks()
+	i := slices.IndexFunc(listed, func(n network.Network) bool { return n.Name() == "n1" })
+	if byName != nw || i < 0 || listed[i] != nw {
+		t.Errorf("Network(n1) and Networks() differ from what NewNetwork returned")
+	}
+	if looked != connected || nw.Endpoints()[0] != connected {
+		t.Errorf("Endpoint(a) and Endpoints()[0] differ from what Connect returned")
+	}
+	type forgetter interface{ Forget(context.Context) error }
+	for name, v := range map[string]any{
+		"NewNetwork": nw, "Network": byName, "Networks": listed[i],
+		"Connect": connected, "CreateEndpoint": created, "Endpoint": looked, "Endpoints": nw.Endpoints()[1],
+	} {
+		if _, ok := v.(forgetter); ok {
+			t.Errorf("%s returned a value with Forget", name)
+		}
+		if _, ok := v.(interface{ LeaveGone(context.Context) error }); ok {
+			t.Errorf("%s returned a value with LeaveGone", name)
+		}
+		if m := reflect.TypeOf(v).NumMethod(); m != 7 && m != 9 {
+			t.Errorf("%s returned %T with %d methods; want those of the interface only (7 for an endpoint, 9 for a network)", name, v, m)
+		}
+	}
+	if err := created.Delete(ctx); err != nil {
+		t.Errorf("Delete through the sealed endpoint: %v", err)
+	}
+	if err := c.Disconnect(ctx, "n1", "a"); err != nil {
+		t.Errorf("Disconnect: %v", err)
 	}
 }

@@ -421,7 +421,7 @@ func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.
 	if err != nil {
 		return nil, err
 	}
-	return ep, nil
+	return ep.Sealed(), nil
 }
 
 // CreateEndpointForJoin creates an endpoint whose record is not written yet: the Join that
@@ -686,7 +686,7 @@ func (n *Net) Endpoints() []endpoint.Endpoint {
 	eps := n.eps()
 	out := make([]endpoint.Endpoint, len(eps))
 	for i, e := range eps {
-		out[i] = e
+		out[i] = e.Sealed()
 	}
 	return out
 }
@@ -711,7 +711,7 @@ func (n *Net) Endpoint(nameOrID string) (endpoint.Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ep, nil
+	return ep.Sealed(), nil
 }
 
 // beginOp runs Config.Begin, if any: an error refuses the operation op, else the caller must
