@@ -224,8 +224,29 @@ func TestRecords(t *testing.T) {
 	if _, err := ca.BeginDelete(ctx, rec); !errors.Is(err, errclass.ErrConflict) || !strings.Contains(err.Error(), "1 on host-b") {
 		t.Fatalf("delete with host-b's endpoint = %v, want ErrConflict naming host-b", err)
 	}
-	if err := cb.CheckEndpoint(ctx, rec); err != nil {
-		t.Fatalf("endpoint check after a refused delete = %v, want nil (no fence left)", err)
+	// createEp stores a new endpoint record of host-b through the fenced create, and
+	// reports whether the record is in the store afterwards.
+	createEp := func(c *cluster.Cluster) (bool, error) {
+		r := epobj.Record{ID: netobj.NewID(), Name: "db", NetworkID: rec.ID, Host: "host-b"}
+		b, _ := json.Marshal(r)
+		key := epobj.Key(rec.ID, r.ID)
+		rev, err := c.CreateEndpoint(ctx, rec, key, b)
+		kv, gerr := gs.Get(ctx, key)
+		if err == nil && (gerr != nil || kv.Revision != rev) {
+			t.Errorf("CreateEndpoint returned revision %d; the store has %v (%v)", rev, kv.Revision, gerr)
+		}
+		if gerr == nil {
+			if derr := gs.Delete(ctx, key); derr != nil {
+				t.Fatal(derr)
+			}
+		}
+		return gerr == nil, err
+	}
+	if stored, err := createEp(cb); err != nil || !stored {
+		t.Fatalf("endpoint create after a refused delete = %v (stored %v), want nil (no fence left)", err, stored)
+	}
+	if _, err := cb.CreateEndpoint(ctx, rec, epobj.Key(rec.ID, ep.ID), eb); !errors.Is(err, errclass.ErrAlreadyExists) {
+		t.Fatalf("endpoint create over an existing record = %v, want ErrAlreadyExists", err)
 	}
 	if err := gs.Delete(ctx, epobj.Key(rec.ID, ep.ID)); err != nil {
 		t.Fatal(err)
@@ -235,8 +256,8 @@ func TestRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	// While the delete runs, an endpoint stored on host-b is fenced out.
-	if err := cb.CheckEndpoint(ctx, rec); !errors.Is(err, errclass.ErrConflict) {
-		t.Fatalf("endpoint check during a delete = %v, want ErrConflict", err)
+	if stored, err := createEp(cb); !errors.Is(err, errclass.ErrConflict) || stored {
+		t.Fatalf("endpoint create during a delete = %v (stored %v), want ErrConflict and no record", err, stored)
 	}
 	if _, err := cb.BeginDelete(ctx, rec); !errors.Is(err, errclass.ErrConflict) {
 		t.Fatalf("a second delete during the first = %v, want ErrConflict", err)
@@ -244,8 +265,8 @@ func TestRecords(t *testing.T) {
 	if err := finish(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := cb.CheckEndpoint(ctx, rec); err != nil {
-		t.Fatalf("endpoint check after a given-up delete = %v", err)
+	if stored, err := createEp(cb); err != nil || !stored {
+		t.Fatalf("endpoint create after a given-up delete = %v (stored %v)", err, stored)
 	}
 	finish, err = cb.BeginDelete(ctx, rec)
 	if err != nil {
@@ -259,8 +280,8 @@ func TestRecords(t *testing.T) {
 			t.Fatalf("%s after the delete: %v (%v)", prefix, kvs, err)
 		}
 	}
-	if err := ca.CheckEndpoint(ctx, rec); !errors.Is(err, errclass.ErrConflict) {
-		t.Fatalf("endpoint check on a deleted network = %v, want ErrConflict", err)
+	if stored, err := createEp(ca); !errors.Is(err, errclass.ErrConflict) || stored {
+		t.Fatalf("endpoint create on a deleted network = %v (stored %v), want ErrConflict and no record", err, stored)
 	}
 }
 

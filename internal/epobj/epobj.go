@@ -114,6 +114,11 @@ type Config struct {
 	// It is called while the endpoint is busy, so the events of one endpoint are published in
 	// the order of its operations. It must not block.
 	Publish func(events.Event)
+	// CreateRecord, when set, writes the endpoint's first record (b, under key) in place of a
+	// create-only Store.AtomicPut: the network's Records fence it against the network's
+	// deletion (netobj.Records.CreateEndpoint). A Join of an endpoint without a record yet
+	// (Controller.Connect) writes it so, beside its kernel work.
+	CreateRecord func(ctx context.Context, key string, b []byte) (uint64, error)
 	// Seq returns a number larger than any it returned before; it orders joins.
 	Seq    func() uint64
 	Logger *slog.Logger
@@ -431,6 +436,9 @@ func (e *Ep) store(ctx context.Context, rec Record, rev uint64) (uint64, error) 
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return 0, err
+	}
+	if rev == 0 && e.cfg.CreateRecord != nil {
+		return e.cfg.CreateRecord(ctx, Key(rec.NetworkID, rec.ID), b)
 	}
 	return e.cfg.Store.AtomicPut(ctx, Key(rec.NetworkID, rec.ID), b, rev)
 }

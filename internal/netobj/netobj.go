@@ -387,6 +387,9 @@ func (n *Net) epConfig() epobj.Config {
 		Store: n.cfg.Records.Store(), IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
 		OnDelete: n.dropEndpoint, Seq: n.cfg.Seq, Logger: n.cfg.Logger, GatewayService: n.cfg.GatewayService,
 		NetworkName: n.rec.Name, Publish: n.cfg.Publish, Begin: n.cfg.Begin,
+		CreateRecord: func(ctx context.Context, key string, b []byte) (uint64, error) {
+			return n.cfg.Records.CreateEndpoint(ctx, n.Record(), key, b)
+		},
 	}
 	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
 		if len(n.rec.IPv4) > 0 {
@@ -474,11 +477,6 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 
 	rb := context.WithoutCancel(ctx)
 	rec := epobj.Record{ID: NewID(), Name: name, NetworkID: n.rec.ID, Created: time.Now().UTC(), Connected: !store, Host: n.cfg.Records.Host(), Aliases: spec.Aliases, WantIfName: spec.IfName}
-	if n.Global() {
-		// The record must be in the global store before the fence check below: a Join
-		// rewrites it at its revision.
-		store = true
-	}
 	if !n.cfg.Entry.Caps.NoIPAM {
 		if n.poolV4 != "" {
 			a, err := n.cfg.IPAM.RequestAddress(ctx, n.poolV4, spec.IPv4)
@@ -527,16 +525,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 		var b []byte
 		b, err = json.Marshal(rec)
 		if err == nil {
-			rev, err = n.cfg.Records.Store().AtomicPut(ctx, epobj.Key(n.rec.ID, rec.ID), b, 0)
-			n.cfg.Records.Uncertain(err, UncertainKey{Key: epobj.Key(n.rec.ID, rec.ID)})
-		}
-	}
-	if err == nil && store {
-		if err = n.cfg.Records.CheckEndpoint(ctx, n.rec); err != nil {
-			if derr := n.cfg.Records.Store().Delete(rb, epobj.Key(n.rec.ID, rec.ID)); derr != nil {
-				err = errors.Join(err, derr)
-				n.cfg.Records.Uncertain(derr, UncertainKey{Key: epobj.Key(n.rec.ID, rec.ID)})
-			}
+			rev, err = n.cfg.Records.CreateEndpoint(ctx, n.Record(), epobj.Key(n.rec.ID, rec.ID), b)
 		}
 	}
 	if err != nil {

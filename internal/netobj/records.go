@@ -24,10 +24,12 @@ type Records interface {
 	// refused with an error matching cnm.ErrAlreadyExists when the name is taken in the
 	// records' scope.
 	CreateNetwork(ctx context.Context, rec Record, b []byte) error
-	// CheckEndpoint runs after the record of a new endpoint of network rec was stored. It
-	// fails with an error matching cnm.ErrConflict when the network is being deleted, or is
-	// gone; the caller then deletes the endpoint's record.
-	CheckEndpoint(ctx context.Context, rec Record) error
+	// CreateEndpoint stores b, the first record of a new endpoint of network rec, under key:
+	// create-only, and fenced against the network's deletion. It fails with an error matching
+	// cnm.ErrConflict when the network is being deleted, or is gone, and then leaves no record
+	// behind (or, when the store did not answer, has its owner delete it once it does: see
+	// Uncertain). It returns the record's revision.
+	CreateEndpoint(ctx context.Context, rec Record, key string, b []byte) (uint64, error)
 	// BeginDelete starts the deletion of network rec. It fails with an error matching
 	// cnm.ErrConflict while any host has endpoints on the network. On success the caller
 	// removes the network's driver state and calls finish: with ok true to remove the records,
@@ -55,7 +57,9 @@ func (l localRecords) CreateNetwork(ctx context.Context, rec Record, b []byte) e
 	return err
 }
 
-func (localRecords) CheckEndpoint(context.Context, Record) error { return nil }
+func (l localRecords) CreateEndpoint(ctx context.Context, _ Record, key string, b []byte) (uint64, error) {
+	return l.s.AtomicPut(ctx, key, b, 0)
+}
 
 func (l localRecords) BeginDelete(ctx context.Context, rec Record) (func(context.Context, bool) error, error) {
 	return func(ctx context.Context, ok bool) error {
