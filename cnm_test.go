@@ -73,6 +73,9 @@ func links(t *testing.T, path string) []string {
 	}
 	defer h.Close()
 	ls, err := h.LinkList()
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 10; try++ {
+		ls, err = h.LinkList() // a link changed during the dump (a namespace being torn down)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,3 +122,55 @@ func TestPrivilegedCallsAfterClose(t *testing.T) {
 		t.Errorf("Disconnect after restart: %v", err)
 	}
 }
+
+// TestPrivilegedRestartAfterDeleteSandbox: the kernel tears a deleted sandbox's namespace down
+// after DeleteSandbox returns, and the host ends of its veths stay visible meanwhile (issue 20,
+// item 4). A Controller started in that window must not take them for a crash's leftovers: it
+// reports no repair, and the veths are gone all the same.
+func TestPrivilegedRestartAfterDeleteSandbox(t *testing.T) {
+	nstest.Privileged(t)
+	ctx := t.Context()
+	l := newLab(t)
+	c := l.c
+	mustNetwork(t, c, "n1", network.WithSubnet(netip.MustParsePrefix("10.61.0.0/24")))
+	seen := 0 // rounds in which a host end outlived DeleteSandbox
+	for round := range 8 {
+		id := fmt.Sprintf("s%d", round)
+		mustSandbox(t, c, id)
+		var veths []string
+		for range 4 { // several endpoints make the teardown longer, as a real container's would
+			nw := mustNetworkOf(t, c, fmt.Sprintf("m%d-%d", round, len(veths)), "bridge")
+			ep, err := c.Connect(ctx, nw.Name(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			veths = append(veths, "veth"+ep.ID()[:11])
+		}
+		if err := c.DeleteSandbox(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		left := slices.DeleteFunc(links(t, l.host.Path()), func(s string) bool { return !slices.Contains(veths, s) })
+		if len(left) > 0 {
+			seen++
+		}
+		c.Close()
+		c = l.open(t)
+		for _, r := range c.Repairs() {
+			t.Errorf("round %d: restart reported %q (host ends left when it started: %v)", round, r, left)
+		}
+		if got := slices.DeleteFunc(links(t, l.host.Path()), func(s string) bool { return !slices.Contains(veths, s) }); len(got) > 0 {
+			t.Errorf("round %d: host ends %v still there after the restart", round, got)
+		}
+		for _, nw := range c.Networks() {
+			if strings.HasPrefix(nw.Name(), "m") {
+				if err := c.DeleteNetwork(ctx, nw.Name()); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	t.Logf("host ends outlived DeleteSandbox in %d of 8 rounds", seen)
+	if seen == 0 {
+		t.Errorf("no round caught the kernel's teardown in progress: the test did not exercise the window")
+	}
+}

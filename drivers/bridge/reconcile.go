@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/vishvananda/netlink"
@@ -67,11 +68,27 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 		d.log.InfoContext(ctx, "reconcile", "repair", r.String())
 		repairs = append(repairs, r)
 	}
+	byIndex := make(map[int]netlink.Link, len(links))
+	for _, l := range links {
+		byIndex[l.Attrs().Index] = l
+	}
+	var dying []netlink.Link
 	for _, l := range links {
 		a := l.Attrs()
 		if l.Type() == "veth" && isHostVethName(a.Name) && ourBridges[a.MasterIndex] && !liveVeths[a.Name] {
+			if peerElsewhere(l, byIndex) {
+				dying = append(dying, l)
+				continue
+			}
 			remove(l, "no live endpoint")
 		}
+	}
+	// Host ends whose peer is in another namespace: that of a sandbox deleted just before this
+	// start, which the kernel is still tearing down and which takes them with it, or (after a
+	// crash) a namespace the Controller removed as a leftover before this Reconcile. Neither is
+	// a leftover of ours unless it outstays the wait; the wait costs nothing when none is found.
+	for _, l := range d.awaitGone(ctx, dying, dyingWait) {
+		remove(l, "no live endpoint")
 	}
 	for _, l := range orphanBridges {
 		remove(l, "no live network")
@@ -127,4 +144,39 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 		d.mu.Unlock()
 	}
 	return repairs, errors.Join(errs...)
+}
+
+// dyingWait bounds how long Reconcile waits for the kernel to finish tearing down the namespace
+// of a sandbox deleted just before the start (it takes about 100 ms, longer on a busy machine).
+const dyingWait = 2 * time.Second
+
+// peerElsewhere reports whether the peer of veth l is in another namespace than l, which
+// byIndex (l's namespace's links) tells: a peer here names l as its own peer. The peer of a
+// stale host end is elsewhere when a sandbox's namespace was deleted just before the start and
+// the kernel, which tears namespaces down asynchronously, has not yet taken the pair with it.
+// (Its namespace still has its ID here until the teardown starts, so the ID tells nothing.)
+func peerElsewhere(l netlink.Link, byIndex map[int]netlink.Link) bool {
+	a := l.Attrs()
+	p := byIndex[a.ParentIndex]
+	return a.NetNsID >= 0 || p == nil || p.Type() != "veth" || p.Attrs().ParentIndex != a.Index
+}
+
+// awaitGone waits, up to bound, for the links to vanish on their own, and returns those that
+// are still there.
+func (d *Driver) awaitGone(ctx context.Context, links []netlink.Link, bound time.Duration) []netlink.Link {
+	deadline := time.Now().Add(bound)
+	for len(links) > 0 {
+		left := links[:0]
+		for _, l := range links {
+			if got, err := d.h.LinkByIndex(l.Attrs().Index); err == nil && got.Attrs().Name == l.Attrs().Name {
+				left = append(left, l)
+			}
+		}
+		links = left
+		if len(links) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return links
 }
