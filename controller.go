@@ -1105,8 +1105,9 @@ func (c *Controller) endpointsOf(id string) []*epobj.Ep {
 // interfaces with it, and the endpoints joined to it are left and deleted, releasing their
 // addresses, their records going in one store commit. The kernel tears a namespace down
 // asynchronously: the host ends of its veths may stay visible for a short while (about 100 ms)
-// after DeleteSandbox returns, and a Controller started on the same state in that window
-// removes them as leftovers and reports that in Repairs. A sandbox whose namespace another
+// after DeleteSandbox returns. A Controller started on the same state in that window tells them
+// from a crash's leftovers (their peers are in a namespace that is going) and lets the kernel
+// take them: they are not reported in Repairs. A sandbox whose namespace another
 // sandbox shares is refused with an error matching ErrConflict. Deleting a missing sandbox
 // fails with ErrNotFound.
 func (c *Controller) DeleteSandbox(ctx context.Context, id string) error {
