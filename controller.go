@@ -931,9 +931,13 @@ func (c *Controller) network(nameOrID string) (*netobj.Net, error) {
 	return n, err
 }
 
-// Networks returns every network, sorted by name.
+// Networks returns every network, sorted by name; none once Close has begun.
 func (c *Controller) Networks() []network.Network {
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
 	ns := slices.Collect(maps.Values(c.networks))
 	c.mu.Unlock()
 	sort.Slice(ns, func(i, j int) bool { return ns[i].Name() < ns[j].Name() })
@@ -1071,9 +1075,13 @@ func (c *Controller) Sandbox(id string) (sandbox.Sandbox, error) {
 	return nil, &errclass.NotFoundError{Kind: "sandbox", Name: id}
 }
 
-// Sandboxes returns every sandbox, sorted by ID.
+// Sandboxes returns every sandbox, sorted by ID; none once Close has begun.
 func (c *Controller) Sandboxes() []sandbox.Sandbox {
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
 	var out []sandbox.Sandbox
 	for _, sb := range c.sandboxes {
 		if sb != nil {
@@ -1326,7 +1334,10 @@ func (c *Controller) Disconnect(ctx context.Context, nameOrID, sandboxID string)
 //
 // From the moment Close begins, every operation that has not begun yet is refused with an
 // error matching ErrUnavailable (see the package doc), and Close waits for the operations in
-// flight to return before it releases anything. That wait has no time limit of its own: each
+// flight to return before it releases anything. Lookups that hand out objects (Network,
+// Sandbox, Network.Endpoint) fail the same way, and the listings (Networks, Sandboxes,
+// Network.Endpoints) return none; reports (Drivers, Repairs, Waiting, an Inspect or Info of
+// an object held from before) keep answering from memory and touch nothing. That wait has no time limit of its own: each
 // operation is bounded by its context (cancel them for a prompt Close), by
 // Config.StoreTimeout for the global store, and by its kernel calls, which cannot be
 // cancelled; its rollback, if it fails, runs to the end. Calling Close from within an

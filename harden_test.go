@@ -139,6 +139,7 @@ func TestCallsAfterClose(t *testing.T) {
 		{"Hosts", func() error { _, err := c.Hosts(ctx); return err }},
 		{"Leave", func() error { return c.Leave(ctx) }},
 		{"Network.CreateEndpoint", func() error { _, err := front.CreateEndpoint(ctx, "late"); return err }},
+		{"Network.Endpoint", func() error { _, err := front.Endpoint("spare"); return err }},
 		{"Network.Delete", func() error { return empty.Delete(ctx) }},
 		{"Endpoint.Join", func() error { return spare.Join(ctx, b) }},
 		{"Endpoint.Leave", func() error { return epA.Leave(ctx, a) }},
@@ -153,6 +154,16 @@ func TestCallsAfterClose(t *testing.T) {
 		if !errors.Is(err, cnm.ErrUnavailable) || !strings.Contains(err.Error(), "closed") {
 			t.Errorf("%s after Close = %v, want ErrUnavailable saying closed", tc.name, err)
 		}
+	}
+	// The lookups that hand out objects hand out none.
+	if n := c.Networks(); n != nil {
+		t.Errorf("Networks after Close = %d networks, want none", len(n))
+	}
+	if s := c.Sandboxes(); s != nil {
+		t.Errorf("Sandboxes after Close = %d sandboxes, want none", len(s))
+	}
+	if e := front.Endpoints(); e != nil {
+		t.Errorf("Network.Endpoints after Close = %d endpoints, want none", len(e))
 	}
 	if diff := cmp.Diff(before, l.snapshot(t, st)); diff != "" {
 		t.Errorf("calls after Close changed the lab (-before +after):\n%s", diff)

@@ -31,9 +31,11 @@ type Network interface {
 	// addresses. Errors: invalid parameter (bad name, a static address outside the subnet),
 	// already exists, conflict (the address is taken, the network is being deleted).
 	CreateEndpoint(ctx context.Context, name string, opts ...endpoint.Option) (endpoint.Endpoint, error)
-	// Endpoints returns the network's endpoints, sorted by name.
+	// Endpoints returns the network's endpoints, sorted by name; none once the Controller is
+	// closing or closed.
 	Endpoints() []endpoint.Endpoint
-	// Endpoint returns the endpoint with that name or ID (or unique ID prefix).
+	// Endpoint returns the endpoint with that name or ID (or unique ID prefix). Once the
+	// Controller is closing or closed it fails with an error matching cnm.ErrUnavailable.
 	Endpoint(nameOrID string) (endpoint.Endpoint, error)
 	// Inspect returns the network's state as `docker network inspect` shows it.
 	Inspect() Inspect
