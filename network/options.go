@@ -136,14 +136,15 @@ func WithHostRouteOverlap() Option { return func(s *Spec) { s.HostRouteOverlap =
 // WithGateway sets the gateway of the last subnet given of a's family (--gateway).
 func WithGateway(a netip.Addr) Option {
 	return func(s *Spec) {
+		given := a.String() // errors name the value as given, before Unmap
 		a = a.Unmap()
 		if !a.IsValid() {
-			s.errs = append(s.errs, errclass.Invalid("gateway", a.String(), "not a valid address"))
+			s.errs = append(s.errs, errclass.Invalid("gateway", given, "not a valid address"))
 			return
 		}
 		c := s.last(a.Is6())
 		if c == nil {
-			s.errs = append(s.errs, errclass.Invalid("gateway", a.String(), "give a subnet of the same family first"))
+			s.errs = append(s.errs, errclass.Invalid("gateway", given, "give a subnet of the same family first"))
 			return
 		}
 		c.Gateway = a
@@ -169,14 +170,15 @@ func WithIPRange(p netip.Prefix) Option {
 // WithAuxAddress reserves a for name in the last subnet of a's family (--aux-address).
 func WithAuxAddress(name string, a netip.Addr) Option {
 	return func(s *Spec) {
+		given := name + "=" + a.String() // errors name the value as given, before Unmap
 		a = a.Unmap()
 		if name == "" || !a.IsValid() {
-			s.errs = append(s.errs, errclass.Invalid("aux-address", name+"="+a.String(), "want a name and a valid address"))
+			s.errs = append(s.errs, errclass.Invalid("aux-address", given, "want a name and a valid address"))
 			return
 		}
 		c := s.last(a.Is6())
 		if c == nil {
-			s.errs = append(s.errs, errclass.Invalid("aux-address", name+"="+a.String(), "give a subnet of the same family first"))
+			s.errs = append(s.errs, errclass.Invalid("aux-address", given, "give a subnet of the same family first"))
 			return
 		}
 		if c.AuxAddresses == nil {

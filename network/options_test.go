@@ -3,6 +3,8 @@ package network
 import (
 	"errors"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -401,6 +403,21 @@ func FuzzApply(f *testing.F) {
 			if ip.Field == "" || ip.Reason == "" {
 				t.Fatalf("Apply: error %q lacks Field or Reason", err)
 			}
+			// The error names a value the caller gave, as the option carried it (or, for a
+			// subnet given twice, a count the caller can see in its own options).
+			given := []string{sub.String(), gw.String(), rng.String(), auxName, auxAddr.String()}
+			if sub2, err := netip.ParsePrefix(subnet2); err == nil {
+				given = append(given, sub2.String())
+			}
+			// The value is a value given, or a name=value pair with one, or a comma-separated
+			// list of those.
+			isGiven := func(v string) bool {
+				return slices.ContainsFunc(given, func(g string) bool { return g == v || (g != "" && strings.HasSuffix(v, "="+g)) })
+			}
+			namesGiven := isGiven(ip.Value) || !slices.ContainsFunc(strings.Split(ip.Value, ","), func(part string) bool { return !isGiven(part) })
+			if !namesGiven && !isCount(ip.Value) {
+				t.Fatalf("Apply: error %q names %q, which is none of the values given %q", err, ip.Value, given)
+			}
 			return
 		}
 		if len(s.IPv4) > 1 || len(s.IPv6) > 1 {
@@ -458,4 +475,10 @@ func TestApplyReservedAddresses(t *testing.T) {
 	if _, err := Apply(WithSubnet(p("fd00:1::/64")), WithGateway(a("fd00:1::ffff:ffff:ffff:ffff"))); err != nil {
 		t.Errorf("last IPv6 address as gateway: %v", err)
 	}
+}
+
+// isCount reports whether s is a decimal count, as in "2 IPv4 subnets".
+func isCount(s string) bool {
+	_, err := strconv.Atoi(s)
+	return err == nil
 }
