@@ -3,9 +3,12 @@ package cnm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
+	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/bridge"
+	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/sandbox"
@@ -31,14 +34,22 @@ type gatewayService struct {
 var _ epobj.GatewayService = (*gatewayService)(nil)
 
 // Attach implements epobj.GatewayService: it connects sb to GatewayNetwork (creating the
-// network on first use) unless it is connected already, and records epID's claim.
-func (g *gatewayService) Attach(ctx context.Context, sb sandbox.Sandbox, epID string) error {
+// network on first use), publishing ports there, unless it is connected already, and records
+// epID's claim. The ports of a sandbox's gateway endpoint are fixed when it is made, by its
+// first claim, as a container's are: a later claim with other ports is refused with an error
+// matching ErrConflict.
+func (g *gatewayService) Attach(ctx context.Context, sb sandbox.Sandbox, epID string, ports []drivers.PortBinding) ([]drivers.PortBinding, error) {
 	g.serial.Lock()
 	defer g.serial.Unlock()
-	if len(g.claims[sb.ID()]) == 0 {
-		if err := g.connect(ctx, sb.ID()); err != nil {
-			return err
+	var bound []drivers.PortBinding
+	if len(g.claims[sb.ID()]) == 0 || g.claims[sb.ID()][epID] {
+		var err error
+		if bound, err = g.connect(ctx, sb.ID(), ports); err != nil {
+			return nil, err
 		}
+	} else if len(ports) > 0 {
+		return nil, &errclass.ConflictError{Kind: "sandbox", Name: sb.ID(),
+			Reason: fmt.Sprintf("its endpoint on %s was made without the ports %s: a sandbox publishes its ports on its first network that goes through it", GatewayNetwork, ports[0])}
 	}
 	if g.claims == nil {
 		g.claims = map[string]map[string]bool{}
@@ -47,28 +58,33 @@ func (g *gatewayService) Attach(ctx context.Context, sb sandbox.Sandbox, epID st
 		g.claims[sb.ID()] = map[string]bool{}
 	}
 	g.claims[sb.ID()][epID] = true
-	return nil
+	return bound, nil
 }
 
-func (g *gatewayService) connect(ctx context.Context, sbID string) error {
+// connect attaches sandbox sbID to GatewayNetwork with ports, and returns them as bound; an
+// attachment that exists already (claims rebuilt on restart) is kept, with its ports.
+func (g *gatewayService) connect(ctx context.Context, sbID string, ports []drivers.PortBinding) ([]drivers.PortBinding, error) {
 	c := g.c
 	if _, err := c.network(GatewayNetwork); errors.Is(err, errclass.ErrNotFound) {
 		_, err = c.NewNetwork(ctx, GatewayNetwork, "bridge", c.bridgeOptions(bridge.NetworkOptions{
 			BridgeName: GatewayNetwork, DisableICC: true,
 		})...)
 		if err != nil && !errors.Is(err, errclass.ErrAlreadyExists) {
-			return err
+			return nil, err
 		}
 	}
 	n, err := c.network(GatewayNetwork)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ep, err := n.Endpoint(sbID); err == nil && ep.Info().SandboxID == sbID {
-		return nil // attached already (claims rebuilt on restart)
+		return ep.Info().Ports, nil // attached already (claims rebuilt on restart)
 	}
-	_, err = c.Connect(ctx, GatewayNetwork, sbID)
-	return err
+	ep, err := c.Connect(ctx, GatewayNetwork, sbID, endpoint.WithPorts(ports...))
+	if err != nil {
+		return nil, err
+	}
+	return ep.Info().Ports, nil
 }
 
 // Detach implements epobj.GatewayService: it drops epID's claim, and disconnects the

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers/overlay"
+	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
@@ -175,6 +176,28 @@ func TestPrivilegedOverlay(t *testing.T) {
 	})
 	if _, ok := nstest.Ping(c2.Key(), e1.Info().IPv4.Addr().String(), 3); !ok {
 		t.Fatal("c2 does not reach c1")
+	}
+	// A port published on an overlay endpoint goes through the host's gateway network, as
+	// Docker's do through docker_gwbridge: host-b reaches it at host-a's underlay address.
+	web := mustSandbox(t, a.c, "web")
+	pub, err := endpoint.ParsePortSpec("8080:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ew := mustConnect(t, a.c, "ov", "web", endpoint.WithPorts(pub...))
+	if got := ew.Info().Ports; len(got) != 1 || got[0].HostPort != 8080 {
+		t.Fatalf("overlay endpoint ports = %v, want 8080", got)
+	}
+	ln := listenIn(t, web.Key(), "0.0.0.0:80")
+	if err := talk(b.ns.Path(), netip.MustParseAddrPort("192.0.2.11:8080"), ln); err != nil {
+		t.Fatalf("host-b to host-a:8080, published by an overlay endpoint: %v", err)
+	}
+	ln.Close() // a socket would keep web's namespace, and its gateway veth, alive
+	if err := a.c.DeleteSandbox(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialFrom(b.ns.Path(), netip.MustParseAddrPort("192.0.2.11:8080")); err == nil {
+		t.Fatal("host-a:8080 still accepts connections after its sandbox was deleted")
 	}
 	// What crosses the underlay is VXLAN with the network's VNI.
 	if !lab.vxlanSeen(t, "host-a", 3*time.Second, 4096, func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }) {

@@ -79,21 +79,7 @@ func talk(fromPath string, to netip.AddrPort, ln net.Listener) error {
 func TestPrivilegedPublishedPorts(t *testing.T) {
 	nstest.Privileged(t)
 	l := newLab(t)
-	h, err := netlink.NewHandleAt(l.host.Handle(), unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	dummy := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink0"}, PeerName: "peer0"}
-	if err := h.LinkAdd(dummy); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.AddrAdd(dummy, &netlink.Addr{IPNet: &net.IPNet{IP: portsHostIP.Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(dummy); err != nil {
-		t.Fatal(err)
-	}
+	addUplink(t, l.host)
 	mustNetwork(t, l.c, "web")
 	a := mustSandbox(t, l.c, "a")
 	b := mustSandbox(t, l.c, "b")
@@ -188,4 +174,61 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 		t.Errorf("rules after Disconnect (-before connect +after):\n%s", diff)
 	}
 	mustConnect(t, c2, "web", "c", endpoint.WithPorts(p...)) // the port is free again
+}
+
+// listenIn listens on TCP address addr inside the namespace at path; cleanup closes it.
+func listenIn(t *testing.T, path, addr string) net.Listener {
+	t.Helper()
+	ns, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// addUplink gives the host namespace ns an "uplink" with address portsHostIP, as a host's
+// LAN interface: published ports are reached there.
+func addUplink(t *testing.T, ns *netns.NS) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink0"}, PeerName: "peer0"}
+	if err := h.LinkAdd(up); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(up, &netlink.Addr{IPNet: &net.IPNet{IP: portsHostIP.Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(up); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dialFrom opens (and closes) a TCP connection to to from the namespace at path.
+func dialFrom(path string, to netip.AddrPort) error {
+	ns, err := netns.Open(path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return ns.Do(func() error {
+		c, err := net.DialTimeout("tcp4", to.String(), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
 }

@@ -213,6 +213,13 @@ type Capabilities struct {
 	// The Controller refuses an endpoint with ports on a network of a driver without it, with an
 	// error matching ErrNotSupported, before calling the driver.
 	Ports bool
+	// GatewayPorts reports whether the published ports of the driver's endpoints go through
+	// the Controller's gateway network (cnm.GatewayNetwork, Docker's docker_gwbridge) rather
+	// than through the driver: its joins ask for a gateway (JoinResult.NeedGateway) on every
+	// network that is not internal, and the Controller publishes an endpoint's ports on its
+	// sandbox's endpoint on the gateway network (the overlay). Ports is false for such a
+	// driver, whose CreateEndpointRequest.Ports is always empty.
+	GatewayPorts bool
 }
 
 // NetworkOptions is a driver's typed network configuration, such as bridge.NetworkOptions.

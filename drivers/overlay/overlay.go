@@ -203,7 +203,7 @@ func New(cfg Config) (*Driver, error) {
 
 // Capabilities implements drivers.Driver: global scope, namespace sandboxes.
 func (d *Driver) Capabilities() drivers.Capabilities {
-	return drivers.Capabilities{DataScope: drivers.GlobalScope, Sandbox: drivers.NamespaceSandbox}
+	return drivers.Capabilities{DataScope: drivers.GlobalScope, Sandbox: drivers.NamespaceSandbox, GatewayPorts: true}
 }
 
 // ParseNetworkOptions implements drivers.OptionParser.

@@ -74,9 +74,10 @@ type Record struct {
 // GatewayService connects sandboxes to a network that gives them a way out, on behalf of the
 // endpoints whose driver asks for one. The Controller implements it.
 type GatewayService interface {
-	// Attach makes sure sandbox sb has a way out, claimed by endpoint epID. Attaching twice
-	// for one endpoint is one claim.
-	Attach(ctx context.Context, sb sandbox.Sandbox, epID string) error
+	// Attach makes sure sandbox sb has a way out, claimed by endpoint epID, with ports
+	// published on it (those of an endpoint whose driver has Capabilities.GatewayPorts), and
+	// returns them as bound. Attaching twice for one endpoint is one claim.
+	Attach(ctx context.Context, sb sandbox.Sandbox, epID string, ports []drivers.PortBinding) ([]drivers.PortBinding, error)
 	// Detach drops epID's claim on sandbox sbID's way out; the way out goes with the last claim.
 	Detach(ctx context.Context, sbID, epID string) error
 }
@@ -418,8 +419,18 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 		return errors.Join(fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), st.err), removeIface(), leave())
 	}
 	if rec.GatewayService {
-		if err := e.cfg.GatewayService.Attach(ctx, sb, rec.ID); err != nil {
+		bound, err := e.cfg.GatewayService.Attach(ctx, sb, rec.ID, rec.Ports)
+		if err != nil {
 			return errors.Join(fmt.Errorf("endpoint %s: join %s: gateway service: %w", name, sb.ID(), err), removeIface(), leave(), undoRecord(st))
+		}
+		if len(rec.Ports) > 0 && !slices.Equal(bound, rec.Ports) {
+			// Ports published through the gateway: the record says how they were bound
+			// (ephemeral ports chosen, ranges split).
+			rec.Ports = bound
+			if st.rev, err = e.store(rb, rec, st.rev); err != nil {
+				return errors.Join(fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), err),
+					e.cfg.GatewayService.Detach(rb, sb.ID(), rec.ID), removeIface(), leave())
+			}
 		}
 	}
 	e.mu.Lock()

@@ -501,8 +501,13 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 
 	res, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
 		NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID),
-		MAC: spec.MAC, IPv4: rec.IPv4, IPv6: rec.IPv6, Ports: spec.Ports,
+		MAC: spec.MAC, IPv4: rec.IPv4, IPv6: rec.IPv6, Ports: n.driverPorts(spec.Ports),
 	})
+	if n.portsViaGateway() {
+		// Published on the sandbox's gateway endpoint when the endpoint joins; the record
+		// keeps them as asked until then, and as bound after.
+		res.Ports = spec.Ports
+	}
 	if err == nil && len(spec.Ports) > 0 && len(res.Ports) == 0 {
 		// A driver that knows nothing of ports would drop them silently.
 		err = errors.Join(&errclass.NotSupportedError{What: "published ports on a " + n.cfg.Entry.Name + " network"},
@@ -561,7 +566,7 @@ func (n *Net) checkSpec(s endpoint.Spec) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	if len(s.Ports) > 0 && !n.cfg.Entry.Caps.Ports {
+	if len(s.Ports) > 0 && !n.cfg.Entry.Caps.Ports && !n.cfg.Entry.Caps.GatewayPorts {
 		return &errclass.NotSupportedError{What: "published ports (" + s.Ports[0].String() + ") on a network of driver " + n.cfg.Entry.Name}
 	}
 	if len(s.Ports) > 0 && n.rec.Internal {
@@ -620,7 +625,7 @@ func (n *Net) RestoreEndpoint(ctx context.Context, rec epobj.Record, rev uint64)
 	}
 	if _, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
 		NetworkID: drivers.NetworkID(n.rec.ID), EndpointID: drivers.EndpointID(rec.ID),
-		MAC: parseMAC(rec.MAC), IPv4: rec.IPv4, IPv6: rec.IPv6, Ports: rec.Ports,
+		MAC: parseMAC(rec.MAC), IPv4: rec.IPv4, IPv6: rec.IPv6, Ports: n.driverPorts(rec.Ports),
 	}); err != nil {
 		return nil, fmt.Errorf("endpoint %s: restore: driver %s: %w", rec.Name, n.cfg.Entry.Name, err)
 	}
@@ -883,4 +888,19 @@ func (n *Net) Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, 
 		return true, fmt.Errorf("network %s: reclaim endpoint %s: ipam: %w", n.rec.Name, rec.Name, err)
 	}
 	return true, nil
+}
+
+// portsViaGateway reports whether the network's published ports go on its endpoints'
+// sandboxes' gateway endpoints rather than through its driver (Capabilities.GatewayPorts).
+func (n *Net) portsViaGateway() bool {
+	return !n.cfg.Entry.Caps.Ports && n.cfg.Entry.Caps.GatewayPorts
+}
+
+// driverPorts returns the ports that the driver publishes of ports: none when they go
+// through the gateway network.
+func (n *Net) driverPorts(ports []drivers.PortBinding) []drivers.PortBinding {
+	if n.portsViaGateway() {
+		return nil
+	}
+	return ports
 }
