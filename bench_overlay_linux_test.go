@@ -22,6 +22,7 @@ import (
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/network"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // benchOverlay is two hosts on an underlay with an internal overlay network (no gateway
@@ -32,6 +33,9 @@ type benchOverlay struct {
 	runA, runB   string
 	nw           network.Network
 	vni          string
+	// restartB starts host-b's Controller (again) on its state; closing it without Leave is
+	// host-b's crash, as far as the cluster can tell.
+	restartB func()
 }
 
 func newBenchOverlay(b *testing.B) *benchOverlay {
@@ -45,11 +49,13 @@ func newBenchOverlay(b *testing.B) *benchOverlay {
 	key, _ := gossip.NewKey()
 	lab := newOvLab(b)
 	o := &benchOverlay{runA: b.TempDir(), runB: b.TempDir()}
-	start := func(name, vtep, run string, peers ...string) (*cnm.Controller, *netns.NS) {
-		ns := lab.host(b, name, netip.MustParsePrefix(vtep))
-		c, err := cnm.New(ctx, cnm.Config{DataDir: b.TempDir(), RunDir: run, HostNetns: ns.Path(),
+	open := func(name, vtep, run, data string, ns *netns.NS, port int, peers ...string) *cnm.Controller {
+		c, err := cnm.New(ctx, cnm.Config{DataDir: data, RunDir: run, HostNetns: ns.Path(),
 			GlobalStore: gs, Hostname: name, StoreTimeout: 5 * time.Second, NoPredefinedNetworks: true,
-			Gossip:      &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{key}},
+			// A registry TTL above the drop benchmark's outages: host-b's endpoints are to come
+			// back with it, not be reclaimed (TestPrivilegedOverlayReclaimedWhileAway).
+			HostTTL:     time.Minute,
+			Gossip:      &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), BindPort: port, Keys: [][]byte{key}},
 			GossipPeers: peers, Overlay: overlay.Config{VTEP: netip.MustParsePrefix(vtep).Addr()}})
 		if err != nil {
 			b.Fatal(err)
@@ -60,10 +66,18 @@ func newBenchOverlay(b *testing.B) *benchOverlay {
 			}
 			c.Close()
 		})
-		return c, ns
+		return c
 	}
-	o.a, o.hostA = start("host-a", "192.0.2.11/24", o.runA)
-	o.b, o.hostB = start("host-b", "192.0.2.12/24", o.runB, o.a.GossipNode().LocalAddr().String())
+	o.hostA = lab.host(b, "host-a", netip.MustParsePrefix("192.0.2.11/24"))
+	o.hostB = lab.host(b, "host-b", netip.MustParsePrefix("192.0.2.12/24"))
+	o.a = open("host-a", "192.0.2.11/24", o.runA, b.TempDir(), o.hostA, 0)
+	dataB := b.TempDir()
+	portB := 0 // the kernel's pick at the first start, kept after, as a host's 7946 is
+	o.restartB = func() {
+		o.b = open("host-b", "192.0.2.12/24", o.runB, dataB, o.hostB, portB, o.a.GossipNode().LocalAddr().String())
+		portB = int(o.b.GossipNode().LocalAddr().Port())
+	}
+	o.restartB()
 	var err error
 	if o.nw, err = o.a.NewNetwork(ctx, "bov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.81.0.0/16")), network.WithInternal()); err != nil {
 		b.Fatal(err)
@@ -260,5 +274,107 @@ func BenchmarkPrivilegedOverlay(b *testing.B) {
 			}
 			b.StartTimer()
 		}
+	})
+	// drop: host-b crashes (its Controller closes without leaving: nothing tells the cluster);
+	// from then until host-a's VXLAN device no longer has rb's MAC, against what the failure
+	// detector's settings (the default LAN ones here) say: a probe round (1 s), its timeout
+	// (0.5 s) and the suspicion timeout, SuspicionMult (4) · max(1, log10 N) · 1 s with N = 2
+	// hosts. It splits the time into gossip's (until host-a's node reports host-b failed) and
+	// the data plane's (from then until the entry is gone). Last: it restarts host-b (on its
+	// gossip port, as a host's 7946) every round.
+	b.Run("drop", func(b *testing.B) {
+		const setting = time.Second + 500*time.Millisecond + 4*time.Second
+		ovA := filepath.Join(o.runA, "overlay", "ov-"+o.vni)
+		nsA, err := netns.Open(ovA)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer nsA.Close()
+		hA, err := netlink.NewHandleAt(nsA.Handle())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer hA.Close()
+		vxA, err := hA.LinkByName("vx-" + o.vni)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mac := eb.Info().MAC.String()
+		has := func() bool {
+			fdb, _ := hA.NeighList(vxA.Attrs().Index, unix.AF_BRIDGE)
+			return slices.ContainsFunc(fdb, func(n netlink.Neigh) bool { return n.HardwareAddr.String() == mac })
+		}
+		await := func(want bool, what string) time.Duration {
+			t0 := time.Now()
+			for has() != want {
+				if time.Since(t0) > 60*time.Second {
+					var ents []string
+					for _, nid := range o.a.GossipNode().Networks() {
+						for _, e := range o.a.GossipNode().Entries(nid, "endpoints") {
+							ents = append(ents, fmt.Sprintf("%+v", e))
+						}
+					}
+					var bnets []string
+					for _, n := range o.b.Networks() {
+						var eps []string
+						for _, e := range n.Endpoints() {
+							eps = append(eps, e.Name()+"@"+e.Info().SandboxID)
+						}
+						bnets = append(bnets, n.Name()+fmt.Sprint(eps))
+					}
+					b.Logf("host-b: networks %v, repairs %v, waiting %v; rb's links %v; host-b's overlay links %v; a's reclaimed %v", bnets, o.b.Repairs(), o.b.Waiting(),
+						links(b, sbb.Key()), links(b, ovB), o.a.Reclaimed())
+					var bents []string
+					for _, nid := range o.b.GossipNode().Networks() {
+						for _, e := range o.b.GossipNode().Entries(nid, "endpoints") {
+							bents = append(bents, e.Key[:8]+"@"+e.Owner)
+						}
+					}
+					nids := o.a.GossipNode().Networks()
+					b.Fatalf("host-a: %s after 60 s; host-a's members %+v, network nodes %v, entries %v; host-b's members %+v, networks %v, entries %v, a's stats %+v b's stats %+v", what,
+						o.a.GossipNode().Members(), o.a.GossipNode().NetworkNodes(nids[0]), ents, o.b.GossipNode().Members(), o.b.GossipNode().Networks(), bents,
+						o.a.GossipNode().Stats(), o.b.GossipNode().Stats())
+
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			return time.Since(t0)
+		}
+		await(true, "no FDB entry for rb before the crash")
+		failed := func() bool {
+			for _, m := range o.a.GossipNode().Members() {
+				if m.Name == "host-b" {
+					return m.State == gossip.StateFailed
+				}
+			}
+			return true // forgotten
+		}
+		var ds, fs, ps []time.Duration // crash to FDB entry gone; to host-b failed; failed to gone
+		for b.Loop() {
+			if err := o.b.Close(); err != nil {
+				b.Fatal(err)
+			}
+			t0 := time.Now()
+			for !failed() {
+				time.Sleep(10 * time.Millisecond)
+			}
+			fs = append(fs, time.Since(t0))
+			ps = append(ps, await(false, "rb's FDB entry still there"))
+			ds = append(ds, fs[len(fs)-1]+ps[len(ps)-1])
+			b.StopTimer()
+			o.restartB()
+			await(true, "rb's FDB entry not back after host-b's restart")
+			b.StartTimer()
+		}
+		for _, l := range [][]time.Duration{ds, fs, ps} {
+			slices.Sort(l)
+		}
+		p50, p95 := ds[len(ds)/2], ds[len(ds)*95/100]
+		b.ReportMetric(p50.Seconds(), "p50-s")
+		b.ReportMetric(p95.Seconds(), "p95-s")
+		b.ReportMetric(fs[len(fs)/2].Seconds(), "failed-p50-s")
+		b.ReportMetric(float64(ps[len(ps)/2].Milliseconds()), "plane-p50-ms")
+		b.ReportMetric(setting.Seconds(), "setting-s")
+		b.ReportMetric(p50.Seconds()/setting.Seconds(), "ratio")
 	})
 }

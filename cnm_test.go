@@ -60,7 +60,7 @@ func (l *lab) open(t *testing.T) *cnm.Controller {
 }
 
 // links returns the names of the links in the namespace, sorted.
-func links(t *testing.T, path string) []string {
+func links(t testing.TB, path string) []string {
 	t.Helper()
 	ns, err := netns.Open(path)
 	if err != nil {

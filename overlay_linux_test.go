@@ -6,18 +6,22 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/overlay"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/gossip"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/kvstore"
 	vnetns "github.com/cnmkit/cnm/netns"
 	"github.com/cnmkit/cnm/network"
 	"github.com/vishvananda/netlink"
@@ -95,6 +99,57 @@ func (l *ovLab) host(t testing.TB, name string, addr netip.Prefix) *netns.NS {
 	return ns
 }
 
+// ovHosts makes the hosts of an overlay test: Controllers on one lab, sharing a global store and
+// a gossip key, with fast failure detection (200 ms probes).
+type ovHosts struct {
+	lab *ovLab
+	gs  kvstore.Store
+	key []byte
+	ttl time.Duration // the registry's HostTTL; 0: the default
+}
+
+// ovHost is one host of an overlay test: its namespace on the lab and its Controller of the
+// moment (restarted on the same directories).
+type ovHost struct {
+	hosts           *ovHosts
+	name            string
+	vtep            netip.Prefix
+	ns              *netns.NS
+	c               *cnm.Controller
+	runDir, dataDir string
+}
+
+func (hs *ovHosts) newHost(t *testing.T, name, vtep string) *ovHost {
+	t.Helper()
+	h := &ovHost{hosts: hs, name: name, vtep: netip.MustParsePrefix(vtep), runDir: t.TempDir(), dataDir: t.TempDir()}
+	h.ns = hs.lab.host(t, name, h.vtep)
+	t.Cleanup(func() { // the host's Controller of the moment
+		if h.c == nil {
+			return
+		}
+		for _, sb := range h.c.Sandboxes() {
+			h.c.DeleteSandbox(context.Background(), sb.ID())
+		}
+		h.c.Close()
+	})
+	return h
+}
+
+// start starts (or restarts) the host's Controller, joining the gossip cluster through peers.
+func (h *ovHost) start(t *testing.T, peers ...string) {
+	t.Helper()
+	c, err := cnm.New(t.Context(), cnm.Config{DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.ns.Path(),
+		GlobalStore: h.hosts.gs, Hostname: h.name, StoreTimeout: 2 * time.Second, HostTTL: h.hosts.ttl,
+		Gossip:      &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{h.hosts.key}, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
+		GossipPeers: peers,
+		Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
+	})
+	if err != nil {
+		t.Fatalf("cnm.New %s: %v", h.name, err)
+	}
+	h.c = c
+}
+
 // TestPrivilegedOverlay: two hosts on one underlay, each a Controller with its own namespace,
 // sharing etcd and an encrypted gossip cluster: an overlay network created on one is usable on
 // both, containers on the two hosts reach each other through VXLAN (the VNI from the cluster),
@@ -111,40 +166,9 @@ func TestPrivilegedOverlay(t *testing.T) {
 		t.Fatal(err)
 	}
 	lab := newOvLab(t)
-	type hostT struct {
-		name            string
-		vtep            netip.Prefix
-		ns              *netns.NS
-		c               *cnm.Controller
-		runDir, dataDir string
-	}
-	// start starts (or restarts) host h's Controller.
-	start := func(h *hostT, peers ...string) {
-		c, err := cnm.New(ctx, cnm.Config{DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.ns.Path(),
-			GlobalStore: gs, Hostname: h.name, StoreTimeout: 2 * time.Second,
-			Gossip:      &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{key}, ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
-			GossipPeers: peers,
-			Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
-		})
-		if err != nil {
-			t.Fatalf("cnm.New %s: %v", h.name, err)
-		}
-		h.c = c
-	}
-	newHost := func(name, vtep string) *hostT {
-		h := &hostT{name: name, vtep: netip.MustParsePrefix(vtep), runDir: t.TempDir(), dataDir: t.TempDir()}
-		h.ns = lab.host(t, name, h.vtep)
-		t.Cleanup(func() { // the host's Controller of the moment
-			if h.c == nil {
-				return
-			}
-			for _, sb := range h.c.Sandboxes() {
-				h.c.DeleteSandbox(context.Background(), sb.ID())
-			}
-			h.c.Close()
-		})
-		return h
-	}
+	hosts := &ovHosts{lab: lab, gs: gs, key: key}
+	newHost := func(name, vtep string) *ovHost { return hosts.newHost(t, name, vtep) }
+	start := func(h *ovHost, peers ...string) { h.start(t, peers...) }
 	a, b := newHost("host-a", "192.0.2.11/24"), newHost("host-b", "192.0.2.12/24")
 	start(a)
 	start(b, a.c.GossipNode().LocalAddr().String())
@@ -204,8 +228,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 		t.Fatal("no VXLAN packet with VNI 4096 seen on the underlay while c1 pinged c2")
 	}
 	// On host-b, c1 is one FDB entry (its MAC behind host-a's VTEP) and one neighbour entry.
-	ovPath := func(h *hostT) string { return filepath.Join(h.runDir, "overlay", "ov-"+vni) }
-	show := func(h *hostT, cmd ...string) string {
+	ovPath := func(h *ovHost) string { return filepath.Join(h.runDir, "overlay", "ov-"+vni) }
+	show := func(h *ovHost, cmd ...string) string {
 		t.Helper()
 		out, err := nstest.ExecContext(ctx, ovPath(h), cmd[0], cmd[1:]...)
 		if err != nil {
@@ -229,7 +253,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 
 	// exactly reports whether host h's VXLAN device has exactly one FDB entry for mac, to vtep,
 	// and one neighbour entry for ip.
-	exactly := func(h *hostT, mac, vtep string, ip netip.Addr) bool {
+	exactly := func(h *ovHost, mac, vtep string, ip netip.Addr) bool {
 		fdb := show(h, "bridge", "fdb", "show", "dev", "vx-"+vni)
 		neigh := show(h, "ip", "neigh", "show", "dev", "vx-"+vni)
 		return strings.Count(fdb, mac) == 1 && strings.Contains(fdb, mac+" dst "+vtep) && strings.Count(neigh, ip.String()+" ") == 1
@@ -361,3 +385,77 @@ func (l *ovLab) vxlanSeen(t *testing.T, host string, d time.Duration, vni uint32
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestPrivilegedOverlayReclaimedWhileAway: a host away for longer than the registry's TTL has
+// its endpoints reclaimed by the others. When it comes back, what it left of them (the
+// container's interface, its port on the network's bridge, the network's namespace) goes, and
+// each removal is reported; the container can join again and reach the others.
+func TestPrivilegedOverlayReclaimedWhileAway(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	key, err := gossip.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := &ovHosts{lab: newOvLab(t), gs: openEtcd(t, ec.Endpoints(), "reclaimed"), key: key, ttl: time.Second}
+	a, b := hosts.newHost(t, "host-a", "192.0.2.21/24"), hosts.newHost(t, "host-b", "192.0.2.22/24")
+	a.start(t)
+	b.start(t, a.c.GossipNode().LocalAddr().String())
+	if _, err := a.c.NewNetwork(ctx, "ov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.82.0.0/24")), network.WithInternal()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts ov", func() bool { return hasNetwork(b.c, "ov") })
+	c1 := mustSandbox(t, a.c, "c1")
+	c2 := mustSandbox(t, b.c, "c2")
+	mustConnect(t, a.c, "ov", "c1")
+	e2 := mustConnect(t, b.c, "ov", "c2")
+	waitFor(t, 10*time.Second, "c1 reaches c2", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+
+	// host-b crashes, and stays away until host-a reclaimed its endpoint.
+	b.c.Close()
+	waitFor(t, 20*time.Second, "host-a reclaims c2's endpoint", func() bool {
+		return slices.ContainsFunc(a.c.Reclaimed(), func(r drivers.Repair) bool { return strings.Contains(r.Object, "c2") })
+	})
+	b.start(t, a.c.GossipNode().LocalAddr().String())
+	var reps []string
+	for _, r := range b.c.Repairs() {
+		reps = append(reps, r.String())
+	}
+	if !slices.ContainsFunc(reps, func(s string) bool { return strings.Contains(s, "overlay namespace ov-") }) {
+		t.Errorf("host-b's restart repaired %q, want its overlay namespace removed", reps)
+	}
+	if hasMounted(t, filepath.Join(b.runDir, "overlay")) {
+		t.Errorf("host-b keeps an overlay namespace with no endpoint in it")
+	}
+	waitFor(t, 5*time.Second, "c2 loses its reclaimed interface", func() bool {
+		return slices.Equal(links(t, c2.Key()), []string{"lo"})
+	})
+	nw, err := b.c.Network("ov")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eps := nw.Endpoints(); len(eps) != 0 {
+		t.Fatalf("host-b's endpoints on ov after the reclaim = %v, want none", eps)
+	}
+	// c2 joins again, with a new endpoint, and reaches c1.
+	e2 = mustConnect(t, b.c, "ov", "c2")
+	waitFor(t, 10*time.Second, "c1 reaches c2's new endpoint", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+}
+
+// hasMounted reports whether a directory entry under dir is a network-namespace mount.
+func hasMounted(t *testing.T, dir string) bool {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(ents, func(e os.DirEntry) bool { return vnetns.IsMounted(filepath.Join(dir, e.Name())) })
+}

@@ -212,8 +212,9 @@ func (d *Driver) releasePlane(n *ovNetwork, g drivers.Gossip) error {
 	return errors.Join(g.LeaveNetwork(n.id), p.destroy())
 }
 
-// Close implements drivers.Closer: it stops the peer watches. The networks' kernel state stays
-// for the next Controller, which builds it again with its first join.
+// Close implements drivers.Closer: it stops the peer watches and releases the planes' handles
+// (which would keep their namespaces alive). The networks' kernel state stays for the next
+// Controller, which adopts it with the endpoints it restores.
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	nets := make([]*ovNetwork, 0, len(d.networks))
@@ -221,6 +222,7 @@ func (d *Driver) Close() error {
 		nets = append(nets, n)
 	}
 	d.mu.Unlock()
+	var errs []error
 	for _, n := range nets {
 		n.planeMu.Lock()
 		if n.plane != nil && n.stopWatch != nil {
@@ -228,7 +230,11 @@ func (d *Driver) Close() error {
 			<-n.watchDone
 			n.stopWatch = nil
 		}
+		if n.plane != nil {
+			errs = append(errs, n.plane.close())
+			n.plane = nil
+		}
 		n.planeMu.Unlock()
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -220,6 +220,18 @@ func (p *plane) destroy() error {
 	return errors.Join(errs...)
 }
 
+// close releases the plane's handles, leaving its kernel state for the next Controller.
+func (p *plane) close() error {
+	if p.h != nil {
+		p.h.Close()
+	}
+	p.sock.Close()
+	if p.ns != nil {
+		return p.ns.Close()
+	}
+	return nil
+}
+
 // portName is the name of an endpoint's end on br0.
 func portName(ep string) string { return "ve" + ep[:min(12, len(ep))] }
 

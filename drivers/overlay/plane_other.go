@@ -18,6 +18,7 @@ var errNoKernel = drivers.LinuxOnly("overlay networks (VXLAN)")
 
 func (d *Driver) buildPlane(n *ovNetwork) (*plane, error)            { return nil, errNoKernel }
 func (p *plane) destroy() error                                      { return nil }
+func (p *plane) close() error                                        { return nil }
 func (p *plane) addPort(string, string, net.HardwareAddr, int) error { return errNoKernel }
 func (p *plane) delPort(string) error                                { return nil }
 func (p *plane) addPeer(peerEntry) error                             { return errNoKernel }
