@@ -581,4 +581,3 @@ func NetworkInspect(in network.Inspect) api.NetworkInspect {
 	}
 	return out
 }
-
