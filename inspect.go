@@ -7,6 +7,7 @@ import (
 
 	"github.com/cnmkit/cnm/api"
 	"github.com/cnmkit/cnm/drivers/bridge"
+	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/network"
 )
@@ -77,6 +78,33 @@ func (c *Controller) InspectNetworks() []network.Inspect {
 	return out
 }
 
+// EndpointSettings returns an endpoint as a sandbox's inspect shows it in
+// NetworkSettings.Networks (Docker's shape): its addresses with their prefix lengths,
+// gateways, MAC, IDs, aliases and interface name.
+func EndpointSettings(ep endpoint.Endpoint) api.EndpointSettings {
+	info := ep.Info()
+	es := api.EndpointSettings{Aliases: info.Aliases, NetworkID: info.NetworkID, EndpointID: info.ID, IfName: info.IfName}
+	if es.Aliases == nil {
+		es.Aliases = []string{}
+	}
+	if info.Gateway.IsValid() {
+		es.Gateway = info.Gateway.String()
+	}
+	if info.IPv4.IsValid() {
+		es.IPAddress, es.IPPrefixLen = info.IPv4.Addr().String(), info.IPv4.Bits()
+	}
+	if info.GatewayIPv6.IsValid() {
+		es.IPv6Gateway = info.GatewayIPv6.String()
+	}
+	if info.IPv6.IsValid() {
+		es.GlobalIPv6Address, es.GlobalIPv6PrefixLen = info.IPv6.Addr().String(), info.IPv6.Bits()
+	}
+	if info.MAC != nil {
+		es.MacAddress = info.MAC.String()
+	}
+	return es
+}
+
 // InspectSandbox returns the sandbox id with its networks and published ports, as `docker
 // container inspect` shows a container's: NetworkSettings.Networks has an entry per network
 // it is joined to, keyed by the network's name, and NetworkSettings.Ports one per published
@@ -112,28 +140,7 @@ func (c *Controller) InspectSandbox(id string) (SandboxInspect, error) {
 			if info.SandboxID != id {
 				continue
 			}
-			es := api.EndpointSettings{
-				Aliases: info.Aliases, NetworkID: n.ID(), EndpointID: info.ID, IfName: info.IfName,
-			}
-			if es.Aliases == nil {
-				es.Aliases = []string{}
-			}
-			if info.Gateway.IsValid() {
-				es.Gateway = info.Gateway.String()
-			}
-			if info.IPv4.IsValid() {
-				es.IPAddress, es.IPPrefixLen = info.IPv4.Addr().String(), info.IPv4.Bits()
-			}
-			if info.GatewayIPv6.IsValid() {
-				es.IPv6Gateway = info.GatewayIPv6.String()
-			}
-			if info.IPv6.IsValid() {
-				es.GlobalIPv6Address, es.GlobalIPv6PrefixLen = info.IPv6.Addr().String(), info.IPv6.Bits()
-			}
-			if info.MAC != nil {
-				es.MacAddress = info.MAC.String()
-			}
-			in.NetworkSettings.Networks[n.Name()] = es
+			in.NetworkSettings.Networks[n.Name()] = EndpointSettings(ep)
 			for _, p := range info.Ports {
 				proto := p.Proto
 				if proto == "" {

@@ -154,7 +154,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("client: %s %s: decode response: %w", method, path, err)
 	}
-	return nil
+	// Read to the end (the encoder's newline), or the connection is not reused.
+	_, err = io.Copy(io.Discard, resp.Body)
+	return err
 }
 
 func v1(parts ...string) string {

@@ -340,18 +340,11 @@ func (s *Server) networkConnect(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Aliases) > 0 {
 		opts = append(opts, endpoint.WithAliases(req.Aliases...))
 	}
-	if _, err := s.c.Connect(r.Context(), name, req.Sandbox, opts...); err != nil {
-		return err
-	}
-	n, err := s.c.Network(name)
+	ep, err := s.c.Connect(r.Context(), name, req.Sandbox, opts...)
 	if err != nil {
 		return err
 	}
-	in, err := s.c.InspectSandbox(req.Sandbox)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, in.NetworkSettings.Networks[n.Name()])
+	writeJSON(w, http.StatusOK, cnm.EndpointSettings(ep))
 	return nil
 }
 

@@ -34,7 +34,7 @@ type agent struct {
 	hc   *http.Client // raw requests, for bad input
 }
 
-func newAgent(t *testing.T) *agent {
+func newAgent(t testing.TB) *agent {
 	t.Helper()
 	c, err := cnm.New(t.Context(), cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), Machine: sandboxtest.NewMachine(),
 		Drivers: map[string]drivers.Driver{"bridge": driverstest.NewFake(drivers.Capabilities{})}})
