@@ -41,8 +41,8 @@ import (
 type Config struct {
 	// Controller is the Controller the API drives. Required; the Server does not close it.
 	Controller *cnm.Controller
-	// Logger receives a line per request (operation, status, duration) and the errors. Nil
-	// discards them.
+	// Logger receives a line per request at debug level (operation, status, duration) and
+	// the failures with status 500 and up at error level. Nil discards them.
 	Logger *slog.Logger
 	// StoreCheck and GlobalStoreCheck, when set, are called by /health to see that the local
 	// and the global store answer. Nil: the part is reported "none".
@@ -168,7 +168,7 @@ func (s *Server) route(pattern, op string, h func(http.ResponseWriter, *http.Req
 		d := time.Since(start)
 		s.ops.WithLabelValues(op, fmt.Sprint(sw.status)).Inc()
 		s.latency.WithLabelValues(op).Observe(d.Seconds())
-		s.log.Info("request", "op", op, "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", d)
+		s.log.Debug("request", "op", op, "method", r.Method, "path", r.URL.Path, "status", sw.status, "duration", d)
 	})
 }
 
@@ -187,9 +187,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, op string, err err
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	json.NewEncoder(w).Encode(v) // compact, as Docker's API answers; cnmctl indents
 }
 
 // pathName returns the {name} of the path, checked as a name of kind.

@@ -505,3 +505,77 @@ func TestPrivilegedCNMDLifecycle(t *testing.T) {
 		t.Errorf("a refused start made its data dir: %v", err)
 	}
 }
+
+// TestPrivilegedCNMDDrain: SIGTERM while creates are in flight and an event stream is open:
+// cnmd ends the stream, lets the requests it took finish, and exits; after a restart the
+// networks are exactly those whose create succeeded, and no request was half done.
+func TestPrivilegedCNMDDrain(t *testing.T) {
+	nstest.Privileged(t)
+	d := newDaemon(t)
+	cl, err := client.New(client.Config{Host: "unix://" + d.sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	streamDone := make(chan error, 1)
+	go func() {
+		streamDone <- cl.Events(context.Background(), func(api.Event) error { return nil })
+	}()
+	const n = 16
+	type result struct {
+		name string
+		err  error
+	}
+	results := make(chan result, n)
+	for i := range n {
+		go func() {
+			name := fmt.Sprintf("drain%d", i)
+			_, err := cl.NetworkCreate(context.Background(), api.NetworkCreate{Name: name})
+			results <- result{name, err}
+		}()
+	}
+	first := <-results
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	created := map[string]bool{}
+	for _, r := range append([]result{first}, collect(results, n-1)...) {
+		if r.err == nil {
+			created[r.name] = true
+		}
+	}
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Errorf("cnmd exited with %v:\n%s", err, d.log)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("cnmd did not exit after SIGTERM with a stream open:\n%s", d.log)
+	}
+	d.cmd = nil
+	select {
+	case <-streamDone:
+	case <-time.After(5 * time.Second):
+		t.Error("the event stream did not end when cnmd stopped")
+	}
+	t.Logf("%d of %d creates succeeded across the SIGTERM", len(created), n)
+	if len(created) == 0 {
+		t.Fatal("no create succeeded before SIGTERM")
+	}
+	d.start(t)
+	got := map[string]bool{}
+	for _, name := range strings.Fields(mustCtl(t, d.sock, "network", "ls", "--format", "{{.Name}}", "--filter", "name=drain")) {
+		got[name] = true
+	}
+	if fmt.Sprint(got) != fmt.Sprint(created) {
+		t.Errorf("networks after restart %v, want exactly the creates that succeeded %v", got, created)
+	}
+}
+
+func collect[T any](ch <-chan T, n int) []T {
+	out := make([]T, 0, n)
+	for range n {
+		out = append(out, <-ch)
+	}
+	return out
+}
