@@ -18,7 +18,10 @@ func BenchmarkAPIOverhead(b *testing.B) {
 	ctx := b.Context()
 	ways := []func(id string) error{
 		func(id string) error { _, err := a.c.Connect(ctx, "bridge", id); return err },
-		func(id string) error { _, err := a.cl.NetworkConnect(ctx, "bridge", api.Connect{Sandbox: id}); return err },
+		func(id string) error {
+			_, err := a.cl.NetworkConnect(ctx, "bridge", api.Connect{Sandbox: id})
+			return err
+		},
 	}
 	times := make([][]time.Duration, len(ways))
 	for i := 0; b.Loop(); i++ {
