@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -578,4 +580,44 @@ func collect[T any](ch <-chan T, n int) []T {
 		out = append(out, <-ch)
 	}
 	return out
+}
+
+// TestPrivilegedCNMDGossip: --gossip-key-file starts the gossip plane: /health reports it with
+// this member alive, and /metrics counts it and the key's age.
+func TestPrivilegedCNMDGossip(t *testing.T) {
+	nstest.Privileged(t)
+	keyFile := filepath.Join(t.TempDir(), "gossip.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, "--gossip-key-file", keyFile, "--gossip-port", "17946", "--hostname", "node1", "--advertise-addr", "127.0.0.1")
+	cl, err := client.New(client.Config{Host: "unix://" + d.sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	h, err := cl.Health(t.Context())
+	if err != nil || h.Gossip != "ok" || h.GossipMembers != 1 || h.Store != "ok" || h.GlobalStore != "none" {
+		t.Errorf("health = %+v, %v; want gossip ok with 1 member, store ok, no global store", h, err)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "unix", d.sock)
+	}}}
+	mustCtl(t, d.sock, "network", "ls")
+	resp, err := hc.Get("http://cnmd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"cnm_gossip_members 1", "cnm_gossip_key_age_seconds", "cnm_networks 3", `cnm_api_requests_total{code="200",op="network.list"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	out, err := exec.Command("nsenter", "--net="+d.host.Path(), "--", "ss", "-lnu").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), ":17946") {
+		t.Errorf("no gossip listener on UDP 17946 in cnmd's namespace: %v\n%s", err, out)
+	}
 }
