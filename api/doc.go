@@ -33,7 +33,7 @@
 //	POST   /v1/sandboxes                      SandboxCreate -> 201 SandboxInspect
 //	GET    /v1/sandboxes/{name}               SandboxInspect
 //	DELETE /v1/sandboxes/{name}[?force=1]     204
-//	GET    /v1/events                         newline-delimited Event values
+//	GET    /v1/events (also /events)          newline-delimited Event values
 //	GET    /health                            Health
 //	GET    /metrics                           Prometheus text
 //

@@ -129,6 +129,7 @@ func (s *Server) routes() {
 	s.route("GET "+v+"/sandboxes/{name}", "sandbox.inspect", s.sandboxInspect)
 	s.route("DELETE "+v+"/sandboxes/{name}", "sandbox.remove", s.sandboxRemove)
 	s.mux.HandleFunc("GET "+v+"/events", s.events)
+	s.mux.HandleFunc("GET /events", s.events) // the unversioned name, as /health and /metrics
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
