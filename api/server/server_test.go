@@ -68,6 +68,7 @@ func newAgent(t testing.TB) *agent {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	t.Cleanup(hc.CloseIdleConnections)
 	return &agent{c: c, sock: sock, cl: cl, hc: hc}
 }
 
