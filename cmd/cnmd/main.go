@@ -5,7 +5,7 @@
 //	cnmd [--data-dir /var/lib/cnm] [--run-dir /run/cnm] [--host unix:///run/cnm/cnm.sock] [--group G]
 //	     [--host tcp://ADDR --tlscacert CA --tlscert CERT --tlskey KEY]
 //	     [--store boltdb:///var/lib/cnm/local.db] [--global-store etcd://...|consul://...] [--hostname H]
-//	     [--advertise-addr IP] [--gossip-port 7946] [--join HOST:PORT]... [--gossip-key-file FILE]
+//	     [--advertise-addr IP] [--gossip-port 7946] [--join HOST:PORT]... [--gossip-key-file FILE] [--vtep ADDR|IFACE]
 //
 // The socket is made mode 0660, owned by root and --group. A tcp:// host without the three TLS
 // files is refused: the API changes the host's network, so every client must present a
@@ -49,15 +49,15 @@ import (
 
 // options are cnmd's flags.
 type options struct {
-	dataDir, runDir, host, group string
-	tlsCA, tlsCert, tlsKey       string
-	store, globalStore, hostname string
-	advertise, gossipKeyFile     string
-	gossipPort                   int
-	join                         []string
-	noIPTables                   bool
-	logLevel, logFormat          string
-	shutdownTimeout              time.Duration
+	dataDir, runDir, host, group   string
+	tlsCA, tlsCert, tlsKey         string
+	store, globalStore, hostname   string
+	advertise, gossipKeyFile, vtep string
+	gossipPort                     int
+	join                           []string
+	noIPTables                     bool
+	logLevel, logFormat            string
+	shutdownTimeout                time.Duration
 }
 
 func main() {
@@ -96,6 +96,7 @@ func command() *cobra.Command {
 	f.IntVar(&o.gossipPort, "gossip-port", gossip.DefaultPort, "gossip: TCP and UDP port")
 	f.StringSliceVar(&o.join, "join", nil, "gossip: HOST:PORT of members to join (repeatable)")
 	f.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "gossip: file holding the cluster's key, 16, 24 or 32 bytes in hex; starts the gossip plane")
+	f.StringVar(&o.vtep, "vtep", "", "overlay: this host's underlay address or interface (default: the default route's interface)")
 	f.BoolVar(&o.noIPTables, "no-iptables", false, "the bridge driver writes no iptables rules (Docker's --iptables=false)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -262,6 +263,13 @@ func run(ctx context.Context, o options) (err error) {
 	defer store.Close()
 	cfg := cnm.Config{DataDir: o.dataDir, RunDir: o.runDir, Store: store, Logger: log, Hostname: o.hostname,
 		DisableIPTables: o.noIPTables, Gossip: gcfg, GossipPeers: o.join}
+	if o.vtep != "" {
+		if a, err := netip.ParseAddr(o.vtep); err == nil {
+			cfg.Overlay.VTEP = a
+		} else {
+			cfg.Overlay.Interface = o.vtep
+		}
+	}
 	var global kvstore.Store
 	if o.globalStore != "" {
 		if global, err = kvurl.Open(ctx, o.globalStore, kvurl.Options{Logger: log}); err != nil {
