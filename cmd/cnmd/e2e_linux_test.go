@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -486,13 +487,25 @@ func exchange(from *netns.NS, to netip.AddrPort, ln net.Listener) error {
 	return nil
 }
 
-// TestPrivilegedCNMDLifecycle: a second cnmd on the same data dir refuses with a clear
-// message and leaves the first serving; tcp:// without the TLS files is refused before
+// TestPrivilegedCNMDLifecycle: the socket is mode 0660, owned by root and --group; a second
+// cnmd on the same data dir refuses with a clear message and leaves the first serving; tcp:// without the TLS files is refused before
 // anything is made.
 func TestPrivilegedCNMDLifecycle(t *testing.T) {
 	nstest.Privileged(t)
-	d := newDaemon(t)
+	d := newDaemon(t, "--group", "daemon")
 	cnmd, _ := binaries(t)
+	fi, err := os.Stat(d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := user.LookupGroup("daemon")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode().Perm() != 0o660 || fi.Mode()&os.ModeSocket == 0 || st.Uid != 0 || fmt.Sprint(st.Gid) != g.Gid {
+		t.Errorf("socket %s: mode %v, owner %d:%d; want a socket of mode 0660 owned by root:daemon (0:%s)", d.sock, fi.Mode(), st.Uid, st.Gid, g.Gid)
+	}
 	out, err := exec.Command("nsenter", "--net="+d.host.Path(), "--", cnmd, "--host", "unix://"+d.sock+"2", "--data-dir", d.dataDir, "--run-dir", d.runDir).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "is in use by another cnmd (pid") {
 		t.Errorf("second cnmd on the data dir: %v: %s", err, out)
