@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +65,8 @@ func nlHandle(t testing.TB, ns *netns.NS) *netlink.Handle {
 	return h
 }
 
-// host makes a host namespace with eth0 at addr on the underlay.
+// host makes a host namespace with eth0 at addr (IPv4 or IPv6, without duplicate address
+// detection) on the underlay.
 func (l *ovLab) host(t testing.TB, name string, addr netip.Prefix) *netns.NS {
 	t.Helper()
 	ns := nstest.NewNS(t)
@@ -77,7 +79,7 @@ func (l *ovLab) host(t testing.TB, name string, addr netip.Prefix) *netns.NS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}}); err != nil {
+	if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), addr.Addr().BitLen())}, Flags: unix.IFA_F_NODAD}); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range []netlink.Link{eth0, &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo"}}} {
@@ -224,7 +226,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 		t.Fatal("host-a:8080 still accepts connections after its sandbox was deleted")
 	}
 	// What crosses the underlay is VXLAN with the network's VNI.
-	if !lab.vxlanSeen(t, "host-a", 3*time.Second, 4096, func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }) {
+	if !lab.vxlanSeen(t, "host-a", 3*time.Second, 4096, func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }, false) {
 		t.Fatal("no VXLAN packet with VNI 4096 seen on the underlay while c1 pinged c2")
 	}
 	// On host-b, c1 is one FDB entry (its MAC behind host-a's VTEP) and one neighbour entry.
@@ -333,7 +335,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 
 // vxlanSeen captures the frames on the underlay port of host for d, while during runs, and
 // reports whether one was a VXLAN packet (UDP to port 4789) carrying vni.
-func (l *ovLab) vxlanSeen(t *testing.T, host string, d time.Duration, vni uint32, during func()) bool {
+func (l *ovLab) vxlanSeen(t *testing.T, host string, d time.Duration, vni uint32, during func(), v6 bool) bool {
 	t.Helper()
 	port, err := nlHandle(t, l.lab).LinkByName("ul-" + host)
 	if err != nil {
@@ -356,7 +358,12 @@ func (l *ovLab) vxlanSeen(t *testing.T, host string, d time.Duration, vni uint32
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		t.Fatal(err)
 	}
-	go during()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		during()
+	}()
+	defer func() { <-done }()
 	buf := make([]byte, 2048)
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
@@ -364,15 +371,22 @@ func (l *ovLab) vxlanSeen(t *testing.T, host string, d time.Duration, vni uint32
 			continue
 		}
 		f := buf[:n]
-		if f[12] != 0x08 || f[13] != 0x00 { // IPv4
+		var udp []byte
+		switch ip := f[14:]; {
+		case f[12] == 0x08 && f[13] == 0x00 && !v6: // IPv4
+			ihl := int(ip[0]&0x0f) * 4
+			if ip[9] != 17 || len(ip) < ihl+16 { // UDP
+				continue
+			}
+			udp = ip[ihl:]
+		case f[12] == 0x86 && f[13] == 0xdd && v6: // IPv6, UDP right after the fixed header
+			if len(ip) < 40+16 || ip[6] != 17 {
+				continue
+			}
+			udp = ip[40:]
+		default:
 			continue
 		}
-		ip := f[14:]
-		ihl := int(ip[0]&0x0f) * 4
-		if ip[9] != 17 || len(ip) < ihl+16 { // UDP
-			continue
-		}
-		udp := ip[ihl:]
 		if uint16(udp[2])<<8|uint16(udp[3]) != 4789 {
 			continue
 		}
@@ -458,4 +472,68 @@ func hasMounted(t *testing.T, dir string) bool {
 		return false
 	}
 	return slices.ContainsFunc(ents, func(e os.DirEntry) bool { return vnetns.IsMounted(filepath.Join(dir, e.Name())) })
+}
+
+// TestPrivilegedOverlayIPv6Underlay: hosts whose VTEPs are IPv6 addresses carry the overlay in
+// VXLAN over IPv6, with the MTU less the 70 bytes of that encapsulation.
+func TestPrivilegedOverlayIPv6Underlay(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	key, err := gossip.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := newOvLab(t)
+	hosts := &ovHosts{lab: lab, gs: openEtcd(t, ec.Endpoints(), "ipv6"), key: key}
+	a, b := hosts.newHost(t, "host-a", "fd00:192::11/64"), hosts.newHost(t, "host-b", "fd00:192::12/64")
+	a.start(t)
+	b.start(t, a.c.GossipNode().LocalAddr().String())
+	if _, err := a.c.NewNetwork(ctx, "ov6", "overlay", network.WithSubnet(netip.MustParsePrefix("10.83.0.0/24")), network.WithInternal()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts ov6", func() bool { return hasNetwork(b.c, "ov6") })
+	c1 := mustSandbox(t, a.c, "c1")
+	mustSandbox(t, b.c, "c2")
+	mustConnect(t, a.c, "ov6", "c1")
+	e2 := mustConnect(t, b.c, "ov6", "c2")
+	waitFor(t, 10*time.Second, "c1 reaches c2 over VXLAN on IPv6", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	h := nlHandle(t, mustOpenNS(t, c1.Key()))
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eth0.Attrs().MTU != 1500-70 {
+		t.Errorf("c1's eth0 MTU = %d, want %d (the underlay's 1500 less VXLAN over IPv6)", eth0.Attrs().MTU, 1500-70)
+	}
+	// A full-size packet crosses unfragmented (DF set).
+	if out, err := nstest.ExecContext(ctx, c1.Key(), "ping", "-c", "1", "-W", "2", "-M", "do", "-s", strconv.Itoa(1500-70-28), e2.Info().IPv4.Addr().String()); err != nil {
+		t.Errorf("a %d-byte packet with DF from c1 to c2: %v: %s", 1500-70, err, out)
+	}
+	nw, err := a.c.Network("ov6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vni, err := strconv.ParseUint(nw.Inspect().Options[overlay.LabelVNI], 10, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !lab.vxlanSeen(t, "host-a", 3*time.Second, uint32(vni), func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }, true) {
+		t.Error("no VXLAN over IPv6 (UDP 4789 in an IPv6 packet) with the network's VNI seen on the underlay")
+	}
+}
+
+// mustOpenNS opens the namespace at path; cleanup closes it.
+func mustOpenNS(t *testing.T, path string) *netns.NS {
+	t.Helper()
+	ns, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
 }
