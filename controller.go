@@ -131,6 +131,7 @@ import (
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/boltdb"
 	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/resolver"
 	"github.com/cnmkit/cnm/sandbox"
 )
 
@@ -223,6 +224,17 @@ type Config struct {
 	GossipPeers []string
 	// GossipNode is a gossip node the caller started (and closes), used instead of Gossip.
 	GossipNode *gossip.Node
+	// DisableDNS turns the embedded DNS resolver off: sandboxes on user-defined networks then
+	// get the host's resolvers in their resolv.conf, as those on the default bridge do.
+	DisableDNS bool
+	// DNS configures the embedded DNS resolver (package resolver): its forwarding bounds and
+	// timeout, and the per-sandbox query rate. Its Logger defaults to Logger.
+	DNS resolver.Config
+	// HostResolvConf is the host's resolv.conf, from which sandboxes take the nameservers,
+	// search domains and options they were not given (and the embedded resolver its
+	// upstreams). Default /etc/resolv.conf.
+	HostResolvConf string
+
 	// Overlay configures the built-in overlay driver (registered as "overlay" with a
 	// GlobalStore, unless Drivers replaces it): this host's VTEP address or interface, the
 	// VXLAN port and the VNI range. Its Store, HostNetns, RunDir (RunDir/overlay) and Logger
@@ -246,7 +258,8 @@ type Controller struct {
 	cluster  *cluster.Cluster // nil without Config.GlobalStore
 	gossip   *gossipPlane     // nil without Config.Gossip or GossipNode
 	gw       gatewayService
-	bus      events.Bus // what Events returns; closed by Close
+	bus      events.Bus  // what Events returns; closed by Close
+	dns      *dnsService // the embedded DNS resolver; nil when off
 
 	// ops counts the operations in flight: each is added under mu while the Controller is
 	// open (begin), and Close waits for them once it has marked the Controller closed.
@@ -465,6 +478,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		if err := c.ensurePredefined(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if err := c.startDNS(); err != nil {
+		return nil, fmt.Errorf("cnm: dns: %w", err)
 	}
 	return c, nil
 }
@@ -1033,6 +1049,7 @@ func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Confi
 		FilesDir: filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID), HostNetns: c.machine.Path(),
 		Hostname: rec.Hostname, Domainname: rec.Domainname, DNS: rec.DNS, DNSSearch: rec.DNSSearch,
 		DNSOptions: rec.DNSOptions, ExtraHosts: rec.ExtraHosts, Logger: c.log,
+		HostResolvConf: c.cfg.HostResolvConf,
 	}
 	if share != nil {
 		cfg.Share = share.ns
@@ -1353,6 +1370,7 @@ func (c *Controller) closeResources() error {
 		c.cluster.Stop()
 	}
 	c.bus.Close()
+	errs = append(errs, c.dns.close())
 	c.mu.Lock()
 	sbs := slices.Collect(maps.Values(c.sandboxes))
 	c.mu.Unlock()
