@@ -6,15 +6,17 @@ import (
 	"fmt"
 	"net"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cnmkit/cnm/netns"
 	"github.com/cnmkit/cnm/resolver"
 	"github.com/cnmkit/cnm/sandbox"
 )
 
 // openDNSSockets opens the resolver's UDP socket and TCP listener at resolver.Address inside
-// the namespace of sb (Linux makes all of 127.0.0.0/8 local on lo, which must be up), and a
-// dialer that opens forwarding sockets there too, so that forwarded queries take the
-// sandbox's routes. closer releases the namespace handle, once the resolver stopped serving.
+// the namespace of sb (Linux makes all of 127.0.0.0/8 local on lo, which must be up: a
+// sandbox's is), and a dialer that opens forwarding sockets there too, so that forwarded
+// queries take the sandbox's routes. closer releases the namespace handle, once the resolver stopped serving.
 func openDNSSockets(sb sandbox.Sandbox) (_ resolver.Sandbox, closer func() error, err error) {
 	ns, err := netns.Open(sb.Key())
 	if err != nil {
@@ -26,14 +28,12 @@ func openDNSSockets(sb sandbox.Sandbox) (_ resolver.Sandbox, closer func() error
 	)
 	addr := resolver.Address.String()
 	err = ns.Do(func() error {
-		lo, err := net.InterfaceByName("lo")
-		if err != nil {
-			return fmt.Errorf("loopback: %w", err)
-		}
-		if lo.Flags&net.FlagUp == 0 {
-			return errors.New("loopback is down")
-		}
+		// A down lo has no local route for 127.0.0.0/8: the bind fails (EADDRNOTAVAIL).
+		var err error
 		if pc, err = net.ListenPacket("udp4", addr); err != nil {
+			if errors.Is(err, unix.EADDRNOTAVAIL) {
+				err = fmt.Errorf("%w (is lo up in the sandbox?)", err)
+			}
 			return err
 		}
 		if ln, err = net.Listen("tcp4", addr); err != nil {
