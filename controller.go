@@ -82,6 +82,23 @@
 // the newest ones and is told how many; the Controller never waits for it. Restoring in New
 // publishes nothing: read the state after subscribing.
 //
+// # Embedded DNS
+//
+// Sandboxes with an endpoint on a user-defined network (any network whose driver's sandboxes
+// have a namespace of their own, but the default bridge network, as in Docker, and
+// GatewayNetwork) are served by an embedded DNS resolver (package resolver) at 127.0.0.11:53,
+// UDP and TCP. One resolver runs in the Controller's process; it answers on a socket and a
+// listener opened inside each such sandbox's namespace once its first such endpoint joins, and
+// closed when its last one leaves or the sandbox is deleted. The sandbox's resolv.conf then
+// names 127.0.0.11 only (with options ndots:0, unless the sandbox's DNSOptions set ndots), and
+// the sandbox's own DNS servers, else the host's (Config.HostResolvConf), become the
+// resolver's upstreams, reached from the sandbox's namespace; when it leaves its last such
+// network, its resolv.conf gets them back. The resolver follows the event stream (and reads the
+// state at New, so that a restarted Controller serves the same names), a few milliseconds at
+// most behind each operation. It is off with Config.DisableDNS, and with a Config.Machine
+// (there are no namespaces to open its sockets in). Sandboxes sharing another's namespace
+// (ContainerMode) keep their own resolv.conf.
+//
 // # Concurrency
 //
 // Every method of the Controller, and of the networks, endpoints and sandboxes it returns, is
