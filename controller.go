@@ -97,7 +97,9 @@
 // state at New, so that a restarted Controller serves the same names), a few milliseconds at
 // most behind each operation. It is off with Config.DisableDNS, and with a Config.Machine
 // (there are no namespaces to open its sockets in). Sandboxes sharing another's namespace
-// (ContainerMode) keep their own resolv.conf.
+// (ContainerMode) keep their own resolv.conf. On global-scope networks, with the gossip
+// plane, each host publishes the names of its endpoints in the network's gossip table "dns"
+// and resolves the other hosts' from it, while it has endpoints on the network.
 //
 // # Concurrency
 //

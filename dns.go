@@ -2,9 +2,11 @@ package cnm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/events"
@@ -17,15 +19,47 @@ import (
 // every sandbox with an endpoint on one, on sockets opened in the sandbox's namespace, with its
 // resolv.conf pointing there. One goroutine (run) does all of it, in event order; Close of the
 // Controller ends it and waits.
+//
+// On global-scope networks, with the gossip plane, each host publishes the names of its own
+// endpoints in the network's gossip table dnsTable, and follows the table (one goroutine per
+// network with local endpoints, in wg) to resolve the other hosts' endpoints.
 type dnsService struct {
 	c      *Controller
 	r      *resolver.Resolver
+	g      drivers.Gossip // nil without the gossip plane
 	cancel context.CancelFunc
 	done   chan struct{}
+	wg     sync.WaitGroup // the table watches
 
 	// Owned by run (and by start, before run begins):
-	served map[string]*dnsSandbox // sandbox ID -> what serving it holds
-	joined map[string]map[string]bool
+	served  map[string]*dnsSandbox     // sandbox ID -> what serving it holds
+	joined  map[string]map[string]bool // sandbox ID -> network IDs with DNS it has endpoints on
+	global  map[string]map[string]bool // global network ID -> its local endpoints (joined)
+	watches map[string]*dnsWatch       // global network ID -> its table watch
+}
+
+// dnsWatch is the watch of a global network's dnsTable: stop ends it, and done is closed once
+// its goroutine has applied its last change.
+type dnsWatch struct {
+	stop func()
+	done chan struct{}
+}
+
+// end stops the watch and waits for its goroutine.
+func (w *dnsWatch) end() {
+	w.stop()
+	<-w.done
+}
+
+// dnsTable is the gossip table of a global network where each host publishes the names of its
+// endpoints (key: endpoint ID, value: a dnsEntry).
+const dnsTable = "dns"
+
+// dnsEntry is an endpoint's names as dnsTable carries them.
+type dnsEntry struct {
+	Names []string   `json:"names"`
+	IPv4  netip.Addr `json:"ipv4,omitzero"`
+	IPv6  netip.Addr `json:"ipv6,omitzero"`
 }
 
 // dnsSandbox is a sandbox being served: the handle on its namespace, for the resolver's
@@ -60,7 +94,11 @@ func (c *Controller) startDNS() error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &dnsService{c: c, r: r, cancel: cancel, done: make(chan struct{}), served: map[string]*dnsSandbox{}, joined: map[string]map[string]bool{}}
+	d := &dnsService{c: c, r: r, cancel: cancel, done: make(chan struct{}), served: map[string]*dnsSandbox{},
+		joined: map[string]map[string]bool{}, global: map[string]map[string]bool{}, watches: map[string]*dnsWatch{}}
+	if c.gossip != nil {
+		d.g = c.gossip
+	}
 	ch := c.bus.Subscribe(ctx, 0)
 	d.resync()
 	c.dns = d
@@ -76,6 +114,10 @@ func (d *dnsService) close() error {
 	}
 	d.cancel()
 	<-d.done
+	for _, w := range d.watches {
+		w.end()
+	}
+	d.wg.Wait()
 	err := d.r.Close()
 	for _, s := range d.served {
 		err = errors.Join(err, s.closer())
@@ -102,9 +144,14 @@ func (d *dnsService) run(ch <-chan events.Event) {
 // resync reads the state again: every joined endpoint of a network with DNS, and the
 // sandboxes to serve.
 func (d *dnsService) resync() {
+	for nid, w := range d.watches {
+		w.end() // joinedEp watches again, from the table's entries
+		delete(d.watches, nid)
+	}
 	d.r.Reset()
 	old := d.joined
 	d.joined = map[string]map[string]bool{}
+	d.global = map[string]map[string]bool{}
 	for _, n := range d.c.Networks() {
 		for _, ep := range n.Endpoints() {
 			if sb := ep.Info().SandboxID; sb != "" {
@@ -149,6 +196,9 @@ func (d *dnsService) joinedEp(netID, epID, sbID string) {
 		Names: slices.Compact(names), IPv4: info.IPv4.Addr(), IPv6: info.IPv6.Addr(),
 	}
 	d.r.AddEndpoint(rec)
+	if n.Scope() == drivers.GlobalScope && d.g != nil {
+		d.publish(n.ID(), n.Name(), epID, rec)
+	}
 	if d.joined[sbID] == nil {
 		d.joined[sbID] = map[string]bool{}
 	}
@@ -162,6 +212,9 @@ func (d *dnsService) joinedEp(netID, epID, sbID string) {
 // when it has no network with DNS left.
 func (d *dnsService) left(netID, epID, sbID string) {
 	d.r.RemoveEndpoint(netID, epID)
+	if eps := d.global[netID]; eps[epID] {
+		d.withdraw(netID, epID)
+	}
 	if m := d.joined[sbID]; m != nil {
 		delete(m, netID)
 		if len(m) == 0 {
@@ -230,4 +283,79 @@ func (d *dnsService) stop(id string, restore bool) {
 	if err != nil {
 		c.log.Warn("dns: restore resolv.conf", "sandbox", id, "err", err)
 	}
+}
+
+// publish puts the names of local endpoint epID of global network nid in the network's gossip
+// table, and follows the table if it does not yet. The overlay driver joined the network's
+// gossip group with the endpoint's join, before the event: a Put refused for want of the group
+// is only logged, as any trouble with the table is (the local names work regardless).
+func (d *dnsService) publish(nid, name, epID string, rec resolver.Endpoint) {
+	if d.global[nid] == nil {
+		d.global[nid] = map[string]bool{}
+	}
+	d.global[nid][epID] = true
+	b, err := json.Marshal(dnsEntry{Names: rec.Names, IPv4: rec.IPv4, IPv6: rec.IPv6})
+	if err == nil {
+		err = d.g.Put(drivers.NetworkID(nid), dnsTable, epID, b)
+	}
+	if err != nil {
+		d.c.log.Warn("dns: publish names", "network", name, "endpoint", epID, "err", err)
+	}
+	if d.watches[nid] != nil {
+		return
+	}
+	ch, stop := d.g.Watch(drivers.NetworkID(nid), dnsTable)
+	w := &dnsWatch{stop: stop, done: make(chan struct{})}
+	d.watches[nid] = w
+	for _, e := range d.g.Entries(drivers.NetworkID(nid), dnsTable) {
+		d.remote(nid, name, drivers.TableEvent{Type: drivers.EntryCreated, TableEntry: e})
+	}
+	d.wg.Go(func() {
+		defer close(w.done)
+		for ev := range ch {
+			d.remote(nid, name, ev)
+		}
+	})
+}
+
+// withdraw removes local endpoint epID of global network nid from the network's gossip table,
+// and when it was the network's last local endpoint, stops following the table and forgets
+// the other hosts' names on it.
+func (d *dnsService) withdraw(nid, epID string) {
+	if err := d.g.Delete(drivers.NetworkID(nid), dnsTable, epID); err != nil {
+		d.c.log.Debug("dns: withdraw names", "network", nid, "endpoint", epID, "err", err)
+	}
+	delete(d.global[nid], epID)
+	if len(d.global[nid]) > 0 {
+		return
+	}
+	delete(d.global, nid)
+	if w := d.watches[nid]; w != nil {
+		w.end()
+		delete(d.watches, nid)
+	}
+	for _, ep := range d.r.Endpoints() {
+		if ep.NetworkID == nid && ep.SandboxID == "" {
+			d.r.RemoveEndpoint(nid, ep.ID)
+		}
+	}
+}
+
+// remote applies a change of global network nid's gossip table to the resolver: another
+// host's endpoint, which has no local sandbox. This host's own entries are skipped (its events
+// feed them).
+func (d *dnsService) remote(nid, name string, ev drivers.TableEvent) {
+	if ev.Owner == d.g.LocalName() {
+		return
+	}
+	if ev.Type == drivers.EntryDeleted {
+		d.r.RemoveEndpoint(nid, ev.Key)
+		return
+	}
+	var e dnsEntry
+	if err := json.Unmarshal(ev.Value, &e); err != nil {
+		d.c.log.Debug("dns: bad table entry", "network", name, "key", ev.Key, "owner", ev.Owner, "err", err)
+		return
+	}
+	d.r.AddEndpoint(resolver.Endpoint{ID: ev.Key, NetworkID: nid, NetworkName: name, Names: e.Names, IPv4: e.IPv4, IPv6: e.IPv6})
 }
