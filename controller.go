@@ -376,6 +376,10 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if cfg.EventBuffer < 0 {
 		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("EventBuffer", fmt.Sprint(cfg.EventBuffer), "must not be negative"))
 	}
+	dnsResolver, err := newDNSResolver(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: DNS: %w", err)
+	}
 	if cfg.Machine != nil && cfg.HostNetns != "" {
 		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("HostNetns", cfg.HostNetns, "must be empty with Machine, which has its own host namespace"))
 	}
@@ -498,9 +502,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	if err := c.startDNS(); err != nil {
-		return nil, fmt.Errorf("cnm: dns: %w", err)
-	}
+	c.startDNS(dnsResolver)
 	return c, nil
 }
 

@@ -79,7 +79,7 @@ var depRules = []depRule{
 	},
 	{
 		From: []string{"resolver/..."},
-		Only: []string{},
+		Only: []string{"internal/errclass"},
 		Why:  "the DNS resolver knows endpoints and sockets as plain values: the Controller feeds it",
 	},
 	{

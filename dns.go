@@ -78,20 +78,29 @@ func (c *Controller) dnsNetwork(name string, e *drivers.Entry) bool {
 	return c.cfg.NoPredefinedNetworks || name != DefaultNetwork
 }
 
-// startDNS starts the embedded resolver unless Config.DisableDNS, or the Controller runs on a
-// Machine of the caller's (no namespaces to open sockets in): it subscribes to the events,
-// then serves what the state holds now (a restart's sandboxes included), then follows.
-func (c *Controller) startDNS() error {
-	if c.cfg.DisableDNS || c.kernel == nil {
-		return nil
+// newDNSResolver returns the embedded resolver of cfg, or nil when it is off: with
+// Config.DisableDNS, and with a Machine of the caller's (no namespaces to open its sockets
+// in). Its errors match ErrInvalidParameter. It starts nothing.
+func newDNSResolver(cfg Config) (*resolver.Resolver, error) {
+	if cfg.DisableDNS {
+		return nil, nil
 	}
-	cfg := c.cfg.DNS
-	if cfg.Logger == nil {
-		cfg.Logger = c.log
+	rc := cfg.DNS
+	if rc.Logger == nil {
+		rc.Logger = cfg.Logger
 	}
-	r, err := resolver.New(cfg)
-	if err != nil {
-		return err
+	r, err := resolver.New(rc) // validates Config.DNS, with a Machine too
+	if err != nil || cfg.Machine != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// startDNS starts serving with r, unless r is nil: it subscribes to the events, then serves
+// what the state holds now (a restart's sandboxes included), then follows.
+func (c *Controller) startDNS(r *resolver.Resolver) {
+	if r == nil {
+		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &dnsService{c: c, r: r, cancel: cancel, done: make(chan struct{}), served: map[string]*dnsSandbox{},
@@ -103,7 +112,6 @@ func (c *Controller) startDNS() error {
 	d.resync()
 	c.dns = d
 	go d.run(ch)
-	return nil
 }
 
 // close stops following the events and serving, and waits. Sandboxes keep their resolv.conf:

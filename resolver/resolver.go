@@ -48,10 +48,12 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/miekg/dns"
 )
 
@@ -153,19 +155,19 @@ type netTable struct {
 	byName map[string]map[epKey]bool // lower-case name -> endpoints answering to it
 }
 
-// New returns a Resolver with no endpoint and no sandbox served. It fails with an error
-// naming the field for a negative bound.
+// New returns a Resolver with no endpoint and no sandbox served. A negative bound or timeout
+// fails with an error matching cnm.ErrInvalidParameter that names the field.
 func New(cfg Config) (*Resolver, error) {
 	for _, f := range []struct {
 		name string
 		v    int
 	}{{"MaxForwards", cfg.MaxForwards}, {"MaxSandboxForwards", cfg.MaxSandboxForwards}, {"MaxTCPConns", cfg.MaxTCPConns}} {
 		if f.v < 0 {
-			return nil, fmt.Errorf("resolver: %s %d: must not be negative", f.name, f.v)
+			return nil, fmt.Errorf("resolver: %w", errclass.Invalid(f.name, strconv.Itoa(f.v), "must not be negative"))
 		}
 	}
 	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("resolver: Timeout %s: must not be negative", cfg.Timeout)
+		return nil, fmt.Errorf("resolver: %w", errclass.Invalid("Timeout", cfg.Timeout.String(), "must not be negative"))
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

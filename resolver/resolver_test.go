@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/google/go-cmp/cmp"
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
@@ -348,7 +350,7 @@ func TestServeAfterClose(t *testing.T) {
 	if _, err := pc.WriteTo([]byte{0}, pc.LocalAddr()); err == nil {
 		t.Error("Serve after Close left the socket open")
 	}
-	if _, err := New(Config{MaxForwards: -1}); err == nil || !strings.Contains(err.Error(), "MaxForwards") {
+	if _, err := New(Config{MaxForwards: -1}); !errors.Is(err, errclass.ErrInvalidParameter) || !strings.Contains(err.Error(), "MaxForwards") {
 		t.Errorf("negative MaxForwards: %v", err)
 	}
 }
