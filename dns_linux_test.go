@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -309,4 +310,81 @@ func TestPrivilegedDNSSocketsInSandbox(t *testing.T) {
 		t.Errorf("answered after Close: %s", answer(m, err))
 	}
 	l.c = l.open(t) // whose cleanup deletes the sandbox
+}
+
+// TestPrivilegedDNSFlood: one sandbox floods its resolver with queries and garbage from inside
+// its namespace; another sandbox's queries are still answered, and the flooder is rate-limited
+// rather than served without bound.
+func TestPrivilegedDNSFlood(t *testing.T) {
+	nstest.Privileged(t)
+	l := newDNSLab(t, resolver.Config{QueryRate: 200})
+	mustNetwork(t, l.c, "new_bridge", network.WithSubnet(netip.MustParsePrefix("10.10.0.0/24")))
+	db, web := mustSandbox(t, l.c, "db"), mustSandbox(t, l.c, "web")
+	dbIP := mustConnect(t, l.c, "new_bridge", "db").Info().IPv4.Addr().String()
+	mustConnect(t, l.c, "new_bridge", "web")
+	wantDNS(t, web, "db", dns.TypeA, "NOERROR "+dbIP)
+	wantDNS(t, db, "web", dns.TypeA, "NOERROR 10.10.0.3")
+
+	ns, err := netns.Open(web.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var conn net.Conn
+	if err := ns.Do(func() error {
+		var err error
+		conn, err = net.Dial("udp", resolver.Address.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	q := new(dns.Msg)
+	q.SetQuestion("db.", dns.TypeA)
+	good, _ := q.Pack()
+	garbage := [][]byte{{}, {1, 2, 3}, append(slices.Clone(good[:12]), 0xff, 0xfe), make([]byte, 4096)}
+	var (
+		wg      sync.WaitGroup
+		stop    = make(chan struct{})
+		replies int
+		sent    int
+	)
+	wg.Go(func() { // count what web gets back
+		buf := make([]byte, 4096)
+		for {
+			conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if _, err := conn.Read(buf); err != nil {
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
+			}
+			replies++
+		}
+	})
+	flood := time.Now()
+	for time.Since(flood) < time.Second {
+		conn.Write(good)
+		conn.Write(garbage[sent%len(garbage)])
+		sent += 2
+	}
+	// While web floods (its last packets still queued), db's queries are answered promptly.
+	for range 5 {
+		start := time.Now()
+		if got := answer(dnsIn(db, "udp", "web", dns.TypeA)); got != "NOERROR 10.10.0.3" {
+			t.Errorf("db during web's flood: %q", got)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("db's query took %v during web's flood", d)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("web sent %d packets in 1s, got %d replies (rate limit 200/s, burst 200)", sent, replies)
+	if replies == 0 || replies > 200+400 {
+		t.Errorf("web got %d replies to %d packets in ~1.3s, want some and at most ~600 (200/s, burst 200)", replies, sent)
+	}
+	wantDNS(t, web, "db", dns.TypeA, "NOERROR "+dbIP) // once the flood is over, web is served again
 }
