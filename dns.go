@@ -279,8 +279,9 @@ func (d *dnsService) stop(id string, restore bool) {
 	c := d.c
 	c.mu.Lock()
 	sb := c.sandboxes[id]
+	deleting := sb == nil || sb.deleting // its files are going: writing one would leave it behind
 	c.mu.Unlock()
-	if sb == nil {
+	if deleting {
 		return
 	}
 	cfg := c.sandboxConfig(sb.rec, nil)

@@ -204,6 +204,9 @@ func TestPrivilegedDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantDNS(t, web, "db", dns.TypeA, "NXDOMAIN")
+	if _, err := os.Stat(filepath.Dir(db.ResolvConfPath())); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("db's files left after its delete (the resolver wrote one back?): %v", err)
+	}
 }
 
 // upstreamIn runs a DNS server on addr:53 inside sb's namespace that answers every A query

@@ -2,8 +2,10 @@ package sandbox
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 )
 
@@ -53,6 +55,18 @@ func joinAddrs(as []netip.Addr) string {
 }
 
 // WriteResolvConf overwrites the resolv.conf file at path (a sandbox's ResolvConfPath) with
-// data, in place, as New and Open write it: a bind mount of the file keeps showing it. The
-// caller serializes writes to one path; New and Open are the only writers in this package.
-func WriteResolvConf(path string, data []byte) error { return writeFileInPlace(path, data) }
+// data, in place, as New and Open write it: a bind mount of the file keeps showing it. It
+// never creates the file: a missing one (its sandbox deleted meanwhile) fails with an error
+// matching fs.ErrNotExist, and one removed while it writes stays removed. The caller
+// serializes writes to one path; New and Open are the only writers in this package.
+func WriteResolvConf(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(data, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(data)))
+	}
+	return errors.Join(err, f.Close())
+}

@@ -1,6 +1,8 @@
 package sandbox
 
 import (
+	"errors"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -48,6 +50,12 @@ func TestEmbeddedResolvConf(t *testing.T) {
 		})
 	}
 	path := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := WriteResolvConf(path, []byte("nameserver 127.0.0.11\n")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("WriteResolvConf of a missing file = %v, want fs.ErrNotExist (never created)", err)
+	}
+	if err := os.WriteFile(path, []byte("nameserver 192.0.2.53\nsearch a.very.long.example\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := WriteResolvConf(path, []byte("nameserver 127.0.0.11\n")); err != nil {
 		t.Fatal(err)
 	}
