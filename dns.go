@@ -29,6 +29,7 @@ type dnsService struct {
 	g      drivers.Gossip // nil without the gossip plane
 	cancel context.CancelFunc
 	done   chan struct{}
+	kick   chan struct{}  // capacity 1: read the state again (refresh)
 	wg     sync.WaitGroup // the table watches
 
 	// Owned by run (and by start, before run begins):
@@ -103,7 +104,7 @@ func (c *Controller) startDNS(r *resolver.Resolver) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &dnsService{c: c, r: r, cancel: cancel, done: make(chan struct{}), served: map[string]*dnsSandbox{},
+	d := &dnsService{c: c, r: r, cancel: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1), served: map[string]*dnsSandbox{},
 		joined: map[string]map[string]bool{}, global: map[string]map[string]bool{}, watches: map[string]*dnsWatch{}}
 	if c.gossip != nil {
 		d.g = c.gossip
@@ -133,9 +134,32 @@ func (d *dnsService) close() error {
 	return err
 }
 
+// refresh makes the resolver read the state again, for changes that publish no event (the
+// networks a late driver's registration restores). It does not wait. Nil-safe.
+func (d *dnsService) refresh() {
+	if d == nil {
+		return
+	}
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (d *dnsService) run(ch <-chan events.Event) {
 	defer close(d.done)
-	for ev := range ch {
+	for {
+		var ev events.Event
+		select {
+		case e, ok := <-ch:
+			if !ok {
+				return
+			}
+			ev = e
+		case <-d.kick:
+			d.resync()
+			continue
+		}
 		switch ev.Kind {
 		case events.EndpointJoined:
 			d.joinedEp(ev.NetworkID, ev.EndpointID, ev.SandboxID)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
@@ -390,4 +392,39 @@ func TestPrivilegedDNSFlood(t *testing.T) {
 		t.Errorf("web got %d replies to %d packets in ~1.3s, want some and at most ~600 (200/s, burst 200)", replies, sent)
 	}
 	wantDNS(t, web, "db", dns.TypeA, "NOERROR "+dbIP) // once the flood is over, web is served again
+}
+
+// TestPrivilegedDNSLateDriver: a network whose driver registers after New (restored without an
+// event) is served once RegisterDriver restores it.
+func TestPrivilegedDNSLateDriver(t *testing.T) {
+	nstest.Privileged(t)
+	l := newDNSLab(t, resolver.Config{})
+	l.c.Close()
+	br := func() *bridge.Driver {
+		d, err := bridge.New(bridge.Config{HostNetns: l.host.Path()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	c, err := cnm.New(t.Context(), cnm.Config{DataDir: l.dataDir, RunDir: l.runDir, HostNetns: l.host.Path(),
+		HostResolvConf: l.hostResolv, Drivers: map[string]drivers.Driver{"late": br()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.NewNetwork(t.Context(), "latenet", "late", network.WithSubnet(netip.MustParsePrefix("10.30.0.0/24"))); err != nil {
+		t.Fatal(err)
+	}
+	mustSandbox(t, c, "db")
+	mustSandbox(t, c, "web")
+	dbIP := mustConnect(t, c, "latenet", "db").Info().IPv4.Addr().String()
+	mustConnect(t, c, "latenet", "web")
+	c.Close()
+
+	l.c = l.open(t) // without the "late" driver: latenet waits
+	web := mustGet(t, l.c, "web")
+	if err := l.c.RegisterDriver(t.Context(), "late", br()); err != nil {
+		t.Fatal(err)
+	}
+	wantDNS(t, web, "db", dns.TypeA, "NOERROR "+dbIP)
 }
