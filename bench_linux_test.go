@@ -33,13 +33,20 @@ type benchLab struct {
 	dir  string
 }
 
-func newBenchLab(b *testing.B) *benchLab {
+func newBenchLab(b *testing.B) *benchLab { return newBenchLabWith(b, nil) }
+
+// newBenchLabWith is newBenchLab with the Controller's Config changed by mod, when not nil.
+func newBenchLabWith(b *testing.B, mod func(*cnm.Config)) *benchLab {
 	b.Helper()
 	if !nstest.Enabled() {
 		b.Skip("privileged benchmark: set CNM_PRIVILEGED_TESTS=1 and run as root")
 	}
 	l := &benchLab{host: nstest.NewNS(b), dir: b.TempDir()}
-	c, err := cnm.New(b.Context(), cnm.Config{DataDir: filepath.Join(l.dir, "data"), RunDir: filepath.Join(l.dir, "run"), HostNetns: l.host.Path(), NoPredefinedNetworks: true})
+	cfg := cnm.Config{DataDir: filepath.Join(l.dir, "data"), RunDir: filepath.Join(l.dir, "run"), HostNetns: l.host.Path(), NoPredefinedNetworks: true}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := cnm.New(b.Context(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

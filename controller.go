@@ -82,6 +82,25 @@
 // the newest ones and is told how many; the Controller never waits for it. Restoring in New
 // publishes nothing: read the state after subscribing.
 //
+// # Embedded DNS
+//
+// Sandboxes with an endpoint on a user-defined network (any network whose driver's sandboxes
+// have a namespace of their own, but the default bridge network, as in Docker, and
+// GatewayNetwork) are served by an embedded DNS resolver (package resolver) at 127.0.0.11:53,
+// UDP and TCP. One resolver runs in the Controller's process; it answers on a socket and a
+// listener opened inside each such sandbox's namespace once its first such endpoint joins, and
+// closed when its last one leaves or the sandbox is deleted. The sandbox's resolv.conf then
+// names 127.0.0.11 only (with options ndots:0, unless the sandbox's DNSOptions set ndots), and
+// the sandbox's own DNS servers, else the host's (Config.HostResolvConf), become the
+// resolver's upstreams, reached from the sandbox's namespace; when it leaves its last such
+// network, its resolv.conf gets them back. The resolver follows the event stream (and reads the
+// state at New, so that a restarted Controller serves the same names), a few milliseconds at
+// most behind each operation. It is off with Config.DisableDNS, and with a Config.Machine
+// (there are no namespaces to open its sockets in). Sandboxes sharing another's namespace
+// (ContainerMode) keep their own resolv.conf. On global-scope networks, with the gossip
+// plane, each host publishes the names of its endpoints in the network's gossip table "dns"
+// and resolves the other hosts' from it, while it has endpoints on the network.
+//
 // # Concurrency
 //
 // Every method of the Controller, and of the networks, endpoints and sandboxes it returns, is
@@ -133,6 +152,7 @@ import (
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/boltdb"
 	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/resolver"
 	"github.com/cnmkit/cnm/sandbox"
 )
 
@@ -225,6 +245,17 @@ type Config struct {
 	GossipPeers []string
 	// GossipNode is a gossip node the caller started (and closes), used instead of Gossip.
 	GossipNode *gossip.Node
+	// DisableDNS turns the embedded DNS resolver off: sandboxes on user-defined networks then
+	// get the host's resolvers in their resolv.conf, as those on the default bridge do.
+	DisableDNS bool
+	// DNS configures the embedded DNS resolver (package resolver): its forwarding bounds and
+	// timeout, and the per-sandbox query rate. Its Logger defaults to Logger.
+	DNS resolver.Config
+	// HostResolvConf is the host's resolv.conf, from which sandboxes take the nameservers,
+	// search domains and options they were not given (and the embedded resolver its
+	// upstreams). Default /etc/resolv.conf.
+	HostResolvConf string
+
 	// Overlay configures the built-in overlay driver (registered as "overlay" with a
 	// GlobalStore, unless Drivers replaces it): this host's VTEP address or interface, the
 	// VXLAN port and the VNI range. Its Store, HostNetns, RunDir (RunDir/overlay) and Logger
@@ -248,7 +279,8 @@ type Controller struct {
 	cluster  *cluster.Cluster // nil without Config.GlobalStore
 	gossip   *gossipPlane     // nil without Config.Gossip or GossipNode
 	gw       gatewayService
-	bus      events.Bus // what Events returns; closed by Close
+	bus      events.Bus  // what Events returns; closed by Close
+	dns      *dnsService // the embedded DNS resolver; nil when off
 
 	// ops counts the operations in flight: each is added under mu while the Controller is
 	// open (begin), and Close waits for them once it has marked the Controller closed.
@@ -345,6 +377,10 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	if cfg.EventBuffer < 0 {
 		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("EventBuffer", fmt.Sprint(cfg.EventBuffer), "must not be negative"))
+	}
+	dnsResolver, err := newDNSResolver(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cnm: DNS: %w", err)
 	}
 	if cfg.Machine != nil && cfg.HostNetns != "" {
 		return nil, fmt.Errorf("cnm: %w", errclass.Invalid("HostNetns", cfg.HostNetns, "must be empty with Machine, which has its own host namespace"))
@@ -468,6 +504,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
+	c.startDNS(dnsResolver)
 	return c, nil
 }
 
@@ -1039,6 +1076,7 @@ func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Confi
 		FilesDir: filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID), HostNetns: c.machine.Path(),
 		Hostname: rec.Hostname, Domainname: rec.Domainname, DNS: rec.DNS, DNSSearch: rec.DNSSearch,
 		DNSOptions: rec.DNSOptions, ExtraHosts: rec.ExtraHosts, Logger: c.log,
+		HostResolvConf: c.cfg.HostResolvConf,
 	}
 	if share != nil {
 		cfg.Share = share.ns
@@ -1367,6 +1405,7 @@ func (c *Controller) closeResources() error {
 		c.cluster.Stop()
 	}
 	c.bus.Close()
+	errs = append(errs, c.dns.close())
 	c.mu.Lock()
 	sbs := slices.Collect(maps.Values(c.sandboxes))
 	c.mu.Unlock()

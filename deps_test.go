@@ -88,6 +88,11 @@ var depRules = []depRule{
 		Why:  "the store and the gossip plane are below the networking layers: they hold bytes, not networks",
 	},
 	{
+		From: []string{"resolver/..."},
+		Only: []string{"internal/errclass"},
+		Why:  "the DNS resolver knows endpoints and sockets as plain values: the Controller feeds it",
+	},
+	{
 		From: []string{"internal/storetest"},
 		Deny: []string{".", "network/...", "endpoint/...", "sandbox/...", "drivers/...", "ipam/...", "kvstore/...", "gossip/..."},
 		Why:  "the test servers know nothing of cnm: they start etcd and Consul",

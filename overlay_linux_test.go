@@ -25,6 +25,7 @@ import (
 	"github.com/cnmkit/cnm/kvstore"
 	vnetns "github.com/cnmkit/cnm/netns"
 	"github.com/cnmkit/cnm/network"
+	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -225,6 +226,10 @@ func TestPrivilegedOverlay(t *testing.T) {
 	if err := dialFrom(b.ns.Path(), netip.MustParseAddrPort("192.0.2.11:8080")); err == nil {
 		t.Fatal("host-a:8080 still accepts connections after its sandbox was deleted")
 	}
+	// Each resolves the other by name: the names cross in the network's gossip table "dns".
+	ip1, ip2 := e1.Info().IPv4.Addr().String(), e2.Info().IPv4.Addr().String()
+	wantDNS(t, c1, "c2", dns.TypeA, "NOERROR "+ip2)
+	wantDNS(t, c2, "c1.ov", dns.TypeA, "NOERROR "+ip1)
 	// What crosses the underlay is VXLAN with the network's VNI.
 	if !lab.vxlanSeen(t, "host-a", 3*time.Second, 4096, func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }, false) {
 		t.Fatal("no VXLAN packet with VNI 4096 seen on the underlay while c1 pinged c2")
@@ -276,6 +281,8 @@ func TestPrivilegedOverlay(t *testing.T) {
 	if reps := a.c.Repairs(); len(reps) != 0 {
 		t.Fatalf("host-a's restart repaired %v, want nothing", reps)
 	}
+	wantDNS(t, c2, "c1", dns.TypeA, "NOERROR "+ip1) // published again by the restarted host
+	wantDNS(t, c1, "c2", dns.TypeA, "NOERROR "+ip2)
 
 	// host-b dies (its Controller closes without leaving): host-a drops c2 once gossip has
 	// declared host-b failed; host-b comes back: c2 is back.
@@ -312,6 +319,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 	waitFor(t, 10*time.Second, "host-b drops c1's FDB entry", func() bool {
 		return !strings.Contains(show(b, "bridge", "fdb", "show", "dev", "vx-"+vni), mac1)
 	})
+	wantDNS(t, c2, "c1", dns.TypeA, "NXDOMAIN")
 	if vnetns.IsMounted(ovPath(a)) {
 		t.Fatalf("host-a's overlay namespace %s is left without endpoints", ovPath(a))
 	}

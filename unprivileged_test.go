@@ -22,6 +22,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/resolver"
 	"github.com/cnmkit/cnm/sandbox"
 	"github.com/cnmkit/cnm/sandbox/sandboxtest"
 )
@@ -670,5 +671,20 @@ func TestSealed(t *testing.T) {
 	}
 	if err := c.Disconnect(ctx, "n1", "a"); err != nil {
 		t.Errorf("Disconnect: %v", err)
+	}
+}
+
+// TestNewRefusesBadDNSConfig: a negative bound of the embedded resolver is refused by New,
+// naming the field, before anything is made.
+func TestNewRefusesBadDNSConfig(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, err := cnm.New(t.Context(), cnm.Config{DataDir: dir, Machine: sandboxtest.NewMachine(),
+		Drivers: map[string]drivers.Driver{"bridge": driverstest.NewFake(drivers.Capabilities{})},
+		DNS:     resolver.Config{MaxTCPConns: -1}})
+	if !errors.Is(err, cnm.ErrInvalidParameter) || !strings.Contains(err.Error(), "MaxTCPConns") {
+		t.Fatalf("New with DNS.MaxTCPConns -1 = %v, want ErrInvalidParameter naming the field", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("DataDir made by a refused New: %v", err)
 	}
 }

@@ -174,6 +174,9 @@ func (c *Controller) resume(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if len(ready) > 0 {
+		c.dns.refresh() // restoring publishes no event: the resolver reads the state again
+	}
 	return errors.Join(errs...)
 }
 
