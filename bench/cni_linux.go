@@ -87,6 +87,8 @@ func (s *cniSubject) detach(ctx context.Context, x any) error {
 	return s.cni.DelNetworkList(ctx, s.list, x.(*cniBox).rt)
 }
 
+func (s *cniSubject) nsPath(x any) string { return x.(*cniBox).path }
+
 func (s *cniSubject) close() error { return nil }
 
 // cniIPAM is host-local alone, run through libcni as a runtime would run an IPAM-only

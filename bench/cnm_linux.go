@@ -60,6 +60,14 @@ func (s *cnmSubject) detach(ctx context.Context, b any) error {
 	return s.c.Disconnect(ctx, "bench", b.(string))
 }
 
+func (s *cnmSubject) nsPath(b any) string {
+	sb, err := s.c.Sandbox(b.(string))
+	if err != nil {
+		return ""
+	}
+	return sb.Key()
+}
+
 func (s *cnmSubject) close() error {
 	err := s.c.DeleteNetwork(context.Background(), "bench")
 	return errors.Join(err, s.c.Close())

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,9 +17,11 @@ import (
 	"time"
 
 	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/netns"
 	"github.com/docker/docker/libnetwork/ipamapi"
 	"github.com/docker/docker/libnetwork/ipams/defaultipam"
 	"github.com/docker/docker/libnetwork/ipamutils"
+	"github.com/vishvananda/netlink"
 )
 
 // runner holds the subjects still standing: one that fails an operation is reported and left
@@ -210,7 +213,7 @@ func (r *runner) attaches(ctx context.Context) error {
 	for i := range r.o.n {
 		for j := range r.subs {
 			sub := r.subs[(i+j)%len(r.subs)]
-			if err := r.life(ctx, sub, fmt.Sprintf("att-%d", i), &s); err != nil {
+			if err := r.life(ctx, sub, fmt.Sprintf("att-%d", i), &s, i == 0); err != nil {
 				r.skip(sub.name(), "attach/detach", err)
 				break
 			}
@@ -221,7 +224,9 @@ func (r *runner) attaches(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (r *runner) life(ctx context.Context, sub subject, id string, s *samples) error {
+// life is one container's network life. With check, it also verifies, untimed, that the
+// attach really connected the namespace (see verify).
+func (r *runner) life(ctx context.Context, sub subject, id string, s *samples, check bool) error {
 	var b any
 	d, err := timed(func() (err error) { b, err = sub.newBox(ctx, id); return err })
 	if err != nil {
@@ -232,6 +237,11 @@ func (r *runner) life(ctx context.Context, sub subject, id string, s *samples) e
 		return fmt.Errorf("attach: %w", err)
 	}
 	s.add(sub.name(), "attach", d)
+	if check {
+		if err := verify(sub.nsPath(b), subnets[sub.name()][0]); err != nil {
+			return fmt.Errorf("attach did not connect the namespace: %w", err)
+		}
+	}
 	if d, err = timed(func() error { return sub.detach(ctx, b) }); err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
@@ -544,4 +554,59 @@ func gitHead() string {
 		return "unknown commit"
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// verify checks an attached namespace in the kernel: eth0 is up with an address in subnet, a
+// default route is there, and the gateway (the bridge's first address) answers a ping from
+// inside the namespace.
+func verify(path, subnet string) error {
+	if path == "" {
+		return errors.New("no namespace path")
+	}
+	pfx := netip.MustParsePrefix(subnet)
+	ns, err := netns.Open(path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns.Handle())
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	link, err := h.LinkByName("eth0")
+	if err != nil {
+		return err
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return errors.New("eth0 is down")
+	}
+	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		found = found || (ok && pfx.Contains(ip))
+	}
+	if !found {
+		return fmt.Errorf("eth0 has no address in %s (%v)", pfx, addrs)
+	}
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	def := false
+	for _, rt := range routes {
+		def = def || (rt.Dst == nil || rt.Dst.String() == "0.0.0.0/0") && rt.Gw != nil
+	}
+	if !def {
+		return errors.New("no default route")
+	}
+	gw := pfx.Addr().Next().String()
+	if out, err := exec.Command("nsenter", "--net="+path, "ping", "-c", "1", "-W", "2", gw).CombinedOutput(); err != nil {
+		return fmt.Errorf("ping %s from the namespace: %v: %s", gw, err, out)
+	}
+	return nil
 }

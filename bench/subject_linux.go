@@ -22,6 +22,8 @@ type subject interface {
 	// address, a default route); detach undoes it.
 	attach(ctx context.Context, b any) error
 	detach(ctx context.Context, b any) error
+	// nsPath is the path of the box's namespace.
+	nsPath(b any) string
 	close() error
 }
 
