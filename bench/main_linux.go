@@ -21,6 +21,7 @@ type benchOptions struct {
 	n         int           // attach/detach rounds (each subject once per round)
 	netN      int           // network create/delete rounds
 	k         int           // the k-th attach goes up to k
+	kBudget   time.Duration // but stops when a subject's attaches have taken this long
 	conc      []int         // attaches at once
 	concTotal int           // attaches per concurrency level and subject
 	ipamN     int           // in-process IPAM request+release pairs
@@ -41,6 +42,7 @@ func parseFlags() benchOptions {
 	flag.IntVar(&o.n, "n", 100, "attach/detach rounds; each round times each subject once, in rotating order")
 	flag.IntVar(&o.netN, "netn", 20, "network create/delete rounds")
 	flag.IntVar(&o.k, "k", 1000, "the k-th attach is timed for k = 1..K, then everything is detached")
+	flag.DurationVar(&o.kBudget, "kbudget", 75*time.Second, "time budget of each subject's k-th attach series (namespace creation included); a subject that runs out stops there, and the k it reached is reported")
 	flag.StringVar(&conc, "conc", "1,10,50", "attaches started at once, comma-separated")
 	flag.IntVar(&o.concTotal, "conctotal", 100, "attaches per concurrency level and subject")
 	flag.IntVar(&o.ipamN, "ipamn", 20000, "in-process IPAM request+release pairs")
@@ -52,7 +54,7 @@ func parseFlags() benchOptions {
 	flag.BoolVar(&o.smoke, "smoke", false, "a tiny run (a few iterations, no waiting) that checks that every subject works")
 	flag.Parse()
 	if o.smoke {
-		o.n, o.netN, o.k, o.concTotal, o.ipamN, o.ipamExecN, o.quietWait = 3, 2, 5, 10, 1000, 3, 0
+		o.n, o.netN, o.k, o.concTotal, o.ipamN, o.ipamExecN, o.quietWait, o.kBudget = 3, 2, 5, 10, 1000, 3, 0, time.Minute
 		conc = "1,5"
 	}
 	for _, f := range strings.Split(conc, ",") {

@@ -36,7 +36,7 @@ type runner struct {
 func run(ctx context.Context, o benchOptions) (*report, error) {
 	start := time.Now()
 	r := &runner{o: o, rep: &report{Started: start, Machine: describeMachine(), Versions: versions(), Options: map[string]any{
-		"n": o.n, "netn": o.netN, "k": o.k, "conc": o.conc, "conctotal": o.concTotal, "ipamn": o.ipamN,
+		"n": o.n, "netn": o.netN, "k": o.k, "kbudget": o.kBudget.String(), "conc": o.conc, "conctotal": o.concTotal, "ipamn": o.ipamN,
 		"ipamexecn": o.ipamExecN, "quiet": o.quiet, "quietwait": o.quietWait.String(), "smoke": o.smoke,
 	}}}
 	dir, err := os.MkdirTemp("", "cnm-bench-")
@@ -211,6 +211,9 @@ func (r *runner) attaches(ctx context.Context) error {
 	load := load1()
 	var s samples
 	for i := range r.o.n {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		for j := range r.subs {
 			sub := r.subs[(i+j)%len(r.subs)]
 			if err := r.life(ctx, sub, fmt.Sprintf("att-%d", i), &s, i == 0); err != nil {
@@ -257,14 +260,18 @@ func (r *runner) life(ctx context.Context, sub subject, id string, s *samples, c
 // attached, none of the others'), then detaches everything.
 func (r *runner) kth(ctx context.Context) error {
 	g := r.begin(ctx, fmt.Sprintf("The k-th attach, k = 1..%d, then detaching everything", r.o.k),
-		"Each subject alone in turn: K containers attached one after the other (namespace creation not timed in the attach), then each detached and its namespace deleted. Figures per bucket of k; `detach all` is the wall time of the whole teardown.")
-	buckets := kBuckets(r.o.k)
+		fmt.Sprintf("Each subject alone in turn: K containers attached one after the other (namespace creation not timed in the attach), then each detached and its namespace deleted. Figures per bucket of k; `detach all` is the teardown: its wall_ms in the JSON is the whole teardown's wall time. A subject whose series takes longer than %s stops where it is (its last bucket shows the k reached).", r.o.kBudget))
 	for _, sub := range append([]subject(nil), r.subs...) {
 		load := load1()
 		boxes := make([]any, 0, r.o.k)
 		att := make([]time.Duration, 0, r.o.k)
+		t0 := time.Now()
 		err := func() error {
 			for k := 1; k <= r.o.k; k++ {
+				if time.Since(t0) > r.o.kBudget {
+					r.rep.Skipped = append(r.rep.Skipped, fmt.Sprintf("%s: the k-th attach stopped at k = %d of %d: the series ran out of its %s budget", sub.name(), k-1, r.o.k, r.o.kBudget))
+					break
+				}
 				b, err := sub.newBox(ctx, fmt.Sprintf("kth-%d", k))
 				if err != nil {
 					return fmt.Errorf("namespace create %d: %w", k, err)
@@ -281,8 +288,12 @@ func (r *runner) kth(ctx context.Context) error {
 			}
 			return nil
 		}()
+		if ctx.Err() != nil {
+			// Interrupted: leaving is the teardown, the namespace goes with the process.
+			return ctx.Err()
+		}
 		var det, del []time.Duration
-		t0 := time.Now()
+		t0 = time.Now()
 		for i, b := range boxes {
 			if i < len(att) {
 				d, derr := timed(func() error { return sub.detach(ctx, b) })
@@ -302,15 +313,15 @@ func (r *runner) kth(ctx context.Context) error {
 			r.skip(sub.name(), "k-th attach", err)
 			continue
 		}
-		for _, bk := range buckets {
+		for _, bk := range kBuckets(len(att)) {
 			f := newFigure("attach", sub.name(), fmt.Sprintf("k=%d-%d", bk[0], bk[1]), att[bk[0]-1:bk[1]])
 			f.Load1 = load
 			g.add(f)
 		}
-		f := newFigure("detach all", sub.name(), fmt.Sprintf("K=%d", r.o.k), det)
+		f := newFigure("detach all", sub.name(), fmt.Sprintf("K=%d", len(att)), det)
 		f.Wall, f.Load1 = ms(wall), load
 		g.add(f)
-		f = newFigure("namespace delete all", sub.name(), fmt.Sprintf("K=%d", r.o.k), del)
+		f = newFigure("namespace delete all", sub.name(), fmt.Sprintf("K=%d", len(att)), del)
 		f.Load1 = load
 		g.add(f)
 		fmt.Fprintf(os.Stderr, "bench:   %s: %d attaches, teardown %.1f s\n", sub.name(), len(att), wall.Seconds())
@@ -352,6 +363,9 @@ func (r *runner) concurrent(ctx context.Context) error {
 		walls := map[string]time.Duration{}
 		load := load1()
 		for round := range rounds {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			for j := range r.subs {
 				sub := r.subs[(round+j)%len(r.subs)]
 				ds, wall, err := r.batch(ctx, sub, p, fmt.Sprintf("c%d-%d", p, round))
