@@ -87,6 +87,8 @@ func (s *cniSubject) detach(ctx context.Context, x any) error {
 	return s.cni.DelNetworkList(ctx, s.list, x.(*cniBox).rt)
 }
 
+func (s *cniSubject) removeDetaches() bool { return false }
+
 func (s *cniSubject) nsPath(x any) string { return x.(*cniBox).path }
 
 func (s *cniSubject) close() error { return nil }

@@ -60,6 +60,8 @@ func (s *cnmSubject) detach(ctx context.Context, b any) error {
 	return s.c.Disconnect(ctx, "bench", b.(string))
 }
 
+func (s *cnmSubject) removeDetaches() bool { return true }
+
 func (s *cnmSubject) nsPath(b any) string {
 	sb, err := s.c.Sandbox(b.(string))
 	if err != nil {

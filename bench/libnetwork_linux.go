@@ -132,6 +132,8 @@ func (s *lnSubject) detach(ctx context.Context, x any) error {
 	return b.ep.Delete(ctx, false)
 }
 
+func (s *lnSubject) removeDetaches() bool { return true }
+
 func (s *lnSubject) nsPath(x any) string { return x.(*lnBox).sb.Key() }
 
 func (s *lnSubject) close() error {

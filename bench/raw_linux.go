@@ -159,6 +159,8 @@ func (r *raw) detach(ctx context.Context, x any) error {
 	return b.h.LinkDel(b.link)
 }
 
+func (r *raw) removeDetaches() bool { return true }
+
 func (r *raw) nsPath(x any) string { return x.(*rawBox).path }
 
 func (r *raw) close() error {

@@ -54,6 +54,9 @@ func run(ctx context.Context, o benchOptions) (*report, error) {
 		r.subs = append(r.subs, s)
 	}
 	defer func() {
+		if ctx.Err() != nil {
+			return // interrupted: the namespace, and all in it, goes with the process
+		}
 		for _, s := range r.subs {
 			if err := s.close(); err != nil {
 				fmt.Fprintf(os.Stderr, "bench: %s: close: %v\n", s.name(), err)
@@ -259,14 +262,18 @@ func (r *runner) life(ctx context.Context, sub subject, id string, s *samples, c
 // kth times the k-th attach for k = 1..K, each subject on its own (k−1 of its own containers
 // attached, none of the others'), then detaches everything.
 func (r *runner) kth(ctx context.Context) error {
-	g := r.begin(ctx, fmt.Sprintf("The k-th attach, k = 1..%d, then detaching everything", r.o.k),
-		fmt.Sprintf("Each subject alone in turn: K containers attached one after the other (namespace creation not timed in the attach), then each detached and its namespace deleted. Figures per bucket of k; `detach all` is the teardown: its wall_ms in the JSON is the whole teardown's wall time. A subject whose series takes longer than %s stops where it is (its last bucket shows the k reached).", r.o.kBudget))
+	g := r.begin(ctx, fmt.Sprintf("The k-th attach, k = 1..%d, then removing everything", r.o.k),
+		fmt.Sprintf("Each subject alone in turn: K containers attached one after the other (namespace creation not timed in the attach); figures per bucket of k. A subject whose series takes longer than %s stops where it is (its last bucket shows the k reached). Then every container is removed the subject's way (`remove`: cnm DeleteSandbox; libnetwork Sandbox.Delete, which leaves and deletes the endpoint; CNI DEL, then the namespace unmounted; raw: the namespace unmounted, the kernel deleting the veth with it); `remove all` is the wall time of the K removals, and `kernel settle` the time after it until the kernel has finished deleting the veths in the background (until the host namespace has as many links as before the series).", r.o.kBudget))
 	for _, sub := range append([]subject(nil), r.subs...) {
 		load := load1()
+		links0, err := countLinks()
+		if err != nil {
+			return err
+		}
 		boxes := make([]any, 0, r.o.k)
 		att := make([]time.Duration, 0, r.o.k)
 		t0 := time.Now()
-		err := func() error {
+		err = func() error {
 			for k := 1; k <= r.o.k; k++ {
 				if time.Since(t0) > r.o.kBudget {
 					r.rep.Skipped = append(r.rep.Skipped, fmt.Sprintf("%s: the k-th attach stopped at k = %d of %d: the series ran out of its %s budget", sub.name(), k-1, r.o.k, r.o.kBudget))
@@ -292,23 +299,25 @@ func (r *runner) kth(ctx context.Context) error {
 			// Interrupted: leaving is the teardown, the namespace goes with the process.
 			return ctx.Err()
 		}
-		var det, del []time.Duration
+		var rm []time.Duration
 		t0 = time.Now()
 		for i, b := range boxes {
-			if i < len(att) {
-				d, derr := timed(func() error { return sub.detach(ctx, b) })
-				if derr != nil {
-					err = errors.Join(err, fmt.Errorf("detach: %w", derr))
+			d, derr := timed(func() error {
+				if i < len(att) && !sub.removeDetaches() {
+					if err := sub.detach(ctx, b); err != nil {
+						return fmt.Errorf("detach: %w", err)
+					}
 				}
-				det = append(det, d)
-			}
-			d, derr := timed(func() error { return sub.deleteBox(ctx, b) })
+				return sub.deleteBox(ctx, b)
+			})
 			if derr != nil {
-				err = errors.Join(err, fmt.Errorf("namespace delete: %w", derr))
+				err = errors.Join(err, fmt.Errorf("remove: %w", derr))
 			}
-			del = append(del, d)
+			rm = append(rm, d)
 		}
 		wall := time.Since(t0)
+		settle, serr := settleLinks(ctx, links0)
+		err = errors.Join(err, serr)
 		if err != nil {
 			r.skip(sub.name(), "k-th attach", err)
 			continue
@@ -318,13 +327,12 @@ func (r *runner) kth(ctx context.Context) error {
 			f.Load1 = load
 			g.add(f)
 		}
-		f := newFigure("detach all", sub.name(), fmt.Sprintf("K=%d", len(att)), det)
+		f := newFigure("remove", sub.name(), fmt.Sprintf("K=%d", len(att)), rm)
 		f.Wall, f.Load1 = ms(wall), load
 		g.add(f)
-		f = newFigure("namespace delete all", sub.name(), fmt.Sprintf("K=%d", len(att)), del)
-		f.Load1 = load
-		g.add(f)
-		fmt.Fprintf(os.Stderr, "bench:   %s: %d attaches, teardown %.1f s\n", sub.name(), len(att), wall.Seconds())
+		g.add(&figure{Op: "remove all (wall)", Subject: sub.name(), Param: fmt.Sprintf("K=%d", len(att)), N: 1, Median: ms(wall), P95: ms(wall), Mean: ms(wall), OpsPerSec: float64(len(rm)) / wall.Seconds(), Wall: ms(wall), Load1: load})
+		g.add(&figure{Op: "kernel settle after", Subject: sub.name(), Param: fmt.Sprintf("K=%d", len(att)), N: 1, Median: ms(settle), P95: ms(settle), Mean: ms(settle), Wall: ms(settle), Load1: load})
+		fmt.Fprintf(os.Stderr, "bench:   %s: %d attaches, removed in %.1f s, kernel settled %.1f s later\n", sub.name(), len(att), wall.Seconds(), settle.Seconds())
 	}
 	r.end(g)
 	return ctx.Err()
@@ -623,4 +631,34 @@ func verify(path, subnet string) error {
 		return fmt.Errorf("ping %s from the namespace: %v: %s", gw, err, out)
 	}
 	return nil
+}
+
+// countLinks returns the number of links in this (the run's host) namespace.
+func countLinks() (int, error) {
+	l, err := netlink.LinkList()
+	return len(l), err
+}
+
+// settleLinks waits until the host namespace is back to n links: the kernel deletes the host
+// ends of veths whose namespaces were removed in the background (cleanup_net), and the next
+// figures should not pay for it.
+func settleLinks(ctx context.Context, n int) (time.Duration, error) {
+	t0 := time.Now()
+	for {
+		c, err := countLinks()
+		if err != nil {
+			return time.Since(t0), err
+		}
+		if c <= n {
+			return time.Since(t0), nil
+		}
+		if time.Since(t0) > 5*time.Minute {
+			return time.Since(t0), fmt.Errorf("%d links left in the host namespace 5 minutes after the removals, %d before the series", c, n)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Since(t0), ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

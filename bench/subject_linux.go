@@ -22,6 +22,11 @@ type subject interface {
 	// address, a default route); detach undoes it.
 	attach(ctx context.Context, b any) error
 	detach(ctx context.Context, b any) error
+	// removeDetaches reports whether deleteBox alone detaches an attached box, as the
+	// subject removes a container: cnm's DeleteSandbox and libnetwork's Sandbox.Delete do;
+	// the floor's unmount does (the kernel deletes the veth with the namespace); a CNI
+	// runtime calls DEL first.
+	removeDetaches() bool
 	// nsPath is the path of the box's namespace.
 	nsPath(b any) string
 	close() error
