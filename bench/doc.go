@@ -13,6 +13,14 @@
 //
 //	go run . -out results.json
 //
+// What it times: network create and delete (each with its default NAT rules); a container's
+// network life, step by step (namespace create, attach, detach, namespace delete); the k-th
+// attach for k = 1..1000 (a time budget per subject; the k reached is reported), then the
+// removal of every container the subject's own way and the kernel's background cleanup after
+// it; 1, 10 and 50 attaches started at once; and IPAM alone. The first attach of each subject
+// is checked in the kernel (eth0 up with an address, a default route, the gateway answers a
+// ping), so every figure is of a working attach.
+//
 // It re-executes itself in a throwaway network and mount namespace (unshare --net --mount,
 // private tmpfs on /run and /var/lib/{cnm,cni,docker}) and refuses to measure in the
 // machine's own namespace. Before each group of figures it waits, up to a limit, for the rest
