@@ -263,47 +263,63 @@ func (r *runner) life(ctx context.Context, sub subject, id string, s *samples, c
 // attached, none of the others'), then detaches everything.
 func (r *runner) kth(ctx context.Context) error {
 	g := r.begin(ctx, fmt.Sprintf("The k-th attach, k = 1..%d, then removing everything", r.o.k),
-		fmt.Sprintf("Each subject alone in turn: K containers attached one after the other (namespace creation not timed in the attach); figures per bucket of k. A subject whose series takes longer than %s stops where it is (its last bucket shows the k reached). Then every container is removed the subject's way (`remove`: cnm DeleteSandbox; libnetwork Sandbox.Delete, which leaves and deletes the endpoint; CNI DEL, then the namespace unmounted; raw: the namespace unmounted, the kernel deleting the veth with it); `remove all` is the wall time of the K removals, and `kernel settle` the time after it until the kernel has finished deleting the veths in the background (until the host namespace has as many links as before the series).", r.o.kBudget))
-	for _, sub := range append([]subject(nil), r.subs...) {
-		load := load1()
-		links0, err := countLinks()
-		if err != nil {
-			return err
-		}
-		boxes := make([]any, 0, r.o.k)
-		att := make([]time.Duration, 0, r.o.k)
-		t0 := time.Now()
-		err = func() error {
-			for k := 1; k <= r.o.k; k++ {
-				if time.Since(t0) > r.o.kBudget {
-					r.rep.Skipped = append(r.rep.Skipped, fmt.Sprintf("%s: the k-th attach stopped at k = %d of %d: the series ran out of its %s budget", sub.name(), k-1, r.o.k, r.o.kBudget))
-					break
-				}
-				b, err := sub.newBox(ctx, fmt.Sprintf("kth-%d", k))
-				if err != nil {
-					return fmt.Errorf("namespace create %d: %w", k, err)
-				}
-				boxes = append(boxes, b)
-				d, err := timed(func() error { return sub.attach(ctx, b) })
-				if err != nil {
-					return fmt.Errorf("attach %d: %w", k, err)
-				}
-				att = append(att, d)
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
+		fmt.Sprintf("K containers per subject attached one after the other, the subjects interleaved (each k in rotating order, so that all see the same machine and the same number of namespaces at each k); namespace creation is not timed in the attach; figures per bucket of k. A subject whose series has taken longer than %s stops there (its last bucket shows the k reached). Then, subject after subject, every container is removed the subject's way (`remove`: cnm DeleteSandbox; libnetwork Sandbox.Delete, which leaves and deletes the endpoint; CNI DEL, then the namespace unmounted; raw: the namespace unmounted, the kernel deleting the veth with it); `remove all` is the wall time of the K removals, and `kernel settle` the time after it until the kernel has finished deleting that subject's veths in the background.", r.o.kBudget))
+	type series struct {
+		sub   subject
+		boxes []any
+		att   []time.Duration
+		spent time.Duration
+		done  bool
+		err   error
+	}
+	all := make([]*series, len(r.subs))
+	for i, sub := range r.subs {
+		all[i] = &series{sub: sub, boxes: make([]any, 0, r.o.k), att: make([]time.Duration, 0, r.o.k)}
+	}
+	load := load1()
+	for k := 1; k <= r.o.k; k++ {
+		for j := range all {
+			s := all[(k+j)%len(all)]
+			if s.done {
+				continue
 			}
-			return nil
-		}()
+			if s.spent > r.o.kBudget {
+				s.done = true
+				r.rep.Skipped = append(r.rep.Skipped, fmt.Sprintf("%s: the k-th attach stopped at k = %d of %d: its series ran out of its %s budget", s.sub.name(), k-1, r.o.k, r.o.kBudget))
+				continue
+			}
+			t0 := time.Now()
+			b, err := s.sub.newBox(ctx, fmt.Sprintf("kth-%d", k))
+			if err != nil {
+				s.done, s.err = true, fmt.Errorf("namespace create %d: %w", k, err)
+				continue
+			}
+			s.boxes = append(s.boxes, b)
+			d, err := timed(func() error { return s.sub.attach(ctx, b) })
+			s.spent += time.Since(t0)
+			if err != nil {
+				s.done, s.err = true, fmt.Errorf("attach %d: %w", k, err)
+				continue
+			}
+			s.att = append(s.att, d)
+		}
 		if ctx.Err() != nil {
 			// Interrupted: leaving is the teardown, the namespace goes with the process.
 			return ctx.Err()
 		}
+	}
+	for _, s := range all {
+		sub, err := s.sub, s.err
+		rload := load1()
+		links0, lerr := countLinks()
+		if lerr != nil {
+			return lerr
+		}
 		var rm []time.Duration
-		t0 = time.Now()
-		for i, b := range boxes {
+		t0 := time.Now()
+		for i, b := range s.boxes {
 			d, derr := timed(func() error {
-				if i < len(att) && !sub.removeDetaches() {
+				if i < len(s.att) && !sub.removeDetaches() {
 					if err := sub.detach(ctx, b); err != nil {
 						return fmt.Errorf("detach: %w", err)
 					}
@@ -316,23 +332,25 @@ func (r *runner) kth(ctx context.Context) error {
 			rm = append(rm, d)
 		}
 		wall := time.Since(t0)
-		settle, serr := settleLinks(ctx, links0)
+		// Each attached container left one host-side veth in this namespace.
+		settle, serr := settleLinks(ctx, links0-len(s.att))
 		err = errors.Join(err, serr)
 		if err != nil {
 			r.skip(sub.name(), "k-th attach", err)
 			continue
 		}
-		for _, bk := range kBuckets(len(att)) {
-			f := newFigure("attach", sub.name(), fmt.Sprintf("k=%d-%d", bk[0], bk[1]), att[bk[0]-1:bk[1]])
+		for _, bk := range kBuckets(len(s.att)) {
+			f := newFigure("attach", sub.name(), fmt.Sprintf("k=%d-%d", bk[0], bk[1]), s.att[bk[0]-1:bk[1]])
 			f.Load1 = load
 			g.add(f)
 		}
-		f := newFigure("remove", sub.name(), fmt.Sprintf("K=%d", len(att)), rm)
-		f.Wall, f.Load1 = ms(wall), load
+		param := fmt.Sprintf("K=%d", len(s.att))
+		f := newFigure("remove", sub.name(), param, rm)
+		f.Wall, f.Load1 = ms(wall), rload
 		g.add(f)
-		g.add(&figure{Op: "remove all (wall)", Subject: sub.name(), Param: fmt.Sprintf("K=%d", len(att)), N: 1, Median: ms(wall), P95: ms(wall), Mean: ms(wall), OpsPerSec: float64(len(rm)) / wall.Seconds(), Wall: ms(wall), Load1: load})
-		g.add(&figure{Op: "kernel settle after", Subject: sub.name(), Param: fmt.Sprintf("K=%d", len(att)), N: 1, Median: ms(settle), P95: ms(settle), Mean: ms(settle), Wall: ms(settle), Load1: load})
-		fmt.Fprintf(os.Stderr, "bench:   %s: %d attaches, removed in %.1f s, kernel settled %.1f s later\n", sub.name(), len(att), wall.Seconds(), settle.Seconds())
+		g.add(&figure{Op: "remove all (wall)", Subject: sub.name(), Param: param, N: 1, Median: ms(wall), P95: ms(wall), Mean: ms(wall), OpsPerSec: float64(len(rm)) / wall.Seconds(), Wall: ms(wall), Load1: rload})
+		g.add(&figure{Op: "kernel settle after", Subject: sub.name(), Param: param, N: 1, Median: ms(settle), P95: ms(settle), Mean: ms(settle), Wall: ms(settle), Load1: rload})
+		fmt.Fprintf(os.Stderr, "bench:   %s: %d attaches in %.1f s, removed in %.1f s, kernel settled %.1f s later\n", sub.name(), len(s.att), s.spent.Seconds(), wall.Seconds(), settle.Seconds())
 	}
 	r.end(g)
 	return ctx.Err()
