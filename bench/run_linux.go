@@ -651,10 +651,16 @@ func verify(path, subnet string) error {
 	return nil
 }
 
-// countLinks returns the number of links in this (the run's host) namespace.
+// countLinks returns the number of links in this (the run's host) namespace. A dump the
+// kernel interrupted (links changed during it, as they do while it deletes veths in the
+// background) is asked again.
 func countLinks() (int, error) {
-	l, err := netlink.LinkList()
-	return len(l), err
+	for {
+		l, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return len(l), err
+		}
+	}
 }
 
 // settleLinks waits until the host namespace is back to n links: the kernel deletes the host
