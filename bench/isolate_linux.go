@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -75,24 +76,44 @@ func outside(o benchOptions) int {
 }
 
 // isolate runs first in the re-executed copy. It refuses to go on unless its network and mount
-// namespaces differ from those it was started in (and from PID 1's, where it may read them:
-// the machine's), then puts private tmpfs mounts on
+// namespaces differ from its parent's and from those recorded outside (and from PID 1's, where
+// it may read them: the machine's) and its network namespace holds loopback only, then puts private tmpfs mounts on
 // /run (so /run/netns, /run/cnm, /run/docker, xtables' lock and the rest are the run's own)
 // and on /var/lib/{cnm,cni,docker} where they exist, and brings loopback up.
 func isolate() error {
+	// Three independent checks, none of which trusts the environment alone: the namespaces
+	// differ from the parent process's (the copy outside that started unshare) and from those
+	// recorded outside, and the network namespace is a fresh one, with loopback only.
 	self, err := nsInodes()
 	if err != nil {
 		return fmt.Errorf("cannot check the namespaces: %w", err)
 	}
-	refuse := func(whose string) error {
-		return fmt.Errorf("refusing to measure: this process shares %s network or mount namespace (run `go run .` as root, which re-executes itself under unshare)", whose)
+	refuse := func(why string) error {
+		return fmt.Errorf("refusing to measure: %s (run `go run .` as root, which re-executes itself under unshare)", why)
 	}
-	outer := os.Getenv(outerNSEnv)
-	if outer == "" || sharesAny(self, outer) {
-		return refuse("its caller's")
+	parent, err := nsInodesOf(strconv.Itoa(os.Getppid()))
+	if err != nil {
+		return refuse("cannot read the parent process's namespaces: " + err.Error())
+	}
+	if sharesAny(self, parent) {
+		return refuse("this process shares its parent's network or mount namespace")
+	}
+	if outer := os.Getenv(outerNSEnv); outer == "" || sharesAny(self, outer) {
+		return refuse("this process shares its caller's network or mount namespace")
 	}
 	if init, err := nsInodesOf("1"); err == nil && sharesAny(self, init) {
-		return refuse("the machine's")
+		return refuse("this process shares the machine's network or mount namespace")
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("cannot list links: %w", err)
+	}
+	if len(links) != 1 || links[0].Attrs().Name != "lo" {
+		var names []string
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		return refuse(fmt.Sprintf("the network namespace is not a fresh one (links: %s)", strings.Join(names, ", ")))
 	}
 	if err := unix.Mount("cnm-bench", "/run", "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("mount tmpfs on /run: %w", err)
