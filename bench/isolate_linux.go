@@ -77,9 +77,10 @@ func outside(o benchOptions) int {
 
 // isolate runs first in the re-executed copy. It refuses to go on unless its network and mount
 // namespaces differ from its parent's and from those recorded outside (and from PID 1's, where
-// it may read them: the machine's) and its network namespace holds loopback only, then puts private tmpfs mounts on
-// /run (so /run/netns, /run/cnm, /run/docker, xtables' lock and the rest are the run's own)
-// and on /var/lib/{cnm,cni,docker} where they exist, and brings loopback up.
+// it may read them: the machine's) and its network namespace holds loopback only. Then it puts
+// private tmpfs mounts on /run (so /run/netns, /run/cnm, /run/docker, xtables' lock and the
+// rest are the run's own) and on /var/lib/{cnm,cni,docker} where they exist, and brings
+// loopback up.
 func isolate() error {
 	// Three independent checks, none of which trusts the environment alone: the namespaces
 	// differ from the parent process's (the copy outside that started unshare) and from those

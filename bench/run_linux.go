@@ -465,26 +465,25 @@ func (r *runner) ipam(ctx context.Context) error {
 	g := r.begin(ctx, "IPAM alone",
 		"One address requested and released, 1,000 others of the /16 held (host-local: none held). In-process allocators are timed in batches of 100 pairs (a sample is a batch's time over 100); host-local is a process per request and per release, through libcni. There is no kernel floor: ratios are against cnm.")
 	const held, batch = 1000, 100
-	ctxp := context.Background()
 	load := load1()
 	if r.o.has("cnm") {
 		a, err := ipam.NewDefault(ipam.DefaultConfig{})
 		if err == nil {
 			var p ipam.Pool
-			p, err = a.RequestPool(ctxp, ipam.PoolRequest{Subnet: netip.MustParsePrefix("10.206.0.0/16")})
+			p, err = a.RequestPool(ctx, ipam.PoolRequest{Subnet: netip.MustParsePrefix("10.206.0.0/16")})
 			for i := 0; err == nil && i < held; i++ {
-				_, err = a.RequestAddress(ctxp, p.ID, netip.Addr{})
+				_, err = a.RequestAddress(ctx, p.ID, netip.Addr{})
 			}
 			var ds []time.Duration
 			for i := 0; err == nil && i < r.o.ipamN/batch; i++ {
 				var d time.Duration
 				d, err = timed(func() error {
 					for range batch {
-						x, err := a.RequestAddress(ctxp, p.ID, netip.Addr{})
+						x, err := a.RequestAddress(ctx, p.ID, netip.Addr{})
 						if err != nil {
 							return err
 						}
-						if err := a.ReleaseAddress(ctxp, p.ID, x); err != nil {
+						if err := a.ReleaseAddress(ctx, p.ID, x); err != nil {
 							return err
 						}
 					}
