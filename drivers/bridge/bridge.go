@@ -183,6 +183,11 @@ func New(cfg Config) (_ *Driver, err error) {
 // does nothing.
 func (d *Driver) Close() error {
 	d.once.Do(func() {
+		d.mu.Lock()
+		for _, ep := range d.endpoints {
+			closePortSockets(ep.socks)
+		}
+		d.mu.Unlock()
 		d.h.Close()
 		d.raw.Close()
 		d.ct.Close()
@@ -516,21 +521,37 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 		d.mu.Unlock()
 		return res, nil
 	}
-	// Re-creating an endpoint replaces its reservations: its own ports are no conflict.
+	d.epBusy[eid] = true
+	d.mu.Unlock()
+	// One socket per port, opened in the host namespace, to hold it (see portholder_linux.go).
+	socks, err := openPortSockets(d.ns, wantKeys(want))
+	if err != nil {
+		d.mu.Lock()
+		delete(d.epBusy, eid)
+		d.mu.Unlock()
+		return res, err
+	}
+	d.mu.Lock()
+	// Re-creating an endpoint replaces its reservations: its own ports are no conflict, and
+	// the sockets holding them go on holding them.
+	var reuse map[portKey]int
 	if old != nil {
-		for _, k := range old.keys {
+		reuse = make(map[portKey]int, len(old.keys))
+		for i, k := range old.keys {
 			d.releaseLocked(k)
+			reuse[k] = old.socks[i]
 		}
 	}
-	ep.ports, ep.keys, err = d.reserveLocked(eid, want)
+	ep.ports, ep.keys, ep.socks, err = d.reserveLocked(eid, want, socks, reuse)
 	if err != nil {
 		if old != nil {
 			d.rereserveLocked(old)
 		}
+		delete(d.epBusy, eid)
 		d.mu.Unlock()
+		closePortSockets(socks)
 		return res, err
 	}
-	d.epBusy[eid] = true
 	d.mu.Unlock()
 
 	err = d.ensurePorts(ctx, eid, ep, old == nil)
@@ -545,7 +566,14 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 		if old != nil {
 			d.rereserveLocked(old)
 		}
+		closePortSockets(socks)
 		return res, fmt.Errorf("publish ports: %w", err)
+	}
+	// Close the sockets that hold nothing: the fresh ones a reused socket stood in for, and
+	// those of old ports no longer published.
+	closePortSockets(unusedSockets(socks, ep.socks))
+	if old != nil {
+		closePortSockets(unusedSockets(old.socks, ep.socks))
 	}
 	d.endpoints[eid] = ep
 	res.Ports = slices.Clone(ep.ports)
@@ -604,6 +632,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	}
 	delete(d.endpoints, eid)
 	d.mu.Unlock()
+	closePortSockets(ep.socks) // after the rules: no moment has a DNAT without its socket
 	d.flushConntrack(ctx, eid, ep.addr)
 	return nil
 }

@@ -32,19 +32,56 @@ type endpoint struct {
 	addr   netip.Addr            // IPv4 address; zero for none
 	ports  []drivers.PortBinding // as bound: single ports, HostIP as given (zero: all)
 	keys   []portKey             // the reservations of ports, in the same order
+	socks  []int                 // the sockets holding keys in the host namespace, in the same order
 }
 
-// portKey is a reserved host port. An unspecified (zero) addr holds the port on every address.
+// portKey is a reserved host port. An unspecified (zero) addr holds the port on every address
+// of its family.
 type portKey struct {
 	proto string
 	port  uint16
 	addr  netip.Addr // zero for all addresses
+	v6    bool       // the family: addr.Is6() when addr is valid
 }
 
 // conflicts reports whether k and o cannot both be bound.
 func (k portKey) conflicts(o portKey) bool {
-	return k.proto == o.proto && k.port == o.port && (!k.addr.IsValid() || !o.addr.IsValid() || k.addr == o.addr)
+	return k.proto == o.proto && k.port == o.port && k.v6 == o.v6 && (!k.addr.IsValid() || !o.addr.IsValid() || k.addr == o.addr)
 }
+
+// String returns the host address, port and protocol of k: "0.0.0.0:8080/tcp".
+func (k portKey) String() string {
+	a := k.addr
+	if !a.IsValid() {
+		a = netip.IPv4Unspecified()
+		if k.v6 {
+			a = netip.IPv6Unspecified()
+		}
+	}
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(a, k.port), k.proto)
+}
+
+// PortInUseError reports that a host port to publish is held by a socket the driver does not
+// own: a host service listening on it, or any other program that bound it. It matches
+// cnm.ErrConflict.
+type PortInUseError struct {
+	Proto  string     // "tcp" or "udp"
+	HostIP netip.Addr // the zero Addr for every address of the family
+	V6     bool       // the family, when HostIP is zero
+	Port   uint16
+	Err    error // what bind(2) returned
+}
+
+func (e *PortInUseError) Error() string {
+	k := portKey{proto: e.Proto, port: e.Port, addr: e.HostIP, v6: e.V6}
+	return fmt.Sprintf("host port %s is in use on the host: %v", k, e.Err)
+}
+
+// Is reports whether target is cnm.ErrConflict.
+func (e *PortInUseError) Is(target error) bool { return target == drivers.ErrConflict }
+
+// Unwrap returns the error of bind(2).
+func (e *PortInUseError) Unwrap() error { return e.Err }
 
 // protoPort indexes the reservations.
 type protoPort struct {
@@ -57,6 +94,20 @@ type protoPort struct {
 type wantPort struct {
 	b           drivers.PortBinding // single container port, HostPort/HostPortEnd as asked
 	first, last uint16
+}
+
+// key returns w's reservation without its port.
+func (w wantPort) key() portKey {
+	return portKey{proto: w.b.Proto, addr: w.b.HostIP, v6: w.b.HostIP.Is6()}
+}
+
+// wantKeys returns the reservations of want without their ports, for openPortSockets.
+func wantKeys(want []wantPort) []portKey {
+	keys := make([]portKey, len(want))
+	for i, w := range want {
+		keys[i] = w.key()
+	}
+	return keys
 }
 
 // expandPorts checks the requested bindings of an endpoint of n and returns them one
@@ -115,22 +166,29 @@ func (d *Driver) expandPorts(n *network, req drivers.CreateEndpointRequest) ([]w
 	return out, nil
 }
 
-// reserveLocked reserves a host port for each of want on behalf of eid, and returns the
-// bindings as bound and their keys. On a conflict, or when a range has no free port, it
-// reserves nothing and returns an error matching cnm.ErrConflict that names the port.
-func (d *Driver) reserveLocked(eid drivers.EndpointID, want []wantPort) ([]drivers.PortBinding, []portKey, error) {
+// reserveLocked reserves a host port for each of want on behalf of eid, and holds it by
+// binding socks[i], an unbound socket opened for want[i] in the host namespace; it returns the
+// bindings as bound, their keys and the sockets holding them. A port in reuse (the ports of the
+// endpoint being created again) is held by the socket given there instead, and socks[i] stays
+// unbound. A port another endpoint of the driver published is a conflict (an error matching
+// cnm.ErrConflict that names the port), and so is one that anyone else holds on the host (a
+// *PortInUseError); an ephemeral pick, or one from a range, skips both. On error it reserves
+// nothing, and the caller closes socks.
+func (d *Driver) reserveLocked(eid drivers.EndpointID, want []wantPort, socks []int, reuse map[portKey]int) ([]drivers.PortBinding, []portKey, []int, error) {
 	var (
 		bound []drivers.PortBinding
 		keys  []portKey
+		fds   []int
 	)
 	undo := func() {
 		for _, k := range keys {
 			d.releaseLocked(k)
 		}
 	}
-	for _, w := range want {
-		k := portKey{proto: w.b.Proto, addr: w.b.HostIP}
-		found := false
+	for i, w := range want {
+		k := w.key()
+		found, fd := false, -1
+		var inUse error // the last bind that found the port held on the host
 		span := int(w.last) - int(w.first) + 1
 		start := w.first
 		if w.first != w.last {
@@ -140,23 +198,38 @@ func (d *Driver) reserveLocked(eid drivers.EndpointID, want []wantPort) ([]drive
 				start = c
 			}
 		}
-		for i := range span {
-			k.port = uint16(int(w.first) + (int(start-w.first)+i)%span)
-			if d.freeLocked(k) {
-				found = true
+		for j := range span {
+			k.port = uint16(int(w.first) + (int(start-w.first)+j)%span)
+			if !d.freeLocked(k) {
+				continue
+			}
+			if own, ok := reuse[k]; ok {
+				found, fd = true, own
 				break
 			}
+			err := bindPortSocket(socks[i], k)
+			if err == nil {
+				found, fd = true, socks[i]
+				break
+			}
+			if !portInUse(err) {
+				undo()
+				return nil, nil, nil, fmt.Errorf("hold host port %s: %w", k, err)
+			}
+			inUse = &PortInUseError{Proto: k.proto, HostIP: k.addr, V6: k.v6, Port: k.port, Err: err}
 		}
 		if !found {
 			undo()
 			host := w.b
 			host.HostPort, host.HostPortEnd = w.first, w.last
-			if w.first == w.last {
-				host.HostPortEnd = 0
-				return nil, nil, &drivers.ConflictError{Kind: "host port", Name: portName(k.proto, k.addr, w.first),
+			switch {
+			case w.first == w.last && inUse != nil:
+				return nil, nil, nil, inUse
+			case w.first == w.last:
+				return nil, nil, nil, &drivers.ConflictError{Kind: "host port", Name: k.String(),
 					Reason: "already published by another endpoint"}
 			}
-			return nil, nil, &drivers.ConflictError{Kind: "host port range", Name: host.String(), Reason: "no free port in the range"}
+			return nil, nil, nil, &drivers.ConflictError{Kind: "host port range", Name: host.String(), Reason: "no free port in the range"}
 		}
 		if w.first != w.last {
 			d.nextPort[w.b.Proto] = k.port + 1
@@ -164,11 +237,12 @@ func (d *Driver) reserveLocked(eid drivers.EndpointID, want []wantPort) ([]drive
 		pp := protoPort{k.proto, k.port}
 		d.bound[pp] = append(d.bound[pp], k)
 		keys = append(keys, k)
+		fds = append(fds, fd)
 		b := w.b
 		b.HostPort = k.port
 		bound = append(bound, b)
 	}
-	return bound, keys, nil
+	return bound, keys, fds, nil
 }
 
 func (d *Driver) freeLocked(k portKey) bool {
@@ -191,13 +265,6 @@ func (d *Driver) releaseLocked(k portKey) {
 	} else {
 		d.bound[pp] = l
 	}
-}
-
-func portName(proto string, addr netip.Addr, port uint16) string {
-	if !addr.IsValid() {
-		return fmt.Sprintf("0.0.0.0:%d/%s", port, proto)
-	}
-	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(addr, port), proto)
 }
 
 // The chains of published ports.
@@ -393,4 +460,15 @@ func (d *Driver) stalePorts(ctx context.Context, live []drivers.EndpointID) ([]s
 		planEndpoint(&t, tables, id, nil)
 	}
 	return stale, d.fw.Restore(ctx, t.String())
+}
+
+// unusedSockets returns the sockets of fds that are not in used.
+func unusedSockets(fds, used []int) []int {
+	var out []int
+	for _, fd := range fds {
+		if fd >= 0 && !slices.Contains(used, fd) {
+			out = append(out, fd)
+		}
+	}
+	return out
 }

@@ -234,7 +234,8 @@ func TestPrivilegedPortLifecycle(t *testing.T) {
 	if _, err := e.d.CreateEndpoint(t.Context(), areq); err != nil {
 		t.Fatal(err)
 	}
-	d2 := newDriver(t, e.host)
+	e.restart(t) // the process, and the sockets holding its ports, are gone
+	d2 := e.d
 	if err := d2.CreateNetwork(t.Context(), req); err != nil {
 		t.Fatal(err)
 	}
@@ -274,9 +275,13 @@ func TestPrivilegedPortLifecycle(t *testing.T) {
 	if err := d2.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: b}); err != nil {
 		t.Fatal(err)
 	}
-	// The first driver still believes A's ports are its; Reconcile of the second driver
-	// removes rules of endpoints nobody knows.
-	if _, err := e.d.CreateEndpoint(t.Context(), areq); err != nil {
+	// Another driver publishes A's ports; Reconcile of the second driver removes rules of
+	// endpoints nobody knows.
+	d3 := newDriver(t, e.host)
+	if err := d3.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d3.CreateEndpoint(t.Context(), areq); err != nil {
 		t.Fatal(err)
 	}
 	repairs, err := d2.Reconcile(t.Context(), drivers.LiveState{Networks: []drivers.NetworkID{nid}})
@@ -289,7 +294,7 @@ func TestPrivilegedPortLifecycle(t *testing.T) {
 	if diff := cmp.Diff(base, e.save(t)); diff != "" {
 		t.Errorf("rules after Reconcile (-want +got):\n%s", diff)
 	}
-	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: a}); err != nil {
+	if err := d3.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: a}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -407,5 +412,161 @@ func TestPrivilegedConntrackFlush(t *testing.T) {
 	}
 	if count(ctrB) == 0 {
 		t.Error("the entries of another address were flushed too")
+	}
+}
+
+// hostBind binds proto ("tcp" or "udp") on addr in ns as a host service would (Go's
+// listeners set SO_REUSEADDR), and closes it again at once; it returns the bind's error.
+func hostBind(ns *netns.NS, proto string, addr netip.AddrPort) error {
+	return ns.Do(func() error {
+		network := proto + "4"
+		if addr.Addr().Is6() {
+			network = proto + "6"
+		}
+		if proto == "udp" {
+			c, err := net.ListenPacket(network, addr.String())
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		}
+		ln, err := net.Listen(network, addr.String())
+		if err != nil {
+			return err
+		}
+		return ln.Close()
+	})
+}
+
+// TestPrivilegedPortHeld checks that published host ports are held by sockets in the host
+// namespace: a port a host service uses is refused with nothing made, a published port cannot
+// be bound by a host service, -P skips ports in use, and a restart holds the ports again.
+func TestPrivilegedPortHeld(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.1.0/24")}
+	e.createNetwork(t, req)
+	nid := req.NetworkID
+	any8080 := netip.AddrPortFrom(netip.IPv4Unspecified(), 8080)
+	lo8080 := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 8080)
+
+	// A host listener on 8080: -p 8080:80 fails, naming the port, and nothing is made.
+	ln := listen(t, e.host, "127.0.0.1:8080")
+	base := e.save(t)
+	runs := e.d.fw.Runs()
+	eid := driverstest.NewEndpointID()
+	areq := drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid, IPv4: netip.MustParsePrefix("10.10.1.2/24"),
+		Ports: []drivers.PortBinding{{Proto: "udp", HostPort: 5353, ContainerPort: 53}, tcp(8080, 80)}}
+	_, err := e.d.CreateEndpoint(t.Context(), areq)
+	var inUse *PortInUseError
+	if !errors.As(err, &inUse) || !errors.Is(err, errclass.ErrConflict) || !errors.Is(err, unix.EADDRINUSE) || inUse.Port != 8080 || !strings.Contains(err.Error(), "0.0.0.0:8080/tcp") {
+		t.Fatalf("publishing 8080 with a host listener on 127.0.0.1:8080: %v, want a *PortInUseError naming 0.0.0.0:8080/tcp", err)
+	}
+	if got := e.d.fw.Runs() - runs; got != 0 {
+		t.Errorf("the refused publish started %d iptables processes, want 0", got)
+	}
+	if diff := cmp.Diff(base, e.save(t)); diff != "" {
+		t.Errorf("the refused publish changed the rules:\n%s", diff)
+	}
+	if len(e.d.bound) != 0 || e.d.endpoints[eid] != nil {
+		t.Errorf("the refused publish left reservations %v or endpoint %v", e.d.bound, e.d.endpoints[eid])
+	}
+	if err := hostBind(e.host, "udp", netip.AddrPortFrom(netip.IPv4Unspecified(), 5353)); err != nil {
+		t.Errorf("the refused publish still holds udp 5353: %v", err)
+	}
+
+	// Published: a host service can no longer bind the ports, on any address, with or
+	// without SO_REUSEADDR.
+	ln.Close()
+	res, err := e.d.CreateEndpoint(t.Context(), areq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	areq.Ports = res.Ports
+	held := func(d string) {
+		t.Helper()
+		for _, c := range []struct {
+			proto string
+			addr  netip.AddrPort
+		}{{"tcp", any8080}, {"tcp", lo8080}, {"udp", netip.AddrPortFrom(netip.IPv4Unspecified(), 5353)}} {
+			if err := hostBind(e.host, c.proto, c.addr); !errors.Is(err, unix.EADDRINUSE) {
+				t.Errorf("%s: a host bind of published %s %s: %v, want EADDRINUSE", d, c.proto, c.addr, err)
+			}
+		}
+	}
+	held("published")
+	if err := hostBind(e.host, "tcp", netip.AddrPortFrom(netip.IPv4Unspecified(), 8081)); err != nil {
+		t.Errorf("an unpublished port is held: %v", err)
+	}
+	// The sockets are in the driver's host namespace, not in the test's own.
+	if own, err := net.Listen("tcp4", any8080.String()); err != nil {
+		t.Errorf("8080 is held in the test's namespace too: %v", err)
+	} else {
+		own.Close()
+	}
+
+	// The same request again (idempotent) keeps holding the ports with the same sockets.
+	if _, err := e.d.CreateEndpoint(t.Context(), areq); err != nil {
+		t.Fatal(err)
+	}
+	held("after the same request again")
+
+	// A restart: the new driver holds the ports again when the endpoint is re-created.
+	e.d.Close()
+	if err := hostBind(e.host, "tcp", any8080); err != nil {
+		t.Errorf("the closed driver still holds 8080: %v", err)
+	}
+	e.restart(t)
+	if err := e.d.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.CreateEndpoint(t.Context(), areq); err != nil {
+		t.Fatal(err)
+	}
+	held("after a restart")
+
+	// -P never picks a port in use: with a host service on 40000 and 40002, of a range of
+	// three, the pick is 40001, then none is left.
+	d, err := New(Config{HostNetns: e.host.Path(), PortRange: PortRange{40000, 40002}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	listen(t, e.host, "0.0.0.0:40000")
+	listen(t, e.host, "127.0.0.1:40002")
+	pick := driverstest.NewEndpointID()
+	res, err = d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: pick, IPv4: netip.MustParsePrefix("10.10.1.3/24"),
+		Ports: []drivers.PortBinding{{ContainerPort: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Ports) != 1 || res.Ports[0].HostPort != 40001 {
+		t.Errorf("-P with 40000 and 40002 in use picked %v, want 40001", res.Ports)
+	}
+	if _, err := d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: driverstest.NewEndpointID(), IPv4: netip.MustParsePrefix("10.10.1.4/24"),
+		Ports: []drivers.PortBinding{{ContainerPort: 80}}}); !errors.Is(err, errclass.ErrConflict) || !strings.Contains(err.Error(), "no free port") {
+		t.Errorf("-P with the whole range in use: %v, want a conflict", err)
+	}
+	if err := d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: pick}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Deleted: the ports are free again.
+	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		proto string
+		addr  netip.AddrPort
+	}{{"tcp", any8080}, {"udp", netip.AddrPortFrom(netip.IPv4Unspecified(), 5353)}, {"tcp", netip.AddrPortFrom(netip.IPv4Unspecified(), 40001)}} {
+		if err := hostBind(e.host, c.proto, c.addr); err != nil {
+			t.Errorf("after DeleteEndpoint, a host bind of %s %s: %v", c.proto, c.addr, err)
+		}
+	}
+	if diff := cmp.Diff(base, e.save(t)); diff != "" {
+		t.Errorf("rules after DeleteEndpoint (-before +after):\n%s", diff)
 	}
 }
