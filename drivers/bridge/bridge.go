@@ -508,7 +508,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 		return res, err
 	}
 	eid := req.EndpointID
-	ep := &endpoint{nid: req.NetworkID, bridge: n.bridge, addr: req.IPv4.Addr()}
+	ep := &endpoint{nid: req.NetworkID, bridge: n.bridge, addr: req.IPv4.Addr(), addr6: req.IPv6.Addr()}
 
 	d.mu.Lock()
 	if d.epBusy[eid] {
@@ -592,7 +592,7 @@ func (d *Driver) rereserveLocked(old *endpoint) {
 
 // DeleteEndpoint removes the endpoint's published ports, their rules in one iptables-restore
 // transaction (none when it has no ports), and frees its host ports. It then deletes the
-// host's conntrack entries of the endpoint's IPv4 address, with filtered netlink requests, so
+// host's conntrack entries of the endpoint's IPv4 and IPv6 addresses, with filtered netlink requests, so
 // that a later owner of the address gets no stale NAT state; a failure there is logged only.
 // A missing endpoint returns nil.
 func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
@@ -610,7 +610,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	if len(ep.ports) == 0 {
 		delete(d.endpoints, eid)
 		d.mu.Unlock()
-		d.flushConntrack(ctx, eid, ep.addr)
+		d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
 		return nil
 	}
 	d.epBusy[eid] = true
@@ -633,17 +633,23 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	delete(d.endpoints, eid)
 	d.mu.Unlock()
 	closePortSockets(ep.socks) // after the rules: no moment has a DNAT without its socket
-	d.flushConntrack(ctx, eid, ep.addr)
+	d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
 	return nil
 }
 
-// flushConntrack deletes the conntrack entries of addr, logging a failure.
-func (d *Driver) flushConntrack(ctx context.Context, eid drivers.EndpointID, addr netip.Addr) {
-	if !addr.IsValid() || d.ct == nil {
+// flushConntrack deletes the conntrack entries of addrs (an endpoint's IPv4 and IPv6
+// addresses; zero ones are skipped), logging a failure.
+func (d *Driver) flushConntrack(ctx context.Context, eid drivers.EndpointID, addrs ...netip.Addr) {
+	if d.ct == nil {
 		return
 	}
-	if err := d.ct.flushAddr(addr); err != nil {
-		d.log.WarnContext(ctx, "conntrack flush", "endpoint", eid.Short(), "address", addr, "err", err)
+	for _, addr := range addrs {
+		if !addr.IsValid() {
+			continue
+		}
+		if err := d.ct.flushAddr(addr); err != nil {
+			d.log.WarnContext(ctx, "conntrack flush", "endpoint", eid.Short(), "address", addr, "err", err)
+		}
 	}
 }
 

@@ -30,6 +30,7 @@ type endpoint struct {
 	nid    drivers.NetworkID
 	bridge string
 	addr   netip.Addr            // IPv4 address; zero for none
+	addr6  netip.Addr            // IPv6 address; zero for none
 	ports  []drivers.PortBinding // as bound: single ports, HostIP as given (zero: all)
 	keys   []portKey             // the reservations of ports, in the same order
 	socks  []int                 // the sockets holding keys in the host namespace, in the same order

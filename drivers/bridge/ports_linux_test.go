@@ -377,27 +377,7 @@ func TestPrivilegedConntrackFlush(t *testing.T) {
 	if _, err := exchange(other, netip.AddrPortFrom(outsideIP.Addr(), uint16(lnOut.Addr().(*net.TCPAddr).Port)), lnOut); err != nil {
 		t.Fatal(err)
 	}
-	ct, err := netlink.NewHandleAt(l.host.Handle(), unix.NETLINK_NETFILTER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ct.Close()
-	count := func(a netip.Addr) int {
-		flows, err := ct.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, f := range flows {
-			for _, ip := range []net.IP{f.Forward.SrcIP, f.Forward.DstIP, f.Reverse.SrcIP, f.Reverse.DstIP} {
-				if ip.Equal(a.AsSlice()) {
-					n++
-					break
-				}
-			}
-		}
-		return n
-	}
+	count := conntrackCounter(t, l.host)
 	if count(ctrA) == 0 || count(ctrB) == 0 {
 		t.Fatalf("conntrack entries before: %d of %v, %d of %v; want some of each", count(ctrA), ctrA, count(ctrB), ctrB)
 	}
@@ -568,5 +548,84 @@ func TestPrivilegedPortHeld(t *testing.T) {
 	}
 	if diff := cmp.Diff(base, e.save(t)); diff != "" {
 		t.Errorf("rules after DeleteEndpoint (-before +after):\n%s", diff)
+	}
+}
+
+// conntrackCounter returns a function that counts the conntrack entries of the namespace ns
+// in which address a appears, as a source or destination of either direction.
+func conntrackCounter(t *testing.T, ns *netns.NS) func(a netip.Addr) int {
+	t.Helper()
+	ct, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_NETFILTER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ct.Close)
+	return func(a netip.Addr) int {
+		t.Helper()
+		family := netlink.InetFamily(unix.AF_INET)
+		if a.Is6() {
+			family = unix.AF_INET6
+		}
+		flows, err := ct.ConntrackTableList(netlink.ConntrackTable, family)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, f := range flows {
+			for _, ip := range []net.IP{f.Forward.SrcIP, f.Forward.DstIP, f.Reverse.SrcIP, f.Reverse.DstIP} {
+				if ip.Equal(a.AsSlice()) {
+					n++
+					break
+				}
+			}
+		}
+		return n
+	}
+}
+
+// TestPrivilegedConntrackFlush6 checks that deleting an endpoint of a dual-stack network
+// deletes the IPv6 conntrack entries of its IPv6 address too (its own connections out, through
+// the masquerade, and connections to it from the host), and only those.
+func TestPrivilegedConntrackFlush6(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab6(t)
+	nid := l.newNetwork(t, ds("1"))
+	a6, b6 := netip.MustParseAddr("fd00:10:1::2"), netip.MustParseAddr("fd00:10:1::3")
+	gw6 := netip.MustParseAddr("fd00:10:1::1")
+	eid := driverstest.NewEndpointID()
+	if _, err := l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		IPv4: netip.MustParsePrefix("10.10.1.2/24"), IPv6: netip.PrefixFrom(a6, 64)}); err != nil {
+		t.Fatal(err)
+	}
+	sb := nstest.NewNS(t)
+	l.joinEID(t, sb, nid, eid, "eth0", "10.10.1.2/24", gwA)
+	addAddr6(t, handleAt(t, sb), "eth0", netip.PrefixFrom(a6, 64), gw6)
+	other := l.sandbox46(t, nid, "10.10.1.3/24", gwA, "fd00:10:1::3/64", gw6)
+
+	lnOut := listen(t, l.outside, "[2001:db8::2]:0")
+	for name, from := range map[string]*netns.NS{"endpoint": sb, "other endpoint": other} {
+		if _, err := dial(from, outsideIP6.Addr(), lnOut); err != nil {
+			t.Fatalf("TCP over IPv6 from the %s to the outside: %v", name, err)
+		}
+	}
+	lnA := listen(t, sb, "[fd00:10:1::2]:0")
+	if _, err := dial(l.host, a6, lnA); err != nil {
+		t.Fatalf("TCP over IPv6 from the host to the endpoint: %v", err)
+	}
+	count := conntrackCounter(t, l.host)
+	if count(a6) < 2 || count(b6) == 0 {
+		t.Fatalf("IPv6 conntrack entries before: %d of %v, %d of %v; want 2 of the first, some of the second", count(a6), a6, count(b6), b6)
+	}
+	if err := l.d.Leave(t.Context(), drivers.LeaveRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(a6); n != 0 {
+		t.Errorf("%d IPv6 conntrack entries of the deleted endpoint's address are left", n)
+	}
+	if count(b6) == 0 {
+		t.Error("the IPv6 entries of another address were flushed too")
 	}
 }
