@@ -49,14 +49,22 @@ var (
 	ipv6Family = &ipFamily{v6: true, name: "IPv6", forward: sysctlIP6Forward, brNF: sysctlBrNF6}
 )
 
-// families returns the families whose tables hold rules of n: IPv4 always, IPv6 when n has
-// IPv6 subnets.
-func families(n *network) []*ipFamily {
-	if len(n.subnets6) > 0 {
+// families returns the families whose tables hold rules of n: IPv4 always; IPv6 when n has
+// IPv6 subnets, and for a network without them when ip6tables is there. An IPv4-only bridge
+// still carries IPv6 link-local traffic, which br_netfilter hands to ip6tables once a
+// dual-stack network has set the IPv6 FORWARD policy to DROP: its isolation and ICC rules in
+// the IPv6 tables keep that traffic as the IPv4 rules keep IPv4's, as Docker does.
+func (d *Driver) families(n *network) []*ipFamily {
+	if len(n.subnets6) > 0 || d.fw6.Check() == nil {
 		return []*ipFamily{ipv4Family, ipv6Family}
 	}
 	return []*ipFamily{ipv4Family}
 }
+
+// routes reports whether n routes traffic of family f, so that it needs f's forwarding (and
+// br_netfilter's switch for f when ICC is off): IPv4 always, IPv6 when n has IPv6 subnets. The
+// IPv6 rules of an IPv4-only network touch no sysctl and no FORWARD policy.
+func (n *network) routes(f *ipFamily) bool { return !f.v6 || len(n.subnets6) > 0 }
 
 // runner returns the runner of f's tables.
 func (d *Driver) runner(f *ipFamily) *iptables.Runner {
@@ -415,7 +423,7 @@ func (d *Driver) checkFirewall(n *network) error {
 		}
 		return nil
 	}
-	for _, f := range families(n) {
+	for _, f := range d.families(n) {
 		if err := d.runner(f).Check(); err != nil {
 			return err
 		}
@@ -462,11 +470,15 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 	}
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	fams := families(n)
+	fams := d.families(n)
 	fwdOn := make([]bool, len(fams))
 	brNFOn := make([]bool, len(fams))
 	if err := d.ns.Do(func() error {
 		for i, f := range fams {
+			if !n.routes(f) {
+				fwdOn[i], brNFOn[i] = true, true // not looked at, never written
+				continue
+			}
 			var err error
 			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
 				return err
@@ -605,7 +617,7 @@ func (d *Driver) removeFirewall(ctx context.Context, br string, n *network) erro
 	defer d.fwMu.Unlock()
 	fams := []*ipFamily{ipv4Family, ipv6Family}
 	if n != nil {
-		fams = families(n)
+		fams = d.families(n)
 	}
 	var errs []error
 	for _, f := range fams {

@@ -222,8 +222,8 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 }
 
 // TestFwRulesIPv6 checks the IPv6 rules of a dual-stack network against the IPv4 ones: the
-// same filter rules, a MASQUERADE per IPv6 subnet, no hairpin, and none of it for a network
-// without IPv6 subnets.
+// same filter rules, a MASQUERADE per IPv6 subnet, no hairpin, and for a network without IPv6
+// subnets the filter rules only.
 func TestFwRulesIPv6(t *testing.T) {
 	p := netip.MustParsePrefix
 	n := &network{bridge: "br0", subnets4: []netip.Prefix{p("10.0.0.0/24")}, subnets6: []netip.Prefix{p("fd00::/64")}}
@@ -234,8 +234,16 @@ func TestFwRulesIPv6(t *testing.T) {
 	if diff := cmp.Diff([]string{"-s fd00::/64 ! -o br0 -j MASQUERADE"}, v6.own[tableNAT]); diff != "" {
 		t.Errorf("IPv6 nat rules (-want +got):\n%s", diff)
 	}
-	if got := families(&network{subnets4: n.subnets4}); len(got) != 1 || got[0].v6 {
-		t.Errorf("families of an IPv4-only network = %v", got)
+	if v4only := (&network{subnets4: n.subnets4}); v4only.routes(ipv6Family) || !v4only.routes(ipv4Family) || !n.routes(ipv6Family) {
+		t.Errorf("an IPv4-only network routes IPv6, or a dual-stack one does not")
+	}
+	// An IPv4-only network's IPv6 rules: the same filter rules, no nat rule.
+	v4only := fwRules(&network{bridge: "br0", subnets4: n.subnets4}, ipv6Family)
+	if diff := cmp.Diff(v4.own[tableFilter], v4only.own[tableFilter]); diff != "" {
+		t.Errorf("IPv6 filter rules of an IPv4-only network (-dual-stack +IPv4-only):\n%s", diff)
+	}
+	if len(v4only.own[tableNAT]) > 0 || len(v4only.shared[chainRef{tableNAT, ChainPostrouting}]) > 0 {
+		t.Errorf("IPv6 nat rules of an IPv4-only network: %v %v", v4only.own, v4only.shared)
 	}
 	// Without masquerade, or routed (IPv4 only), or internal.
 	noMasq := *n
