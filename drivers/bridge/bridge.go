@@ -185,7 +185,7 @@ func (d *Driver) Close() error {
 	d.once.Do(func() {
 		d.mu.Lock()
 		for _, ep := range d.endpoints {
-			closePortSockets(ep.socks)
+			closePortSockets(heldFds(ep.held))
 		}
 		d.mu.Unlock()
 		d.h.Close()
@@ -536,13 +536,13 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	// the sockets holding them go on holding them.
 	var reuse map[portKey]int
 	if old != nil {
-		reuse = make(map[portKey]int, len(old.keys))
-		for i, k := range old.keys {
-			d.releaseLocked(k)
-			reuse[k] = old.socks[i]
+		reuse = make(map[portKey]int, len(old.held))
+		for _, h := range old.held {
+			d.releaseLocked(h.portKey)
+			reuse[h.portKey] = h.fd
 		}
 	}
-	ep.ports, ep.keys, ep.socks, err = d.reserveLocked(eid, want, socks, reuse)
+	ep.ports, ep.held, err = d.reserveLocked(eid, want, socks, reuse)
 	if err != nil {
 		if old != nil {
 			d.rereserveLocked(old)
@@ -560,8 +560,8 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	defer d.mu.Unlock()
 	delete(d.epBusy, eid)
 	if err != nil { // the transaction wrote nothing: put back what was
-		for _, k := range ep.keys {
-			d.releaseLocked(k)
+		for _, h := range ep.held {
+			d.releaseLocked(h.portKey)
 		}
 		if old != nil {
 			d.rereserveLocked(old)
@@ -571,9 +571,9 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	}
 	// Close the sockets that hold nothing: the fresh ones a reused socket stood in for, and
 	// those of old ports no longer published.
-	closePortSockets(unusedSockets(socks, ep.socks))
+	closePortSockets(unusedSockets(socks, heldFds(ep.held)))
 	if old != nil {
-		closePortSockets(unusedSockets(old.socks, ep.socks))
+		closePortSockets(unusedSockets(heldFds(old.held), heldFds(ep.held)))
 	}
 	d.endpoints[eid] = ep
 	res.Ports = slices.Clone(ep.ports)
@@ -584,9 +584,9 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 // rereserveLocked puts back the reservations of old, which were released under the same lock
 // hold: they cannot conflict.
 func (d *Driver) rereserveLocked(old *endpoint) {
-	for _, k := range old.keys {
-		pp := protoPort{k.proto, k.port}
-		d.bound[pp] = append(d.bound[pp], k)
+	for _, h := range old.held {
+		pp := protoPort{h.proto, h.port}
+		d.bound[pp] = append(d.bound[pp], h.portKey)
 	}
 }
 
@@ -627,12 +627,12 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 		d.mu.Unlock()
 		return fmt.Errorf("bridge: delete endpoint %s: firewall: %w", eid.Short(), err)
 	}
-	for _, k := range ep.keys {
-		d.releaseLocked(k)
+	for _, h := range ep.held {
+		d.releaseLocked(h.portKey)
 	}
 	delete(d.endpoints, eid)
 	d.mu.Unlock()
-	closePortSockets(ep.socks) // after the rules: no moment has a DNAT without its socket
+	closePortSockets(heldFds(ep.held)) // after the rules: no moment has a DNAT without its socket
 	d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
 	return nil
 }

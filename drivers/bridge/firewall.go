@@ -39,14 +39,15 @@ type ipFamily struct {
 	name    string // "IPv4", "IPv6"
 	forward string // the forwarding sysctl
 	brNF    string // br_netfilter's switch for this family
-	// ports reports whether published ports are written in this family's tables (IPv4 only):
+	// ports reports whether published ports are written in this family's tables (both):
 	// CNM-PORTS, CNM-DNAT and the jumps to them, and the networks' hairpin MASQUERADE.
-	ports bool
+	ports    bool
+	loopback string // the loopback prefix, which the OUTPUT jump to CNM-DNAT leaves out
 }
 
 var (
-	ipv4Family = &ipFamily{name: "IPv4", forward: sysctlIPForward, brNF: sysctlBrNF, ports: true}
-	ipv6Family = &ipFamily{v6: true, name: "IPv6", forward: sysctlIP6Forward, brNF: sysctlBrNF6}
+	ipv4Family = &ipFamily{name: "IPv4", forward: sysctlIPForward, brNF: sysctlBrNF, ports: true, loopback: "127.0.0.0/8"}
+	ipv6Family = &ipFamily{v6: true, name: "IPv6", forward: sysctlIP6Forward, brNF: sysctlBrNF6, ports: true, loopback: "::1/128"}
 )
 
 // families returns the families whose tables hold rules of n: IPv4 always; IPv6 when n has
@@ -356,7 +357,7 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 		natChains = append(natChains, ChainDNAT)
 		jumps = append(jumps,
 			jump{"PREROUTING", "-m addrtype --dst-type LOCAL -j " + ChainDNAT},
-			jump{"OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + ChainDNAT})
+			jump{"OUTPUT", "! -d " + f.loopback + " -m addrtype --dst-type LOCAL -j " + ChainDNAT})
 	}
 	for _, c := range chains {
 		if !filter.HasChain(c) {

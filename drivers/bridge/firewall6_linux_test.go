@@ -138,11 +138,11 @@ func TestPrivilegedDualStackNAT(t *testing.T) {
 	if _, err := exchange(l.outside, netip.AddrPortFrom(hostUplink.Addr(), 8080), lnSrv); err != nil {
 		t.Errorf("published IPv4 port of a dual-stack network from the outside: %v", err)
 	}
-	// Publishing on an IPv6 host address is not supported.
+	// Publishing on an IPv6 host address needs an IPv6 address (TestPrivilegedPublishedPorts6).
 	_, err = l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: driverstest.NewEndpointID(),
 		IPv4: netip.MustParsePrefix("10.10.1.4/24"), Ports: []drivers.PortBinding{{Proto: "tcp", HostIP: hostUplink6.Addr(), HostPort: 8081, ContainerPort: 80}}})
-	if !errors.Is(err, errclass.ErrNotSupported) {
-		t.Errorf("publishing on %v: %v, want not supported", hostUplink6.Addr(), err)
+	if !errors.Is(err, errclass.ErrInvalidParameter) {
+		t.Errorf("publishing on %v for an endpoint without an IPv6 address: %v, want invalid", hostUplink6.Addr(), err)
 	}
 }
 

@@ -140,9 +140,9 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{p("10.10.3.0/24")}, subnets6: []netip.Prefix{p("fd00:10:3::/64")}}
 	// The golden sequence's endpoint with published ports (IPv4 only).
 	eid := drivers.EndpointID(strings.Repeat("e", 64))
-	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), ports: []drivers.PortBinding{
-		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
-		{Proto: "udp", HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 5353, ContainerPort: 53},
+	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), held: []heldPort{
+		{portKey: portKey{proto: "tcp", port: 8080}, cport: 80},
+		{portKey: portKey{proto: "udp", addr: netip.MustParseAddr("192.0.2.1"), port: 5353}, cport: 53},
 	}}
 	planEP := func(t *testing.T, tables map[string]*iptables.Table, short string, want *fwObject) string {
 		var rt restoreText
@@ -161,7 +161,7 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 			t.Errorf("plan for %s on the golden ruleset:\n%s", n.bridge, rt.String())
 		}
 	}
-	if rt := planEP(t, tables, eid.Short(), portRules(eid, ep)); rt != "" {
+	if rt := planEP(t, tables, eid.Short(), portRules(eid, ep, f)); rt != "" {
 		t.Errorf("plan for endpoint %s on the golden ruleset:\n%s", eid.Short(), rt)
 	}
 	// From nothing, in random orders, to the golden set (compared sorted: the order across
@@ -178,8 +178,8 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 			if n == a { // the endpoint's rules, and those of one deleted again
 				gone := drivers.EndpointID(strings.Repeat("f", 64))
 				planEP(t, tables, gone.Short(), portRules(gone, &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.3"),
-					ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8081, ContainerPort: 80}}}))
-				planEP(t, tables, eid.Short(), portRules(eid, ep))
+					held: []heldPort{{portKey: portKey{proto: "tcp", port: 8081}, cport: 80}}}, f))
+				planEP(t, tables, eid.Short(), portRules(eid, ep, f))
 				planEP(t, tables, gone.Short(), nil)
 			}
 		}
@@ -195,24 +195,27 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 	tables = parse()
 	e := &network{bridge: "br-eeeeeeeeeeee", subnets4: []netip.Prefix{p("10.10.5.0/24")}, subnets6: []netip.Prefix{p("fd00:10:5::/64")}}
 	eid2 := drivers.EndpointID(strings.Repeat("9", 64))
-	ep2 := &endpoint{bridge: e.bridge, addr: netip.MustParseAddr("10.10.5.2"), ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 9090, ContainerPort: 90}}}
+	ep2 := &endpoint{bridge: e.bridge, addr: netip.MustParseAddr("10.10.5.2"), addr6: netip.MustParseAddr("fd00:10:5::2"), held: []heldPort{
+		{portKey: portKey{proto: "tcp", port: 9090}, cport: 90},
+		{portKey: portKey{proto: "tcp", port: 9090, v6: true}, cport: 90},
+	}}
 	rt := restoreText{}
 	fwRules(e, f).planCreate(&rt, networkChains)
 	if f.ports {
-		portRules(eid2, ep2).planCreate(&rt, portChains)
+		portRules(eid2, ep2, f).planCreate(&rt, portChains)
 	}
 	applyRestore(t, tables, rt.String())
 	rt = restoreText{}
 	planNetwork(&rt, tables, e.bridge, fwRules(e, f))
 	if f.ports {
-		planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2))
+		planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2, f))
 	}
 	if rt.String() != "" {
 		t.Errorf("converging after the fast create:\n%s", rt.String())
 	}
 	rt = restoreText{}
 	if f.ports {
-		portRules(eid2, ep2).planDelete(&rt, portChains)
+		portRules(eid2, ep2, f).planDelete(&rt, portChains)
 	}
 	fwRules(e, f).planDelete(&rt, networkChains)
 	applyRestore(t, tables, rt.String())
@@ -222,8 +225,8 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 }
 
 // TestFwRulesIPv6 checks the IPv6 rules of a dual-stack network against the IPv4 ones: the
-// same filter rules, a MASQUERADE per IPv6 subnet, no hairpin, and for a network without IPv6
-// subnets the filter rules only.
+// same filter rules, a MASQUERADE and a hairpin MASQUERADE per IPv6 subnet, and for a network
+// without IPv6 subnets the filter rules only.
 func TestFwRulesIPv6(t *testing.T) {
 	p := netip.MustParsePrefix
 	n := &network{bridge: "br0", subnets4: []netip.Prefix{p("10.0.0.0/24")}, subnets6: []netip.Prefix{p("fd00::/64")}}
@@ -231,7 +234,8 @@ func TestFwRulesIPv6(t *testing.T) {
 	if diff := cmp.Diff(v4.own[tableFilter], v6.own[tableFilter]); diff != "" {
 		t.Errorf("filter rules differ between families (-v4 +v6):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"-s fd00::/64 ! -o br0 -j MASQUERADE"}, v6.own[tableNAT]); diff != "" {
+	hairpin := "-s fd00::/64 -o br0 -m conntrack --ctstate DNAT -j MASQUERADE"
+	if diff := cmp.Diff([]string{"-s fd00::/64 ! -o br0 -j MASQUERADE", hairpin}, v6.own[tableNAT]); diff != "" {
 		t.Errorf("IPv6 nat rules (-want +got):\n%s", diff)
 	}
 	if v4only := (&network{subnets4: n.subnets4}); v4only.routes(ipv6Family) || !v4only.routes(ipv4Family) || !n.routes(ipv6Family) {
@@ -248,12 +252,12 @@ func TestFwRulesIPv6(t *testing.T) {
 	// Without masquerade, or routed (IPv4 only), or internal.
 	noMasq := *n
 	noMasq.noMasq = true
-	if o := fwRules(&noMasq, ipv6Family); len(o.own[tableNAT]) > 0 || len(o.shared[chainRef{tableNAT, ChainPostrouting}]) > 0 {
-		t.Errorf("IPv6 nat rules without masquerade: %v %v", o.own, o.shared)
+	if o := fwRules(&noMasq, ipv6Family); !slices.Equal(o.own[tableNAT], []string{hairpin}) {
+		t.Errorf("IPv6 nat rules without masquerade: %v, want the hairpin only", o.own)
 	}
 	routed := *n
 	routed.routed = true
-	if o := fwRules(&routed, ipv6Family); len(o.own[tableNAT]) != 1 || slices.ContainsFunc(o.own[tableFilter], func(r string) bool { return strings.Contains(r, "icmp") }) {
+	if o := fwRules(&routed, ipv6Family); len(o.own[tableNAT]) != 2 || slices.ContainsFunc(o.own[tableFilter], func(r string) bool { return strings.Contains(r, "icmp") }) {
 		t.Errorf("IPv6 rules of a network with gateway_mode_ipv4=routed: %v", o.own)
 	}
 }

@@ -37,14 +37,23 @@ func (e *testEnv) publish(t *testing.T, nid drivers.NetworkID, eid drivers.Endpo
 	return res.Ports
 }
 
-// exchange connects from the namespace from to to over TCP, sends "ping", and expects the
+// exchange connects from the namespace from to to over TCP (IPv4 or IPv6), sends "ping", and expects the
 // listener ln (in another namespace) to accept it, read "ping" and answer "pong". It returns
 // the client address the listener saw.
 func exchange(from *netns.NS, to netip.AddrPort, ln *net.TCPListener) (netip.Addr, error) {
-	var fd int
+	var (
+		fd int
+		sa unix.Sockaddr
+	)
+	af := unix.AF_INET
+	if to.Addr().Is6() {
+		af, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+	} else {
+		sa = &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	}
 	if err := from.Do(func() error {
 		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fd, err = unix.Socket(af, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		return err
 	}); err != nil {
 		return netip.Addr{}, err
@@ -55,7 +64,7 @@ func exchange(from *netns.NS, to netip.AddrPort, ln *net.TCPListener) (netip.Add
 		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)); err != nil {
 		return netip.Addr{}, err
 	}
-	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}); err != nil {
+	if err := unix.Connect(fd, sa); err != nil {
 		return netip.Addr{}, fmt.Errorf("connect %s: %w", to, err)
 	}
 	if _, err := unix.Write(fd, []byte("ping")); err != nil {
@@ -318,7 +327,8 @@ func TestPrivilegedPortsRefused(t *testing.T) {
 		{"ranges of different lengths", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{HostPort: 80, HostPortEnd: 82, ContainerPort: 80, ContainerPortEnd: 81}}}, errclass.ErrInvalidParameter},
 		{"internal network", drivers.CreateEndpointRequest{NetworkID: internal, IPv4: netip.MustParsePrefix("10.10.3.2/24"), Ports: []drivers.PortBinding{tcp(80, 80)}}, errclass.ErrInvalidParameter},
 		{"no IPv4 address", drivers.CreateEndpointRequest{NetworkID: nid, Ports: []drivers.PortBinding{tcp(80, 80)}}, errclass.ErrInvalidParameter},
-		{"IPv6 host address", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{HostIP: netip.MustParseAddr("2001:db8::1"), HostPort: 80, ContainerPort: 80}}}, errclass.ErrNotSupported},
+		{"IPv6 host address, no IPv6 address", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{{HostIP: netip.MustParseAddr("2001:db8::1"), HostPort: 80, ContainerPort: 80}}}, errclass.ErrInvalidParameter},
+		{"IPv6 loopback", drivers.CreateEndpointRequest{NetworkID: nid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), IPv6: netip.MustParsePrefix("fd00::2/64"), Ports: []drivers.PortBinding{{HostIP: netip.IPv6Loopback(), HostPort: 80, ContainerPort: 80}}}, errclass.ErrNotSupported},
 	} {
 		c.req.EndpointID = driverstest.NewEndpointID()
 		if _, err := e.d.CreateEndpoint(t.Context(), c.req); !errors.Is(err, c.class) {
@@ -627,5 +637,110 @@ func TestPrivilegedConntrackFlush6(t *testing.T) {
 	}
 	if count(b6) == 0 {
 		t.Error("the IPv6 entries of another address were flushed too")
+	}
+}
+
+// TestPrivilegedPublishedPorts6 proves published ports over IPv6 on the wire: on a dual-stack
+// network, -p 8080:80 is published in both families (the same host port, held in both), and
+// [2001:db8::1]:9090:90 in IPv6 only; each is reached by a real TCP exchange from an outside
+// host, from the host itself and from containers (hairpin). [::1] is refused, as is an IPv6
+// host address for an endpoint without an IPv6 address; deleting the endpoint leaves the
+// IPv6 tables as they were.
+func TestPrivilegedPublishedPorts6(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab6(t)
+	host6, host4 := hostUplink6.Addr(), hostUplink.Addr()
+	nid := l.newNetwork(t, ds("1"))
+	gw6 := netip.MustParseAddr("fd00:10:1::1")
+	ctr6 := netip.MustParseAddr("fd00:10:1::2")
+	before4, before6 := l.save(t), l.save6(t)
+
+	// Refused before any kernel work.
+	for _, c := range []struct {
+		name  string
+		req   drivers.CreateEndpointRequest
+		class error
+	}{
+		{"[::1]", drivers.CreateEndpointRequest{IPv4: netip.MustParsePrefix("10.10.1.5/24"), IPv6: netip.MustParsePrefix("fd00:10:1::5/64"),
+			Ports: []drivers.PortBinding{{HostIP: netip.IPv6Loopback(), HostPort: 8080, ContainerPort: 80}}}, errclass.ErrNotSupported},
+		{"IPv6 host address without an IPv6 address", drivers.CreateEndpointRequest{IPv4: netip.MustParsePrefix("10.10.1.5/24"),
+			Ports: []drivers.PortBinding{{HostIP: host6, HostPort: 8080, ContainerPort: 80}}}, errclass.ErrInvalidParameter},
+	} {
+		c.req.NetworkID, c.req.EndpointID = nid, driverstest.NewEndpointID()
+		if _, err := l.d.CreateEndpoint(t.Context(), c.req); !errors.Is(err, c.class) {
+			t.Errorf("%s: CreateEndpoint = %v, want %v", c.name, err, c.class)
+		}
+	}
+
+	eid := driverstest.NewEndpointID()
+	res, err := l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		IPv4: netip.MustParsePrefix("10.10.1.2/24"), IPv6: netip.PrefixFrom(ctr6, 64),
+		Ports: []drivers.PortBinding{tcp(8080, 80), {HostIP: host6, HostPort: 9090, ContainerPort: 90}, {ContainerPort: 70}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Ports) != 3 || res.Ports[0].HostPort != 8080 || res.Ports[1].HostPort != 9090 || res.Ports[1].HostIP != host6 {
+		t.Fatalf("bound ports = %v", res.Ports)
+	}
+	eph := res.Ports[2].HostPort
+	sb := nstest.NewNS(t)
+	l.joinEID(t, sb, nid, eid, "eth0", "10.10.1.2/24", gwA)
+	addAddr6(t, handleAt(t, sb), "eth0", netip.PrefixFrom(ctr6, 64), gw6)
+	other := l.sandbox46(t, nid, "10.10.1.3/24", gwA, "fd00:10:1::3/64", gw6)
+	ln80v6 := listen(t, sb, "[fd00:10:1::2]:80")
+	ln80v4 := listen(t, sb, "10.10.1.2:80")
+	ln90 := listen(t, sb, "[fd00:10:1::2]:90")
+	ln70 := listen(t, sb, "[fd00:10:1::2]:70")
+	// The fresh links resolve their IPv6 neighbours first, so that no exchange waits on it.
+	canPing(t, l.outside, "outside", host6.String(), true)
+	canPing(t, l.host, "host", ctr6.String(), true)
+
+	for _, c := range []struct {
+		name   string
+		from   *netns.NS
+		to     netip.AddrPort
+		ln     *net.TCPListener
+		seenAs netip.Addr // zero: not checked
+	}{
+		{"outside over IPv6", l.outside, netip.AddrPortFrom(host6, 8080), ln80v6, outsideIP6.Addr()},
+		{"host itself over IPv6", l.host, netip.AddrPortFrom(host6, 8080), ln80v6, netip.Addr{}},
+		{"other container over IPv6 (hairpin)", other, netip.AddrPortFrom(host6, 8080), ln80v6, gw6},
+		{"the container itself over IPv6 (hairpin)", sb, netip.AddrPortFrom(host6, 8080), ln80v6, gw6},
+		{"outside over IPv4, same binding", l.outside, netip.AddrPortFrom(host4, 8080), ln80v4, outsideIP.Addr()},
+		{"outside to the IPv6-only binding", l.outside, netip.AddrPortFrom(host6, 9090), ln90, outsideIP6.Addr()},
+		{"host to the IPv6-only binding", l.host, netip.AddrPortFrom(host6, 9090), ln90, netip.Addr{}},
+		{"outside to the ephemeral port over IPv6", l.outside, netip.AddrPortFrom(host6, eph), ln70, outsideIP6.Addr()},
+	} {
+		seen, err := exchange(c.from, c.to, c.ln)
+		if err != nil {
+			t.Errorf("%s to %s: %v", c.name, c.to, err)
+			continue
+		}
+		if c.seenAs.IsValid() && seen != c.seenAs {
+			t.Errorf("%s to %s: the container sees the client as %v, want %v", c.name, c.to, seen, c.seenAs)
+		}
+	}
+	if _, err := exchange(l.outside, netip.AddrPortFrom(host4, 9090), ln90); err == nil {
+		t.Error("the IPv6-only binding [2001:db8::1]:9090 is reachable over IPv4")
+	}
+	// Held in both families.
+	for _, a := range []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), netip.AddrPortFrom(netip.IPv6Unspecified(), 8080),
+		netip.AddrPortFrom(host6, 9090), netip.AddrPortFrom(netip.IPv6Unspecified(), eph), netip.AddrPortFrom(netip.IPv4Unspecified(), eph)} {
+		if err := hostBind(l.host, "tcp", a); !errors.Is(err, unix.EADDRINUSE) {
+			t.Errorf("a host bind of published %s: %v, want EADDRINUSE", a, err)
+		}
+	}
+
+	if err := l.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before6, l.save6(t)); diff != "" {
+		t.Errorf("ip6tables after DeleteEndpoint (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(before4, l.save(t)); diff != "" {
+		t.Errorf("iptables after DeleteEndpoint (-before +after):\n%s", diff)
+	}
+	if err := hostBind(l.host, "tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), 8080)); err != nil {
+		t.Errorf("after DeleteEndpoint, a host bind of [::]:8080: %v", err)
 	}
 }
