@@ -73,6 +73,7 @@ type Driver struct {
 	once sync.Once        // closes ns, h, raw and ct
 
 	portRange PortRange // Config.PortRange with the default applied
+	ipt       IPTablesInfo
 
 	fwMu sync.Mutex // serializes the read-modify-write of the host's iptables rules
 	// fwReady reports that this driver has converged its base chains and jumps (planBase)
@@ -106,6 +107,8 @@ type network struct {
 	noICC    bool           // NetworkOptions.DisableICC
 	noMasq   bool           // NetworkOptions.DisableIPMasquerade
 	routed   bool           // NetworkOptions.GatewayModeIPv4 == GatewayModeRouted
+	// randomFully reports that its MASQUERADE rules get --random-fully (IPTablesInfo).
+	randomFully bool
 	hostIP   netip.Addr     // NetworkOptions.HostBindingIPv4: the default host address of published ports
 }
 
@@ -158,7 +161,16 @@ func New(cfg Config) (_ *Driver, err error) {
 		log.Warn("bridge: no conntrack netlink socket; stale connections of released addresses are not flushed", "err", err)
 		ct = nil
 	}
+	fw := iptables.New(ns)
+	var ipt IPTablesInfo
+	if !cfg.DisableIPTables {
+		ipt = detectIPTables(context.Background(), ns, fw)
+		if ipt.OtherBackend != nil {
+			log.Warn("bridge: iptables backends mixed", "mode", ipt.Mode, "err", ipt.OtherBackend)
+		}
+	}
 	return &Driver{
+		ipt:       ipt,
 		ct:        ct,
 		portRange: pr,
 		endpoints: make(map[drivers.EndpointID]*endpoint),
@@ -169,7 +181,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		ns:        ns,
 		h:         h,
 		raw:       raw,
-		fw:        iptables.New(ns),
+		fw:        fw,
 		fw6:       iptables.New6(ns),
 		noFW:      cfg.DisableIPTables,
 		networks:  make(map[drivers.NetworkID]*network),
@@ -235,6 +247,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	if err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
+	cfg.randomFully = d.ipt.RandomFully
 	if err := d.checkFirewall(cfg); err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}

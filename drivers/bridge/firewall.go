@@ -165,7 +165,11 @@ func fwRules(n *network, f *ipFamily) *fwObject {
 	}
 	for _, s := range subnets {
 		if masq {
-			add(tableNAT, fmt.Sprintf("-s %s ! -o %s -j MASQUERADE", s, br))
+			rule := fmt.Sprintf("-s %s ! -o %s -j MASQUERADE", s, br)
+			if n.randomFully {
+				rule += " --random-fully"
+			}
+			add(tableNAT, rule)
 		}
 		if f.ports {
 			// Hairpin: a container reaching a published port of its own network through the

@@ -135,9 +135,10 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 		return tables
 	}
 	p := netip.MustParsePrefix
-	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{p("10.10.1.0/24")}, subnets6: []netip.Prefix{p("fd00:10:1::/64")}}
-	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{p("10.10.2.0/24")}, subnets6: []netip.Prefix{p("fd00:10:2::/64")}}
-	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{p("10.10.3.0/24")}, subnets6: []netip.Prefix{p("fd00:10:3::/64")}}
+	// The golden ruleset was written by an iptables that takes --random-fully.
+	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{p("10.10.1.0/24")}, subnets6: []netip.Prefix{p("fd00:10:1::/64")}, randomFully: true}
+	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{p("10.10.2.0/24")}, subnets6: []netip.Prefix{p("fd00:10:2::/64")}, randomFully: true}
+	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{p("10.10.3.0/24")}, subnets6: []netip.Prefix{p("fd00:10:3::/64")}, randomFully: true}
 	// The golden sequence's endpoint with published ports (IPv4 only).
 	eid := drivers.EndpointID(strings.Repeat("e", 64))
 	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), held: []heldPort{
@@ -168,7 +169,7 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 	// networks does not matter), and back.
 	for range 20 {
 		tables := map[string]*iptables.Table{}
-		nets := []*network{a, b, c, {bridge: "br-dddddddddddd", routed: true, subnets6: []netip.Prefix{p("fd00:10:4::/64")}}}
+		nets := []*network{a, b, c, {bridge: "br-dddddddddddd", routed: true, subnets6: []netip.Prefix{p("fd00:10:4::/64")}, randomFully: true}}
 		rand.Shuffle(len(nets), func(i, j int) { nets[i], nets[j] = nets[j], nets[i] })
 		for _, n := range nets {
 			var rt restoreText

@@ -595,3 +595,54 @@ func sortedLines(s string) []string {
 	slices.Sort(l)
 	return l
 }
+
+// TestPrivilegedIPTablesBackend checks what New finds of iptables (version and mode, as
+// "iptables --version" says them, and --random-fully support, which the MASQUERADE rules then
+// use), and that FORWARD and nat rules in the other backend are reported: by New, by
+// IPTables as a *BackendConflictError, and by Reconcile as a repair left alone.
+func TestPrivilegedIPTablesBackend(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	out, err := nstest.Exec(e.host, "iptables", "--version")
+	if err != nil {
+		t.Fatalf("iptables --version: %v: %s", err, out)
+	}
+	info := e.d.IPTables()
+	wantMode := ModeLegacy
+	if strings.Contains(out, "(nf_tables)") {
+		wantMode = ModeNFTables
+	}
+	if info.Version == "" || !strings.Contains(out, "v"+info.Version) || info.Mode != wantMode || !info.RandomFully || info.OtherBackend != nil {
+		t.Errorf("IPTables() = %+v; iptables --version says %q", info, out)
+	}
+	e.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.1.0/24")})
+	if s := e.save(t); !strings.Contains(s, "-j MASQUERADE --random-fully\n") {
+		t.Errorf("no MASQUERADE --random-fully in:\n%s", s)
+	}
+
+	// The other backend gets a FORWARD policy DROP and a nat rule, as a Docker using it would.
+	other := map[string]string{ModeNFTables: "iptables-legacy", ModeLegacy: "iptables-nft"}[info.Mode]
+	for _, args := range [][]string{{"-P", "FORWARD", "DROP"}, {"-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "-j", "MASQUERADE"}} {
+		if out, err := nstest.Exec(e.host, other, args...); err != nil {
+			t.Fatalf("%s %v: %v: %s", other, args, err, out)
+		}
+	}
+	d2 := newDriver(t, e.host)
+	var be *BackendConflictError
+	err = d2.IPTables().OtherBackend
+	if !errors.As(err, &be) || !errors.Is(err, errclass.ErrConflict) ||
+		!slices.Equal(be.Found, []string{"IPv4 FORWARD policy DROP", "1 IPv4 nat rules"}) || be.Mode != info.Mode {
+		t.Errorf("IPTables().OtherBackend with %s rules = %v (%+v)", other, err, be)
+	}
+	repairs, err := d2.Reconcile(t.Context(), drivers.LiveState{Networks: e.liveNetworks(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(repairs) != 1 || repairs[0].Action != "left alone" || !strings.Contains(repairs[0].Reason, "FORWARD policy DROP") {
+		t.Errorf("repairs = %v, want the other backend's rules reported", repairs)
+	}
+	// Reported, never changed.
+	if out, err := nstest.Exec(e.host, other+"-save"); err != nil || !strings.Contains(out, ":FORWARD DROP") || !strings.Contains(out, "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE") {
+		t.Errorf("%s-save after Reconcile: %v\n%s", other, err, out)
+	}
+}
