@@ -109,7 +109,7 @@ type network struct {
 	routed   bool           // NetworkOptions.GatewayModeIPv4 == GatewayModeRouted
 	// randomFully reports that its MASQUERADE rules get --random-fully (IPTablesInfo).
 	randomFully bool
-	hostIP   netip.Addr     // NetworkOptions.HostBindingIPv4: the default host address of published ports
+	hostIP      netip.Addr // NetworkOptions.HostBindingIPv4: the default host address of published ports
 }
 
 // New opens the host namespace and netlink sockets in it and returns a driver that keeps them
