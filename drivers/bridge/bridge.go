@@ -190,8 +190,9 @@ func New(cfg Config) (_ *Driver, err error) {
 	}, nil
 }
 
-// Close closes the driver's netlink sockets and its handle of the host namespace. It leaves
-// the kernel's state alone. It must not be called while another method runs; calling it again
+// Close closes the driver's netlink sockets, the sockets holding published ports (whose rules
+// stay, for a restart to take over) and its handle of the host namespace. It leaves the
+// kernel's other state alone. It must not be called while another method runs; calling it again
 // does nothing.
 func (d *Driver) Close() error {
 	d.once.Do(func() {
@@ -480,14 +481,18 @@ func isOurs(link netlink.Link, nid drivers.NetworkID) bool {
 // nil, the result's MAC is derived from the IPv4 address as Docker does (02:42 and the four
 // bytes of the address), or is random and locally administered when there is no IPv4 address.
 //
-// Published ports (req.Ports) need the endpoint's IPv4 address and the firewall, and are
-// refused on an internal network (cnm.ErrInvalidParameter). Each gets a host port, the one
-// asked for or an ephemeral one from [Config].PortRange: a host port already published by
-// another endpoint with the same protocol, on the same host address or where either is
-// 0.0.0.0, is a conflict (cnm.ErrConflict). The host address defaults to the network's
+// Published ports (req.Ports) need the firewall and an address of the endpoint in each family
+// they are published in (a binding without a host address is published in every family the
+// endpoint has an address of), and are refused on an internal network
+// (cnm.ErrInvalidParameter); [::1] is refused with an error matching cnm.ErrNotSupported.
+// Each gets a host port, the one asked for or an ephemeral one from [Config].PortRange, held
+// by a socket in the host namespace until DeleteEndpoint: a host port already published by
+// another endpoint with the same protocol and family, on the same host address or where either
+// is unspecified, is a conflict (cnm.ErrConflict), and so is one that anybody else holds on
+// the host (a *[PortInUseError] naming it). The host address defaults to the network's
 // host_binding_ipv4. Their rules (see the package doc) are written in one iptables-restore
-// transaction; on any error nothing is reserved or written. The result lists the ports as
-// bound, one per container port.
+// transaction per family; on any error nothing is reserved, held or written. The result lists
+// the ports as bound, one per container port.
 //
 // An endpoint without published ports costs no iptables work. CreateEndpoint converges: called
 // again for the same endpoint (a restart, with the bound ports), it reserves the same ports and
