@@ -88,7 +88,9 @@
 // FORWARD policy touched), when ip6tables is there, as Docker writes them: its bridge still
 // carries IPv6 link-local traffic, which br_netfilter hands to ip6tables, and once a
 // dual-stack network has set the IPv6 FORWARD policy to DROP only those rules let it through.
-// That costs such a network one ip6tables-restore per create and delete.
+// That costs such a network one ip6tables-restore per create and delete, and is best effort: a
+// failure there (ip6tables fails where the kernel has no IPv6, and then nothing forwards IPv6
+// either) is logged as a warning and fails neither CreateNetwork nor DeleteNetwork.
 //
 // Isolation is Docker's two-stage scheme: traffic that enters from a cnm bridge and leaves by
 // another interface goes to CNM-ISOLATION-2, which drops it if that interface is a cnm

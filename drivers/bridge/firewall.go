@@ -51,7 +51,8 @@ var (
 )
 
 // families returns the families whose tables hold rules of n: IPv4 always; IPv6 when n has
-// IPv6 subnets, and for a network without them when ip6tables is there. An IPv4-only bridge
+// IPv6 subnets, and for a network without them when ip6tables is there (best effort: a failure
+// to write or remove those is logged, not returned). An IPv4-only bridge
 // still carries IPv6 link-local traffic, which br_netfilter hands to ip6tables once a
 // dual-stack network has set the IPv6 FORWARD policy to DROP: its isolation and ICC rules in
 // the IPv6 tables keep that traffic as the IPv4 rules keep IPv4's, as Docker does.
@@ -505,6 +506,13 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 	var done []written
 	for i, f := range fams {
 		setPolicy, err := d.ensureFamily(ctx, n, f, fresh, !n.internal && !fwdOn[i])
+		if err != nil && !n.routes(f) {
+			// The IPv6 rules of an IPv4-only network are best effort: ip6tables fails where
+			// the kernel has no IPv6, and then nothing forwards IPv6 either. The transaction
+			// wrote nothing.
+			d.log.WarnContext(ctx, "firewall: IPv6 rules of an IPv4-only network not written", "bridge", n.bridge, "err", err)
+			continue
+		}
 		if err != nil {
 			if f.v6 {
 				err = fmt.Errorf("%s: %w", f.name, err)
@@ -633,6 +641,10 @@ func (d *Driver) removeFirewall(ctx context.Context, br string, n *network) erro
 			continue
 		}
 		if err := d.removeFamily(ctx, f, br, n); err != nil {
+			if n != nil && !n.routes(f) { // best effort, as when they were written
+				d.log.WarnContext(ctx, "firewall: IPv6 rules of an IPv4-only network not removed", "bridge", br, "err", err)
+				continue
+			}
 			if f.v6 {
 				err = fmt.Errorf("%s: %w", f.name, err)
 			}
