@@ -613,6 +613,8 @@ func TestPrivilegedConntrackFlush6(t *testing.T) {
 	other := l.sandbox46(t, nid, "10.10.1.3/24", gwA, "fd00:10:1::3/64", gw6)
 
 	lnOut := listen(t, l.outside, "[2001:db8::2]:0")
+	waitPing(t, sb, outsideIP6.Addr()) // neighbour discovery on the fresh links first
+	waitPing(t, other, outsideIP6.Addr())
 	for name, from := range map[string]*netns.NS{"endpoint": sb, "other endpoint": other} {
 		if _, err := dial(from, outsideIP6.Addr(), lnOut); err != nil {
 			t.Fatalf("TCP over IPv6 from the %s to the outside: %v", name, err)
@@ -691,9 +693,11 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 	ln80v4 := listen(t, sb, "10.10.1.2:80")
 	ln90 := listen(t, sb, "[fd00:10:1::2]:90")
 	ln70 := listen(t, sb, "[fd00:10:1::2]:70")
-	// The fresh links resolve their IPv6 neighbours first, so that no exchange waits on it.
-	canPing(t, l.outside, "outside", host6.String(), true)
-	canPing(t, l.host, "host", ctr6.String(), true)
+	// The fresh links resolve their IPv6 neighbours first, so that no exchange waits on it
+	// (on a loaded machine that can take seconds).
+	waitPing(t, l.outside, host6)
+	waitPing(t, l.host, ctr6)
+	waitPing(t, other, gw6)
 
 	for _, c := range []struct {
 		name   string
@@ -724,11 +728,37 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 		t.Error("the IPv6-only binding [2001:db8::1]:9090 is reachable over IPv4")
 	}
 	// Held in both families.
-	for _, a := range []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), netip.AddrPortFrom(netip.IPv6Unspecified(), 8080),
-		netip.AddrPortFrom(host6, 9090), netip.AddrPortFrom(netip.IPv6Unspecified(), eph), netip.AddrPortFrom(netip.IPv4Unspecified(), eph)} {
-		if err := hostBind(l.host, "tcp", a); !errors.Is(err, unix.EADDRINUSE) {
-			t.Errorf("a host bind of published %s: %v, want EADDRINUSE", a, err)
+	held := func(when string) {
+		t.Helper()
+		for _, a := range []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), 8080), netip.AddrPortFrom(netip.IPv6Unspecified(), 8080),
+			netip.AddrPortFrom(host6, 9090), netip.AddrPortFrom(netip.IPv6Unspecified(), eph), netip.AddrPortFrom(netip.IPv4Unspecified(), eph)} {
+			if err := hostBind(l.host, "tcp", a); !errors.Is(err, unix.EADDRINUSE) {
+				t.Errorf("%s: a host bind of published %s: %v, want EADDRINUSE", when, a, err)
+			}
 		}
+	}
+	held("published")
+
+	// A restart: the endpoint re-created with the ports as bound gets the same rules in both
+	// families, holds its ports again, and is reached over IPv6.
+	with4, with6 := l.save(t), l.save6(t)
+	l.restart(t)
+	if err := l.d.CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: nid, IPv4: ds("1").IPv4, IPv6: ds("1").IPv6, EnableIPv6: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: eid,
+		IPv4: netip.MustParsePrefix("10.10.1.2/24"), IPv6: netip.PrefixFrom(ctr6, 64), Ports: res.Ports}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(with6, l.save6(t)); diff != "" {
+		t.Errorf("ip6tables after a restart (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(with4, l.save(t)); diff != "" {
+		t.Errorf("iptables after a restart (-before +after):\n%s", diff)
+	}
+	held("after a restart")
+	if _, err := exchange(l.outside, netip.AddrPortFrom(host6, 8080), ln80v6); err != nil {
+		t.Errorf("outside over IPv6 after a restart: %v", err)
 	}
 
 	if err := l.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
@@ -742,5 +772,21 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 	}
 	if err := hostBind(l.host, "tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), 8080)); err != nil {
 		t.Errorf("after DeleteEndpoint, a host bind of [::]:8080: %v", err)
+	}
+}
+
+// waitPing waits up to ten seconds for a ping from ns to a to be answered, and fails the test
+// when none is.
+func waitPing(t *testing.T, ns *netns.NS, a netip.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, ok := nstest.Ping(ns.Path(), a.String(), 1)
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ping from %s to %s answered in 10s:\n%s", ns.Path(), a, out)
+		}
 	}
 }
