@@ -156,7 +156,7 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 	}
 	// A port a host service uses is refused too, naming it, and leaves nothing: no rule, no
 	// endpoint, no lease (the address asked for can be taken at once).
-	hostLn := listenIn(t, l.host, "0.0.0.0:9090")
+	hostLn := listenAt(t, l.host, "0.0.0.0:9090")
 	probe := info.IPv4.Addr().Next().Next().Next().Next()
 	p9090, err := endpoint.ParsePortSpec("9090:80")
 	if err != nil {
@@ -228,8 +228,8 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 	mustConnect(t, c2, "web", "c", endpoint.WithPorts(p...)) // the port is free again
 }
 
-// listenIn opens a TCP listener on addr in ns, closed when the test ends.
-func listenIn(t *testing.T, ns *netns.NS, addr string) net.Listener {
+// listenAt opens a TCP listener on addr in ns, closed when the test ends.
+func listenAt(t *testing.T, ns *netns.NS, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	if err := ns.Do(func() error {
