@@ -73,6 +73,33 @@ func talk(fromPath string, to netip.AddrPort, ln net.Listener) error {
 	return nil
 }
 
+// listenAt opens a TCP listener on addr in ns, closed when the test ends.
+func listenAt(t *testing.T, ns *netns.NS, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// bindIn listens on the TCP port addr in ns, as a host service would, and closes the
+// listener again; it returns the error of the bind.
+func bindIn(ns *netns.NS, addr netip.AddrPort) error {
+	return ns.Do(func() error {
+		ln, err := net.Listen("tcp4", addr.String())
+		if err != nil {
+			return err
+		}
+		return ln.Close()
+	})
+}
+
 // TestPrivilegedPublishedPorts publishes ports through the Controller (-p and -P), reaches
 // them from the host and from another container, keeps them across a restart, refuses a
 // conflict, and removes exactly their rules on disconnect.
@@ -226,31 +253,4 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 		t.Errorf("after Disconnect, a host bind of 8080: %v", err)
 	}
 	mustConnect(t, c2, "web", "c", endpoint.WithPorts(p...)) // the port is free again
-}
-
-// listenAt opens a TCP listener on addr in ns, closed when the test ends.
-func listenAt(t *testing.T, ns *netns.NS, addr string) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-// bindIn listens on the TCP port addr in ns, as a host service would, and closes the
-// listener again; it returns the error of the bind.
-func bindIn(ns *netns.NS, addr netip.AddrPort) error {
-	return ns.Do(func() error {
-		ln, err := net.Listen("tcp4", addr.String())
-		if err != nil {
-			return err
-		}
-		return ln.Close()
-	})
 }
