@@ -88,13 +88,59 @@ func (d *Driver) ready(f *ipFamily) *bool {
 type chainRef struct{ table, chain string }
 
 // networkChains are the shared chains that hold rules of every network: its isolation rules
-// and the jumps to its own chain, in the order they are written.
+// and the jumps to its own chain, in the order they are written. Each network's rules there go
+// to one of their bucket chains (networkBuckets), never to the chains themselves.
 var networkChains = []chainRef{
 	{tableFilter, ChainIsolation1},
 	{tableFilter, ChainIsolation2},
 	{tableFilter, ChainForward},
 	{tableNAT, ChainPostrouting},
 }
+
+// buckets is how many chains the per-network (and per-endpoint) rules of each shared chain are
+// spread over: the shared chain jumps to each of its buckets, "CNM-FORWARD-0" to
+// "CNM-FORWARD-f", and a network's rules go to the bucket its bridge name hashes to. Deleting a
+// rule ("-D") makes iptables look it up in its chain, so the buckets keep what deleting a
+// network or an endpoint costs from growing with how many exist (k/16 rules per chain to look
+// through instead of k).
+const buckets = 16
+
+// bucketOf returns the bucket of the object named name (a bridge name, a short endpoint ID):
+// FNV-1a, modulo buckets.
+func bucketOf(name string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	return int(h % buckets)
+}
+
+// bucketChain returns the name of bucket b of the shared chain parent: "CNM-FORWARD-7".
+func bucketChain(parent string, b int) string { return fmt.Sprintf("%s-%x", parent, b) }
+
+// inBucket returns the buckets b of the shared chains parents, in the same order.
+func inBucket(parents []chainRef, b int) []chainRef {
+	out := make([]chainRef, len(parents))
+	for i, c := range parents {
+		out[i] = chainRef{c.table, bucketChain(c.chain, b)}
+	}
+	return out
+}
+
+// withBuckets returns parents and all their buckets: where rules of an object may be found
+// (the chains themselves hold them in the older, unbucketed layout).
+func withBuckets(parents []chainRef) []chainRef {
+	out := slices.Clone(parents)
+	for b := range buckets {
+		out = append(out, inBucket(parents, b)...)
+	}
+	return out
+}
+
+// networkBuckets returns the bucket chains that hold the rules of the network on bridge br in
+// the shared chains, in the order of networkChains.
+func networkBuckets(br string) []chainRef { return inBucket(networkChains, bucketOf(br)) }
 
 // Prefixes of the chains the driver makes per network (followed by the bridge name, at most
 // 15 bytes) and per endpoint with published ports (followed by the first 12 characters of the
@@ -130,8 +176,8 @@ func fwRules(n *network, f *ipFamily) *fwObject {
 	br := n.bridge
 	o := &fwObject{chain: networkChain(br), own: map[string][]string{}, shared: map[chainRef][]string{}}
 	add := func(table, rule string) { o.own[table] = append(o.own[table], rule) }
-	iso1, iso2 := chainRef{tableFilter, ChainIsolation1}, chainRef{tableFilter, ChainIsolation2}
-	fwd, post := chainRef{tableFilter, ChainForward}, chainRef{tableNAT, ChainPostrouting}
+	nb := networkBuckets(br)
+	iso1, iso2, fwd, post := nb[0], nb[1], nb[2], nb[3]
 
 	// Isolation: traffic leaving any cnm bridge for another interface is checked against
 	// the list of cnm bridges; going out to one of them is dropped.
@@ -364,10 +410,24 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 			jump{"PREROUTING", "-m addrtype --dst-type LOCAL -j " + ChainDNAT},
 			jump{"OUTPUT", "! -d " + f.loopback + " -m addrtype --dst-type LOCAL -j " + ChainDNAT})
 	}
+	parents := networkChains
+	if f.ports {
+		parents = append(slices.Clone(parents), portChains...)
+	}
+	for _, c := range parents { // the buckets, declared after their parents
+		if c.table == tableFilter {
+			for b := range buckets {
+				chains = append(chains, bucketChain(c.chain, b))
+			}
+		}
+	}
 	for _, c := range chains {
 		if !filter.HasChain(c) {
 			t.add(tableFilter, ":"+c+" - [0:0]")
 		}
+	}
+	for b := range buckets { // CNM-FORWARD: isolation, ports, then the networks' buckets
+		head = append(head, "-j "+bucketChain(ChainForward, b))
 	}
 	fwd := filter.ChainRules("FORWARD")
 	user := slices.Index(fwd, "-j "+ChainUser)
@@ -392,6 +452,13 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 			t.add(tableFilter, "-I "+ChainForward+" 1 "+head[i])
 		}
 	}
+	for _, c := range parents {
+		if c.table == tableNAT {
+			for b := range buckets {
+				natChains = append(natChains, bucketChain(c.chain, b))
+			}
+		}
+	}
 	for _, c := range natChains {
 		if !nat.HasChain(c) {
 			t.add(tableNAT, ":"+c+" - [0:0]")
@@ -402,12 +469,24 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 			t.add(tableNAT, "-A "+j.chain+" "+j.rule)
 		}
 	}
+	// Every shared chain but CNM-FORWARD (whose head holds them) jumps to each of its buckets.
+	for _, c := range parents {
+		if c.chain == ChainForward {
+			continue
+		}
+		have := tables[c.table].ChainRules(c.chain)
+		for b := range buckets {
+			if j := "-j " + bucketChain(c.chain, b); !slices.Contains(have, j) {
+				t.add(c.table, "-A "+c.chain+" "+j)
+			}
+		}
+	}
 }
 
 // planNetwork adds to t what brings the rules of the network on bridge br to want (nil:
 // none), given the tables now.
 func planNetwork(t *restoreText, tables map[string]*iptables.Table, br string, want *fwObject) {
-	planConverge(t, tables, networkChain(br), want, networkChains, belongsToNetwork(br))
+	planConverge(t, tables, networkChain(br), want, withBuckets(networkChains), belongsToNetwork(br))
 }
 
 // fwState reads the tables of family f in the host namespace.
@@ -550,7 +629,7 @@ func (d *Driver) ensureFamily(ctx context.Context, n *network, f *ipFamily, fres
 	want := fwRules(n, f)
 	if fresh && *ready && !needFwd {
 		var t restoreText
-		want.planCreate(&t, networkChains)
+		want.planCreate(&t, networkBuckets(n.bridge))
 		err := fw.Restore(ctx, t.String())
 		if err == nil || ctx.Err() != nil {
 			return false, err
@@ -600,7 +679,7 @@ func (d *Driver) removeFamily(ctx context.Context, f *ipFamily, br string, n *ne
 	fw := d.runner(f)
 	if n != nil {
 		var t restoreText
-		fwRules(n, f).planDelete(&t, networkChains)
+		fwRules(n, f).planDelete(&t, networkBuckets(n.bridge))
 		err := fw.Restore(ctx, t.String())
 		if err == nil || ctx.Err() != nil {
 			return err
@@ -701,7 +780,7 @@ func (d *Driver) staleFamily(ctx context.Context, f *ipFamily, keep func(bridge 
 			stale = append(stale, br)
 		}
 	}
-	for _, c := range networkChains {
+	for _, c := range withBuckets(networkChains) {
 		for _, r := range tables[c.table].ChainRules(c.chain) {
 			consider(ruleBridge(r))
 			if target, ok := strings.CutPrefix(ruleTarget(r), ChainNetworkPrefix); ok {

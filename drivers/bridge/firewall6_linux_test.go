@@ -462,9 +462,11 @@ func TestPrivilegedIPv4OnlyLinkLocal(t *testing.T) {
 		t.Errorf("an IPv4-only network turned IPv6 forwarding on: %s", got)
 	}
 	s6 := e.save6(t)
+	nb := networkBuckets(br)
+	iso1, fwd := nb[0].chain, nb[2].chain
 	for _, want := range []string{
-		"-A " + ChainIsolation1 + " -i " + br + " ! -o " + br + " -j " + ChainIsolation2,
-		"-A " + ChainForward + " -i " + br + " -j " + networkChain(br),
+		"-A " + iso1 + " -i " + br + " ! -o " + br + " -j " + ChainIsolation2,
+		"-A " + fwd + " -i " + br + " -j " + networkChain(br),
 		"-A " + networkChain(br) + " -i " + br + " -o " + br + " -j ACCEPT",
 	} {
 		if !strings.Contains(s6, want+"\n") {
@@ -508,8 +510,8 @@ func TestPrivilegedIPv4OnlyLinkLocal(t *testing.T) {
 	// Without the network's IPv6 rules, the DROP policy takes that traffic: the rules are what
 	// keeps it.
 	for _, args := range [][]string{
-		{"-D", ChainForward, "-i", br, "-j", networkChain(br)},
-		{"-D", ChainForward, "-o", br, "-j", networkChain(br)},
+		{"-D", fwd, "-i", br, "-j", networkChain(br)},
+		{"-D", fwd, "-o", br, "-j", networkChain(br)},
 	} {
 		if out, err := nstest.Exec(e.host, "ip6tables", args...); err != nil {
 			t.Fatalf("ip6tables %v: %v: %s", args, err, out)

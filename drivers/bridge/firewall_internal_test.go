@@ -201,9 +201,9 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 		{portKey: portKey{proto: "tcp", port: 9090, v6: true}, cport: 90},
 	}}
 	rt := restoreText{}
-	fwRules(e, f).planCreate(&rt, networkChains)
+	fwRules(e, f).planCreate(&rt, networkBuckets(e.bridge))
 	if f.ports {
-		portRules(eid2, ep2, f).planCreate(&rt, portChains)
+		portRules(eid2, ep2, f).planCreate(&rt, portBuckets(eid2.Short()))
 	}
 	applyRestore(t, tables, rt.String())
 	rt = restoreText{}
@@ -216,9 +216,9 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 	}
 	rt = restoreText{}
 	if f.ports {
-		portRules(eid2, ep2, f).planDelete(&rt, portChains)
+		portRules(eid2, ep2, f).planDelete(&rt, portBuckets(eid2.Short()))
 	}
-	fwRules(e, f).planDelete(&rt, networkChains)
+	fwRules(e, f).planDelete(&rt, networkBuckets(e.bridge))
 	applyRestore(t, tables, rt.String())
 	if diff := cmp.Diff(sortedTables(parse()), sortedTables(tables)); diff != "" {
 		t.Fatalf("tables after the fast create and delete (-golden +got):\n%s", diff)

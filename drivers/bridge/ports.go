@@ -353,11 +353,16 @@ const (
 	ChainDNAT  = "CNM-DNAT"  // nat; jumped to from PREROUTING and OUTPUT for local addresses
 )
 
-// portChains are the shared chains that hold the jumps to the endpoints' own chains.
+// portChains are the shared chains that hold the jumps to the endpoints' own chains, in
+// buckets (portBuckets), as networkChains do.
 var portChains = []chainRef{
 	{tableFilter, ChainPorts},
 	{tableNAT, ChainDNAT},
 }
+
+// portBuckets returns the bucket chains that hold the jumps to the own chains of the endpoint
+// with short ID short, in the order of portChains.
+func portBuckets(short string) []chainRef { return inBucket(portChains, bucketOf(short)) }
 
 // endpointChain returns the name of the own chains of endpoint eid, given the first 12
 // characters of its ID.
@@ -423,9 +428,10 @@ func portRules(eid drivers.EndpointID, ep *endpoint, f *ipFamily) *fwObject {
 	if len(o.own[tableNAT]) == 0 {
 		return nil
 	}
+	pb := portBuckets(eid.Short())
 	o.shared = map[chainRef][]string{
-		{tableFilter, ChainPorts}: {fmt.Sprintf("-d %s/%d -j %s", addr, bits, o.chain)},
-		{tableNAT, ChainDNAT}:     {"-j " + o.chain},
+		pb[0]: {fmt.Sprintf("-d %s/%d -j %s", addr, bits, o.chain)},
+		pb[1]: {"-j " + o.chain},
 	}
 	return o
 }
@@ -433,7 +439,7 @@ func portRules(eid drivers.EndpointID, ep *endpoint, f *ipFamily) *fwObject {
 // planEndpoint adds to t what brings the rules of the endpoint with short ID short to want
 // (nil: none), given the tables now.
 func planEndpoint(t *restoreText, tables map[string]*iptables.Table, short string, want *fwObject) {
-	planConverge(t, tables, endpointChain(short), want, portChains, belongsToEndpoint(short))
+	planConverge(t, tables, endpointChain(short), want, withBuckets(portChains), belongsToEndpoint(short))
 }
 
 // ensurePorts brings the rules of endpoint eid to those of ep (none when ep is nil or has no
@@ -466,7 +472,7 @@ func (d *Driver) ensurePorts(ctx context.Context, eid drivers.EndpointID, ep *en
 			if fresh {
 				for _, o := range done { // IPv4's, written just now
 					var t restoreText
-					o.planDelete(&t, portChains)
+					o.planDelete(&t, portBuckets(eid.Short()))
 					rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
 					if rerr := d.fw.Restore(rctx, t.String()); rerr != nil {
 						err = errors.Join(err, fmt.Errorf("rollback of the IPv4 rules: %w", rerr))
@@ -489,7 +495,7 @@ func (d *Driver) ensurePortsFamily(ctx context.Context, f *ipFamily, eid drivers
 	fw, ready := d.runner(f), d.ready(f)
 	if fresh && want != nil && *ready {
 		var t restoreText
-		want.planCreate(&t, portChains)
+		want.planCreate(&t, portBuckets(eid.Short()))
 		err := fw.Restore(ctx, t.String())
 		if err == nil || ctx.Err() != nil {
 			return err
@@ -527,7 +533,7 @@ func (d *Driver) removePorts(ctx context.Context, eid drivers.EndpointID, ep *en
 			continue
 		}
 		var t restoreText
-		o.planDelete(&t, portChains)
+		o.planDelete(&t, portBuckets(eid.Short()))
 		err := d.runner(f).Restore(ctx, t.String())
 		if err != nil && ctx.Err() != nil {
 			d.fwMu.Unlock()
@@ -601,7 +607,7 @@ func (d *Driver) stalePortsFamily(ctx context.Context, f *ipFamily, known map[st
 			stale = append(stale, id)
 		}
 	}
-	for _, c := range portChains {
+	for _, c := range withBuckets(portChains) {
 		for _, r := range tables[c.table].ChainRules(c.chain) {
 			consider(ruleEndpoint(r))
 			if id, ok := strings.CutPrefix(ruleTarget(r), ChainEndpointPrefix); ok {
