@@ -43,7 +43,8 @@
 //	filter CNM-USER       the user's own rules, evaluated before the driver's
 //	filter CNM-FORWARD    -j CNM-ISOLATION-1           always first
 //	                      -j CNM-PORTS                 always second
-//	                      then, per network on bridge BR:
+//	                      -j CNM-FORWARD-0 ... -j CNM-FORWARD-f   then its 16 buckets
+//	filter CNM-FORWARD-b  per network on bridge BR whose bucket is b:
 //	                      -i BR -j CNM-N-BR
 //	                      -o BR -j CNM-N-BR
 //	filter CNM-N-BR       the network's own chain; it decides every packet jumped to it:
@@ -54,21 +55,32 @@
 //	                      ! -i BR -o BR -j DROP        no unsolicited inbound
 //	                      (an internal network: -i BR -o BR -j ACCEPT|DROP,
 //	                      -i BR ! -o BR -j DROP, ! -i BR -o BR -j DROP)
-//	filter CNM-ISOLATION-1  per network: -i BR ! -o BR -j CNM-ISOLATION-2
-//	filter CNM-ISOLATION-2  per network: -o BR -j DROP
-//	filter CNM-PORTS      per endpoint E with published ports, address C: -d C/32 -j CNM-E-E12
+//	filter CNM-ISOLATION-1  -j CNM-ISOLATION-1-0 ... -f; in bucket b, per network: -i BR ! -o BR -j CNM-ISOLATION-2
+//	filter CNM-ISOLATION-2  -j CNM-ISOLATION-2-0 ... -f; in bucket b, per network: -o BR -j DROP
+//	filter CNM-PORTS      -j CNM-PORTS-0 ... -f; in bucket b, per endpoint E with published
+//	                      ports, address C: -d C/32 -j CNM-E-E12
 //	filter CNM-E-E12      the endpoint's own chain; per published port (container port P):
 //	                      -d C/32 ! -i BR -o BR -p tcp -m tcp --dport P -m comment --comment "cnm:E12" -j ACCEPT
 //	nat POSTROUTING       -j CNM-POSTROUTING           appended once
 //	nat PREROUTING        -m addrtype --dst-type LOCAL -j CNM-DNAT                    appended once
 //	nat OUTPUT            ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j CNM-DNAT   appended once
-//	nat CNM-DNAT          per endpoint with published ports: -j CNM-E-E12
+//	nat CNM-DNAT          -j CNM-DNAT-0 ... -f; in bucket b, per endpoint with published ports: -j CNM-E-E12
 //	nat CNM-E-E12         per published port: [-d HOSTIP/32] -p tcp -m tcp --dport H
 //	                      -m comment --comment "cnm:E12" -j DNAT --to-destination C:P
-//	nat CNM-POSTROUTING   per IPv4 subnet S of a network that is not internal: -s S -j CNM-N-BR
+//	nat CNM-POSTROUTING   -j CNM-POSTROUTING-0 ... -f; in bucket b, per IPv4 subnet S of a
+//	                      network that is not internal: -s S -j CNM-N-BR
 //	nat CNM-N-BR          the network's own chain; per IPv4 subnet S:
 //	                      -s S ! -o BR -j MASQUERADE [--random-fully]   when masquerading
 //	                      -s S -o BR -m conntrack --ctstate DNAT -j MASQUERADE   hairpin
+//
+// Buckets. The per-network and per-endpoint rules of each shared chain are spread over 16
+// bucket chains, the shared chain's name and a hex digit ("CNM-FORWARD-7"), to which the shared
+// chain jumps in turn: a network's go to the bucket of an FNV-1a hash of its bridge name, an
+// endpoint's to that of its short ID. Deleting a rule by its text ("-D") makes iptables look it
+// up in its chain, so the buckets keep a delete from growing with how many networks or
+// endpoints exist (k/16 rules to look through instead of k); a packet crosses 16 more jumps
+// per shared chain. Converging moves rules of the layout before buckets (in the shared chains
+// themselves) into their buckets.
 //
 // CNM-N-BR is "CNM-N-" and the bridge name (at most 21 bytes); CNM-E-E12 is "CNM-E-" and the
 // first 12 characters of the endpoint ID. Such a chain exists in a table only when it has
