@@ -3,6 +3,7 @@ module github.com/cnmkit/cnm
 go 1.26.8
 
 require (
+	github.com/coreos/go-iptables v0.8.0
 	github.com/google/go-cmp v0.7.0
 	github.com/hashicorp/consul/api v1.34.5
 	github.com/hashicorp/memberlist v0.7.0

@@ -73,6 +73,33 @@ func talk(fromPath string, to netip.AddrPort, ln net.Listener) error {
 	return nil
 }
 
+// listenAt opens a TCP listener on addr in ns, closed when the test ends.
+func listenAt(t *testing.T, ns *netns.NS, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// bindIn listens on the TCP port addr in ns, as a host service would, and closes the
+// listener again; it returns the error of the bind.
+func bindIn(ns *netns.NS, addr netip.AddrPort) error {
+	return ns.Do(func() error {
+		ln, err := net.Listen("tcp4", addr.String())
+		if err != nil {
+			return err
+		}
+		return ln.Close()
+	})
+}
+
 // TestPrivilegedPublishedPorts publishes ports through the Controller (-p and -P), reaches
 // them from the host and from another container, keeps them across a restart, refuses a
 // conflict, and removes exactly their rules on disconnect.
@@ -140,6 +167,35 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 	if got := links(t, l.host.Path()); len(got) != 7 { // lo, uplink0, peer0, cnm0, web's bridge, the veths of a and b
 		t.Errorf("host links after a refused Connect: %v", got)
 	}
+	// A port a host service uses is refused too, naming it, and leaves nothing: no rule, no
+	// endpoint, no lease (the address asked for can be taken at once).
+	hostLn := listenAt(t, l.host, "0.0.0.0:9090")
+	probe := info.IPv4.Addr().Next().Next().Next().Next()
+	p9090, err := endpoint.ParsePortSpec("9090:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = l.c.Connect(t.Context(), "web", "c", endpoint.WithPorts(p9090...), endpoint.WithIPv4(probe))
+	var inUse *bridge.PortInUseError
+	if !errors.Is(err, cnm.ErrConflict) || !errors.As(err, &inUse) || inUse.Port != 9090 {
+		t.Errorf("Connect publishing a port a host service uses: %v, want a *bridge.PortInUseError for 9090", err)
+	}
+	if diff := cmp.Diff(withA, saveRules(t, l.host)); diff != "" {
+		t.Errorf("a refused Connect changed the rules:\n%s", diff)
+	}
+	web, err := l.c.Network("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := web.Endpoint("c"); !errors.Is(err, cnm.ErrNotFound) {
+		t.Errorf("the refused Connect left endpoint c: %v", err)
+	}
+	if ep, err := web.CreateEndpoint(t.Context(), "probe", endpoint.WithIPv4(probe)); err != nil {
+		t.Errorf("the refused Connect kept the lease of %v: %v", probe, err)
+	} else if err := ep.Delete(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	hostLn.Close()
 	if _, err := l.c.Connect(t.Context(), "web", "c", endpoint.WithPorts(drivers.PortBinding{ContainerPort: 0})); !errors.Is(err, cnm.ErrInvalidParameter) {
 		t.Errorf("Connect with container port 0: %v, want ErrInvalidParameter", err)
 	}
@@ -164,6 +220,12 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 	if err := talk(l.host.Path(), netip.AddrPortFrom(host, 8080), ln80); err != nil {
 		t.Errorf("after a restart: %v", err)
 	}
+	// The restarted Controller's driver holds the published ports again.
+	for _, port := range []uint16{8080, info.Ports[1].HostPort} {
+		if err := bindIn(l.host, netip.AddrPortFrom(netip.IPv4Unspecified(), port)); !errors.Is(err, unix.EADDRINUSE) {
+			t.Errorf("after a restart, a host bind of published port %d: %v, want EADDRINUSE", port, err)
+		}
+	}
 	if _, err := c2.Connect(t.Context(), "web", "c", endpoint.WithPorts(p...)); !errors.Is(err, cnm.ErrConflict) {
 		t.Errorf("after a restart, Connect publishing a published port: %v, want ErrConflict", err)
 	}
@@ -172,6 +234,9 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 	}
 	if diff := cmp.Diff(before, saveRules(t, l.host)); diff != "" {
 		t.Errorf("rules after Disconnect (-before connect +after):\n%s", diff)
+	}
+	if err := bindIn(l.host, netip.AddrPortFrom(netip.IPv4Unspecified(), 8080)); err != nil {
+		t.Errorf("after Disconnect, a host bind of 8080: %v", err)
 	}
 	mustConnect(t, c2, "web", "c", endpoint.WithPorts(p...)) // the port is free again
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -305,5 +306,109 @@ func BenchmarkPrivilegedKthPort(b *testing.B) {
 			}
 			split.report(b)
 		})
+	}
+}
+
+// BenchmarkPrivilegedKthInterleaved measures the k-th network and the k-th published port at
+// k = 1 and k = 200 in alternation: each iteration creates and deletes one network (or one
+// endpoint with a published port) in a host namespace with nothing else, then in one with 199
+// others, so that the load of a shared machine weighs on both sides alike, which running
+// k = 1 and k = 200 one after the other (BenchmarkPrivilegedKthNetwork, ...KthPort) does not
+// ensure. It reports the median create and delete times of each side, in ms, and their ratios
+// (k = 200 over k = 1), which must stay close to 1.
+func BenchmarkPrivilegedKthInterleaved(b *testing.B) {
+	nstest.Privileged(b)
+	const k = 200
+	b.Run("network", func(b *testing.B) {
+		small, big := newEnv(b), newEnv(b)
+		for i := range k - 1 {
+			big.createNetwork(b, drivers.CreateNetworkRequest{IPv4: v4(fmt.Sprintf("10.20.%d.0/24", i))})
+		}
+		req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.30.0.0/24")}
+		var s [2]medianSplit
+		for b.Loop() {
+			for i, e := range []*testEnv{small, big} {
+				t0 := time.Now()
+				if err := e.d.CreateNetwork(b.Context(), req); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := e.d.DeleteNetwork(b.Context(), drivers.DeleteNetworkRequest{NetworkID: req.NetworkID}); err != nil {
+					b.Fatal(err)
+				}
+				s[i].add(t1.Sub(t0), time.Since(t1))
+			}
+		}
+		reportMedians(b, s)
+	})
+	b.Run("port", func(b *testing.B) {
+		var (
+			envs [2]*testEnv
+			nids [2]drivers.NetworkID
+		)
+		for j := range envs {
+			envs[j], nids[j] = newEnv(b), driverstest.NewNetworkID()
+			envs[j].createNetwork(b, drivers.CreateNetworkRequest{NetworkID: nids[j], IPv4: v4("10.20.0.0/16")})
+		}
+		big := envs[1]
+		for i := range k - 1 {
+			eid := driverstest.NewEndpointID()
+			if _, err := big.d.CreateEndpoint(b.Context(), drivers.CreateEndpointRequest{NetworkID: nids[1], EndpointID: eid,
+				IPv4:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 20, byte(1 + i/250), byte(2 + i%250)}), 16),
+				Ports: []drivers.PortBinding{{Proto: "tcp", HostPort: uint16(20000 + i), ContainerPort: 80}}}); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() {
+				big.d.DeleteEndpoint(b.Context(), drivers.DeleteEndpointRequest{NetworkID: nids[1], EndpointID: eid})
+			})
+		}
+		eid := driverstest.NewEndpointID()
+		var s [2]medianSplit
+		for b.Loop() {
+			for i, e := range envs {
+				req := drivers.CreateEndpointRequest{NetworkID: nids[i], EndpointID: eid, IPv4: netip.MustParsePrefix("10.20.0.2/16"),
+					Ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
+				t0 := time.Now()
+				if _, err := e.d.CreateEndpoint(b.Context(), req); err != nil {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if err := e.d.DeleteEndpoint(b.Context(), drivers.DeleteEndpointRequest{NetworkID: nids[i], EndpointID: eid}); err != nil {
+					b.Fatal(err)
+				}
+				s[i].add(t1.Sub(t0), time.Since(t1))
+			}
+		}
+		reportMedians(b, s)
+	})
+}
+
+// medianSplit collects the create and delete times of one side of an interleaved benchmark.
+type medianSplit struct{ create, delete []time.Duration }
+
+func (m *medianSplit) add(create, delete time.Duration) {
+	m.create = append(m.create, create)
+	m.delete = append(m.delete, delete)
+}
+
+func median(d []time.Duration) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return float64(s[len(s)/2]) / float64(time.Millisecond)
+}
+
+// reportMedians reports the medians of s[0] (k = 1) and s[1] (k = 200), and their ratios.
+func reportMedians(b *testing.B, s [2]medianSplit) {
+	c1, d1, c2, d2 := median(s[0].create), median(s[0].delete), median(s[1].create), median(s[1].delete)
+	b.ReportMetric(c1, "k1-create-ms")
+	b.ReportMetric(d1, "k1-delete-ms")
+	b.ReportMetric(c2, "k200-create-ms")
+	b.ReportMetric(d2, "k200-delete-ms")
+	if c1 > 0 && d1 > 0 {
+		b.ReportMetric(c2/c1, "create-x")
+		b.ReportMetric(d2/d1, "delete-x")
 	}
 }

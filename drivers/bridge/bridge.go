@@ -73,6 +73,7 @@ type Driver struct {
 	once sync.Once        // closes ns, h, raw and ct
 
 	portRange PortRange // Config.PortRange with the default applied
+	ipt       IPTablesInfo
 
 	fwMu sync.Mutex // serializes the read-modify-write of the host's iptables rules
 	// fwReady reports that this driver has converged its base chains and jumps (planBase)
@@ -106,7 +107,9 @@ type network struct {
 	noICC    bool           // NetworkOptions.DisableICC
 	noMasq   bool           // NetworkOptions.DisableIPMasquerade
 	routed   bool           // NetworkOptions.GatewayModeIPv4 == GatewayModeRouted
-	hostIP   netip.Addr     // NetworkOptions.HostBindingIPv4: the default host address of published ports
+	// randomFully reports that its MASQUERADE rules get --random-fully (IPTablesInfo).
+	randomFully bool
+	hostIP      netip.Addr // NetworkOptions.HostBindingIPv4: the default host address of published ports
 }
 
 // New opens the host namespace and netlink sockets in it and returns a driver that keeps them
@@ -158,7 +161,16 @@ func New(cfg Config) (_ *Driver, err error) {
 		log.Warn("bridge: no conntrack netlink socket; stale connections of released addresses are not flushed", "err", err)
 		ct = nil
 	}
+	fw := iptables.New(ns)
+	var ipt IPTablesInfo
+	if !cfg.DisableIPTables {
+		ipt = detectIPTables(context.Background(), ns, fw)
+		if ipt.OtherBackend != nil {
+			log.Warn("bridge: iptables backends mixed", "mode", ipt.Mode, "err", ipt.OtherBackend)
+		}
+	}
 	return &Driver{
+		ipt:       ipt,
 		ct:        ct,
 		portRange: pr,
 		endpoints: make(map[drivers.EndpointID]*endpoint),
@@ -169,7 +181,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		ns:        ns,
 		h:         h,
 		raw:       raw,
-		fw:        iptables.New(ns),
+		fw:        fw,
 		fw6:       iptables.New6(ns),
 		noFW:      cfg.DisableIPTables,
 		networks:  make(map[drivers.NetworkID]*network),
@@ -178,11 +190,17 @@ func New(cfg Config) (_ *Driver, err error) {
 	}, nil
 }
 
-// Close closes the driver's netlink sockets and its handle of the host namespace. It leaves
-// the kernel's state alone. It must not be called while another method runs; calling it again
+// Close closes the driver's netlink sockets, the sockets holding published ports (whose rules
+// stay, for a restart to take over) and its handle of the host namespace. It leaves the
+// kernel's other state alone. It must not be called while another method runs; calling it again
 // does nothing.
 func (d *Driver) Close() error {
 	d.once.Do(func() {
+		d.mu.Lock()
+		for _, ep := range d.endpoints {
+			closePortSockets(heldFds(ep.held))
+		}
+		d.mu.Unlock()
 		d.h.Close()
 		d.raw.Close()
 		d.ct.Close()
@@ -230,6 +248,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	if err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
+	cfg.randomFully = d.ipt.RandomFully
 	if err := d.checkFirewall(cfg); err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
@@ -462,14 +481,18 @@ func isOurs(link netlink.Link, nid drivers.NetworkID) bool {
 // nil, the result's MAC is derived from the IPv4 address as Docker does (02:42 and the four
 // bytes of the address), or is random and locally administered when there is no IPv4 address.
 //
-// Published ports (req.Ports) need the endpoint's IPv4 address and the firewall, and are
-// refused on an internal network (cnm.ErrInvalidParameter). Each gets a host port, the one
-// asked for or an ephemeral one from [Config].PortRange: a host port already published by
-// another endpoint with the same protocol, on the same host address or where either is
-// 0.0.0.0, is a conflict (cnm.ErrConflict). The host address defaults to the network's
+// Published ports (req.Ports) need the firewall and an address of the endpoint in each family
+// they are published in (a binding without a host address is published in every family the
+// endpoint has an address of), and are refused on an internal network
+// (cnm.ErrInvalidParameter); [::1] is refused with an error matching cnm.ErrNotSupported.
+// Each gets a host port, the one asked for or an ephemeral one from [Config].PortRange, held
+// by a socket in the host namespace until DeleteEndpoint: a host port already published by
+// another endpoint with the same protocol and family, on the same host address or where either
+// is unspecified, is a conflict (cnm.ErrConflict), and so is one that anybody else holds on
+// the host (a *[PortInUseError] naming it). The host address defaults to the network's
 // host_binding_ipv4. Their rules (see the package doc) are written in one iptables-restore
-// transaction; on any error nothing is reserved or written. The result lists the ports as
-// bound, one per container port.
+// transaction per family; on any error nothing is reserved, held or written. The result lists
+// the ports as bound, one per container port.
 //
 // An endpoint without published ports costs no iptables work. CreateEndpoint converges: called
 // again for the same endpoint (a restart, with the bound ports), it reserves the same ports and
@@ -503,7 +526,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 		return res, err
 	}
 	eid := req.EndpointID
-	ep := &endpoint{nid: req.NetworkID, bridge: n.bridge, addr: req.IPv4.Addr()}
+	ep := &endpoint{nid: req.NetworkID, bridge: n.bridge, addr: req.IPv4.Addr(), addr6: req.IPv6.Addr()}
 
 	d.mu.Lock()
 	if d.epBusy[eid] {
@@ -516,21 +539,37 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 		d.mu.Unlock()
 		return res, nil
 	}
-	// Re-creating an endpoint replaces its reservations: its own ports are no conflict.
+	d.epBusy[eid] = true
+	d.mu.Unlock()
+	// One socket per port, opened in the host namespace, to hold it (see portholder_linux.go).
+	socks, err := openPortSockets(d.ns, wantKeys(want))
+	if err != nil {
+		d.mu.Lock()
+		delete(d.epBusy, eid)
+		d.mu.Unlock()
+		return res, err
+	}
+	d.mu.Lock()
+	// Re-creating an endpoint replaces its reservations: its own ports are no conflict, and
+	// the sockets holding them go on holding them.
+	var reuse map[portKey]int
 	if old != nil {
-		for _, k := range old.keys {
-			d.releaseLocked(k)
+		reuse = make(map[portKey]int, len(old.held))
+		for _, h := range old.held {
+			d.releaseLocked(h.portKey)
+			reuse[h.portKey] = h.fd
 		}
 	}
-	ep.ports, ep.keys, err = d.reserveLocked(eid, want)
+	ep.ports, ep.held, err = d.reserveLocked(eid, want, socks, reuse)
 	if err != nil {
 		if old != nil {
 			d.rereserveLocked(old)
 		}
+		delete(d.epBusy, eid)
 		d.mu.Unlock()
+		closePortSockets(socks)
 		return res, err
 	}
-	d.epBusy[eid] = true
 	d.mu.Unlock()
 
 	err = d.ensurePorts(ctx, eid, ep, old == nil)
@@ -539,13 +578,20 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	defer d.mu.Unlock()
 	delete(d.epBusy, eid)
 	if err != nil { // the transaction wrote nothing: put back what was
-		for _, k := range ep.keys {
-			d.releaseLocked(k)
+		for _, h := range ep.held {
+			d.releaseLocked(h.portKey)
 		}
 		if old != nil {
 			d.rereserveLocked(old)
 		}
+		closePortSockets(socks)
 		return res, fmt.Errorf("publish ports: %w", err)
+	}
+	// Close the sockets that hold nothing: the fresh ones a reused socket stood in for, and
+	// those of old ports no longer published.
+	closePortSockets(unusedSockets(socks, heldFds(ep.held)))
+	if old != nil {
+		closePortSockets(unusedSockets(heldFds(old.held), heldFds(ep.held)))
 	}
 	d.endpoints[eid] = ep
 	res.Ports = slices.Clone(ep.ports)
@@ -556,15 +602,15 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 // rereserveLocked puts back the reservations of old, which were released under the same lock
 // hold: they cannot conflict.
 func (d *Driver) rereserveLocked(old *endpoint) {
-	for _, k := range old.keys {
-		pp := protoPort{k.proto, k.port}
-		d.bound[pp] = append(d.bound[pp], k)
+	for _, h := range old.held {
+		pp := protoPort{h.proto, h.port}
+		d.bound[pp] = append(d.bound[pp], h.portKey)
 	}
 }
 
 // DeleteEndpoint removes the endpoint's published ports, their rules in one iptables-restore
 // transaction (none when it has no ports), and frees its host ports. It then deletes the
-// host's conntrack entries of the endpoint's IPv4 address, with filtered netlink requests, so
+// host's conntrack entries of the endpoint's IPv4 and IPv6 addresses, with filtered netlink requests, so
 // that a later owner of the address gets no stale NAT state; a failure there is logged only.
 // A missing endpoint returns nil.
 func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
@@ -582,7 +628,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	if len(ep.ports) == 0 {
 		delete(d.endpoints, eid)
 		d.mu.Unlock()
-		d.flushConntrack(ctx, eid, ep.addr)
+		d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
 		return nil
 	}
 	d.epBusy[eid] = true
@@ -599,22 +645,29 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 		d.mu.Unlock()
 		return fmt.Errorf("bridge: delete endpoint %s: firewall: %w", eid.Short(), err)
 	}
-	for _, k := range ep.keys {
-		d.releaseLocked(k)
+	for _, h := range ep.held {
+		d.releaseLocked(h.portKey)
 	}
 	delete(d.endpoints, eid)
 	d.mu.Unlock()
-	d.flushConntrack(ctx, eid, ep.addr)
+	closePortSockets(heldFds(ep.held)) // after the rules: no moment has a DNAT without its socket
+	d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
 	return nil
 }
 
-// flushConntrack deletes the conntrack entries of addr, logging a failure.
-func (d *Driver) flushConntrack(ctx context.Context, eid drivers.EndpointID, addr netip.Addr) {
-	if !addr.IsValid() || d.ct == nil {
+// flushConntrack deletes the conntrack entries of addrs (an endpoint's IPv4 and IPv6
+// addresses; zero ones are skipped), logging a failure.
+func (d *Driver) flushConntrack(ctx context.Context, eid drivers.EndpointID, addrs ...netip.Addr) {
+	if d.ct == nil {
 		return
 	}
-	if err := d.ct.flushAddr(addr); err != nil {
-		d.log.WarnContext(ctx, "conntrack flush", "endpoint", eid.Short(), "address", addr, "err", err)
+	for _, addr := range addrs {
+		if !addr.IsValid() {
+			continue
+		}
+		if err := d.ct.flushAddr(addr); err != nil {
+			d.log.WarnContext(ctx, "conntrack flush", "endpoint", eid.Short(), "address", addr, "err", err)
+		}
 	}
 }
 

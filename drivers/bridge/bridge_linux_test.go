@@ -43,8 +43,26 @@ func newEnv(t testing.TB) *testEnv {
 	e := &testEnv{host: nstest.NewNS(t)}
 	e.h = handleAt(t, e.host)
 	e.d = newDriver(t, e.host)
-	t.Cleanup(func() { e.onlyLo(t) })
+	t.Cleanup(func() {
+		e.d.Close() // a driver restart put there
+		e.onlyLo(t)
+	})
 	return e
+}
+
+// restart closes the env's driver, as a process that ends would, and puts a new one for the
+// same host namespace in its place; the cleanups registered before use the new one.
+func (e *testEnv) restart(t testing.TB) {
+	t.Helper()
+	e.d.Close()
+	d, err := New(Config{
+		HostNetns: e.host.Path(),
+		Logger:    slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.d = d
 }
 
 // newDriver returns a driver for the host namespace, closed when the test ends.

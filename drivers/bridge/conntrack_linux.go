@@ -61,16 +61,21 @@ func (c *conntrackSocket) Close() {
 	}
 }
 
-// flushAddr deletes the IPv4 conntrack entries that have a as their original source (the
-// endpoint's own connections) or as their reply source (connections to it, NATed or not).
-// Each is one IPCTNL_MSG_CT_DELETE with a CTA_FILTER: the kernel deletes the matching entries
-// itself, and nothing of the table crosses to user space. On a kernel that refuses the filter,
-// it falls back to the netlink library's dump-and-delete, for that address only.
+// flushAddr deletes the conntrack entries, of a's family (IPv4 or IPv6), that have a as their
+// original source (the endpoint's own connections) or as their reply source (connections to
+// it, NATed or not). For IPv4 each is one IPCTNL_MSG_CT_DELETE with a CTA_FILTER: the kernel
+// deletes the matching entries itself, and nothing of the table crosses to user space. On a
+// kernel that refuses the filter, and always for IPv6, it uses the netlink library's
+// dump-and-delete of that family's table, for that address only: the kernel's IPv6 filter
+// match is inverted (ctnetlink_filter_match_tuple in nf_conntrack_netlink.c, as of Linux 6.18,
+// skips the entries whose address equals the filter's), so a filtered IPv6 delete would flush
+// every entry but a's.
 func (c *conntrackSocket) flushAddr(a netip.Addr) error {
-	if !a.Is4() {
+	a = a.Unmap()
+	if !a.IsValid() {
 		return nil
 	}
-	if !c.fallback.Load() {
+	if a.Is4() && !c.fallback.Load() {
 		err := errors.Join(c.exec(flushRequest(a, ctaTupleOrig)), c.exec(flushRequest(a, ctaTupleReply)))
 		if err == nil || !(errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL)) {
 			return err
@@ -87,8 +92,16 @@ func (c *conntrackSocket) flushAddr(a netip.Addr) error {
 	if err := errors.Join(orig.AddIP(netlink.ConntrackOrigSrcIP, ip), reply.AddIP(netlink.ConntrackReplySrcIP, ip)); err != nil {
 		return err
 	}
-	_, err = h.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, &orig, &reply)
+	_, err = h.ConntrackDeleteFilters(netlink.ConntrackTable, ctFamily(a), &orig, &reply)
 	return err
+}
+
+// ctFamily returns the conntrack (nfgenmsg) family of a.
+func ctFamily(a netip.Addr) netlink.InetFamily {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
 }
 
 func (c *conntrackSocket) exec(req *vnl.NetlinkRequest) error {
@@ -110,8 +123,7 @@ func flushRequest(a netip.Addr, tuple uint16) *vnl.NetlinkRequest {
 	req.AddData(&vnl.Nfgenmsg{NfgenFamily: unix.AF_INET, Version: nfnetlinkV0})
 	t := vnl.NewRtAttr(int(tuple)|int(vnl.NLA_F_NESTED), nil)
 	ip := t.AddRtAttr(ctaTupleIP|int(vnl.NLA_F_NESTED), nil)
-	b := a.As4()
-	ip.AddRtAttr(ctaIPv4Src, b[:])
+	ip.AddRtAttr(ctaIPv4Src, a.AsSlice())
 	req.AddData(t)
 	f := vnl.NewRtAttr(ctaFilter|int(vnl.NLA_F_NESTED), nil)
 	flags := ctaFilterOrigFlags

@@ -20,8 +20,10 @@
 // deletes the host end, which takes the other with it. CreateEndpoint and DeleteEndpoint of an
 // endpoint without published ports do no iptables work; DeleteEndpoint flushes the conntrack
 // entries of the endpoint's IPv4 address (one filtered IPCTNL_MSG_CT_DELETE per direction,
-// matched by the kernel). Join of an endpoint with published ports also sets hairpin mode on
-// its bridge port, so that a container reaches its own published port.
+// matched by the kernel) and of its IPv6 address (a dump of the IPv6 table and a delete per
+// entry of that address: the kernel's filtered IPv6 delete matches inverted, up to Linux 6.18
+// at least, and would flush every other entry). Join of an endpoint with published ports also
+// sets hairpin mode on its bridge port, so that a container reaches its own published port.
 //
 // The driver keeps what it knows of each network (bridge name, ifindex, MTU, gateways) in
 // memory only. After a restart, CreateNetwork with the same request adopts the existing bridge
@@ -41,7 +43,8 @@
 //	filter CNM-USER       the user's own rules, evaluated before the driver's
 //	filter CNM-FORWARD    -j CNM-ISOLATION-1           always first
 //	                      -j CNM-PORTS                 always second
-//	                      then, per network on bridge BR:
+//	                      -j CNM-FORWARD-0 ... -j CNM-FORWARD-f   then its 16 buckets
+//	filter CNM-FORWARD-b  per network on bridge BR whose bucket is b:
 //	                      -i BR -j CNM-N-BR
 //	                      -o BR -j CNM-N-BR
 //	filter CNM-N-BR       the network's own chain; it decides every packet jumped to it:
@@ -52,21 +55,32 @@
 //	                      ! -i BR -o BR -j DROP        no unsolicited inbound
 //	                      (an internal network: -i BR -o BR -j ACCEPT|DROP,
 //	                      -i BR ! -o BR -j DROP, ! -i BR -o BR -j DROP)
-//	filter CNM-ISOLATION-1  per network: -i BR ! -o BR -j CNM-ISOLATION-2
-//	filter CNM-ISOLATION-2  per network: -o BR -j DROP
-//	filter CNM-PORTS      per endpoint E with published ports, address C: -d C/32 -j CNM-E-E12
+//	filter CNM-ISOLATION-1  -j CNM-ISOLATION-1-0 ... -f; in bucket b, per network: -i BR ! -o BR -j CNM-ISOLATION-2
+//	filter CNM-ISOLATION-2  -j CNM-ISOLATION-2-0 ... -f; in bucket b, per network: -o BR -j DROP
+//	filter CNM-PORTS      -j CNM-PORTS-0 ... -f; in bucket b, per endpoint E with published
+//	                      ports, address C: -d C/32 -j CNM-E-E12
 //	filter CNM-E-E12      the endpoint's own chain; per published port (container port P):
 //	                      -d C/32 ! -i BR -o BR -p tcp -m tcp --dport P -m comment --comment "cnm:E12" -j ACCEPT
 //	nat POSTROUTING       -j CNM-POSTROUTING           appended once
 //	nat PREROUTING        -m addrtype --dst-type LOCAL -j CNM-DNAT                    appended once
 //	nat OUTPUT            ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j CNM-DNAT   appended once
-//	nat CNM-DNAT          per endpoint with published ports: -j CNM-E-E12
+//	nat CNM-DNAT          -j CNM-DNAT-0 ... -f; in bucket b, per endpoint with published ports: -j CNM-E-E12
 //	nat CNM-E-E12         per published port: [-d HOSTIP/32] -p tcp -m tcp --dport H
 //	                      -m comment --comment "cnm:E12" -j DNAT --to-destination C:P
-//	nat CNM-POSTROUTING   per IPv4 subnet S of a network that is not internal: -s S -j CNM-N-BR
+//	nat CNM-POSTROUTING   -j CNM-POSTROUTING-0 ... -f; in bucket b, per IPv4 subnet S of a
+//	                      network that is not internal: -s S -j CNM-N-BR
 //	nat CNM-N-BR          the network's own chain; per IPv4 subnet S:
-//	                      -s S ! -o BR -j MASQUERADE   when masquerading
+//	                      -s S ! -o BR -j MASQUERADE [--random-fully]   when masquerading
 //	                      -s S -o BR -m conntrack --ctstate DNAT -j MASQUERADE   hairpin
+//
+// Buckets. The per-network and per-endpoint rules of each shared chain are spread over 16
+// bucket chains, the shared chain's name and a hex digit ("CNM-FORWARD-7"), to which the shared
+// chain jumps in turn: a network's go to the bucket of an FNV-1a hash of its bridge name, an
+// endpoint's to that of its short ID. Deleting a rule by its text ("-D") makes iptables look it
+// up in its chain, so the buckets keep a delete from growing with how many networks or
+// endpoints exist (k/16 rules to look through instead of k); a packet crosses 16 more jumps
+// per shared chain. Converging moves rules of the layout before buckets (in the shared chains
+// themselves) into their buckets.
 //
 // CNM-N-BR is "CNM-N-" and the bridge name (at most 21 bytes); CNM-E-E12 is "CNM-E-" and the
 // first 12 characters of the endpoint ID. Such a chain exists in a table only when it has
@@ -74,14 +88,21 @@
 //
 // IPv6. A network with IPv6 subnets (dual-stack) also gets rules in the IPv6 tables, written
 // with "ip6tables-restore --noflush" in the same host namespace, by the same planner and with
-// the same layout: CNM-USER and CNM-FORWARD first in the ip6 FORWARD, CNM-ISOLATION-1/2, the
-// jumps -i/-o BR from CNM-FORWARD to CNM-N-BR, the same filter rules in CNM-N-BR (ICC,
-// internal, no unsolicited inbound), and in nat, when masquerading, "-s S6 ! -o BR -j
-// MASQUERADE" per IPv6 subnet S6 in CNM-N-BR, jumped to by "-s S6 -j CNM-N-BR" from
-// CNM-POSTROUTING (masquerading is on for IPv6 unless enable_ip_masquerade=false, as Docker
-// masquerades its ULA subnets; gateway_mode_ipv4=routed is IPv4's only). The IPv6 tables have
-// no CNM-PORTS, CNM-DNAT or hairpin rules: ports are published on IPv4 host addresses only.
-// A network without IPv6 subnets has nothing in the IPv6 tables, and costs no ip6tables work.
+// the same layout: CNM-USER and CNM-FORWARD first in the ip6 FORWARD, CNM-ISOLATION-1/2,
+// CNM-PORTS and CNM-DNAT with their jumps (OUTPUT's leaves out ::1/128), the jumps -i/-o BR
+// from CNM-FORWARD to CNM-N-BR, the same filter rules in CNM-N-BR (ICC, internal, no
+// unsolicited inbound), and in nat, per IPv6 subnet S6, when masquerading "-s S6 ! -o BR -j
+// MASQUERADE [--random-fully]", and the hairpin "-s S6 -o BR -m conntrack --ctstate DNAT -j
+// MASQUERADE", in CNM-N-BR, jumped to by "-s S6 -j CNM-N-BR" from CNM-POSTROUTING
+// (masquerading is on for IPv6 unless enable_ip_masquerade=false, as Docker masquerades its
+// ULA subnets; gateway_mode_ipv4=routed is IPv4's only). A network without IPv6 subnets gets
+// its filter rules in the IPv6 tables too (isolation, ICC, CNM-N-BR; no nat rule, no sysctl or
+// FORWARD policy touched), when ip6tables is there, as Docker writes them: its bridge still
+// carries IPv6 link-local traffic, which br_netfilter hands to ip6tables, and once a
+// dual-stack network has set the IPv6 FORWARD policy to DROP only those rules let it through.
+// That costs such a network one ip6tables-restore per create and delete, and is best effort: a
+// failure there (ip6tables fails where the kernel has no IPv6, and then nothing forwards IPv6
+// either) is logged as a warning and fails neither CreateNetwork nor DeleteNetwork.
 //
 // Isolation is Docker's two-stage scheme: traffic that enters from a cnm bridge and leaves by
 // another interface goes to CNM-ISOLATION-2, which drops it if that interface is a cnm
@@ -137,7 +158,7 @@
 // # Published ports
 //
 // CreateEndpoint publishes the ports of [drivers.CreateEndpointRequest].Ports with no proxy
-// process: a DNAT per port in CNM-DNAT, reached for traffic to any local address from outside
+// process: a DNAT per port and family in CNM-DNAT, reached for traffic to any local address from outside
 // (PREROUTING), from the host itself (OUTPUT; not 127.0.0.0/8) and from containers (hairpin:
 // the DNATed traffic goes back into the bridge, and the network's hairpin MASQUERADE,
 // "-s S -o BR -m conntrack --ctstate DNAT -j MASQUERADE" in CNM-POSTROUTING, makes the reply
@@ -146,22 +167,58 @@
 // each carries the comment "cnm:" and the first 12 characters of its ID. CreateEndpoint of a
 // new endpoint and DeleteEndpoint are one iptables-restore each, with no iptables-save; an
 // endpoint created again (a restart) converges without duplicates, and Reconcile removes the
-// chains and jumps of endpoints the driver does not know. Host
-// ports are reserved in the driver (the same protocol and port on the same address, or on
-// 0.0.0.0, is a conflict); ephemeral ones come from [Config].PortRange. The reservations live
-// in memory and are rebuilt by CreateEndpoint with the bound ports after a restart. With ICC
-// disabled, published ports are reached from outside the bridge only.
+// chains and jumps of endpoints the driver does not know. With ICC disabled, published ports
+// are reached from outside the bridge only.
 //
-// Not done yet: publishing ports on IPv6 host addresses (refused with an error matching
-// cnm.ErrNotSupported); IPv4 published ports work on dual-stack networks. IPv6 traffic of a
-// bridge without IPv6 subnets is not filtered by the driver.
+// Families. A binding without a host address (-p 8080:80) is published in each family the
+// endpoint has an address of: on a dual-stack endpoint, on 0.0.0.0 and on [::], with the same
+// host port (an ephemeral pick is a port free in both), by iptables and ip6tables DNAT. A
+// binding with an address is published in that address's family only: 0.0.0.0:8080:80 in
+// IPv4, [2001:db8::1]:8080:80 or [::]:8080:80 in IPv6 (which needs the endpoint's IPv6 address;
+// cnm.ErrInvalidParameter without one). [::1] is refused (cnm.ErrNotSupported): IPv6 does not
+// route DNATed loopback traffic to another interface (it has no route_localnet), so only a
+// proxy could serve it, and the driver starts none. A network's host_binding_ipv4 is the
+// default address of its bindings.
+//
+// Holding the ports. Every published host port is held, for the life of the endpoint, by a
+// socket in the host namespace ([Config].HostNetns), whatever writes the rules: a TCP socket
+// bound and never listening, or a UDP socket bound and never read, without SO_REUSEADDR, with
+// IP_FREEBIND (so a host address may come up later) and, for IPv6, IPV6_V6ONLY. So a host
+// service cannot bind a published port (its bind fails with EADDRINUSE, with or without
+// SO_REUSEADDR) and lose its traffic to the DNAT unseen, and a port anybody holds already is
+// refused: a *[PortInUseError] naming the port (matching cnm.ErrConflict), before any rule is
+// written, with nothing reserved or left open. An ephemeral pick, or one from a range, skips
+// ports in use. A port another endpoint of the driver publishes (the same protocol and family,
+// and the same address or either unspecified) is a conflict too (cnm.ErrConflict); ephemeral
+// ports come from [Config].PortRange. The sockets are opened in one trip into the namespace
+// per CreateEndpoint ((*netns.NS).Do) and bound outside it; DeleteEndpoint closes them after
+// the rules are gone, and Close closes all of them. After a restart, CreateEndpoint with the
+// bound ports (as the Controller restores endpoints) binds them again; between the two, the
+// ports are free. Note that a TCP port in TIME_WAIT on the host cannot be bound without
+// SO_REUSEADDR either: publishing it fails until that state ends (60 s).
+//
+// # iptables backend
+//
+// New reads the iptables binary's version, and whether it takes --random-fully (1.6.2 and
+// later, used on every outbound MASQUERADE, as Docker does), with github.com/coreos/go-iptables;
+// its mode ("nf_tables" or "legacy") from the binary iptables-restore resolves to; and, with one
+// save per family of the other backend in the host namespace, whether that backend holds
+// FORWARD or nat rules. The rules themselves still go through one iptables-restore transaction
+// per operation. Mixed backends (a Docker or a firewall using iptables-legacy on an
+// iptables-nft host, or the reverse) are the classic failure where rules land where nobody
+// looks: the kernel runs both, so a DROP policy on the other side drops what the driver's rules
+// accept. The driver does not touch the other backend: New logs a warning, [Driver.IPTables]
+// returns a *[BackendConflictError] (matching cnm.ErrConflict) that names what it found, and
+// [Driver.Reconcile] reports it as a repair "left alone", so that the operator sees it in
+// Controller.Repairs.
 //
 // # Privilege and namespaces
 //
 // Everything needs CAP_NET_ADMIN in the host namespace ([Config].HostNetns). The driver keeps
 // netlink sockets opened in the host namespace by New, and creates the sandbox end of a veth
-// through the namespace descriptor in the [drivers.JoinRequest]. Only the firewall work enters
-// the host namespace, through (*netns.NS).Do: to start iptables-save and iptables-restore,
-// and their ip6tables counterparts (born there, waited for outside) and to read and write the sysctls. A [Driver] is safe for
+// through the namespace descriptor in the [drivers.JoinRequest]. Only the firewall work and the
+// port holding enter the host namespace, through (*netns.NS).Do: to start iptables-save and
+// iptables-restore, and their ip6tables counterparts (born there, waited for outside), to read
+// and write the sysctls, and to open the sockets that hold published ports. A [Driver] is safe for
 // concurrent use and must be closed.
 package bridge

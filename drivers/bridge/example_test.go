@@ -2,6 +2,7 @@ package bridge_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/netip"
@@ -97,4 +98,37 @@ func ExampleParseNetworkOptions() {
 	// invalid com.docker.network.driver.mtu "64": want 68 to 65535
 	// invalid com.docker.network.bridge.enable_icc "no": not a boolean
 	// invalid com.docker.network.bridge.enable_ipv9 "true": unknown bridge network option
+}
+
+// This example publishes a port and tells a port a host service holds (refused, with the port
+// named) from one another endpoint publishes; it also shows what New found of iptables. It
+// needs CAP_NET_ADMIN and a network made as in the package example, so it is only compiled.
+func ExamplePortInUseError() {
+	ctx := context.Background()
+	d, err := bridge.New(bridge.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer d.Close()
+	ipt := d.IPTables()
+	fmt.Println("iptables", ipt.Version, ipt.Mode, "random-fully:", ipt.RandomFully)
+	if ipt.OtherBackend != nil {
+		fmt.Println("warning:", ipt.OtherBackend) // a *bridge.BackendConflictError
+	}
+
+	_, err = d.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
+		NetworkID:  drivers.NetworkID("1a2b3c4d5e6f1a2b3c4d5e6f1a2b3c4d5e6f1a2b3c4d5e6f1a2b3c4d5e6f1a2b"),
+		EndpointID: drivers.EndpointID("0123456789ab0123456789ab0123456789ab0123456789ab0123456789ab0123"),
+		IPv4:       netip.MustParsePrefix("10.50.0.3/24"),
+		Ports:      []drivers.PortBinding{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}},
+	})
+	var inUse *bridge.PortInUseError
+	switch {
+	case errors.As(err, &inUse):
+		fmt.Printf("port %d is used by a host service: %v\n", inUse.Port, err)
+	case errors.Is(err, drivers.ErrConflict):
+		fmt.Println("another endpoint publishes it:", err)
+	case err != nil:
+		log.Fatal(err)
+	}
 }

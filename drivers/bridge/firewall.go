@@ -39,24 +39,34 @@ type ipFamily struct {
 	name    string // "IPv4", "IPv6"
 	forward string // the forwarding sysctl
 	brNF    string // br_netfilter's switch for this family
-	// ports reports whether published ports are written in this family's tables (IPv4 only):
+	// ports reports whether published ports are written in this family's tables (both):
 	// CNM-PORTS, CNM-DNAT and the jumps to them, and the networks' hairpin MASQUERADE.
-	ports bool
+	ports    bool
+	loopback string // the loopback prefix, which the OUTPUT jump to CNM-DNAT leaves out
 }
 
 var (
-	ipv4Family = &ipFamily{name: "IPv4", forward: sysctlIPForward, brNF: sysctlBrNF, ports: true}
-	ipv6Family = &ipFamily{v6: true, name: "IPv6", forward: sysctlIP6Forward, brNF: sysctlBrNF6}
+	ipv4Family = &ipFamily{name: "IPv4", forward: sysctlIPForward, brNF: sysctlBrNF, ports: true, loopback: "127.0.0.0/8"}
+	ipv6Family = &ipFamily{v6: true, name: "IPv6", forward: sysctlIP6Forward, brNF: sysctlBrNF6, ports: true, loopback: "::1/128"}
 )
 
-// families returns the families whose tables hold rules of n: IPv4 always, IPv6 when n has
-// IPv6 subnets.
-func families(n *network) []*ipFamily {
-	if len(n.subnets6) > 0 {
+// families returns the families whose tables hold rules of n: IPv4 always; IPv6 when n has
+// IPv6 subnets, and for a network without them when ip6tables is there (best effort: a failure
+// to write or remove those is logged, not returned). An IPv4-only bridge
+// still carries IPv6 link-local traffic, which br_netfilter hands to ip6tables once a
+// dual-stack network has set the IPv6 FORWARD policy to DROP: its isolation and ICC rules in
+// the IPv6 tables keep that traffic as the IPv4 rules keep IPv4's, as Docker does.
+func (d *Driver) families(n *network) []*ipFamily {
+	if len(n.subnets6) > 0 || d.fw6.Check() == nil {
 		return []*ipFamily{ipv4Family, ipv6Family}
 	}
 	return []*ipFamily{ipv4Family}
 }
+
+// routes reports whether n routes traffic of family f, so that it needs f's forwarding (and
+// br_netfilter's switch for f when ICC is off): IPv4 always, IPv6 when n has IPv6 subnets. The
+// IPv6 rules of an IPv4-only network touch no sysctl and no FORWARD policy.
+func (n *network) routes(f *ipFamily) bool { return !f.v6 || len(n.subnets6) > 0 }
 
 // runner returns the runner of f's tables.
 func (d *Driver) runner(f *ipFamily) *iptables.Runner {
@@ -78,13 +88,59 @@ func (d *Driver) ready(f *ipFamily) *bool {
 type chainRef struct{ table, chain string }
 
 // networkChains are the shared chains that hold rules of every network: its isolation rules
-// and the jumps to its own chain, in the order they are written.
+// and the jumps to its own chain, in the order they are written. Each network's rules there go
+// to one of their bucket chains (networkBuckets), never to the chains themselves.
 var networkChains = []chainRef{
 	{tableFilter, ChainIsolation1},
 	{tableFilter, ChainIsolation2},
 	{tableFilter, ChainForward},
 	{tableNAT, ChainPostrouting},
 }
+
+// buckets is how many chains the per-network (and per-endpoint) rules of each shared chain are
+// spread over: the shared chain jumps to each of its buckets, "CNM-FORWARD-0" to
+// "CNM-FORWARD-f", and a network's rules go to the bucket its bridge name hashes to. Deleting a
+// rule ("-D") makes iptables look it up in its chain, so the buckets keep what deleting a
+// network or an endpoint costs from growing with how many exist (k/16 rules per chain to look
+// through instead of k).
+const buckets = 16
+
+// bucketOf returns the bucket of the object named name (a bridge name, a short endpoint ID):
+// FNV-1a, modulo buckets.
+func bucketOf(name string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(name); i++ {
+		h ^= uint32(name[i])
+		h *= 16777619
+	}
+	return int(h % buckets)
+}
+
+// bucketChain returns the name of bucket b of the shared chain parent: "CNM-FORWARD-7".
+func bucketChain(parent string, b int) string { return fmt.Sprintf("%s-%x", parent, b) }
+
+// inBucket returns the buckets b of the shared chains parents, in the same order.
+func inBucket(parents []chainRef, b int) []chainRef {
+	out := make([]chainRef, len(parents))
+	for i, c := range parents {
+		out[i] = chainRef{c.table, bucketChain(c.chain, b)}
+	}
+	return out
+}
+
+// withBuckets returns parents and all their buckets: where rules of an object may be found
+// (the chains themselves hold them in the older, unbucketed layout).
+func withBuckets(parents []chainRef) []chainRef {
+	out := slices.Clone(parents)
+	for b := range buckets {
+		out = append(out, inBucket(parents, b)...)
+	}
+	return out
+}
+
+// networkBuckets returns the bucket chains that hold the rules of the network on bridge br in
+// the shared chains, in the order of networkChains.
+func networkBuckets(br string) []chainRef { return inBucket(networkChains, bucketOf(br)) }
 
 // Prefixes of the chains the driver makes per network (followed by the bridge name, at most
 // 15 bytes) and per endpoint with published ports (followed by the first 12 characters of the
@@ -120,8 +176,8 @@ func fwRules(n *network, f *ipFamily) *fwObject {
 	br := n.bridge
 	o := &fwObject{chain: networkChain(br), own: map[string][]string{}, shared: map[chainRef][]string{}}
 	add := func(table, rule string) { o.own[table] = append(o.own[table], rule) }
-	iso1, iso2 := chainRef{tableFilter, ChainIsolation1}, chainRef{tableFilter, ChainIsolation2}
-	fwd, post := chainRef{tableFilter, ChainForward}, chainRef{tableNAT, ChainPostrouting}
+	nb := networkBuckets(br)
+	iso1, iso2, fwd, post := nb[0], nb[1], nb[2], nb[3]
 
 	// Isolation: traffic leaving any cnm bridge for another interface is checked against
 	// the list of cnm bridges; going out to one of them is dropped.
@@ -156,7 +212,11 @@ func fwRules(n *network, f *ipFamily) *fwObject {
 	}
 	for _, s := range subnets {
 		if masq {
-			add(tableNAT, fmt.Sprintf("-s %s ! -o %s -j MASQUERADE", s, br))
+			rule := fmt.Sprintf("-s %s ! -o %s -j MASQUERADE", s, br)
+			if n.randomFully {
+				rule += " --random-fully"
+			}
+			add(tableNAT, rule)
 		}
 		if f.ports {
 			// Hairpin: a container reaching a published port of its own network through the
@@ -348,12 +408,26 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 		natChains = append(natChains, ChainDNAT)
 		jumps = append(jumps,
 			jump{"PREROUTING", "-m addrtype --dst-type LOCAL -j " + ChainDNAT},
-			jump{"OUTPUT", "! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j " + ChainDNAT})
+			jump{"OUTPUT", "! -d " + f.loopback + " -m addrtype --dst-type LOCAL -j " + ChainDNAT})
+	}
+	parents := networkChains
+	if f.ports {
+		parents = append(slices.Clone(parents), portChains...)
+	}
+	for _, c := range parents { // the buckets, declared after their parents
+		if c.table == tableFilter {
+			for b := range buckets {
+				chains = append(chains, bucketChain(c.chain, b))
+			}
+		}
 	}
 	for _, c := range chains {
 		if !filter.HasChain(c) {
 			t.add(tableFilter, ":"+c+" - [0:0]")
 		}
+	}
+	for b := range buckets { // CNM-FORWARD: isolation, ports, then the networks' buckets
+		head = append(head, "-j "+bucketChain(ChainForward, b))
 	}
 	fwd := filter.ChainRules("FORWARD")
 	user := slices.Index(fwd, "-j "+ChainUser)
@@ -378,6 +452,13 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 			t.add(tableFilter, "-I "+ChainForward+" 1 "+head[i])
 		}
 	}
+	for _, c := range parents {
+		if c.table == tableNAT {
+			for b := range buckets {
+				natChains = append(natChains, bucketChain(c.chain, b))
+			}
+		}
+	}
 	for _, c := range natChains {
 		if !nat.HasChain(c) {
 			t.add(tableNAT, ":"+c+" - [0:0]")
@@ -388,12 +469,24 @@ func planBase(t *restoreText, tables map[string]*iptables.Table, f *ipFamily) {
 			t.add(tableNAT, "-A "+j.chain+" "+j.rule)
 		}
 	}
+	// Every shared chain but CNM-FORWARD (whose head holds them) jumps to each of its buckets.
+	for _, c := range parents {
+		if c.chain == ChainForward {
+			continue
+		}
+		have := tables[c.table].ChainRules(c.chain)
+		for b := range buckets {
+			if j := "-j " + bucketChain(c.chain, b); !slices.Contains(have, j) {
+				t.add(c.table, "-A "+c.chain+" "+j)
+			}
+		}
+	}
 }
 
 // planNetwork adds to t what brings the rules of the network on bridge br to want (nil:
 // none), given the tables now.
 func planNetwork(t *restoreText, tables map[string]*iptables.Table, br string, want *fwObject) {
-	planConverge(t, tables, networkChain(br), want, networkChains, belongsToNetwork(br))
+	planConverge(t, tables, networkChain(br), want, withBuckets(networkChains), belongsToNetwork(br))
 }
 
 // fwState reads the tables of family f in the host namespace.
@@ -415,7 +508,7 @@ func (d *Driver) checkFirewall(n *network) error {
 		}
 		return nil
 	}
-	for _, f := range families(n) {
+	for _, f := range d.families(n) {
 		if err := d.runner(f).Check(); err != nil {
 			return err
 		}
@@ -462,11 +555,15 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 	}
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	fams := families(n)
+	fams := d.families(n)
 	fwdOn := make([]bool, len(fams))
 	brNFOn := make([]bool, len(fams))
 	if err := d.ns.Do(func() error {
 		for i, f := range fams {
+			if !n.routes(f) {
+				fwdOn[i], brNFOn[i] = true, true // not looked at, never written
+				continue
+			}
 			var err error
 			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
 				return err
@@ -488,6 +585,13 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 	var done []written
 	for i, f := range fams {
 		setPolicy, err := d.ensureFamily(ctx, n, f, fresh, !n.internal && !fwdOn[i])
+		if err != nil && !n.routes(f) {
+			// The IPv6 rules of an IPv4-only network are best effort: ip6tables fails where
+			// the kernel has no IPv6, and then nothing forwards IPv6 either. The transaction
+			// wrote nothing.
+			d.log.WarnContext(ctx, "firewall: IPv6 rules of an IPv4-only network not written", "bridge", n.bridge, "err", err)
+			continue
+		}
 		if err != nil {
 			if f.v6 {
 				err = fmt.Errorf("%s: %w", f.name, err)
@@ -525,7 +629,7 @@ func (d *Driver) ensureFamily(ctx context.Context, n *network, f *ipFamily, fres
 	want := fwRules(n, f)
 	if fresh && *ready && !needFwd {
 		var t restoreText
-		want.planCreate(&t, networkChains)
+		want.planCreate(&t, networkBuckets(n.bridge))
 		err := fw.Restore(ctx, t.String())
 		if err == nil || ctx.Err() != nil {
 			return false, err
@@ -575,7 +679,7 @@ func (d *Driver) removeFamily(ctx context.Context, f *ipFamily, br string, n *ne
 	fw := d.runner(f)
 	if n != nil {
 		var t restoreText
-		fwRules(n, f).planDelete(&t, networkChains)
+		fwRules(n, f).planDelete(&t, networkBuckets(n.bridge))
 		err := fw.Restore(ctx, t.String())
 		if err == nil || ctx.Err() != nil {
 			return err
@@ -605,7 +709,7 @@ func (d *Driver) removeFirewall(ctx context.Context, br string, n *network) erro
 	defer d.fwMu.Unlock()
 	fams := []*ipFamily{ipv4Family, ipv6Family}
 	if n != nil {
-		fams = families(n)
+		fams = d.families(n)
 	}
 	var errs []error
 	for _, f := range fams {
@@ -616,6 +720,10 @@ func (d *Driver) removeFirewall(ctx context.Context, br string, n *network) erro
 			continue
 		}
 		if err := d.removeFamily(ctx, f, br, n); err != nil {
+			if n != nil && !n.routes(f) { // best effort, as when they were written
+				d.log.WarnContext(ctx, "firewall: IPv6 rules of an IPv4-only network not removed", "bridge", br, "err", err)
+				continue
+			}
 			if f.v6 {
 				err = fmt.Errorf("%s: %w", f.name, err)
 			}
@@ -672,7 +780,7 @@ func (d *Driver) staleFamily(ctx context.Context, f *ipFamily, keep func(bridge 
 			stale = append(stale, br)
 		}
 	}
-	for _, c := range networkChains {
+	for _, c := range withBuckets(networkChains) {
 		for _, r := range tables[c.table].ChainRules(c.chain) {
 			consider(ruleBridge(r))
 			if target, ok := strings.CutPrefix(ruleTarget(r), ChainNetworkPrefix); ok {

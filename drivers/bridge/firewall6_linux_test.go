@@ -138,11 +138,11 @@ func TestPrivilegedDualStackNAT(t *testing.T) {
 	if _, err := exchange(l.outside, netip.AddrPortFrom(hostUplink.Addr(), 8080), lnSrv); err != nil {
 		t.Errorf("published IPv4 port of a dual-stack network from the outside: %v", err)
 	}
-	// Publishing on an IPv6 host address is not supported.
+	// Publishing on an IPv6 host address needs an IPv6 address (TestPrivilegedPublishedPorts6).
 	_, err = l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: driverstest.NewEndpointID(),
 		IPv4: netip.MustParsePrefix("10.10.1.4/24"), Ports: []drivers.PortBinding{{Proto: "tcp", HostIP: hostUplink6.Addr(), HostPort: 8081, ContainerPort: 80}}})
-	if !errors.Is(err, errclass.ErrNotSupported) {
-		t.Errorf("publishing on %v: %v, want not supported", hostUplink6.Addr(), err)
+	if !errors.Is(err, errclass.ErrInvalidParameter) {
+		t.Errorf("publishing on %v for an endpoint without an IPv6 address: %v, want invalid", hostUplink6.Addr(), err)
 	}
 }
 
@@ -402,13 +402,22 @@ func TestPrivilegedMissingIP6Tables(t *testing.T) {
 	}))
 	d = newDriver(t, e.host)
 	t.Setenv("PATH", path)
-	if err := d.CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: nid, IPv4: v4("10.10.1.0/24")}); err != nil {
-		t.Fatal(err) // adopt the IPv4-only network: no ip6tables work
-	}
 	fwd := hostSysctl(t, e, sysctlIP6Forward)
+	// An IPv4-only network's IPv6 rules are best effort (ip6tables fails where the kernel has
+	// no IPv6): it is made, with its IPv4 rules, and deleted.
+	plain4 := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.3.0/24")}
+	if err := d.CreateNetwork(t.Context(), plain4); err != nil {
+		t.Errorf("CreateNetwork of an IPv4-only network with a failing ip6tables-restore: %v", err)
+	}
+	if s := e.save(t); !strings.Contains(s, networkChain("br-"+plain4.NetworkID.Short())) {
+		t.Errorf("the IPv4-only network has no IPv4 rules:\n%s", s)
+	}
+	if err := d.DeleteNetwork(t.Context(), drivers.DeleteNetworkRequest{NetworkID: plain4.NetworkID}); err != nil {
+		t.Errorf("DeleteNetwork of that network: %v", err)
+	}
 	err = d.CreateNetwork(t.Context(), req)
 	if err == nil || !strings.Contains(err.Error(), "ip6tables-restore") {
-		t.Errorf("CreateNetwork with a failing ip6tables-restore: %v, want its error", err)
+		t.Errorf("CreateNetwork of a dual-stack network with a failing ip6tables-restore: %v, want its error", err)
 	}
 	if names := linkNames(t, e.h); !slices.Equal(names, []string{"br-" + nid.Short(), "lo"}) {
 		t.Errorf("links after a failed CreateNetwork: %v", names)
@@ -436,4 +445,92 @@ func (e *testEnv) newNetworkWith(t *testing.T, d *Driver, req drivers.CreateNetw
 		}
 	})
 	return req.NetworkID
+}
+
+// TestPrivilegedIPv4OnlyLinkLocal checks that an IPv4-only network has its isolation and ICC
+// rules in the IPv6 tables too (no nat rule, no sysctl touched), so that IPv6 link-local
+// traffic between its containers still crosses its bridge after a dual-stack network has set
+// the IPv6 FORWARD policy to DROP with br_netfilter on; and that without those rules it would
+// not.
+func TestPrivilegedIPv4OnlyLinkLocal(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	v4req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.1.0/24")}
+	e.createNetwork(t, v4req)
+	br := "br-" + v4req.NetworkID.Short()
+	if got := hostSysctl(t, e, sysctlIP6Forward); got != "0" {
+		t.Errorf("an IPv4-only network turned IPv6 forwarding on: %s", got)
+	}
+	s6 := e.save6(t)
+	nb := networkBuckets(br)
+	iso1, fwd := nb[0].chain, nb[2].chain
+	for _, want := range []string{
+		"-A " + iso1 + " -i " + br + " ! -o " + br + " -j " + ChainIsolation2,
+		"-A " + fwd + " -i " + br + " -j " + networkChain(br),
+		"-A " + networkChain(br) + " -i " + br + " -o " + br + " -j ACCEPT",
+	} {
+		if !strings.Contains(s6, want+"\n") {
+			t.Errorf("ip6tables of an IPv4-only network: missing %q:\n%s", want, s6)
+		}
+	}
+	if strings.Contains(s6, "MASQUERADE") || strings.Contains(s6, ":FORWARD DROP") {
+		t.Errorf("ip6tables of an IPv4-only network: a nat rule or a DROP policy:\n%s", s6)
+	}
+
+	// A dual-stack network with ICC off: the IPv6 FORWARD policy becomes DROP, and br_netfilter
+	// hands bridged IPv6 to ip6tables.
+	dsReq := ds("2")
+	dsReq.Options = NetworkOptions{DisableICC: true}
+	e.newNetwork(t, dsReq)
+	if out, err := nstest.Exec(e.host, "ip6tables", "-S", "FORWARD"); err != nil || !strings.HasPrefix(out, "-P FORWARD DROP") {
+		t.Fatalf("ip6tables FORWARD: %q, %v; want the policy DROP", out, err)
+	}
+	if got := hostSysctl(t, e, sysctlBrNF6); got != "1" {
+		t.Fatalf("%s = %s, want 1", sysctlBrNF6, got)
+	}
+	a, b := e.sandbox(t, v4req.NetworkID, "10.10.1.2/24", netip.Addr{}), e.sandbox(t, v4req.NetworkID, "10.10.1.3/24", netip.Addr{})
+	addAddr6(t, handleAt(t, a), "eth0", netip.MustParsePrefix("fe80::a/64"), netip.Addr{})
+	addAddr6(t, handleAt(t, b), "eth0", netip.MustParsePrefix("fe80::b/64"), netip.Addr{})
+	// Static neighbours: what crosses the bridge is then the echo traffic itself, with no wait
+	// on multicast neighbour discovery, which a loaded machine makes slow on fresh links.
+	for _, n := range []struct {
+		ns       *netns.NS
+		peer     string
+		peerAddr string
+	}{{a, "fe80::b", "10.10.1.3/24"}, {b, "fe80::a", "10.10.1.2/24"}} {
+		mac := endpointMAC(netip.MustParsePrefix(n.peerAddr).Addr()).String()
+		if out, err := nstest.Exec(n.ns, "ip", "-6", "neigh", "replace", n.peer, "lladdr", mac, "dev", "eth0", "nud", "permanent"); err != nil {
+			t.Fatalf("static neighbour %s: %v: %s", n.peer, err, out)
+		}
+	}
+	waitPing(t, a, netip.MustParseAddr("fe80::b%eth0")) // over IPv6 link-local in an IPv4-only bridge
+	canPing(t, a, "a, over IPv4 in the same bridge", "10.10.1.3", true)
+	full6 := e.save6(t)
+
+	// Without the network's IPv6 rules, the DROP policy takes that traffic: the rules are what
+	// keeps it.
+	for _, args := range [][]string{
+		{"-D", fwd, "-i", br, "-j", networkChain(br)},
+		{"-D", fwd, "-o", br, "-j", networkChain(br)},
+	} {
+		if out, err := nstest.Exec(e.host, "ip6tables", args...); err != nil {
+			t.Fatalf("ip6tables %v: %v: %s", args, err, out)
+		}
+	}
+	canPing(t, a, "a, over IPv6 link-local without the network's IPv6 rules", "fe80::b%eth0", false)
+	if err := e.d.CreateNetwork(t.Context(), v4req); err != nil { // converges: the jumps come back
+		t.Fatal(err)
+	}
+	waitPing(t, a, netip.MustParseAddr("fe80::b%eth0")) // after CreateNetwork again
+	if diff := cmp.Diff(sortedLines(full6), sortedLines(e.save6(t))); diff != "" {
+		t.Errorf("ip6tables after the repair (-before +after):\n%s", diff)
+	}
+
+	// Deleting the IPv4-only network removes its IPv6 rules.
+	if err := e.d.DeleteNetwork(t.Context(), drivers.DeleteNetworkRequest{NetworkID: v4req.NetworkID}); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.save6(t); strings.Contains(s, br) {
+		t.Errorf("ip6tables after deleting the IPv4-only network still names %s:\n%s", br, s)
+	}
 }

@@ -135,14 +135,15 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 		return tables
 	}
 	p := netip.MustParsePrefix
-	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{p("10.10.1.0/24")}, subnets6: []netip.Prefix{p("fd00:10:1::/64")}}
-	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{p("10.10.2.0/24")}, subnets6: []netip.Prefix{p("fd00:10:2::/64")}}
-	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{p("10.10.3.0/24")}, subnets6: []netip.Prefix{p("fd00:10:3::/64")}}
+	// The golden ruleset was written by an iptables that takes --random-fully.
+	a := &network{bridge: "br-aaaaaaaaaaaa", subnets4: []netip.Prefix{p("10.10.1.0/24")}, subnets6: []netip.Prefix{p("fd00:10:1::/64")}, randomFully: true}
+	b := &network{bridge: "noicc0", noICC: true, subnets4: []netip.Prefix{p("10.10.2.0/24")}, subnets6: []netip.Prefix{p("fd00:10:2::/64")}, randomFully: true}
+	c := &network{bridge: "br-cccccccccccc", internal: true, subnets4: []netip.Prefix{p("10.10.3.0/24")}, subnets6: []netip.Prefix{p("fd00:10:3::/64")}, randomFully: true}
 	// The golden sequence's endpoint with published ports (IPv4 only).
 	eid := drivers.EndpointID(strings.Repeat("e", 64))
-	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), ports: []drivers.PortBinding{
-		{Proto: "tcp", HostPort: 8080, ContainerPort: 80},
-		{Proto: "udp", HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 5353, ContainerPort: 53},
+	ep := &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.2"), held: []heldPort{
+		{portKey: portKey{proto: "tcp", port: 8080}, cport: 80},
+		{portKey: portKey{proto: "udp", addr: netip.MustParseAddr("192.0.2.1"), port: 5353}, cport: 53},
 	}}
 	planEP := func(t *testing.T, tables map[string]*iptables.Table, short string, want *fwObject) string {
 		var rt restoreText
@@ -161,14 +162,14 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 			t.Errorf("plan for %s on the golden ruleset:\n%s", n.bridge, rt.String())
 		}
 	}
-	if rt := planEP(t, tables, eid.Short(), portRules(eid, ep)); rt != "" {
+	if rt := planEP(t, tables, eid.Short(), portRules(eid, ep, f)); rt != "" {
 		t.Errorf("plan for endpoint %s on the golden ruleset:\n%s", eid.Short(), rt)
 	}
 	// From nothing, in random orders, to the golden set (compared sorted: the order across
 	// networks does not matter), and back.
 	for range 20 {
 		tables := map[string]*iptables.Table{}
-		nets := []*network{a, b, c, {bridge: "br-dddddddddddd", routed: true, subnets6: []netip.Prefix{p("fd00:10:4::/64")}}}
+		nets := []*network{a, b, c, {bridge: "br-dddddddddddd", routed: true, subnets6: []netip.Prefix{p("fd00:10:4::/64")}, randomFully: true}}
 		rand.Shuffle(len(nets), func(i, j int) { nets[i], nets[j] = nets[j], nets[i] })
 		for _, n := range nets {
 			var rt restoreText
@@ -178,8 +179,8 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 			if n == a { // the endpoint's rules, and those of one deleted again
 				gone := drivers.EndpointID(strings.Repeat("f", 64))
 				planEP(t, tables, gone.Short(), portRules(gone, &endpoint{bridge: a.bridge, addr: netip.MustParseAddr("10.10.1.3"),
-					ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8081, ContainerPort: 80}}}))
-				planEP(t, tables, eid.Short(), portRules(eid, ep))
+					held: []heldPort{{portKey: portKey{proto: "tcp", port: 8081}, cport: 80}}}, f))
+				planEP(t, tables, eid.Short(), portRules(eid, ep, f))
 				planEP(t, tables, gone.Short(), nil)
 			}
 		}
@@ -195,26 +196,29 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 	tables = parse()
 	e := &network{bridge: "br-eeeeeeeeeeee", subnets4: []netip.Prefix{p("10.10.5.0/24")}, subnets6: []netip.Prefix{p("fd00:10:5::/64")}}
 	eid2 := drivers.EndpointID(strings.Repeat("9", 64))
-	ep2 := &endpoint{bridge: e.bridge, addr: netip.MustParseAddr("10.10.5.2"), ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 9090, ContainerPort: 90}}}
+	ep2 := &endpoint{bridge: e.bridge, addr: netip.MustParseAddr("10.10.5.2"), addr6: netip.MustParseAddr("fd00:10:5::2"), held: []heldPort{
+		{portKey: portKey{proto: "tcp", port: 9090}, cport: 90},
+		{portKey: portKey{proto: "tcp", port: 9090, v6: true}, cport: 90},
+	}}
 	rt := restoreText{}
-	fwRules(e, f).planCreate(&rt, networkChains)
+	fwRules(e, f).planCreate(&rt, networkBuckets(e.bridge))
 	if f.ports {
-		portRules(eid2, ep2).planCreate(&rt, portChains)
+		portRules(eid2, ep2, f).planCreate(&rt, portBuckets(eid2.Short()))
 	}
 	applyRestore(t, tables, rt.String())
 	rt = restoreText{}
 	planNetwork(&rt, tables, e.bridge, fwRules(e, f))
 	if f.ports {
-		planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2))
+		planEndpoint(&rt, tables, eid2.Short(), portRules(eid2, ep2, f))
 	}
 	if rt.String() != "" {
 		t.Errorf("converging after the fast create:\n%s", rt.String())
 	}
 	rt = restoreText{}
 	if f.ports {
-		portRules(eid2, ep2).planDelete(&rt, portChains)
+		portRules(eid2, ep2, f).planDelete(&rt, portBuckets(eid2.Short()))
 	}
-	fwRules(e, f).planDelete(&rt, networkChains)
+	fwRules(e, f).planDelete(&rt, networkBuckets(e.bridge))
 	applyRestore(t, tables, rt.String())
 	if diff := cmp.Diff(sortedTables(parse()), sortedTables(tables)); diff != "" {
 		t.Fatalf("tables after the fast create and delete (-golden +got):\n%s", diff)
@@ -222,8 +226,8 @@ func testPlanConverges(t *testing.T, f *ipFamily, golden string) {
 }
 
 // TestFwRulesIPv6 checks the IPv6 rules of a dual-stack network against the IPv4 ones: the
-// same filter rules, a MASQUERADE per IPv6 subnet, no hairpin, and none of it for a network
-// without IPv6 subnets.
+// same filter rules, a MASQUERADE and a hairpin MASQUERADE per IPv6 subnet, and for a network
+// without IPv6 subnets the filter rules only.
 func TestFwRulesIPv6(t *testing.T) {
 	p := netip.MustParsePrefix
 	n := &network{bridge: "br0", subnets4: []netip.Prefix{p("10.0.0.0/24")}, subnets6: []netip.Prefix{p("fd00::/64")}}
@@ -231,21 +235,30 @@ func TestFwRulesIPv6(t *testing.T) {
 	if diff := cmp.Diff(v4.own[tableFilter], v6.own[tableFilter]); diff != "" {
 		t.Errorf("filter rules differ between families (-v4 +v6):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"-s fd00::/64 ! -o br0 -j MASQUERADE"}, v6.own[tableNAT]); diff != "" {
+	hairpin := "-s fd00::/64 -o br0 -m conntrack --ctstate DNAT -j MASQUERADE"
+	if diff := cmp.Diff([]string{"-s fd00::/64 ! -o br0 -j MASQUERADE", hairpin}, v6.own[tableNAT]); diff != "" {
 		t.Errorf("IPv6 nat rules (-want +got):\n%s", diff)
 	}
-	if got := families(&network{subnets4: n.subnets4}); len(got) != 1 || got[0].v6 {
-		t.Errorf("families of an IPv4-only network = %v", got)
+	if v4only := (&network{subnets4: n.subnets4}); v4only.routes(ipv6Family) || !v4only.routes(ipv4Family) || !n.routes(ipv6Family) {
+		t.Errorf("an IPv4-only network routes IPv6, or a dual-stack one does not")
+	}
+	// An IPv4-only network's IPv6 rules: the same filter rules, no nat rule.
+	v4only := fwRules(&network{bridge: "br0", subnets4: n.subnets4}, ipv6Family)
+	if diff := cmp.Diff(v4.own[tableFilter], v4only.own[tableFilter]); diff != "" {
+		t.Errorf("IPv6 filter rules of an IPv4-only network (-dual-stack +IPv4-only):\n%s", diff)
+	}
+	if len(v4only.own[tableNAT]) > 0 || len(v4only.shared[chainRef{tableNAT, ChainPostrouting}]) > 0 {
+		t.Errorf("IPv6 nat rules of an IPv4-only network: %v %v", v4only.own, v4only.shared)
 	}
 	// Without masquerade, or routed (IPv4 only), or internal.
 	noMasq := *n
 	noMasq.noMasq = true
-	if o := fwRules(&noMasq, ipv6Family); len(o.own[tableNAT]) > 0 || len(o.shared[chainRef{tableNAT, ChainPostrouting}]) > 0 {
-		t.Errorf("IPv6 nat rules without masquerade: %v %v", o.own, o.shared)
+	if o := fwRules(&noMasq, ipv6Family); !slices.Equal(o.own[tableNAT], []string{hairpin}) {
+		t.Errorf("IPv6 nat rules without masquerade: %v, want the hairpin only", o.own)
 	}
 	routed := *n
 	routed.routed = true
-	if o := fwRules(&routed, ipv6Family); len(o.own[tableNAT]) != 1 || slices.ContainsFunc(o.own[tableFilter], func(r string) bool { return strings.Contains(r, "icmp") }) {
+	if o := fwRules(&routed, ipv6Family); len(o.own[tableNAT]) != 2 || slices.ContainsFunc(o.own[tableFilter], func(r string) bool { return strings.Contains(r, "icmp") }) {
 		t.Errorf("IPv6 rules of a network with gateway_mode_ipv4=routed: %v", o.own)
 	}
 }

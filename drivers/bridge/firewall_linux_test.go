@@ -595,3 +595,128 @@ func sortedLines(s string) []string {
 	slices.Sort(l)
 	return l
 }
+
+// TestPrivilegedIPTablesBackend checks what New finds of iptables (version and mode, as
+// "iptables --version" says them, and --random-fully support, which the MASQUERADE rules then
+// use), and that FORWARD and nat rules in the other backend are reported: by New, by
+// IPTables as a *BackendConflictError, and by Reconcile as a repair left alone.
+func TestPrivilegedIPTablesBackend(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	out, err := nstest.Exec(e.host, "iptables", "--version")
+	if err != nil {
+		t.Fatalf("iptables --version: %v: %s", err, out)
+	}
+	info := e.d.IPTables()
+	wantMode := ModeLegacy
+	if strings.Contains(out, "(nf_tables)") {
+		wantMode = ModeNFTables
+	}
+	if info.Version == "" || !strings.Contains(out, "v"+info.Version) || info.Mode != wantMode || !info.RandomFully || info.OtherBackend != nil {
+		t.Errorf("IPTables() = %+v; iptables --version says %q", info, out)
+	}
+	e.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.1.0/24")})
+	if s := e.save(t); !strings.Contains(s, "-j MASQUERADE --random-fully\n") {
+		t.Errorf("no MASQUERADE --random-fully in:\n%s", s)
+	}
+
+	// The other backend gets a FORWARD policy DROP and a nat rule, as a Docker using it would.
+	other := map[string]string{ModeNFTables: "iptables-legacy", ModeLegacy: "iptables-nft"}[info.Mode]
+	for _, args := range [][]string{{"-P", "FORWARD", "DROP"}, {"-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "-j", "MASQUERADE"}} {
+		if out, err := nstest.Exec(e.host, other, args...); err != nil {
+			t.Fatalf("%s %v: %v: %s", other, args, err, out)
+		}
+	}
+	d2 := newDriver(t, e.host)
+	var be *BackendConflictError
+	err = d2.IPTables().OtherBackend
+	if !errors.As(err, &be) || !errors.Is(err, errclass.ErrConflict) ||
+		!slices.Equal(be.Found, []string{"IPv4 FORWARD policy DROP", "1 IPv4 nat rules"}) || be.Mode != info.Mode {
+		t.Errorf("IPTables().OtherBackend with %s rules = %v (%+v)", other, err, be)
+	}
+	repairs, err := d2.Reconcile(t.Context(), drivers.LiveState{Networks: e.liveNetworks(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(repairs) != 1 || repairs[0].Action != "left alone" || !strings.Contains(repairs[0].Reason, "FORWARD policy DROP") {
+		t.Errorf("repairs = %v, want the other backend's rules reported", repairs)
+	}
+	// Reported, never changed.
+	if out, err := nstest.Exec(e.host, other+"-save"); err != nil || !strings.Contains(out, ":FORWARD DROP") || !strings.Contains(out, "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE") {
+		t.Errorf("%s-save after Reconcile: %v\n%s", other, err, out)
+	}
+}
+
+// TestPrivilegedFirewallBuckets checks the bucketed shared chains: a network's rules (and an
+// endpoint's jumps) sit in the bucket of its name, and the layout before buckets (the same
+// rules in the shared chains themselves, as a driver of an older version wrote them) is moved
+// into the buckets when a restarted driver re-creates the network and the endpoint.
+func TestPrivilegedFirewallBuckets(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.1.0/24")}
+	e.createNetwork(t, req)
+	eid := driverstest.NewEndpointID()
+	ereq := drivers.CreateEndpointRequest{NetworkID: req.NetworkID, EndpointID: eid, IPv4: netip.MustParsePrefix("10.10.1.2/24"),
+		Ports: []drivers.PortBinding{{Proto: "tcp", HostPort: 8080, ContainerPort: 80}}}
+	if _, err := e.d.CreateEndpoint(t.Context(), ereq); err != nil {
+		t.Fatal(err)
+	}
+	full := e.save(t)
+	br := "br-" + req.NetworkID.Short()
+	nb, pb := networkBuckets(br), portBuckets(eid.Short())
+	for _, want := range []string{
+		"-A " + nb[2].chain + " -i " + br + " -j " + networkChain(br),
+		"-A " + nb[0].chain + " -i " + br + " ! -o " + br + " -j " + ChainIsolation2,
+		"-A " + pb[1].chain + " -j " + endpointChain(eid.Short()),
+	} {
+		if !strings.Contains(full, want+"\n") {
+			t.Errorf("missing %q in:\n%s", want, full)
+		}
+	}
+
+	// The layout before buckets: every rule of a bucket moved to its shared chain.
+	var filter, nat []string
+	table := ""
+	for _, line := range strings.Split(full, "\n") {
+		if strings.HasPrefix(line, "*") {
+			table = line[1:]
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" {
+			continue
+		}
+		i := strings.LastIndexByte(f[1], '-')
+		parent := f[1][:max(i, 0)]
+		if !slices.ContainsFunc(append(slices.Clone(networkChains), portChains...), func(c chainRef) bool { return c.chain == parent }) {
+			continue
+		}
+		rule := strings.Join(f[2:], " ")
+		moved := []string{"-D " + f[1] + " " + rule, "-A " + parent + " " + rule}
+		if table == tableNAT {
+			nat = append(nat, moved...)
+		} else {
+			filter = append(filter, moved...)
+		}
+	}
+	in := "*filter\n" + strings.Join(filter, "\n") + "\nCOMMIT\n*nat\n" + strings.Join(nat, "\n") + "\nCOMMIT\n"
+	if err := e.d.fw.Restore(t.Context(), in); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(e.save(t), "-A "+nb[2].chain+" ") {
+		t.Fatalf("the network's rules are still in %s", nb[2].chain)
+	}
+	e.restart(t)
+	if err := e.d.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.d.CreateEndpoint(t.Context(), ereq); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(sortedLines(full), sortedLines(e.save(t))); diff != "" {
+		t.Errorf("rules after a restart on the layout before buckets (-bucketed +got):\n%s", diff)
+	}
+	if err := e.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: req.NetworkID, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -19,7 +19,9 @@ import (
 // bridge that is gone or was just removed. It reports one [drivers.Repair] per link removed
 // (veths first) and one per bridge whose rules were left without it (the rules of a bridge it
 // removes go with that bridge's repair), and joins the errors of the removals that failed,
-// going on after each. Links of other programs are never touched.
+// going on after each. Links of other programs are never touched. When New found FORWARD or nat
+// rules in the iptables backend the driver does not use (a [*BackendConflictError]), the first
+// repair reports them, "left alone".
 //
 // It must not run concurrently with CreateNetwork, DeleteNetwork or Join; the Controller calls
 // it once, on start, after re-creating the live networks.
@@ -54,6 +56,13 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 		repairs []drivers.Repair
 		errs    []error
 	)
+	var mixed *BackendConflictError
+	if errors.As(d.ipt.OtherBackend, &mixed) {
+		// Not the driver's to change: reported, so that the operator sees it.
+		r := drivers.Repair{Object: "iptables " + mixed.Other + " rules", Action: "left alone", Reason: mixed.Error()}
+		d.log.WarnContext(ctx, "reconcile", "repair", r.String())
+		repairs = append(repairs, r)
+	}
 	remove := func(l netlink.Link, reason string) {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)

@@ -56,6 +56,22 @@ func New(ns *netns.NS) *Runner { return newRunner(ns, "iptables", SaveBinary, Re
 // New6 is [New] for the IPv6 tables: it runs ip6tables-save and ip6tables-restore.
 func New6(ns *netns.NS) *Runner { return newRunner(ns, "ip6tables", Save6Binary, Restore6Binary) }
 
+// NewBackend is [New] (or, when v6, [New6]) for the binaries of one iptables backend:
+// backend "legacy" runs iptables-legacy-save and iptables-legacy-restore, "nft"
+// iptables-nft-save and iptables-nft-restore. It reads what a backend other than the one of
+// iptables-restore holds.
+func NewBackend(ns *netns.NS, v6 bool, backend string) *Runner {
+	what := "iptables"
+	if v6 {
+		what = "ip6tables"
+	}
+	return newRunner(ns, what+"-"+backend, what+"-"+backend+"-save", what+"-"+backend+"-restore")
+}
+
+// RestorePath returns the absolute path of the runner's iptables-restore, "" when it was not
+// found.
+func (r *Runner) RestorePath() string { return r.restore }
+
 func newRunner(ns *netns.NS, what, save, restore string) *Runner {
 	r := &Runner{ns: ns, saveName: save, restoreName: restore}
 	if err := checkSystem(what); err != nil {
