@@ -141,13 +141,23 @@ var (
 // crashStore is the bbolt store with crash points on the writes of sandbox records.
 type crashStore struct {
 	*boltdb.Store
-	point string
-	armed *atomic.Bool
-	crash func(info crashInfo)
+	point  string
+	armed  *atomic.Bool
+	crash  func(info crashInfo)
+	runDir string
 }
 
 func (s *crashStore) AtomicPut(ctx context.Context, key string, value []byte, prev uint64) (uint64, error) {
 	if s.point == crashSandboxRecord && s.armed.Load() && strings.HasPrefix(key, sandboxKeyPrefix) {
+		// NewSandbox commits the record while the kernel makes the namespace: die once the
+		// namespace and the files are made (the hosts file is written last), before the commit.
+		hosts := filepath.Join(s.runDir, "sandboxes", strings.TrimPrefix(key, sandboxKeyPrefix), "hosts")
+		for range 500 {
+			if _, err := os.Stat(hosts); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		s.crash(crashInfo{"key": key})
 	}
 	return s.Store.AtomicPut(ctx, key, value, prev)
@@ -202,7 +212,7 @@ func crashChild(t *testing.T, cfg crashConfig) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &crashStore{Store: st, point: cfg.Point, armed: armed, crash: crash}
+	store := &crashStore{Store: st, point: cfg.Point, armed: armed, crash: crash, runDir: cfg.RunDir}
 	drv := newCrashBridge(t, cfg.HostNetns, cfg.Point, armed, crash)
 	c, err := cnm.New(ctx, cnm.Config{
 		DataDir: cfg.DataDir, RunDir: cfg.RunDir, HostNetns: cfg.HostNetns, Store: store,
@@ -382,7 +392,7 @@ func wantRepairs(t *testing.T, got []string, want ...[]string) {
 // checkNoFiles checks that sandbox id has no files directory (hosts, resolv.conf) left.
 func checkNoFiles(t *testing.T, l *crashLab, id string) {
 	t.Helper()
-	dir := filepath.Join(l.dataDir, "sandboxes", id)
+	dir := filepath.Join(l.runDir, "sandboxes", id)
 	if ents, err := os.ReadDir(dir); !errors.Is(err, os.ErrNotExist) {
 		var names []string
 		for _, e := range ents {
@@ -523,12 +533,12 @@ func (l *crashLab) teardown(t *testing.T, c *cnm.Controller) {
 	if got := l.namespaces(t); len(got) != 0 {
 		t.Fatalf("namespaces left under RunDir: %v", got)
 	}
-	if ents, err := os.ReadDir(filepath.Join(l.dataDir, "sandboxes")); err == nil && len(ents) > 0 {
+	if ents, err := os.ReadDir(filepath.Join(l.runDir, "sandboxes")); err == nil && len(ents) > 0 {
 		var names []string
 		for _, e := range ents {
 			names = append(names, e.Name())
 		}
-		t.Errorf("sandbox files left under DataDir: %v", names)
+		t.Errorf("sandbox files left under RunDir: %v", names)
 	}
 	c.Close()
 	c3, reps := l.restart(t)
