@@ -64,6 +64,9 @@ const (
 	crashSandboxRecord = "sandbox-record"
 	// In the store, when DeleteSandbox commits: the namespace is gone, the records are not.
 	crashDeleteSandbox = "delete-sandbox"
+	// In NewSandbox, once its record is committed, before the kernel makes its namespace (the
+	// two run at once).
+	crashSandboxNamespace = "sandbox-namespace"
 )
 
 // crashConfig is what the child needs: where the lab is and where to die.
@@ -176,6 +179,28 @@ func (s *crashStore) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error
 
 var _ kvstore.Batcher = (*crashStore)(nil)
 
+// crashMachine is the kernel, with a crash point in New: once the sandbox's record is in the
+// store, before the namespace or the files are made.
+type crashMachine struct {
+	*sandbox.Kernel
+	store kvstore.Store
+	armed *atomic.Bool
+	crash func(info crashInfo)
+}
+
+func (m *crashMachine) New(ctx context.Context, cfg sandbox.Config) (sandbox.Handle, error) {
+	if m.armed.Load() {
+		for range 500 {
+			if _, err := m.store.Get(ctx, sandboxKeyPrefix+cfg.ID); err == nil {
+				m.crash(crashInfo{"sandbox": cfg.ID})
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil, fmt.Errorf("crash machine: the record of sandbox %s was never stored", cfg.ID)
+	}
+	return m.Kernel.New(ctx, cfg)
+}
+
 // TestCrashHelper is the child side of the crash tests. It does nothing unless crashEnv is set.
 func TestCrashHelper(t *testing.T) {
 	raw := os.Getenv(crashEnv)
@@ -214,10 +239,18 @@ func crashChild(t *testing.T, cfg crashConfig) {
 	}
 	store := &crashStore{Store: st, point: cfg.Point, armed: armed, crash: crash, runDir: cfg.RunDir}
 	drv := newCrashBridge(t, cfg.HostNetns, cfg.Point, armed, crash)
-	c, err := cnm.New(ctx, cnm.Config{
+	ccfg := cnm.Config{
 		DataDir: cfg.DataDir, RunDir: cfg.RunDir, HostNetns: cfg.HostNetns, Store: store,
 		Drivers: map[string]drivers.Driver{crashyDriver: drv}, Logger: log,
-	})
+	}
+	if cfg.Point == crashSandboxNamespace {
+		k, err := sandbox.OpenKernel(cfg.HostNetns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ccfg.Machine, ccfg.HostNetns = &crashMachine{Kernel: k, store: st, armed: armed, crash: crash}, ""
+	}
+	c, err := cnm.New(ctx, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +298,7 @@ func crashChild(t *testing.T, cfg crashConfig) {
 		}
 		armed.Store(true)
 		_, err = c.Connect(ctx, "stable", "fresh")
-	case crashSandboxRecord:
+	case crashSandboxRecord, crashSandboxNamespace:
 		armed.Store(true)
 		_, err = c.NewSandbox(ctx, "ghost")
 	case crashDeleteSandbox:
@@ -733,6 +766,33 @@ func TestPrivilegedCrashBeforeSandboxRecord(t *testing.T) {
 		t.Fatalf("sandbox ghost after the crash: %v, want ErrNotFound", err)
 	}
 	// NewSandbox wrote ghost's hosts and resolv.conf before the crash: no sandbox owns them.
+	checkNoFiles(t, l, "ghost")
+	wantLinks := checkOld(t, c)
+	waitLinks(t, l.host.Path(), wantLinks...)
+	mustSandbox(t, c, "ghost")
+	connectFresh(t, c, "stable", "ghost")
+	l.teardown(t, c)
+}
+
+// TestPrivilegedCrashAfterSandboxRecord: killed in NewSandbox once the sandbox's record is
+// committed, before its namespace was made (NewSandbox commits while the kernel works). The
+// record is dropped and the ID is free again.
+func TestPrivilegedCrashAfterSandboxRecord(t *testing.T) {
+	nstest.Privileged(t)
+	l := newCrashLab(t)
+	l.crash(t, crashSandboxNamespace)
+	if got := l.namespaces(t); slices.Contains(got, "ghost") {
+		t.Fatalf("namespaces after the crash = %v, want no ghost", got)
+	}
+
+	c, reps := l.restart(t)
+	wantRepairs(t, reps, []string{"removed record", "sandbox ghost"})
+	if got := l.namespaces(t); !slices.Equal(got, []string{"old"}) {
+		t.Fatalf("namespaces after the restart = %v, want old only", got)
+	}
+	if _, err := c.Sandbox("ghost"); !errors.Is(err, cnm.ErrNotFound) {
+		t.Fatalf("sandbox ghost after the crash: %v, want ErrNotFound", err)
+	}
 	checkNoFiles(t, l, "ghost")
 	wantLinks := checkOld(t, c)
 	waitLinks(t, l.host.Path(), wantLinks...)
