@@ -245,8 +245,8 @@ func BenchmarkPrivilegedSandboxSteps(b *testing.B) {
 // BenchmarkPrivilegedSandboxScale measures, over one run of b.N iterations (k = 1 .. b.N), the
 // k-th attach including its sandbox (NewSandbox then Connect, on one bridge network), with the
 // k-1 earlier sandboxes and endpoints kept, against the raw calls doing the same at the same k
-// in the same iteration (namespace and mount, loopback up, the one-message veth onto the bridge
-// and into the namespace, address, link up, default route, one bbolt commit; raw namespaces
+// in the same iteration (namespace and mount, loopback up, the one-message veth onto a second
+// network's bridge and into the namespace, address, link up, default route, one bbolt commit; raw namespaces
 // are kept too). Then it tears the b.N sandboxes down one by one as `docker rm` does
 // (DeleteSandbox alone), against the raw unmount and one commit, alternating. Run it as
 //
@@ -268,12 +268,18 @@ func BenchmarkPrivilegedSandboxScale(b *testing.B) {
 	if l.nw, err = c.NewNetwork(ctx, "bench", "bridge", network.WithSubnet(netip.MustParsePrefix("10.200.0.0/16"))); err != nil {
 		b.Fatal(err)
 	}
+	// The raw attaches go to a second network's bridge, made the same way: a bridge takes
+	// at most 1024 ports (BR_MAX_PORTS), and each bridge has k-1 ports at the k-th attach.
+	rawNw, err := c.NewNetwork(ctx, "raw", "bridge", network.WithSubnet(netip.MustParsePrefix("10.201.0.0/16")))
+	if err != nil {
+		b.Fatal(err)
+	}
 	h, err := netlink.NewHandleAt(host.Handle())
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	if l.br, err = h.LinkByName("br-" + l.nw.ID()[:12]); err != nil {
+	if l.br, err = h.LinkByName("br-" + rawNw.ID()[:12]); err != nil {
 		b.Fatal(err)
 	}
 	if l.sock, err = cnl.NewSocket(host.Handle(), 10*time.Second); err != nil {
