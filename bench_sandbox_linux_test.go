@@ -308,14 +308,21 @@ func BenchmarkPrivilegedSandboxScale(b *testing.B) {
 			b.Fatal(err)
 		}
 		r := rawNS{ns: ns, h: rh, path: path}
+		tns := time.Now()
 		// 10.200.128.0 and up: never an address (or MAC) IPAM gives out here.
 		if err := l.rawAttach(r, 32768+i); err != nil {
 			b.Fatal(err)
 		}
+		tatt := time.Now()
 		if _, err := st.Put(ctx, "sandboxes/"+id, make([]byte, 150)); err != nil {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
+		all["raw/netns+lo"] = append(all["raw/netns+lo"], tns.Sub(t0))
+		all["raw/attach"] = append(all["raw/attach"], tatt.Sub(tns))
+		all["raw/commit"] = append(all["raw/commit"], t1.Sub(tatt))
+		// The floor of NewSandbox at this k: the namespace and one commit.
+		all["raw/netns+lo+commit"] = append(all["raw/netns+lo+commit"], tns.Sub(t0)+t1.Sub(tatt))
 		if _, err := c.NewSandbox(ctx, id); err != nil {
 			b.Fatal(err)
 		}
@@ -353,11 +360,16 @@ func BenchmarkPrivilegedSandboxScale(b *testing.B) {
 	if b.N < 20 {
 		return
 	}
-	logCurve(b, []string{"raw/attach+sandbox", "cnm/NewSandbox", "cnm/Connect", "cnm/attach+sandbox", "raw/rm", "cnm/DeleteSandbox"}, all)
+	logCurve(b, []string{"raw/netns+lo", "raw/attach", "raw/commit", "raw/netns+lo+commit", "raw/attach+sandbox", "cnm/NewSandbox", "cnm/Connect", "cnm/attach+sandbox", "raw/rm", "cnm/DeleteSandbox"}, all)
 	for _, p := range []struct {
 		name     string
 		num, den string
-	}{{"attach/raw", "cnm/attach+sandbox", "raw/attach+sandbox"}, {"rm/raw", "cnm/DeleteSandbox", "raw/rm"}} {
+	}{
+		{"attach/raw", "cnm/attach+sandbox", "raw/attach+sandbox"},
+		{"new/floor", "cnm/NewSandbox", "raw/netns+lo+commit"},
+		{"connect/rawattach", "cnm/Connect", "raw/attach"},
+		{"rm/raw", "cnm/DeleteSandbox", "raw/rm"},
+	} {
 		b.ReportMetric(float64(all[p.num].median(0, b.N))/float64(all[p.den].median(0, b.N)), p.name)
 	}
 }
