@@ -71,7 +71,7 @@ func (s series) pct(from, to, p int) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/1e6) }
 
-// logCurve logs, for each named series, the median and p90 of buckets of 100 iterations (and
+// logCurve prints, for each named series, the median and p90 of buckets of 100 iterations (and
 // of the first and last 20), and reports the medians of the whole run and the first and last 20
 // as metrics.
 func logCurve(b *testing.B, names []string, all map[string]series) {
@@ -94,7 +94,8 @@ func logCurve(b *testing.B, names []string, all map[string]series) {
 			b.ReportMetric(float64(s.median(n-20, n))/float64(s.median(0, 20)), name+"-last/first")
 		}
 	}
-	b.Log(sb.String())
+	// Printed, not logged: the testing package cuts a benchmark's log to 10 lines.
+	fmt.Fprintf(os.Stderr, "%s:\n%s", b.Name(), sb.String())
 }
 
 // rawStore is a second bbolt store beside the Controller's, for the raw commits.
