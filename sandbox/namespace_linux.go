@@ -115,9 +115,7 @@ func newNamespace(cfg *Config) *Namespace {
 	return s
 }
 
-// create does New's work; on error it undoes what it did. The hosts and resolv.conf files do
-// not depend on the namespace: they are written on a goroutine of this call while the kernel
-// makes the namespace, and waited for.
+// create does New's work; on error it undoes what it did.
 func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
 	var undo []func() error
 	defer func() {
@@ -132,27 +130,23 @@ func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	type written struct {
-		made []string // the directories and files it made, in order
-		err  error
+	if err := s.createNamespace(ctx, cfg, &undo); err != nil {
+		return err
 	}
-	files := make(chan written, 1)
-	go func() {
-		made, err := s.writeNewFiles(cfg)
-		files <- written{made, err}
-	}()
-	kerr := s.createNamespace(ctx, cfg, &undo)
-	w := <-files
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	made, err := s.writeNewFiles(cfg)
 	undo = append(undo, func() error {
 		var errs []error
-		for _, p := range slices.Backward(w.made) {
+		for _, p := range slices.Backward(made) {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
 		return errors.Join(errs...)
 	})
-	return errors.Join(kerr, w.err)
+	return err
 }
 
 // createNamespace does the kernel part of New: for ModeNamespace it makes and mounts the
