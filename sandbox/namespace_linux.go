@@ -117,6 +117,10 @@ func newNamespace(cfg *Config) *Namespace {
 
 // create does New's work; on error it undoes what it did.
 func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
+	resolv, err := resolvConfFor(cfg)
+	if err != nil {
+		return err
+	}
 	var undo []func() error
 	defer func() {
 		if err != nil {
@@ -130,82 +134,61 @@ func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.createNamespace(ctx, cfg, &undo); err != nil {
-		return err
+	made, err := mkdirAllTracked(s.filesDir)
+	if err != nil {
+		return fmt.Errorf("create files dir: %w", err)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	made, err := s.writeNewFiles(cfg)
 	undo = append(undo, func() error {
 		var errs []error
-		for _, p := range slices.Backward(made) {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		for _, d := range slices.Backward(made) {
+			if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
 		}
 		return errors.Join(errs...)
 	})
-	return err
-}
 
-// createNamespace does the kernel part of New: for ModeNamespace it makes and mounts the
-// namespace, opens a netlink handle in it and sets loopback up. It appends to undo what
-// reverts each step done.
-func (s *Namespace) createNamespace(ctx context.Context, cfg *Config, undo *[]func() error) error {
 	if err := s.openNamespaces(cfg); err != nil {
 		return err
 	}
-	if s.mode != ModeNamespace {
-		return nil
-	}
-	path := s.key
-	ns, err := netns.New(path)
-	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("namespace %s: %w", path, &errclass.AlreadyExistsError{Kind: "sandbox", Name: s.id})
-	}
-	if err != nil {
-		return err
-	}
-	s.ns = ns
-	*undo = append(*undo, func() error { return netns.Remove(path) })
-	if err := s.openHandle(); err != nil {
-		return err
+	if s.mode == ModeNamespace {
+		path := s.key
+		ns, err := netns.New(path)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("namespace %s: %w", path, &errclass.AlreadyExistsError{Kind: "sandbox", Name: s.id})
+		}
+		if err != nil {
+			return err
+		}
+		s.ns = ns
+		undo = append(undo, func() error { return netns.Remove(path) })
+		if err := s.openHandle(); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// Loopback is always index 1 in a new namespace (LOOPBACK_IFINDEX): one call.
+		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1, Name: "lo"}}
+		if err := s.nlh.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("set lo up: %w", err)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
-	}
-	// Loopback is always index 1 in a new namespace (LOOPBACK_IFINDEX): one call.
-	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1, Name: "lo"}}
-	if err := s.nlh.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("set lo up: %w", err)
-	}
-	return nil
-}
-
-// writeNewFiles writes the resolv.conf and hosts files of a new sandbox, making FilesDir when
-// missing. It returns the directories and files it made, in order, also on error.
-func (s *Namespace) writeNewFiles(cfg *Config) ([]string, error) {
-	resolv, err := resolvConfFor(cfg)
-	if err != nil {
-		return nil, err
-	}
-	made, err := mkdirAllTracked(s.filesDir)
-	if err != nil {
-		return nil, fmt.Errorf("create files dir: %w", err)
 	}
 	for _, f := range []struct {
 		path string
 		data []byte
 	}{{s.resolvPath, resolv}, {s.hostsPath, s.hostsContent()}} {
 		if _, err := os.Lstat(f.path); errors.Is(err, fs.ErrNotExist) {
-			made = append(made, f.path)
+			undo = append(undo, func() error { return removeIfExists(f.path) })
 		}
 		if err := writeFileInPlace(f.path, f.data); err != nil {
-			return made, err
+			return err
 		}
 	}
-	return made, nil
+	return nil
 }
 
 // openNamespaces opens the host namespace and, for ModeHost and ModeContainer, sets the
