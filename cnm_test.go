@@ -73,6 +73,11 @@ func links(t *testing.T, path string) []string {
 	}
 	defer h.Close()
 	ls, err := h.LinkList()
+	// The kernel's asynchronous teardown of deleted namespaces removes their veths' host ends
+	// while a dump runs: an interrupted dump is retried.
+	for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
+		ls, err = h.LinkList()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
