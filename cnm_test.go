@@ -490,8 +490,8 @@ func TestPrivilegedDNSFiles(t *testing.T) {
 	if !strings.Contains(string(rc), "nameserver 9.9.9.9") {
 		t.Errorf("resolv.conf lacks the nameserver:\n%s", rc)
 	}
-	if !strings.HasPrefix(sb.HostsPath(), l.dataDir) {
-		t.Errorf("hosts file %s is not under DataDir %s", sb.HostsPath(), l.dataDir)
+	if want := filepath.Join(l.runDir, "sandboxes", "web", "hosts"); sb.HostsPath() != want {
+		t.Errorf("hosts file %s, want %s (under RunDir, which lives as long as the namespaces)", sb.HostsPath(), want)
 	}
 	if err := l.c.DeleteSandbox(t.Context(), "web"); err != nil {
 		t.Fatal(err)

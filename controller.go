@@ -169,10 +169,15 @@ var DefaultSubnet = netip.MustParsePrefix("172.17.0.0/16")
 
 // Config configures a Controller. The zero value is usable as root on a Linux host.
 type Config struct {
-	// DataDir holds the store (DataDir/local.db) and the sandboxes' hosts and resolv.conf files
-	// (DataDir/sandboxes/<id>/). Default /var/lib/cnm.
+	// DataDir holds the store (DataDir/local.db). Default /var/lib/cnm.
 	DataDir string
-	// RunDir holds the sandboxes' namespace bind mounts (RunDir/netns/<id>). Default /run/cnm.
+	// RunDir holds what lives as long as the sandboxes' namespaces: their bind mounts
+	// (RunDir/netns/<id>) and their hosts and resolv.conf files (RunDir/sandboxes/<id>/), which
+	// are rewritten on restart. Default /run/cnm. It should be on a tmpfs, as /run is: on a disk
+	// filesystem each file and mount point costs a metadata operation of the filesystem's
+	// journal, whose time depends on every other writer of that filesystem (New logs a warning).
+	// Sandboxes made by an older version, whose files are under DataDir/sandboxes/<id>/, keep
+	// them there.
 	RunDir string
 	// HostNetns is the path of the namespace the Controller treats as the host's (bridges live
 	// there; host-mode sandboxes use it). Default: the caller's namespace at New. It must be
@@ -426,6 +431,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, fmt.Errorf("cnm: %w", err)
 		}
 		c.machine = c.kernel
+		if mem, err := sandbox.OnMemoryFS(cfg.RunDir); err == nil && !mem {
+			c.log.Warn("run dir is not on a tmpfs: each sandbox's mount point and files are journaled metadata operations of a disk filesystem, slower and uneven under its other writers (see Config.RunDir)", "run_dir", cfg.RunDir)
+		}
 	}
 	if c.store == nil {
 		s, err := boltdb.Open(filepath.Join(cfg.DataDir, "local.db"), boltdb.Config{Logger: cfg.Logger})
@@ -1073,7 +1081,7 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Config {
 	cfg := sandbox.Config{
 		ID: rec.ID, Mode: rec.Mode, RunDir: c.cfg.RunDir,
-		FilesDir: filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID), HostNetns: c.machine.Path(),
+		FilesDir: filepath.Join(c.cfg.RunDir, "sandboxes", rec.ID), HostNetns: c.machine.Path(),
 		Hostname: rec.Hostname, Domainname: rec.Domainname, DNS: rec.DNS, DNSSearch: rec.DNSSearch,
 		DNSOptions: rec.DNSOptions, ExtraHosts: rec.ExtraHosts, Logger: c.log,
 		HostResolvConf: c.cfg.HostResolvConf,
@@ -1085,16 +1093,29 @@ func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Confi
 }
 
 func (c *Controller) createSandbox(ctx context.Context, rec sandboxRecord, share *sbox) (*sbox, error) {
-	ns, err := c.machine.New(ctx, c.sandboxConfig(rec, share))
-	if err != nil {
-		return nil, err
-	}
 	b, err := json.Marshal(rec)
-	if err == nil {
-		_, err = c.store.AtomicPut(ctx, sandboxPrefix+rec.ID, b, 0)
-	}
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("store: %w", err), ns.Delete(context.WithoutCancel(ctx)))
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	// The record is committed while the kernel makes the namespace: the fsync overlaps the
+	// unshare and the mount. A crash between the two is repaired on restart: a record whose
+	// namespace is missing is dropped, a namespace or files without a record are removed.
+	rb := context.WithoutCancel(ctx)
+	key := sandboxPrefix + rec.ID
+	stored := make(chan error, 1)
+	go func() {
+		_, err := c.store.AtomicPut(rb, key, b, 0)
+		stored <- err
+	}()
+	ns, err := c.machine.New(ctx, c.sandboxConfig(rec, share))
+	serr := <-stored
+	switch {
+	case err != nil && serr == nil:
+		return nil, errors.Join(err, c.store.Delete(rb, key))
+	case err != nil:
+		return nil, errors.Join(err, fmt.Errorf("store: %w", serr))
+	case serr != nil:
+		return nil, errors.Join(fmt.Errorf("store: %w", serr), ns.Delete(rb))
 	}
 	return &sbox{ns: ns, rec: rec}, nil
 }

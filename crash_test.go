@@ -65,6 +65,9 @@ const (
 	crashSandboxRecord = "sandbox-record"
 	// In the store, when DeleteSandbox commits: the namespace is gone, the records are not.
 	crashDeleteSandbox = "delete-sandbox"
+	// In NewSandbox, once its record is committed, before the kernel makes its namespace (the
+	// two run at once).
+	crashSandboxNamespace = "sandbox-namespace"
 )
 
 // crashConfig is what the child needs: where the lab is and where to die.
@@ -142,13 +145,23 @@ var (
 // crashStore is the bbolt store with crash points on the writes of sandbox records.
 type crashStore struct {
 	*boltdb.Store
-	point string
-	armed *atomic.Bool
-	crash func(info crashInfo)
+	point  string
+	armed  *atomic.Bool
+	crash  func(info crashInfo)
+	runDir string
 }
 
 func (s *crashStore) AtomicPut(ctx context.Context, key string, value []byte, prev uint64) (uint64, error) {
 	if s.point == crashSandboxRecord && s.armed.Load() && strings.HasPrefix(key, sandboxKeyPrefix) {
+		// NewSandbox commits the record while the kernel makes the namespace: die once the
+		// namespace and the files are made (the hosts file is written last), before the commit.
+		hosts := filepath.Join(s.runDir, "sandboxes", strings.TrimPrefix(key, sandboxKeyPrefix), "hosts")
+		for range 500 {
+			if _, err := os.Stat(hosts); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		s.crash(crashInfo{"key": key})
 	}
 	return s.Store.AtomicPut(ctx, key, value, prev)
@@ -166,6 +179,28 @@ func (s *crashStore) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error
 }
 
 var _ kvstore.Batcher = (*crashStore)(nil)
+
+// crashMachine is the kernel, with a crash point in New: once the sandbox's record is in the
+// store, before the namespace or the files are made.
+type crashMachine struct {
+	*sandbox.Kernel
+	store kvstore.Store
+	armed *atomic.Bool
+	crash func(info crashInfo)
+}
+
+func (m *crashMachine) New(ctx context.Context, cfg sandbox.Config) (sandbox.Handle, error) {
+	if m.armed.Load() {
+		for range 500 {
+			if _, err := m.store.Get(ctx, sandboxKeyPrefix+cfg.ID); err == nil {
+				m.crash(crashInfo{"sandbox": cfg.ID})
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return nil, fmt.Errorf("crash machine: the record of sandbox %s was never stored", cfg.ID)
+	}
+	return m.Kernel.New(ctx, cfg)
+}
 
 // TestCrashHelper is the child side of the crash tests. It does nothing unless crashEnv is set.
 func TestCrashHelper(t *testing.T) {
@@ -203,12 +238,20 @@ func crashChild(t *testing.T, cfg crashConfig) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &crashStore{Store: st, point: cfg.Point, armed: armed, crash: crash}
+	store := &crashStore{Store: st, point: cfg.Point, armed: armed, crash: crash, runDir: cfg.RunDir}
 	drv := newCrashBridge(t, cfg.HostNetns, cfg.Point, armed, crash)
-	c, err := cnm.New(ctx, cnm.Config{
+	ccfg := cnm.Config{
 		DataDir: cfg.DataDir, RunDir: cfg.RunDir, HostNetns: cfg.HostNetns, Store: store,
 		Drivers: map[string]drivers.Driver{crashyDriver: drv}, Logger: log,
-	})
+	}
+	if cfg.Point == crashSandboxNamespace {
+		k, err := sandbox.OpenKernel(cfg.HostNetns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ccfg.Machine, ccfg.HostNetns = &crashMachine{Kernel: k, store: st, armed: armed, crash: crash}, ""
+	}
+	c, err := cnm.New(ctx, ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +299,7 @@ func crashChild(t *testing.T, cfg crashConfig) {
 		}
 		armed.Store(true)
 		_, err = c.Connect(ctx, "stable", "fresh")
-	case crashSandboxRecord:
+	case crashSandboxRecord, crashSandboxNamespace:
 		armed.Store(true)
 		_, err = c.NewSandbox(ctx, "ghost")
 	case crashDeleteSandbox:
@@ -383,7 +426,7 @@ func wantRepairs(t *testing.T, got []string, want ...[]string) {
 // checkNoFiles checks that sandbox id has no files directory (hosts, resolv.conf) left.
 func checkNoFiles(t *testing.T, l *crashLab, id string) {
 	t.Helper()
-	dir := filepath.Join(l.dataDir, "sandboxes", id)
+	dir := filepath.Join(l.runDir, "sandboxes", id)
 	if ents, err := os.ReadDir(dir); !errors.Is(err, os.ErrNotExist) {
 		var names []string
 		for _, e := range ents {
@@ -524,12 +567,12 @@ func (l *crashLab) teardown(t *testing.T, c *cnm.Controller) {
 	if got := l.namespaces(t); len(got) != 0 {
 		t.Fatalf("namespaces left under RunDir: %v", got)
 	}
-	if ents, err := os.ReadDir(filepath.Join(l.dataDir, "sandboxes")); err == nil && len(ents) > 0 {
+	if ents, err := os.ReadDir(filepath.Join(l.runDir, "sandboxes")); err == nil && len(ents) > 0 {
 		var names []string
 		for _, e := range ents {
 			names = append(names, e.Name())
 		}
-		t.Errorf("sandbox files left under DataDir: %v", names)
+		t.Errorf("sandbox files left under RunDir: %v", names)
 	}
 	c.Close()
 	c3, reps := l.restart(t)
@@ -724,6 +767,33 @@ func TestPrivilegedCrashBeforeSandboxRecord(t *testing.T) {
 		t.Fatalf("sandbox ghost after the crash: %v, want ErrNotFound", err)
 	}
 	// NewSandbox wrote ghost's hosts and resolv.conf before the crash: no sandbox owns them.
+	checkNoFiles(t, l, "ghost")
+	wantLinks := checkOld(t, c)
+	waitLinks(t, l.host.Path(), wantLinks...)
+	mustSandbox(t, c, "ghost")
+	connectFresh(t, c, "stable", "ghost")
+	l.teardown(t, c)
+}
+
+// TestPrivilegedCrashAfterSandboxRecord: killed in NewSandbox once the sandbox's record is
+// committed, before its namespace was made (NewSandbox commits while the kernel works). The
+// record is dropped and the ID is free again.
+func TestPrivilegedCrashAfterSandboxRecord(t *testing.T) {
+	nstest.Privileged(t)
+	l := newCrashLab(t)
+	l.crash(t, crashSandboxNamespace)
+	if got := l.namespaces(t); slices.Contains(got, "ghost") {
+		t.Fatalf("namespaces after the crash = %v, want no ghost", got)
+	}
+
+	c, reps := l.restart(t)
+	wantRepairs(t, reps, []string{"removed record", "sandbox ghost"})
+	if got := l.namespaces(t); !slices.Equal(got, []string{"old"}) {
+		t.Fatalf("namespaces after the restart = %v, want old only", got)
+	}
+	if _, err := c.Sandbox("ghost"); !errors.Is(err, cnm.ErrNotFound) {
+		t.Fatalf("sandbox ghost after the crash: %v, want ErrNotFound", err)
+	}
 	checkNoFiles(t, l, "ghost")
 	wantLinks := checkOld(t, c)
 	waitLinks(t, l.host.Path(), wantLinks...)

@@ -143,24 +143,26 @@ func (c *Controller) restore(ctx context.Context) error {
 		c.repaired(drivers.Repair{Object: obj, Action: "removed", Reason: "no sandbox record"})
 	}
 	// Files directories (hosts, resolv.conf) that no sandbox owns: the same crash, or a
-	// sandbox dropped above because its namespace was gone.
-	filesRoot := filepath.Join(c.cfg.DataDir, "sandboxes")
-	ents, err := os.ReadDir(filesRoot)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		c.log.Warn("restore: list sandbox files", "err", err)
-	}
-	for _, e := range ents {
-		if _, ok := c.sandboxes[e.Name()]; ok || !e.IsDir() {
-			continue
+	// sandbox dropped above because its namespace was gone. They are under RunDir, or under
+	// DataDir for sandboxes made by an older version.
+	for _, filesRoot := range []string{filepath.Join(c.cfg.RunDir, "sandboxes"), filepath.Join(c.cfg.DataDir, "sandboxes")} {
+		ents, err := os.ReadDir(filesRoot)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			c.log.Warn("restore: list sandbox files", "err", err)
 		}
-		if _, err := c.store.Get(ctx, sandboxPrefix+e.Name()); !errors.Is(err, kvstore.ErrKeyNotFound) {
-			continue // a sandbox kept for the next start to retry, or the store failed
+		for _, e := range ents {
+			if _, ok := c.sandboxes[e.Name()]; ok || !e.IsDir() {
+				continue
+			}
+			if _, err := c.store.Get(ctx, sandboxPrefix+e.Name()); !errors.Is(err, kvstore.ErrKeyNotFound) {
+				continue // a sandbox kept for the next start to retry, or the store failed
+			}
+			if err := os.RemoveAll(filepath.Join(filesRoot, e.Name())); err != nil {
+				c.log.Error("restore: remove sandbox files", "sandbox", e.Name(), "err", err)
+				continue
+			}
+			c.repaired(drivers.Repair{Object: "files of sandbox " + e.Name(), Action: "removed", Reason: "no sandbox record"})
 		}
-		if err := os.RemoveAll(filepath.Join(filesRoot, e.Name())); err != nil {
-			c.log.Error("restore: remove sandbox files", "sandbox", e.Name(), "err", err)
-			continue
-		}
-		c.repaired(drivers.Repair{Object: "files of sandbox " + e.Name(), Action: "removed", Reason: "no sandbox record"})
 	}
 
 	// 5. Drivers: remove their kernel objects that belong to no live network or endpoint.
@@ -295,7 +297,11 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 	if rec.Mode == sandbox.ModeContainer && share == nil {
 		err = &errclass.NotFoundError{Kind: "sandbox", Name: rec.Share}
 	} else {
-		ns, dropped, err = c.machine.Open(ctx, c.sandboxConfig(rec, share), ifaces)
+		cfg := c.sandboxConfig(rec, share)
+		if old := filepath.Join(c.cfg.DataDir, "sandboxes", rec.ID); dirExists(old) {
+			cfg.FilesDir = old // made by an older version: a container may have its files bind-mounted
+		}
+		ns, dropped, err = c.machine.Open(ctx, cfg, ifaces)
 	}
 	if err != nil && !errors.Is(err, errclass.ErrNotFound) {
 		// Something else failed: keep the records for the next start to try again.
@@ -411,4 +417,10 @@ func (c *Controller) reconcileIPAM(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// dirExists reports whether path is a directory.
+func dirExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
 }

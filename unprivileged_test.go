@@ -387,11 +387,15 @@ func TestRestart(t *testing.T) {
 	if !l.m.DeleteLink(l.runDir, "b", "eth0") {
 		t.Fatal("b has no eth0")
 	}
-	stray, err := l.m.New(ctx, sandbox.Config{ID: "stray", RunDir: l.runDir, FilesDir: filepath.Join(l.dataDir, "sandboxes", "stray")})
+	stray, err := l.m.New(ctx, sandbox.Config{ID: "stray", RunDir: l.runDir, FilesDir: filepath.Join(l.runDir, "sandboxes", "stray")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stray.Close()
+	// Files of a sandbox made by an older version, which kept them under DataDir.
+	if err := os.MkdirAll(filepath.Join(l.dataDir, "sandboxes", "oldstray"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	c = l.open(t, nil)
 	reps := repairLines(c)
@@ -401,6 +405,7 @@ func TestRestart(t *testing.T) {
 		"removed endpoint b",
 		"removed netns stray",
 		"removed files of sandbox stray",
+		"removed files of sandbox oldstray",
 	} {
 		if !slices.Contains(reps, want) {
 			t.Errorf("repairs %q lack %q", reps, want)

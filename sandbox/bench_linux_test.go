@@ -2,9 +2,15 @@ package sandbox_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
+	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/sandbox"
 	"github.com/vishvananda/netlink"
@@ -104,4 +110,96 @@ func BenchmarkPrivilegedAddInterface(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPrivilegedNew measures New and Delete of a ModeNamespace sandbox against the calls
+// they make, made by hand in the same iteration (so under the same load): the namespace (file,
+// unshare, bind mount, open), a netlink handle in it, loopback up, the files directory with
+// resolv.conf (from the host's) and hosts; then unmount and remove. RunDir and the files are
+// on a tmpfs (/dev/shm) as /run is, so the figures are the kernel's and cnm's, not a disk's.
+// ns/op is the sum of both; the metrics are the medians of each.
+//
+//	CNM_PRIVILEGED_TESTS=1 ../shared/tools/nsrun -- \
+//	  go test -run '^$' -bench PrivilegedNew -benchtime 1000x -count 5 ./sandbox/
+func BenchmarkPrivilegedNew(b *testing.B) {
+	if !nstest.Enabled() {
+		b.Skip("privileged benchmark: set CNM_PRIVILEGED_TESTS=1 and run as root")
+	}
+	nstest.Privileged(b)
+	e := newEnv(b)
+	dir, err := os.MkdirTemp("/dev/shm", "cnm-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	e.runDir = filepath.Join(dir, "run")
+	e.root = filepath.Join(dir, "files")
+	hostResolv, err := os.ReadFile(e.resolv)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	var newT, rawT, delT, rawDelT []time.Duration
+	for i := 0; b.Loop(); i++ {
+		id := fmt.Sprintf("s%d", i)
+		cfg := e.config(id)
+		t0 := time.Now()
+		sb, err := sandbox.New(ctx, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := sb.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+
+		rid := "r" + id
+		path := filepath.Join(e.runDir, "netns", rid)
+		files := filepath.Join(e.root, rid)
+		ns, err := netns.New(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		h, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := h.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.MkdirAll(files, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		host, _ := os.ReadFile(e.resolv)
+		if err := os.WriteFile(filepath.Join(files, "resolv.conf"), append(host[:0:0], hostResolv...), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(files, "hosts"), []byte("127.0.0.1\tlocalhost\n"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		t3 := time.Now()
+		h.Close()
+		ns.Close()
+		if err := netns.Remove(path); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.RemoveAll(files); err != nil {
+			b.Fatal(err)
+		}
+		t4 := time.Now()
+		newT, delT = append(newT, t1.Sub(t0)), append(delT, t2.Sub(t1))
+		rawT, rawDelT = append(rawT, t3.Sub(t2)), append(rawDelT, t4.Sub(t3))
+	}
+	med := func(d []time.Duration) float64 {
+		d = slices.Clone(d)
+		slices.Sort(d)
+		return float64(d[len(d)/2])
+	}
+	b.ReportMetric(med(newT)/1e6, "new-ms")
+	b.ReportMetric(med(rawT)/1e6, "rawnew-ms")
+	b.ReportMetric(med(newT)/med(rawT), "new/raw")
+	b.ReportMetric(med(delT)/1e6, "delete-ms")
+	b.ReportMetric(med(rawDelT)/1e6, "rawdelete-ms")
+	b.ReportMetric(med(delT)/med(rawDelT), "delete/raw")
 }

@@ -395,9 +395,13 @@ func (d *Driver) lockNetwork(ctx context.Context, nid drivers.NetworkID) (unlock
 // DeleteNetwork removes the network's bridge if it is the driver's (a bridge with the
 // network's alias); a missing bridge, or a link of that name that is not the network's, is
 // left alone and the call returns nil. After a restart that did not re-create the network, the
-// bridge is found by its alias. Then it removes the rules that name the bridge from the
-// driver's chains, in one iptables-restore transaction; the chains, the jumps to them and the
-// sysctls stay.
+// bridge is found by its alias. It removes the rules that name the bridge from the driver's
+// chains, in one iptables-restore transaction, at the same time as the bridge: the two are
+// independent kernel work (an nf_tables transaction and the link's RTNL teardown cost about the
+// same), and a bridge being deleted has no port left whose traffic its rules would decide. The
+// chains, the jumps to them and the sysctls stay. If the bridge can not be deleted, the rules of
+// a network this process knows are written back, so a live bridge does not stay without them;
+// the errors are joined.
 func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkRequest) error {
 	nid := req.NetworkID
 	unlock, err := d.lockNetwork(ctx, nid)
@@ -418,35 +422,54 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 	} else {
 		link, err = d.findByAlias(aliasPrefix + string(nid))
 	}
-	if err == nil && link != nil {
-		if isOurs(link, nid) {
-			err = d.h.LinkDel(link)
-			if err == nil {
-				d.log.DebugContext(ctx, "deleted bridge", "network", nid.Short(), "bridge", link.Attrs().Name)
-			}
-		} else {
-			d.log.WarnContext(ctx, "bridge of network is not ours; left alone", "network", nid.Short(), "bridge", link.Attrs().Name)
-		}
-	}
-	if err != nil && !errors.Is(err, syscall.ENODEV) {
+	if err != nil {
 		return fmt.Errorf("bridge: delete network %s: %w", nid.Short(), err)
 	}
-	// The rules go after the bridge, so no live bridge is ever without its isolation.
+	ours := link != nil && isOurs(link, nid)
+	if link != nil && !ours {
+		d.log.WarnContext(ctx, "bridge of network is not ours; left alone", "network", nid.Short(), "bridge", link.Attrs().Name)
+	}
 	br := defaultBridgeName(nid)
 	switch {
 	case n != nil:
 		br = n.bridge
-	case link != nil && isOurs(link, nid):
+	case ours:
 		br = link.Attrs().Name
 	}
-	if link == nil || isOurs(link, nid) {
-		// The bridge is gone: finish the job even if ctx ends now.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
-		err := d.removeFirewall(fctx, br, n)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("bridge: delete network %s: firewall: %w", nid.Short(), err)
+	var fwErr error
+	if link == nil || ours {
+		// The network goes: finish the job even if ctx ends now. The rules are removed on a
+		// goroutine of this call while the bridge is deleted, and waited for below.
+		rb := context.WithoutCancel(ctx)
+		fwDone := make(chan error, 1)
+		go func() {
+			fctx, cancel := context.WithTimeout(rb, fwTimeout)
+			defer cancel()
+			fwDone <- d.removeFirewall(fctx, br, n)
+		}()
+		if ours {
+			err = d.h.LinkDel(link)
+			if errors.Is(err, syscall.ENODEV) {
+				err = nil
+			}
 		}
+		if fwErr = <-fwDone; fwErr != nil {
+			fwErr = fmt.Errorf("firewall: %w", fwErr)
+		}
+		if err != nil && fwErr == nil && n != nil {
+			// The bridge stays: so must its rules.
+			fctx, cancel := context.WithTimeout(rb, fwTimeout)
+			if rerr := d.ensureFirewall(fctx, n, false); rerr != nil {
+				fwErr = fmt.Errorf("put the rules of the bridge that stays back: %w", rerr)
+			}
+			cancel()
+		}
+	}
+	if err = errors.Join(err, fwErr); err != nil {
+		return fmt.Errorf("bridge: delete network %s: %w", nid.Short(), err)
+	}
+	if ours {
+		d.log.DebugContext(ctx, "deleted bridge", "network", nid.Short(), "bridge", link.Attrs().Name)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
