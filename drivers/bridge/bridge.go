@@ -51,6 +51,11 @@ type Config struct {
 	// enable_icc=false are refused. false means the driver writes its rules, which needs
 	// iptables-save and iptables-restore in PATH (checked when a network is created).
 	DisableIPTables bool
+	// Firewall is the backend that writes the rules: FirewallIPTables, FirewallNftables or
+	// FirewallAuto (see their docs and the package doc). "" means FirewallIPTables, for now.
+	// FirewallNftables on a kernel without nf_tables fails New with an error matching
+	// cnm.ErrUnavailable. With DisableIPTables, no backend writes anything.
+	Firewall Firewall
 	// PortRange is the range ephemeral host ports of published ports are chosen from. The
 	// zero value means 49153-60999; otherwise First must be at least 1 and Last at least First.
 	PortRange PortRange
@@ -69,6 +74,7 @@ type Driver struct {
 	fw   *iptables.Runner // iptables in the host namespace
 	fw6  *iptables.Runner // ip6tables in the host namespace
 	noFW bool             // Config.DisableIPTables
+	fwb  firewall         // the firewall backend: iptablesFirewall or *nftFirewall
 	ct   *conntrackSocket // NETLINK_NETFILTER in the host namespace; nil when it cannot be opened
 	once sync.Once        // closes ns, h, raw and ct
 
@@ -158,7 +164,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		log.Warn("bridge: no conntrack netlink socket; stale connections of released addresses are not flushed", "err", err)
 		ct = nil
 	}
-	return &Driver{
+	d := &Driver{
 		ct:        ct,
 		portRange: pr,
 		endpoints: make(map[drivers.EndpointID]*endpoint),
@@ -175,7 +181,14 @@ func New(cfg Config) (_ *Driver, err error) {
 		networks:  make(map[drivers.NetworkID]*network),
 		names:     make(map[string]drivers.NetworkID),
 		busy:      make(map[drivers.NetworkID]chan struct{}),
-	}, nil
+	}
+	if d.fwb, err = newFirewall(d, cfg); err != nil {
+		h.Close()
+		raw.Close()
+		ct.Close()
+		return nil, fmt.Errorf("bridge: %w", err)
+	}
+	return d, nil
 }
 
 // Close closes the driver's netlink sockets and its handle of the host namespace. It leaves
@@ -186,6 +199,7 @@ func (d *Driver) Close() error {
 		d.h.Close()
 		d.raw.Close()
 		d.ct.Close()
+		d.fwb.close()
 		d.ns.Close()
 	})
 	return nil
@@ -230,7 +244,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	if err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
-	if err := d.checkFirewall(cfg); err != nil {
+	if err := d.fwb.check(cfg); err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 	unlock, err := d.lockNetwork(ctx, nid)
@@ -259,7 +273,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 
 	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
 	if err == nil {
-		if err = d.ensureFirewall(ctx, cfg, created && old == nil); err != nil {
+		if err = d.fwb.ensureNetwork(ctx, cfg, created && old == nil); err != nil {
 			err = fmt.Errorf("firewall: %w", err)
 			if created { // nothing half-made: the transaction wrote nothing
 				if derr := d.h.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cfg.bridge, Index: index}}); derr != nil {
@@ -423,7 +437,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 	if link == nil || isOurs(link, nid) {
 		// The bridge is gone: finish the job even if ctx ends now.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
-		err := d.removeFirewall(fctx, br, n)
+		err := d.fwb.removeNetwork(fctx, br, n)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("bridge: delete network %s: firewall: %w", nid.Short(), err)
@@ -533,7 +547,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	d.epBusy[eid] = true
 	d.mu.Unlock()
 
-	err = d.ensurePorts(ctx, eid, ep, old == nil)
+	err = d.fwb.ensurePorts(ctx, eid, ep, old == nil)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -590,7 +604,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 
 	// The rules go even if ctx ends now: the endpoint is on its way out.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
-	err := d.removePorts(fctx, eid, ep)
+	err := d.fwb.removePorts(fctx, eid, ep)
 	cancel()
 
 	d.mu.Lock()

@@ -52,6 +52,7 @@ func newDriver(t testing.TB, host *netns.NS) *Driver {
 	t.Helper()
 	d, err := New(Config{
 		HostNetns: host.Path(),
+		Firewall:  testFirewall,
 		Logger:    slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {

@@ -420,6 +420,12 @@ func (d *Driver) checkFirewall(n *network) error {
 			return err
 		}
 	}
+	return d.checkBrNF(n)
+}
+
+// checkBrNF checks that br_netfilter is loaded in the host namespace when n has ICC off: both
+// backends need it, so that traffic between ports of one bridge is filtered.
+func (d *Driver) checkBrNF(n *network) error {
 	if n.noICC {
 		var exists bool
 		err := d.ns.Do(func() error {
@@ -463,23 +469,9 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
 	fams := families(n)
-	fwdOn := make([]bool, len(fams))
-	brNFOn := make([]bool, len(fams))
-	if err := d.ns.Do(func() error {
-		for i, f := range fams {
-			var err error
-			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
-				return err
-			}
-			if n.noICC {
-				if brNFOn[i], err = readBoolSysctl(f.brNF); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("read sysctls: %w", err)
+	fwdOn, brNFOn, err := d.readSysctls(n)
+	if err != nil {
+		return err
 	}
 	type written struct {
 		f         *ipFamily
@@ -503,9 +495,41 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 		}
 		done = append(done, written{f, setPolicy})
 	}
+	return d.writeSysctls(n, fwdOn, brNFOn)
+}
+
+// readSysctls reads, in the host namespace, whether forwarding is on for each of n's families
+// (in the order of families(n)), and br_netfilter's switch when n has ICC off.
+func (d *Driver) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) {
+	fams := families(n)
+	fwdOn = make([]bool, len(fams))
+	brNFOn = make([]bool, len(fams))
+	if err := d.ns.Do(func() error {
+		for i, f := range fams {
+			var err error
+			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
+				return err
+			}
+			if n.noICC {
+				if brNFOn[i], err = readBoolSysctl(f.brNF); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("read sysctls: %w", err)
+	}
+	return fwdOn, brNFOn, nil
+}
+
+// writeSysctls turns on, in the host namespace, the forwarding of each of n's families that
+// readSysctls found off (when n is not internal), and br_netfilter's switch when n has ICC
+// off.
+func (d *Driver) writeSysctls(n *network, fwdOn, brNFOn []bool) error {
 	return d.ns.Do(func() error {
 		var errs []error
-		for i, f := range fams {
+		for i, f := range families(n) {
 			if !n.internal && !fwdOn[i] {
 				errs = append(errs, writeSysctl(f.forward, "1"))
 			}
