@@ -82,9 +82,9 @@ func newFirewall(d *Driver, cfg Config) (firewall, error) {
 // iptablesFirewall is the iptables backend: firewall.go and ports.go.
 type iptablesFirewall struct{ d *Driver }
 
-func (b iptablesFirewall) kind() Firewall           { return FirewallIPTables }
+func (b iptablesFirewall) kind() Firewall         { return FirewallIPTables }
 func (b iptablesFirewall) check(n *network) error { return b.d.checkFirewall(n) }
-func (b iptablesFirewall) close()                   {}
+func (b iptablesFirewall) close()                 {}
 
 func (b iptablesFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool) error {
 	return b.d.ensureFirewall(ctx, n, fresh)

@@ -59,6 +59,7 @@ func newDriver(t testing.TB, host *netns.NS) *Driver {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
+	noProcesses(t, d)
 	return d
 }
 

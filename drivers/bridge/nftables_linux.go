@@ -29,7 +29,7 @@ const (
 	NftChainPostrouting = "postrouting" // nat, hook postrouting, priority srcnat
 	NftChainPrerouting  = "prerouting"  // nat, hook prerouting, priority dstnat
 	NftChainOutput      = "output"      // nat, hook output, priority dstnat
-	NftChainDNAT        = "dnat"        // jumped to from prerouting and output for local addresses
+	NftChainDNAT        = "published"   // jumped to from prerouting and output for local addresses
 
 	NftChainInPrefix  = "in-"  // and a bridge name: what enters from the bridge
 	NftChainOutPrefix = "out-" // and a bridge name: what leaves by the bridge from elsewhere
@@ -106,9 +106,9 @@ func newNftFirewall(d *Driver) (*nftFirewall, error) {
 		iptFilter4: &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4},
 		iptFilter6: &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv6},
 	}
-	f.in = &nftables.Set{Table: t, Name: NftMapForwardIn, IsMap: true, KeyType: typeIfname, DataType: nftables.TypeVerdict}
-	f.out = &nftables.Set{Table: t, Name: NftMapForwardOut, IsMap: true, KeyType: typeIfname, DataType: nftables.TypeVerdict}
-	f.bridges = &nftables.Set{Table: t, Name: NftSetBridges, KeyType: typeIfname}
+	f.in = &nftables.Set{Table: t, Name: NftMapForwardIn, IsMap: true, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+	f.out = &nftables.Set{Table: t, Name: NftMapForwardOut, IsMap: true, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
+	f.bridges = &nftables.Set{Table: t, Name: NftSetBridges, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian}
 	f.dropFam = &nftables.Set{Table: t, Name: NftSetDrop, KeyType: nftables.TypeNFProto}
 	f.nat4 = &nftables.Set{Table: t, Name: NftMapNAT4, IsMap: true, Interval: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
 	f.nat6 = &nftables.Set{Table: t, Name: NftMapNAT6, IsMap: true, Interval: true, KeyType: nftables.TypeIP6Addr, DataType: nftables.TypeVerdict}
@@ -553,16 +553,33 @@ func (f *nftFirewall) intervals(s *nftables.Set) ([]interval, error) {
 	})
 	var out []interval
 	for i, e := range els {
-		if e.IntervalEnd || e.VerdictData == nil {
+		if e.IntervalEnd {
 			continue
 		}
-		iv := interval{chain: e.VerdictData.Chain, elems: []nftables.SetElement{{Key: e.Key}}}
+		iv := interval{chain: verdictChain(e.Val), elems: []nftables.SetElement{{Key: e.Key}}}
 		if i+1 < len(els) && els[i+1].IntervalEnd {
 			iv.elems = append(iv.elems, nftables.SetElement{Key: els[i+1].Key, IntervalEnd: true})
 		}
 		out = append(out, iv)
 	}
 	return out, nil
+}
+
+// verdictChain returns the chain of a jump or goto in the data of a verdict map's element,
+// which the nftables library lists undecoded: the nested attributes NFTA_VERDICT_CODE and
+// NFTA_VERDICT_CHAIN.
+func verdictChain(b []byte) string {
+	for len(b) >= 4 {
+		n, typ := int(binary.NativeEndian.Uint16(b)), binary.NativeEndian.Uint16(b[2:])&^unix.NLA_F_NESTED
+		if n < 4 || n > len(b) {
+			return ""
+		}
+		if typ == unix.NFTA_VERDICT_CHAIN {
+			return strings.TrimRight(string(b[4:n]), "\x00")
+		}
+		b = b[min(len(b), (n+3)&^3):]
+	}
+	return ""
 }
 
 // isNotFound reports whether err is the kernel's ENOENT: a table, chain or set that is not
