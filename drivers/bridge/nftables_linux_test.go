@@ -298,3 +298,147 @@ func TestPrivilegedNftablesConverges(t *testing.T) {
 		t.Errorf("table after deleting (-before create +after delete):\n%s", diff)
 	}
 }
+
+// TestPrivilegedNftablesIPTablesForwardDrop checks coexistence with another program that
+// uses the iptables compatibility tables (iptables-nft) with a FORWARD policy DROP: a
+// forwarded packet must pass both tables, so the nftables backend puts one accept rule for
+// the packets it marked first in that FORWARD chain, and traffic crosses (out through NAT, in
+// through a published port, between the containers), and stops crossing when that rule is
+// removed by hand.
+func TestPrivilegedNftablesIPTablesForwardDrop(t *testing.T) {
+	nstest.Privileged(t)
+	withFirewall(t, FirewallNftables)
+	l := newLab(t)
+	for _, args := range [][]string{{"-P", "FORWARD", "DROP"}, {"-A", "FORWARD", "-s", "198.51.100.0/24", "-j", "ACCEPT"}} {
+		if out, err := nstest.Exec(l.host, "iptables-nft", args...); err != nil {
+			t.Fatalf("iptables-nft %v: %v: %s", args, err, out)
+		}
+	}
+	nid := l.newNetwork(t, drivers.CreateNetworkRequest{IPv4: v4("10.10.1.0/24")})
+	gw := netip.MustParseAddr("10.10.1.1")
+	sb := l.sandbox(t, nid, "10.10.1.2/24", gw)
+	sb2 := l.sandbox(t, nid, "10.10.1.3/24", gw)
+	canPing(t, sb, "sandbox", "192.0.2.2", true)
+	canPing(t, sb, "sandbox", "10.10.1.3", true)
+	ln := listen(t, l.outside, "192.0.2.2:0")
+	if remote, err := dial(sb, outsideIP.Addr(), ln); err != nil || remote != hostUplink.Addr() {
+		t.Errorf("TCP from the sandbox to the outside: seen as %v, %v; want %v", remote, err, hostUplink.Addr())
+	}
+	eid := driverstest.NewEndpointID()
+	l.publish(t, nid, eid, "10.10.1.4/24", tcp(8080, 80))
+	srv := nstest.NewNS(t)
+	l.joinEID(t, srv, nid, eid, "eth0", "10.10.1.4/24", gw)
+	lnSrv := listen(t, srv, "10.10.1.4:80")
+	if _, err := exchange(l.outside, netip.AddrPortFrom(hostUplink.Addr(), 8080), lnSrv); err != nil {
+		t.Errorf("published port from the outside through an iptables FORWARD policy DROP: %v", err)
+	}
+	out, err := nstest.Exec(l.host, "iptables-nft", "-S", "FORWARD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"-P FORWARD DROP",
+		`-A FORWARD -m mark --mark 0x10000000/0x10000000 -m comment --comment "` + nftIPTablesComment + `" -j ACCEPT`,
+		"-A FORWARD -s 198.51.100.0/24 -j ACCEPT"}
+	if diff := cmp.Diff(want, strings.Split(out, "\n")); diff != "" {
+		t.Errorf("iptables FORWARD (-want +got):\n%s", diff)
+	}
+	// Both tables decide: without the accept rule, the other program's policy drops the
+	// driver's traffic; converging (a restart) puts the rule back, once.
+	if out, err := nstest.Exec(l.host, "iptables-nft", "-D", "FORWARD", "1"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	canPing(t, sb, "sandbox without the accept rule", "192.0.2.2", false)
+	if err := newDriver(t, l.host).CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: nid, IPv4: v4("10.10.1.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	if out2, err := nstest.Exec(l.host, "iptables-nft", "-S", "FORWARD"); err != nil || out2 != out {
+		t.Errorf("iptables FORWARD after a restart: %q, %v; want it as before:\n%s", out2, err, out)
+	}
+	canPing(t, sb2, "sandbox after the restart", "192.0.2.2", true)
+}
+
+// TestPrivilegedFirewallSwitch checks a host that switches backends: what the other backend
+// left is removed by Reconcile and reported, the user's iptables chain CNM-USER stays, and
+// traffic crosses throughout.
+func TestPrivilegedFirewallSwitch(t *testing.T) {
+	nstest.Privileged(t)
+	l := newLab(t)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.10.1.0/24")}
+	gw := netip.MustParseAddr("10.10.1.1")
+	l.createNetwork(t, req) // iptables, deleted by l.d at the end
+	eid := driverstest.NewEndpointID()
+	ereq := drivers.CreateEndpointRequest{NetworkID: req.NetworkID, EndpointID: eid, IPv4: netip.MustParsePrefix("10.10.1.2/24"), Ports: []drivers.PortBinding{tcp(8080, 80)}}
+	if _, err := l.d.CreateEndpoint(t.Context(), ereq); err != nil {
+		t.Fatal(err)
+	}
+	sb := nstest.NewNS(t)
+	l.joinEID(t, sb, req.NetworkID, eid, "eth0", "10.10.1.2/24", gw)
+	ln := listen(t, sb, "10.10.1.2:80")
+	check := func(when string) {
+		t.Helper()
+		canPing(t, sb, when, "192.0.2.2", true)
+		if _, err := exchange(l.outside, netip.AddrPortFrom(hostUplink.Addr(), 8080), ln); err != nil {
+			t.Errorf("%s: published port: %v", when, err)
+		}
+	}
+	check("iptables")
+	if !strings.Contains(l.save(t), ChainNetworkPrefix) {
+		t.Fatalf("no iptables rules:\n%s", l.save(t))
+	}
+
+	// To nftables: a restart that re-creates the network and endpoint, then Reconcile.
+	withFirewall(t, FirewallNftables)
+	d2 := newDriver(t, l.host)
+	if err := d2.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d2.CreateEndpoint(t.Context(), ereq); err != nil {
+		t.Fatal(err)
+	}
+	live := drivers.LiveState{Networks: []drivers.NetworkID{req.NetworkID}, Endpoints: []drivers.EndpointID{eid}}
+	repairs, err := d2.Reconcile(t.Context(), live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(repairs) != 1 || !strings.Contains(repairs[0].Object, "ip iptables chains") {
+		t.Errorf("repairs after switching to nftables: %v, want the iptables chains removed", repairs)
+	}
+	save := l.save(t)
+	for _, line := range strings.Split(save, "\n") {
+		if strings.Contains(line, "CNM-") && !strings.Contains(line, ChainUser) {
+			t.Errorf("iptables backend leftover: %s", line)
+		}
+	}
+	if !strings.Contains(save, "-A FORWARD -j "+ChainUser) {
+		t.Errorf("the jump to the user's chain is gone:\n%s", save)
+	}
+	check("nftables")
+
+	// And back to iptables.
+	withFirewall(t, FirewallIPTables)
+	d3 := newDriver(t, l.host)
+	if err := d3.CreateNetwork(t.Context(), req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d3.CreateEndpoint(t.Context(), ereq); err != nil {
+		t.Fatal(err)
+	}
+	repairs, err = d3.Reconcile(t.Context(), live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []drivers.Repair{
+		{Object: "nftables table inet cnm", Action: "removed", Reason: "left by the nftables firewall backend; the backend is iptables"},
+		{Object: "ip filter FORWARD accept rule of the nftables backend", Action: "removed", Reason: "the backend is iptables"},
+	}
+	if diff := cmp.Diff(want, repairs); diff != "" {
+		t.Errorf("repairs after switching back to iptables (-want +got):\n%s", diff)
+	}
+	if out, err := nstest.Exec(l.host, "nft", "list", "tables"); err != nil || strings.Contains(out, "inet "+NftTable) {
+		t.Errorf("nft list tables: %q, %v; want no inet %s", out, err, NftTable)
+	}
+	check("iptables again")
+	if err := d3.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: req.NetworkID, EndpointID: eid}); err != nil {
+		t.Fatal(err)
+	}
+}
