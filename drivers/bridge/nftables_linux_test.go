@@ -21,7 +21,7 @@ import (
 var testFirewall = FirewallIPTables
 
 // withFirewall makes newDriver use backend fw until the test ends.
-func withFirewall(t *testing.T, fw Firewall) {
+func withFirewall(t testing.TB, fw Firewall) {
 	old := testFirewall
 	testFirewall = fw
 	t.Cleanup(func() { testFirewall = old })
