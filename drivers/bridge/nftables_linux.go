@@ -343,10 +343,12 @@ func (f *nftFirewall) planNetwork(n *network) error {
 	if masq6 {
 		f.add(nat, nfproto(unix.NFPROTO_IPV6), ifIs(expr.MetaKeyOIFNAME, br, false), &expr.Masq{})
 	}
-	if err := f.conn.SetAddElements(f.nat4, subnetElements(n.subnets4, nat.Name)); err != nil {
-		return err
+	if len(n.subnets4) > 0 {
+		if err := f.conn.SetAddElements(f.nat4, subnetElements(n.subnets4, nat.Name)); err != nil {
+			return err
+		}
 	}
-	if masq6 {
+	if masq6 && len(n.subnets6) > 0 {
 		if err := f.conn.SetAddElements(f.nat6, subnetElements(n.subnets6, nat.Name)); err != nil {
 			return err
 		}
@@ -392,7 +394,7 @@ func (f *nftFirewall) planDeleteNetwork(n *network) error {
 			return err
 		}
 	}
-	if !n.internal {
+	if !n.internal && len(n.subnets4) > 0 {
 		if err := f.conn.SetDeleteElements(f.nat4, subnetElements(n.subnets4, "")); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"errors"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/google/go-cmp/cmp"
 )
@@ -440,5 +442,28 @@ func TestPrivilegedFirewallSwitch(t *testing.T) {
 	check("iptables again")
 	if err := d3.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: req.NetworkID, EndpointID: eid}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPrivilegedFirewallChoice checks Config.Firewall: the zero value is iptables, auto picks
+// nftables on a kernel that has it (this one), and anything else is refused.
+func TestPrivilegedFirewallChoice(t *testing.T) {
+	nstest.Privileged(t)
+	host := nstest.NewNS(t)
+	for _, c := range []struct {
+		fw   Firewall
+		want Firewall
+	}{{"", FirewallIPTables}, {FirewallIPTables, FirewallIPTables}, {FirewallNftables, FirewallNftables}, {FirewallAuto, FirewallNftables}} {
+		d, err := New(Config{HostNetns: host.Path(), Firewall: c.fw})
+		if err != nil {
+			t.Fatalf("New with Firewall %q: %v", c.fw, err)
+		}
+		if got := d.fwb.kind(); got != c.want {
+			t.Errorf("Firewall %q: backend %q, want %q", c.fw, got, c.want)
+		}
+		d.Close()
+	}
+	if _, err := New(Config{HostNetns: host.Path(), Firewall: "pf"}); !errors.Is(err, errclass.ErrInvalidParameter) {
+		t.Errorf("New with Firewall \"pf\": %v, want an invalid parameter", err)
 	}
 }
