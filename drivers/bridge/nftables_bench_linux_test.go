@@ -126,6 +126,36 @@ func BenchmarkPrivilegedNftablesKth(b *testing.B) {
 		}
 		p.report(b, "k1", fmt.Sprintf("k%d", k))
 	})
+	// The backend's own work for a network (its batch and the sysctl reads, no bridge), since a
+	// bridge's kernel cost itself grows with the number of links (see BENCHMARKS.md).
+	b.Run(fmt.Sprintf("firewall/k=%d", k), func(b *testing.B) {
+		one, many := newEnv(b), newEnv(b)
+		for i := range k - 1 {
+			many.createNetwork(b, drivers.CreateNetworkRequest{IPv4: v4(fmt.Sprintf("10.%d.%d.0/24", 20+i/256, i%256))})
+		}
+		n, err := networkConfig(drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.30.0.0/24")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		cycle := func(d *Driver, split *splitTimer) {
+			split.start()
+			if err := d.fwb.ensureNetwork(b.Context(), n, true); err != nil {
+				b.Fatal(err)
+			}
+			split.mid()
+			if err := d.fwb.removeNetwork(b.Context(), n.bridge, n); err != nil {
+				b.Fatal(err)
+			}
+			split.stop()
+		}
+		cycle(one.d, &splitTimer{}) // the first of the process converges the base
+		var p pairTimer
+		for b.Loop() {
+			cycle(one.d, &p.base)
+			cycle(many.d, &p.cnm)
+		}
+		p.report(b, "k1", fmt.Sprintf("k%d", k))
+	})
 	b.Run(fmt.Sprintf("port/k=%d", k), func(b *testing.B) {
 		nid := driverstest.NewNetworkID()
 		one, many := newEnv(b), newEnv(b)

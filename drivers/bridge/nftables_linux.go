@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -31,19 +30,17 @@ const (
 	NftChainOutput      = "output"      // nat, hook output, priority dstnat
 	NftChainDNAT        = "published"   // jumped to from prerouting and output for local addresses
 
-	NftChainInPrefix  = "in-"  // and a bridge name: what enters from the bridge
-	NftChainOutPrefix = "out-" // and a bridge name: what leaves by the bridge from elsewhere
-	NftChainNATPrefix = "nat-" // and a bridge name: the network's masquerading
-
-	NftMapForwardIn  = "forward-in"   // bridge name : goto in-BR
-	NftMapForwardOut = "forward-out"  // bridge name : goto out-BR
-	NftSetBridges    = "bridges"      // every cnm bridge, for isolation
-	NftSetDrop       = "forward-drop" // the families (nfproto) whose other forwarded traffic is dropped
-	NftMapNAT4       = "nat4"         // IPv4 subnet (interval) : jump nat-BR
-	NftMapNAT6       = "nat6"         // IPv6 subnet (interval) : jump nat-BR
-	NftSetPorts4     = "ports4"       // container address . protocol . container port, accepted from outside
-	NftMapDNAT4      = "dnat4"        // host address . protocol . host port : container address . port
-	NftMapDNAT4Any   = "dnat4-any"    // protocol . host port : container address . port (all host addresses)
+	NftSetBridges  = "bridges"      // ifname: every cnm bridge
+	NftSetSame     = "same"         // ifname . ifname: BR . BR for every cnm bridge
+	NftSetICCOff   = "icc-off"      // ifname: the bridges of networks with enable_icc=false
+	NftSetInternal = "internal"     // ifname: the bridges of internal networks
+	NftSetRouted   = "routed"       // ifname: the bridges of networks in routed gateway mode
+	NftSetMasq4    = "masq4"        // ifname: the bridges whose IPv4 traffic out is masqueraded
+	NftSetMasq6    = "masq6"        // ifname: the bridges whose IPv6 traffic out is masqueraded
+	NftSetDrop     = "forward-drop" // nf_proto: the families whose other forwarded traffic is dropped
+	NftSetPorts4   = "ports4"       // container address . protocol . container port, accepted from outside
+	NftMapDNAT4    = "dnat4"        // host address . protocol . host port : container address . port
+	NftMapDNAT4Any = "dnat4-any"    // protocol . host port : container address . port (all host addresses)
 
 	// NftForwardPriority is the priority of the forward chain: before the iptables filter
 	// FORWARD chain (0), so that the accept mark is set when that chain sees the packet.
@@ -54,15 +51,20 @@ const (
 	NftAcceptMark = 0x10000000
 	// nftIPTablesComment is the comment of that accept rule: how cnm finds it again.
 	nftIPTablesComment = "cnm: accept what the cnm nftables table accepted"
+	// NftMasqMark is the packet mark bit the forward chain sets on the packets of a
+	// masquerading network that leave it, and on hairpinned ones; postrouting masquerades
+	// exactly those.
+	NftMasqMark = 0x20000000
 )
 
-// Register numbers (linux/netfilter/nf_tables.h): NFT_REG_VERDICT, NFT_REG_1, and the 32-bit
-// registers NFT_REG32_01 and NFT_REG32_02 that follow NFT_REG_1 in a concatenation.
+// Register numbers (linux/netfilter/nf_tables.h): NFT_REG_1 and NFT_REG_2 (16 bytes each),
+// and the 32-bit registers NFT_REG32_01 and NFT_REG32_02 that follow NFT_REG32_00, the first
+// word of NFT_REG_1, in a concatenation.
 const (
-	regVerdict = 0
-	reg1       = 1
-	reg32x01   = 9
-	reg32x02   = 10
+	reg1     = 1
+	reg2     = 2
+	reg32x01 = 9
+	reg32x02 = 10
 )
 
 const ipsDstNAT = 1 << 5 // IPS_DST_NAT: the connection was DNATed
@@ -74,7 +76,10 @@ var typeIfname = func() nftables.SetDatatype {
 }()
 
 // nftFirewall is the nftables backend: one nf_tables batch (netlink, no process) per
-// operation, in the table inet cnm.
+// operation, in the table inet cnm. A network or a published port is only elements of the
+// table's sets and maps: no batch but the base's adds a rule, a chain or a jump, so the
+// kernel never walks the table to validate it (which it does for a batch that adds a jump,
+// at a cost that grows with the table).
 type nftFirewall struct {
 	d    *Driver
 	conn *nftables.Conn // lasting, in the host namespace
@@ -83,11 +88,12 @@ type nftFirewall struct {
 	// ready reports that this process has converged the table's base chains and sets once.
 	ready bool
 
-	table                                 *nftables.Table
-	in, out, bridges, nat4, nat6, dropFam *nftables.Set
-	ports4, dnat4, dnat4any               *nftables.Set
-	fwd, user, post, pre, output, dnat    *nftables.Chain
-	iptFilter4, iptFilter6                *nftables.Table
+	table *nftables.Table
+	// The sets keyed by bridge name.
+	bridges, same, iccOff, internal, routed, masq4, masq6 *nftables.Set
+	dropFam, ports4, dnat4, dnat4any                      *nftables.Set
+	fwd, user, post, pre, output, dnat                    *nftables.Chain
+	iptFilter4, iptFilter6                                *nftables.Table
 }
 
 // newNftFirewall opens a lasting nf_tables netlink socket in the host namespace and checks
@@ -106,12 +112,17 @@ func newNftFirewall(d *Driver) (*nftFirewall, error) {
 		iptFilter4: &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4},
 		iptFilter6: &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv6},
 	}
-	f.in = &nftables.Set{Table: t, Name: NftMapForwardIn, IsMap: true, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
-	f.out = &nftables.Set{Table: t, Name: NftMapForwardOut, IsMap: true, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeVerdict}
-	f.bridges = &nftables.Set{Table: t, Name: NftSetBridges, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian}
+	ifset := func(name string) *nftables.Set {
+		return &nftables.Set{Table: t, Name: name, KeyType: typeIfname, KeyByteOrder: binaryutil.NativeEndian}
+	}
+	f.bridges, f.iccOff, f.internal, f.routed = ifset(NftSetBridges), ifset(NftSetICCOff), ifset(NftSetInternal), ifset(NftSetRouted)
+	f.masq4, f.masq6 = ifset(NftSetMasq4), ifset(NftSetMasq6)
+	// The library describes a concatenation's fields by their names' sizes and knows no
+	// ifname: ipv6_addr has its size (16 bytes), and the type code says ifname . ifname.
+	f.same = &nftables.Set{Table: t, Name: NftSetSame, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr)}
+	f.same.KeyType.SetNFTMagic(41<<nftables.SetConcatTypeBits | 41)
 	f.dropFam = &nftables.Set{Table: t, Name: NftSetDrop, KeyType: nftables.TypeNFProto}
-	f.nat4 = &nftables.Set{Table: t, Name: NftMapNAT4, IsMap: true, Interval: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
-	f.nat6 = &nftables.Set{Table: t, Name: NftMapNAT6, IsMap: true, Interval: true, KeyType: nftables.TypeIP6Addr, DataType: nftables.TypeVerdict}
 	f.ports4 = &nftables.Set{Table: t, Name: NftSetPorts4, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)}
 	f.dnat4 = &nftables.Set{Table: t, Name: NftMapDNAT4, IsMap: true, Concatenation: true,
@@ -140,9 +151,9 @@ func (f *nftFirewall) close() { f.conn.CloseLasting() }
 // check needs no binary: only br_netfilter when ICC is off.
 func (f *nftFirewall) check(n *network) error { return f.d.checkBrNF(n) }
 
-// chain returns a regular chain of the table.
-func (f *nftFirewall) chain(name string) *nftables.Chain {
-	return &nftables.Chain{Table: f.table, Name: name}
+// bridgeSets are the sets keyed by bridge name.
+func (f *nftFirewall) bridgeSets() []*nftables.Set {
+	return []*nftables.Set{f.bridges, f.same, f.iccOff, f.internal, f.routed, f.masq4, f.masq6}
 }
 
 // planBase adds to the batch what makes the table, its sets and maps, and its base chains
@@ -151,7 +162,7 @@ func (f *nftFirewall) chain(name string) *nftables.Chain {
 func (f *nftFirewall) planBase() error {
 	c := f.conn
 	c.AddTable(f.table)
-	for _, s := range []*nftables.Set{f.in, f.out, f.bridges, f.dropFam, f.nat4, f.nat6, f.ports4, f.dnat4, f.dnat4any} {
+	for _, s := range slices.Concat(f.bridgeSets(), []*nftables.Set{f.dropFam, f.ports4, f.dnat4, f.dnat4any}) {
 		if err := c.AddSet(s, nil); err != nil {
 			return err
 		}
@@ -164,45 +175,76 @@ func (f *nftFirewall) planBase() error {
 	for _, ch := range []*nftables.Chain{f.fwd, f.post, f.pre, f.output, f.dnat} {
 		c.FlushChain(ch)
 	}
-	// forward: the user's chain, then the chain of the bridge the packet comes from, then that
-	// of the bridge it goes to.
-	f.add(f.fwd, jump(NftChainUser))
-	f.add(f.fwd, load(expr.MetaKeyIIFNAME), vmap(f.in))
-	f.add(f.fwd, load(expr.MetaKeyOIFNAME), vmap(f.out))
+	iif, oif := load(expr.MetaKeyIIFNAME, reg1), load(expr.MetaKeyOIFNAME, reg1)
+	// forward: the user's chain first.
+	f.add(f.fwd, &expr.Verdict{Kind: expr.VerdictJump, Chain: NftChainUser})
+	// Within one bridge: ICC.
+	sameBridge := []expr.Any{iif, load(expr.MetaKeyOIFNAME, reg2), lookup(f.same, reg1)}
+	// Hairpin: a container reaching a published port of its own network through the host's
+	// address is DNATed back into the bridge; masquerading makes the reply come back through
+	// the host, to be un-DNATed.
+	f.add(f.fwd, sameBridge, nfproto(unix.NFPROTO_IPV4), &expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: zero4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: zero4}, setMark(NftMasqMark))
+	f.add(f.fwd, sameBridge, iif, lookup(f.iccOff, reg1), drop())
+	f.add(f.fwd, sameBridge, acceptMarked())
+	// Between two cnm bridges: isolation.
+	f.add(f.fwd, iif, lookup(f.bridges, reg1), oif, lookup(f.bridges, reg1), drop())
+	// Internal networks: nothing in or out.
+	f.add(f.fwd, iif, lookup(f.internal, reg1), drop())
+	f.add(f.fwd, oif, lookup(f.internal, reg1), drop())
+	// Out of a bridge; into a bridge: replies, published ports, ICMP in routed mode, and
+	// nothing else.
+	f.add(f.fwd, iif, lookup(f.masq4, reg1), nfproto(unix.NFPROTO_IPV4), setMark(NftMasqMark), acceptMarked())
+	f.add(f.fwd, iif, lookup(f.masq6, reg1), nfproto(unix.NFPROTO_IPV6), setMark(NftMasqMark), acceptMarked())
+	f.add(f.fwd, iif, lookup(f.bridges, reg1), acceptMarked())
+	toBridge := []expr.Any{oif, lookup(f.bridges, reg1)}
+	f.add(f.fwd, toBridge, &expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: zero4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: zero4}, acceptMarked())
+	f.add(f.fwd, toBridge, nfproto(unix.NFPROTO_IPV4), payload(reg1, 16, 4),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32x01},
+		&expr.Payload{DestRegister: reg32x02, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		lookup(f.ports4, reg1), acceptMarked())
+	f.add(f.fwd, oif, lookup(f.routed, reg1), nfproto(unix.NFPROTO_IPV4), load(expr.MetaKeyL4PROTO, reg1),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}}, acceptMarked())
+	f.add(f.fwd, toBridge, drop())
 	// What is left of a family whose forwarding the driver turned on is dropped, as the
 	// iptables backend sets that family's FORWARD policy to DROP.
-	f.add(f.fwd, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-		&expr.Lookup{SourceRegister: reg1, SetName: f.dropFam.Name, SetID: f.dropFam.ID}, drop())
-	// postrouting: a source address in a network's subnet goes to its masquerading chain.
-	f.add(f.post, nfproto(unix.NFPROTO_IPV4), payloadAddr(12, 4), vmap(f.nat4))
-	f.add(f.post, nfproto(unix.NFPROTO_IPV6), payloadAddr(8, 16), vmap(f.nat6))
+	f.add(f.fwd, load(expr.MetaKeyNFPROTO, reg1), lookup(f.dropFam, reg1), drop())
+
+	// postrouting: what forward marked for masquerading.
+	f.add(f.post, load(expr.MetaKeyMARK, reg1),
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(NftMasqMark), Xor: zero4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: zero4}, &expr.Masq{})
+
 	// prerouting and output: traffic to a local address may be for a published port.
 	local := []expr.Any{
 		&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-		jump(NftChainDNAT),
+		&expr.Verdict{Kind: expr.VerdictJump, Chain: NftChainDNAT},
 	}
 	f.add(f.pre, nfproto(unix.NFPROTO_IPV4), local)
-	f.add(f.output, nfproto(unix.NFPROTO_IPV4), payloadAddr(16, 4),
+	f.add(f.output, nfproto(unix.NFPROTO_IPV4), payload(reg1, 16, 4),
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: []byte{255, 0, 0, 0}, Xor: zero4},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{127, 0, 0, 0}}, local)
-	// dnat: by host address, protocol and port, then by protocol and port on every address.
-	f.add(f.dnat, nfproto(unix.NFPROTO_IPV4), payloadAddr(16, 4),
+	// published: by host address, protocol and port, then by protocol and port on every
+	// address.
+	f.add(f.dnat, nfproto(unix.NFPROTO_IPV4), payload(reg1, 16, 4),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32x01},
 		&expr.Payload{DestRegister: reg32x02, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: f.dnat4.Name, SetID: f.dnat4.ID},
-		dnatTo())
+		lookupMap(f.dnat4, reg1, reg1), dnatTo())
 	f.add(f.dnat, nfproto(unix.NFPROTO_IPV4),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 		&expr.Payload{DestRegister: reg32x01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: f.dnat4any.Name, SetID: f.dnat4any.ID},
-		dnatTo())
+		lookupMap(f.dnat4any, reg1, reg1), dnatTo())
 	return nil
 }
 
 // Expression helpers.
 
-func load(k expr.MetaKey) *expr.Meta { return &expr.Meta{Key: k, Register: reg1} }
+func load(k expr.MetaKey, reg uint32) *expr.Meta { return &expr.Meta{Key: k, Register: reg} }
 
 func ifname(name string) []byte {
 	b := make([]byte, unix.IFNAMSIZ)
@@ -212,42 +254,43 @@ func ifname(name string) []byte {
 
 // nfproto is "meta nfproto P": the family of the packet in the inet table.
 func nfproto(p byte) []expr.Any {
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1}, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}}}
+	return []expr.Any{load(expr.MetaKeyNFPROTO, reg1), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}}}
 }
 
-func payloadAddr(offset, n uint32) *expr.Payload {
-	return &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n}
+// payload loads n bytes of the network header at offset into reg.
+func payload(reg, offset, n uint32) *expr.Payload {
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n}
 }
 
-func vmap(s *nftables.Set) *expr.Lookup {
-	return &expr.Lookup{SourceRegister: reg1, DestRegister: regVerdict, IsDestRegSet: true, SetName: s.Name, SetID: s.ID}
+// lookup matches when the key in sreg is in s.
+func lookup(s *nftables.Set, sreg uint32) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: sreg, SetName: s.Name, SetID: s.ID}
 }
 
-func jump(chain string) *expr.Verdict { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
+// lookupMap matches when the key in sreg is in the map s, and loads its data into dreg.
+func lookupMap(s *nftables.Set, sreg, dreg uint32) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: sreg, DestRegister: dreg, IsDestRegSet: true, SetName: s.Name, SetID: s.ID}
+}
 
 func dnatTo() *expr.NAT {
 	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg1, RegProtoMin: reg32x01}
 }
 
-func ifIs(k expr.MetaKey, name string, eq bool) []expr.Any {
-	op := expr.CmpOpEq
-	if !eq {
-		op = expr.CmpOpNeq
-	}
-	return []expr.Any{load(k), &expr.Cmp{Op: op, Register: reg1, Data: ifname(name)}}
-}
-
 var zero4 = []byte{0, 0, 0, 0}
+
+// setMark sets the bits of mark in the packet's mark.
+func setMark(mark uint32) []expr.Any {
+	return []expr.Any{
+		load(expr.MetaKeyMARK, reg1),
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
 
 // acceptMarked sets NftAcceptMark on the packet and accepts it.
 func acceptMarked() []expr.Any {
-	return []expr.Any{
-		load(expr.MetaKeyMARK),
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(^uint32(NftAcceptMark)), Xor: binaryutil.NativeEndian.PutUint32(NftAcceptMark)},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}
+	return append(setMark(NftAcceptMark), &expr.Verdict{Kind: expr.VerdictAccept})
 }
 
 func drop() *expr.Verdict { return &expr.Verdict{Kind: expr.VerdictDrop} }
@@ -273,145 +316,52 @@ func (f *nftFirewall) add(c *nftables.Chain, parts ...any) {
 	f.conn.AddRule(&nftables.Rule{Table: f.table, Chain: c, Exprs: rule(parts...)})
 }
 
-// netChains returns the names of n's own chains: in-BR, out-BR, and nat-BR when it has NAT
-// rules.
-func netChainNames(br string) []string {
-	return []string{NftChainInPrefix + br, NftChainOutPrefix + br, NftChainNATPrefix + br}
-}
-
-// planNetwork adds to the batch n's chains (made, flushed and written) and its elements.
-func (f *nftFirewall) planNetwork(n *network) error {
-	br := n.bridge
-	in, out, nat := f.chain(NftChainInPrefix+br), f.chain(NftChainOutPrefix+br), f.chain(NftChainNATPrefix+br)
-	for _, c := range []*nftables.Chain{in, out} {
-		f.conn.AddChain(c)
-		f.conn.FlushChain(c)
+// netElements returns the elements of network n, by set: its bridge in bridges and same,
+// and in icc-off, internal, routed, masq4 and masq6 when it is so.
+func (f *nftFirewall) netElements(n *network) map[*nftables.Set][]nftables.SetElement {
+	br := ifname(n.bridge)
+	out := map[*nftables.Set][]nftables.SetElement{
+		f.bridges: {{Key: br}},
+		f.same:    {{Key: slices.Concat(br, br)}},
 	}
-	icc := any(acceptMarked())
-	if n.noICC {
-		icc = drop()
-	}
-	// in-BR decides everything that enters from the bridge.
-	f.add(in, ifIs(expr.MetaKeyOIFNAME, br, true), icc)
-	if n.internal {
-		f.add(in, drop())
-	} else {
-		f.add(in, load(expr.MetaKeyOIFNAME), &expr.Lookup{SourceRegister: reg1, SetName: f.bridges.Name, SetID: f.bridges.ID}, drop())
-		f.add(in, acceptMarked())
-	}
-	// out-BR decides what goes to the bridge from an interface that is not a cnm bridge.
-	if !n.internal {
-		f.add(out, &expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: zero4},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: zero4}, acceptMarked())
-		f.add(out, nfproto(unix.NFPROTO_IPV4), payloadAddr(16, 4),
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32x01},
-			&expr.Payload{DestRegister: reg32x02, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Lookup{SourceRegister: reg1, SetName: f.ports4.Name, SetID: f.ports4.ID}, acceptMarked())
-		if n.routed {
-			f.add(out, nfproto(unix.NFPROTO_IPV4), load(expr.MetaKeyL4PROTO),
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}}, acceptMarked())
-		}
-	}
-	f.add(out, drop())
-
-	elem := []nftables.SetElement{{Key: ifname(br)}}
-	if err := f.conn.SetAddElements(f.bridges, elem); err != nil {
-		return err
-	}
-	if err := f.conn.SetAddElements(f.in, []nftables.SetElement{{Key: ifname(br), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: in.Name}}}); err != nil {
-		return err
-	}
-	if err := f.conn.SetAddElements(f.out, []nftables.SetElement{{Key: ifname(br), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: out.Name}}}); err != nil {
-		return err
-	}
-	if n.internal {
-		return nil
-	}
-	// nat-BR: masquerading (per family) and the hairpin of published ports (IPv4).
-	f.conn.AddChain(nat)
-	f.conn.FlushChain(nat)
-	masq4, masq6 := n.masquerade(ipv4Family), n.masquerade(ipv6Family)
-	if masq4 {
-		f.add(nat, nfproto(unix.NFPROTO_IPV4), ifIs(expr.MetaKeyOIFNAME, br, false), &expr.Masq{})
-	}
-	f.add(nat, nfproto(unix.NFPROTO_IPV4), ifIs(expr.MetaKeyOIFNAME, br, true),
-		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: zero4},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: zero4}, &expr.Masq{})
-	if masq6 {
-		f.add(nat, nfproto(unix.NFPROTO_IPV6), ifIs(expr.MetaKeyOIFNAME, br, false), &expr.Masq{})
-	}
-	if len(n.subnets4) > 0 {
-		if err := f.conn.SetAddElements(f.nat4, subnetElements(n.subnets4, nat.Name)); err != nil {
-			return err
-		}
-	}
-	if masq6 && len(n.subnets6) > 0 {
-		if err := f.conn.SetAddElements(f.nat6, subnetElements(n.subnets6, nat.Name)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// subnetElements returns the interval elements of subnets, each jumping to chain (nil
-// VerdictData for the ends, as deletions want).
-func subnetElements(subnets []netip.Prefix, chain string) []nftables.SetElement {
-	var out []nftables.SetElement
-	for _, s := range subnets {
-		s = s.Masked()
-		el := nftables.SetElement{Key: s.Addr().AsSlice()}
-		if chain != "" {
-			el.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: chain}
-		}
-		out = append(out, el)
-		if end := lastAddr(s).Next(); end.IsValid() {
-			out = append(out, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+	for s, on := range map[*nftables.Set]bool{
+		f.iccOff:   n.noICC,
+		f.internal: n.internal,
+		f.routed:   n.routed && !n.internal,
+		f.masq4:    n.masquerade(ipv4Family),
+		f.masq6:    n.masquerade(ipv6Family),
+	} {
+		if on {
+			out[s] = []nftables.SetElement{{Key: br}}
 		}
 	}
 	return out
 }
 
-// lastAddr returns the last address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
+// keysOnly returns els without their data, as deletions want.
+func keysOnly(els []nftables.SetElement) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(els))
+	for i, e := range els {
+		out[i] = nftables.SetElement{Key: e.Key}
 	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
+	return out
 }
 
-// planDeleteNetwork adds to the batch what removes n as this process made it: its elements,
-// then its chains.
-func (f *nftFirewall) planDeleteNetwork(n *network) error {
-	br := n.bridge
-	key := []nftables.SetElement{{Key: ifname(br)}}
-	for _, s := range []*nftables.Set{f.in, f.out, f.bridges} {
-		if err := f.conn.SetDeleteElements(s, key); err != nil {
+// planElements adds to the batch the addition (add) or deletion of els.
+func (f *nftFirewall) planElements(els map[*nftables.Set][]nftables.SetElement, add bool) error {
+	for s, l := range els {
+		if len(l) == 0 {
+			continue
+		}
+		var err error
+		if add {
+			err = f.conn.SetAddElements(s, l)
+		} else {
+			err = f.conn.SetDeleteElements(s, keysOnly(l))
+		}
+		if err != nil {
 			return err
 		}
-	}
-	if !n.internal && len(n.subnets4) > 0 {
-		if err := f.conn.SetDeleteElements(f.nat4, subnetElements(n.subnets4, "")); err != nil {
-			return err
-		}
-		if n.masquerade(ipv6Family) && len(n.subnets6) > 0 {
-			if err := f.conn.SetDeleteElements(f.nat6, subnetElements(n.subnets6, "")); err != nil {
-				return err
-			}
-		}
-	}
-	names := netChainNames(br)
-	if n.internal {
-		names = names[:2]
-	}
-	for _, name := range names {
-		c := f.chain(name)
-		f.conn.FlushChain(c)
-		f.conn.DelChain(c)
 	}
 	return nil
 }
@@ -424,7 +374,7 @@ func (f *nftFirewall) flush() error {
 	return nil
 }
 
-// ensureNetwork writes n's chains and elements in one batch, and turns on the sysctls n needs.
+// ensureNetwork adds n's elements in one batch, and turns on the sysctls n needs.
 // The first call of the process also converges the base (table, sets, maps, base chains and
 // the accept rules in the iptables FORWARD chains); so does any call after a failed batch.
 func (f *nftFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool) error {
@@ -448,7 +398,7 @@ func (f *nftFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool)
 	defer f.mu.Unlock()
 	if !fresh || !f.ready || len(dropFams) > 0 {
 		err = f.converge(n, dropFams)
-	} else if err = f.planNetwork(n); err == nil {
+	} else if err = f.planElements(f.netElements(n), true); err == nil {
 		if err = f.flush(); err != nil && ctx.Err() == nil {
 			f.d.log.DebugContext(ctx, "nftables: create failed, converging", "bridge", n.bridge, "err", err)
 			err = f.converge(n, nil)
@@ -460,17 +410,26 @@ func (f *nftFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool)
 	return f.d.writeSysctls(n, fwdOn, brNFOn)
 }
 
-// converge brings the base and n's chains and elements to what they should be, removing the
-// subnet elements of n's bridge that n does not have (a network created again with other
-// subnets), and adds dropFams to the families whose other forwarded traffic is dropped, in
-// one batch. Called with mu held.
+// converge brings the base and n's elements to what they should be, removing the elements of
+// n's bridge that n does not have (a network created again with other options or subnets),
+// and adds dropFams to the families whose other forwarded traffic is dropped, in one batch.
+// Called with mu held.
 func (f *nftFirewall) converge(n *network, dropFams []nftables.SetElement) error {
 	if err := f.ensureIPTablesAccept(); err != nil {
 		return err
 	}
-	stale, err := f.staleSubnets(n)
+	have, err := f.listBridgeElements(func(br string) bool { return br != n.bridge })
 	if err != nil {
 		return err
+	}
+	want := f.netElements(n)
+	stale := map[*nftables.Set][]nftables.SetElement{}
+	for s, els := range have[n.bridge] {
+		for _, e := range els {
+			if !slices.ContainsFunc(want[s], func(w nftables.SetElement) bool { return string(w.Key) == string(e.Key) }) {
+				stale[s] = append(stale[s], e)
+			}
+		}
 	}
 	if err := f.planBase(); err != nil {
 		return err
@@ -480,12 +439,10 @@ func (f *nftFirewall) converge(n *network, dropFams []nftables.SetElement) error
 			return err
 		}
 	}
-	for s, els := range stale {
-		if err := f.conn.SetDeleteElements(s, els); err != nil {
-			return err
-		}
+	if err := f.planElements(stale, false); err != nil {
+		return err
 	}
-	if err := f.planNetwork(n); err != nil {
+	if err := f.planElements(want, true); err != nil {
 		return err
 	}
 	if err := f.flush(); err != nil {
@@ -496,92 +453,30 @@ func (f *nftFirewall) converge(n *network, dropFams []nftables.SetElement) error
 	return nil
 }
 
-// staleSubnets returns the subnet elements that jump to n's nat chain but are not n's. A
-// missing table has none.
-func (f *nftFirewall) staleSubnets(n *network) (map[*nftables.Set][]nftables.SetElement, error) {
-	out := map[*nftables.Set][]nftables.SetElement{}
-	nat := NftChainNATPrefix + n.bridge
-	for _, c := range []struct {
-		s    *nftables.Set
-		want []nftables.SetElement
-	}{{f.nat4, subnetElements(n.subnets4, nat)}, {f.nat6, subnetElements(n.subnets6, nat)}} {
-		els, err := f.intervals(c.s)
-		if err != nil {
-			return nil, err
-		}
-		for _, iv := range els {
-			if iv.chain != nat {
-				continue
-			}
-			wanted := !n.internal && (c.s == f.nat4 || n.masquerade(ipv6Family)) &&
-				slices.ContainsFunc(c.want, func(w nftables.SetElement) bool { return string(w.Key) == string(iv.elems[0].Key) })
-			if !wanted {
-				out[c.s] = append(out[c.s], iv.elems...)
-			}
-		}
-	}
-	return out, nil
-}
-
-// interval is one range of an interval map: its start element (with the verdict) and end
-// element, ready for deletion, and the chain it jumps to.
-type interval struct {
-	chain string
-	elems []nftables.SetElement
-}
-
-// intervals lists the ranges of the interval map s. A missing table or map has none.
-func (f *nftFirewall) intervals(s *nftables.Set) ([]interval, error) {
-	els, err := f.conn.GetSetElements(s)
-	if isNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("nftables: list %s: %w", s.Name, err)
-	}
-	// The kernel lists the elements of a range from the highest: ends and starts come in any
-	// order, so pair them by sorting on the key.
-	slices.SortFunc(els, func(a, b nftables.SetElement) int {
-		if c := strings.Compare(string(a.Key), string(b.Key)); c != 0 {
-			return c
-		}
-		if a.IntervalEnd == b.IntervalEnd {
-			return 0
-		}
-		if a.IntervalEnd { // an end before a start at the same key: it ends the previous range
-			return -1
-		}
-		return 1
-	})
-	var out []interval
-	for i, e := range els {
-		if e.IntervalEnd {
+// listBridgeElements lists the elements of the sets keyed by bridge name and returns those
+// of the bridges for which keep is false, by bridge and set. A missing table has none.
+func (f *nftFirewall) listBridgeElements(keep func(string) bool) (map[string]map[*nftables.Set][]nftables.SetElement, error) {
+	out := map[string]map[*nftables.Set][]nftables.SetElement{}
+	for _, s := range f.bridgeSets() {
+		els, err := f.conn.GetSetElements(s)
+		if isNotFound(err) {
 			continue
 		}
-		iv := interval{chain: verdictChain(e.Val), elems: []nftables.SetElement{{Key: e.Key}}}
-		if i+1 < len(els) && els[i+1].IntervalEnd {
-			iv.elems = append(iv.elems, nftables.SetElement{Key: els[i+1].Key, IntervalEnd: true})
+		if err != nil {
+			return nil, fmt.Errorf("nftables: list %s: %w", s.Name, err)
 		}
-		out = append(out, iv)
+		for _, e := range els {
+			br := strings.TrimRight(string(e.Key[:min(len(e.Key), unix.IFNAMSIZ)]), "\x00")
+			if keep(br) {
+				continue
+			}
+			if out[br] == nil {
+				out[br] = map[*nftables.Set][]nftables.SetElement{}
+			}
+			out[br][s] = append(out[br][s], nftables.SetElement{Key: e.Key})
+		}
 	}
 	return out, nil
-}
-
-// verdictChain returns the chain of a jump or goto in the data of a verdict map's element,
-// which the nftables library lists undecoded: the nested attributes NFTA_VERDICT_CODE and
-// NFTA_VERDICT_CHAIN.
-func verdictChain(b []byte) string {
-	for len(b) >= 4 {
-		n, typ := int(binary.NativeEndian.Uint16(b)), binary.NativeEndian.Uint16(b[2:])&^unix.NLA_F_NESTED
-		if n < 4 || n > len(b) {
-			return ""
-		}
-		if typ == unix.NFTA_VERDICT_CHAIN {
-			return strings.TrimRight(string(b[4:n]), "\x00")
-		}
-		b = b[min(len(b), (n+3)&^3):]
-	}
-	return ""
 }
 
 // isNotFound reports whether err is the kernel's ENOENT: a table, chain or set that is not
@@ -590,14 +485,14 @@ func isNotFound(err error) bool {
 	return err != nil && (errors.Is(err, syscall.ENOENT) || strings.HasSuffix(err.Error(), syscall.ENOENT.Error()))
 }
 
-// removeNetwork removes the chains and elements of the network on bridge br in one batch:
-// exactly those of n with nothing read first when n is the network as this process made it;
-// else (n nil, or that batch failed) from what the kernel lists.
+// removeNetwork removes the elements of the network on bridge br in one batch: exactly those
+// of n with nothing read first when n is the network as this process made it; else (n nil,
+// or that batch failed) those the kernel lists.
 func (f *nftFirewall) removeNetwork(ctx context.Context, br string, n *network) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if n != nil && f.ready {
-		err := f.planDeleteNetwork(n)
+		err := f.planElements(f.netElements(n), false)
 		if err == nil {
 			err = f.flush()
 		}
@@ -610,81 +505,26 @@ func (f *nftFirewall) removeNetwork(ctx context.Context, br string, n *network) 
 	return err
 }
 
-// staleNetworks removes the chains and elements of the bridges keep returns false for.
+// staleNetworks removes the elements of the bridges keep returns false for.
 func (f *nftFirewall) staleNetworks(ctx context.Context, keep func(string) bool) ([]string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.removeStale(keep)
 }
 
-// removeStale removes, in one batch, everything of the table that belongs to a bridge keep
-// returns false for: its elements in the maps and sets, and its chains. Called with mu held.
+// removeStale removes, in one batch, the elements of every bridge keep returns false for, and
+// returns those bridges, sorted. Called with mu held.
 func (f *nftFirewall) removeStale(keep func(string) bool) ([]string, error) {
-	chains, err := f.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: list chains: %w", err)
+	have, err := f.listBridgeElements(keep)
+	if err != nil || len(have) == 0 {
+		return nil, err
 	}
 	var stale []string
-	consider := func(br string) {
-		if br != "" && !keep(br) && !slices.Contains(stale, br) {
-			stale = append(stale, br)
-		}
-	}
-	var del []*nftables.Chain
-	for _, c := range chains {
-		if c.Table.Name != NftTable {
-			continue
-		}
-		for _, p := range []string{NftChainInPrefix, NftChainOutPrefix, NftChainNATPrefix} {
-			if br, ok := strings.CutPrefix(c.Name, p); ok && !keep(br) {
-				consider(br)
-				del = append(del, f.chain(c.Name))
-			}
-		}
-	}
-	if len(del) == 0 && len(chains) == 0 {
-		return nil, nil
-	}
-	dels := map[*nftables.Set][]nftables.SetElement{}
-	for _, s := range []*nftables.Set{f.in, f.out, f.bridges} {
-		els, err := f.conn.GetSetElements(s)
-		if isNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("nftables: list %s: %w", s.Name, err)
-		}
-		for _, e := range els {
-			br := strings.TrimRight(string(e.Key), "\x00")
-			if !keep(br) {
-				consider(br)
-				dels[s] = append(dels[s], nftables.SetElement{Key: e.Key})
-			}
-		}
-	}
-	for _, s := range []*nftables.Set{f.nat4, f.nat6} {
-		ivs, err := f.intervals(s)
-		if err != nil {
+	for br, els := range have {
+		stale = append(stale, br)
+		if err := f.planElements(els, false); err != nil {
 			return nil, err
 		}
-		for _, iv := range ivs {
-			if br, ok := strings.CutPrefix(iv.chain, NftChainNATPrefix); ok && !keep(br) {
-				consider(br)
-				dels[s] = append(dels[s], iv.elems...)
-			}
-		}
-	}
-	if len(stale) == 0 {
-		return nil, nil
-	}
-	for s, els := range dels {
-		if err := f.conn.SetDeleteElements(s, els); err != nil {
-			return nil, err
-		}
-	}
-	for _, c := range del {
-		f.conn.FlushChain(c)
-		f.conn.DelChain(c)
 	}
 	if err := f.flush(); err != nil {
 		return nil, err
@@ -932,7 +772,7 @@ func (f *nftFirewall) ensureIPTablesAccept() error {
 		mark := binaryutil.NativeEndian.PutUint32(NftAcceptMark)
 		f.conn.InsertRule(&nftables.Rule{Table: t, Chain: c,
 			Exprs: []expr.Any{
-				load(expr.MetaKeyMARK),
+				load(expr.MetaKeyMARK, reg1),
 				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: mark, Xor: zero4},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: mark},
 				&expr.Counter{},
