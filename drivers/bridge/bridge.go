@@ -46,10 +46,11 @@ type Config struct {
 	HostNetns string
 	// Logger receives the driver's logs. Nil means none.
 	Logger *slog.Logger
-	// DisableIPTables reports whether the driver leaves iptables and the sysctls alone
-	// (Docker's --iptables=false): no NAT, isolation or ICC rules, and networks with
-	// enable_icc=false are refused. false means the driver writes its rules, which needs
-	// iptables-save and iptables-restore in PATH (checked when a network is created).
+	// DisableIPTables reports whether the driver leaves the firewall (iptables or nftables)
+	// and the sysctls alone (Docker's --iptables=false): no NAT, isolation or ICC rules, and
+	// networks with enable_icc=false are refused. false means the driver writes its rules,
+	// which with the iptables backend needs iptables-save and iptables-restore in PATH
+	// (checked when a network is created).
 	DisableIPTables bool
 	// Firewall is the backend that writes the rules: FirewallIPTables, FirewallNftables or
 	// FirewallAuto (see their docs and the package doc). "" means FirewallIPTables, for now.
