@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -88,6 +90,12 @@ type nftFirewall struct {
 	// ready reports that this process has converged the table's base chains and sets once.
 	ready bool
 
+	sysMu sync.Mutex // guards sysctls
+	// sysctls are the sysctl files read by ensureNetwork, by path, opened once in the host
+	// namespace: a file of /proc/sys/net reads the namespace it was opened in, so later reads
+	// need no setns.
+	sysctls map[string]*os.File
+
 	table *nftables.Table
 	// The sets keyed by bridge name.
 	bridges, same, iccOff, internal, routed, masq4, masq6 *nftables.Set
@@ -108,7 +116,7 @@ func newNftFirewall(d *Driver) (*nftFirewall, error) {
 		return nil, &errclass.UnavailableError{What: "nftables (nf_tables netlink)", Err: err}
 	}
 	t := &nftables.Table{Name: NftTable, Family: nftables.TableFamilyINet}
-	f := &nftFirewall{d: d, conn: conn, table: t,
+	f := &nftFirewall{d: d, conn: conn, table: t, sysctls: map[string]*os.File{},
 		iptFilter4: &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4},
 		iptFilter6: &nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv6},
 	}
@@ -146,7 +154,55 @@ func newNftFirewall(d *Driver) (*nftFirewall, error) {
 
 func (f *nftFirewall) kind() Firewall { return FirewallNftables }
 
-func (f *nftFirewall) close() { f.conn.CloseLasting() }
+func (f *nftFirewall) close() {
+	f.conn.CloseLasting()
+	f.sysMu.Lock()
+	defer f.sysMu.Unlock()
+	for _, file := range f.sysctls {
+		file.Close()
+	}
+}
+
+// readSysctl reads the boolean sysctl at path in the host namespace, through a file opened
+// there on first use.
+func (f *nftFirewall) readSysctl(path string) (bool, error) {
+	f.sysMu.Lock()
+	defer f.sysMu.Unlock()
+	file := f.sysctls[path]
+	if file == nil {
+		if err := f.d.ns.Do(func() error {
+			var err error
+			file, err = os.Open(path)
+			return err
+		}); err != nil {
+			return false, err
+		}
+		f.sysctls[path] = file
+	}
+	var buf [16]byte
+	n, err := file.ReadAt(buf[:], 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	return strings.TrimSpace(string(buf[:n])) != "0", nil
+}
+
+// readSysctls is Driver.readSysctls through readSysctl.
+func (f *nftFirewall) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) {
+	fams := families(n)
+	fwdOn, brNFOn = make([]bool, len(fams)), make([]bool, len(fams))
+	for i, fam := range fams {
+		if fwdOn[i], err = f.readSysctl(fam.forward); err != nil {
+			return nil, nil, fmt.Errorf("read sysctls: %w", err)
+		}
+		if n.noICC {
+			if brNFOn[i], err = f.readSysctl(fam.brNF); err != nil {
+				return nil, nil, fmt.Errorf("read sysctls: %w", err)
+			}
+		}
+	}
+	return fwdOn, brNFOn, nil
+}
 
 // check needs no binary: only br_netfilter when ICC is off.
 func (f *nftFirewall) check(n *network) error { return f.d.checkBrNF(n) }
@@ -378,7 +434,7 @@ func (f *nftFirewall) flush() error {
 // The first call of the process also converges the base (table, sets, maps, base chains and
 // the accept rules in the iptables FORWARD chains); so does any call after a failed batch.
 func (f *nftFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool) error {
-	fwdOn, brNFOn, err := f.d.readSysctls(n)
+	fwdOn, brNFOn, err := f.readSysctls(n)
 	if err != nil {
 		return err
 	}

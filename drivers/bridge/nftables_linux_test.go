@@ -189,6 +189,13 @@ func TestPrivilegedNftablesConverges(t *testing.T) {
 		t.Fatal(err)
 	}
 	full := nftTable(t, e)
+	// The backend reads the sysctls of the host namespace through files opened there.
+	for _, path := range []string{sysctlIPForward, sysctlIP6Forward, sysctlBrNF} {
+		on, err := e.d.fwb.(*nftFirewall).readSysctl(path)
+		if want := hostSysctl(t, e, path) != "0"; err != nil || on != want {
+			t.Errorf("readSysctl(%s) = %v, %v; want %v", path, on, err, want)
+		}
+	}
 	if diff := cmp.Diff(sharedBefore, shared()); diff != "" {
 		t.Errorf("networks and ports changed the shared chains (-before +after):\n%s", diff)
 	}
