@@ -137,33 +137,7 @@ func BenchmarkPrivilegedNetwork(b *testing.B) {
 	nstest.Privileged(b)
 	e := newEnv(b)
 	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: v4("10.30.0.0/24")}
-	b.Run("raw", func(b *testing.B) {
-		b.ReportAllocs()
-		var split splitTimer
-		addr := bridgeAddr(netip.MustParsePrefix("10.30.0.1/24"))
-		for b.Loop() {
-			split.start()
-			br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-bench", MTU: 1500}}
-			if err := e.h.LinkAdd(br); err != nil {
-				b.Fatal(err)
-			}
-			if err := e.h.LinkSetAlias(br, "cnm:bench"); err != nil {
-				b.Fatal(err)
-			}
-			if err := e.h.AddrAdd(br, addr); err != nil {
-				b.Fatal(err)
-			}
-			if err := e.h.LinkSetUp(br); err != nil {
-				b.Fatal(err)
-			}
-			split.mid()
-			if err := e.h.LinkDel(br); err != nil {
-				b.Fatal(err)
-			}
-			split.stop()
-		}
-		split.report(b)
-	})
+	b.Run("raw", func(b *testing.B) { benchRawBridge(b, e.h) })
 	for _, tc := range []struct {
 		name string
 		noFW bool
@@ -179,20 +153,58 @@ func BenchmarkPrivilegedNetwork(b *testing.B) {
 	}
 }
 
+// benchRawBridge measures the bridge's netlink calls of CreateNetwork (create, alias, address,
+// up) and DeleteNetwork (delete), made by hand through h.
+func benchRawBridge(b *testing.B, h *netlink.Handle) {
+	b.ReportAllocs()
+	var split splitTimer
+	for b.Loop() {
+		rawBridgeCycle(b, h, &split)
+	}
+	split.report(b)
+}
+
+// rawBridgeCycle creates and deletes a bridge as benchRawBridge does, timing both halves.
+func rawBridgeCycle(b *testing.B, h *netlink.Handle, split *splitTimer) {
+	split.start()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-bench", MTU: 1500}}
+	if err := h.LinkAdd(br); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.LinkSetAlias(br, "cnm:bench"); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.AddrAdd(br, bridgeAddr(netip.MustParsePrefix("10.30.0.1/24"))); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		b.Fatal(err)
+	}
+	split.mid()
+	if err := h.LinkDel(br); err != nil {
+		b.Fatal(err)
+	}
+	split.stop()
+}
+
+// createDeleteCycle creates and deletes the network of req with d, timing both halves.
+func createDeleteCycle(b *testing.B, d *Driver, req drivers.CreateNetworkRequest, split *splitTimer) {
+	split.start()
+	if err := d.CreateNetwork(b.Context(), req); err != nil {
+		b.Fatal(err)
+	}
+	split.mid()
+	if err := d.DeleteNetwork(b.Context(), drivers.DeleteNetworkRequest{NetworkID: req.NetworkID}); err != nil {
+		b.Fatal(err)
+	}
+	split.stop()
+}
+
 func benchCreateDelete(b *testing.B, d *Driver, req drivers.CreateNetworkRequest) {
 	b.ReportAllocs()
 	var split splitTimer
-	dreq := drivers.DeleteNetworkRequest{NetworkID: req.NetworkID}
 	for b.Loop() {
-		split.start()
-		if err := d.CreateNetwork(b.Context(), req); err != nil {
-			b.Fatal(err)
-		}
-		split.mid()
-		if err := d.DeleteNetwork(b.Context(), dreq); err != nil {
-			b.Fatal(err)
-		}
-		split.stop()
+		createDeleteCycle(b, d, req, &split)
 	}
 	split.report(b)
 }
@@ -230,16 +242,7 @@ func BenchmarkPrivilegedPublish(b *testing.B) {
 	eid := driverstest.NewEndpointID()
 	mac := net.HardwareAddr{0x02, 0x42, 0x0a, 0x7b, 0x00, 0x02}
 	host := hostVethName(eid)
-	b.Run("raw", func(b *testing.B) {
-		for b.Loop() {
-			if err := e.d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, "eth0", mac, sb.FD())); err != nil {
-				b.Fatal(err)
-			}
-			if err := e.d.raw.Exec(cnl.DelLinkRequest(host)); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	b.Run("raw", func(b *testing.B) { benchRawVeth(b, e.d, n, host, mac, sb) })
 	for _, tc := range []struct {
 		name  string
 		ports []drivers.PortBinding
@@ -251,6 +254,19 @@ func BenchmarkPrivilegedPublish(b *testing.B) {
 			}
 			b.ReportMetric(float64(e.d.fw.Runs()-runs)/float64(b.N), "iptables/op")
 		})
+	}
+}
+
+// benchRawVeth measures Join's create message and Leave's delete message of a veth named host
+// on n's bridge, sent by hand through d's socket.
+func benchRawVeth(b *testing.B, d *Driver, n *network, host string, mac net.HardwareAddr, sb *netns.NS) {
+	for b.Loop() {
+		if err := d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, "eth0", mac, sb.FD())); err != nil {
+			b.Fatal(err)
+		}
+		if err := d.raw.Exec(cnl.DelLinkRequest(host)); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -46,11 +46,17 @@ type Config struct {
 	HostNetns string
 	// Logger receives the driver's logs. Nil means none.
 	Logger *slog.Logger
-	// DisableIPTables reports whether the driver leaves iptables and the sysctls alone
-	// (Docker's --iptables=false): no NAT, isolation or ICC rules, and networks with
-	// enable_icc=false are refused. false means the driver writes its rules, which needs
-	// iptables-save and iptables-restore in PATH (checked when a network is created).
+	// DisableIPTables reports whether the driver leaves the firewall (iptables or nftables)
+	// and the sysctls alone (Docker's --iptables=false): no NAT, isolation or ICC rules, and
+	// networks with enable_icc=false are refused. false means the driver writes its rules,
+	// which with the iptables backend needs iptables-save and iptables-restore in PATH
+	// (checked when a network is created).
 	DisableIPTables bool
+	// Firewall is the backend that writes the rules: FirewallIPTables, FirewallNftables or
+	// FirewallAuto (see their docs and the package doc). "" means FirewallIPTables, for now.
+	// FirewallNftables on a kernel without nf_tables fails New with an error matching
+	// cnm.ErrUnavailable. With DisableIPTables, no backend writes anything.
+	Firewall Firewall
 	// PortRange is the range ephemeral host ports of published ports are chosen from. The
 	// zero value means 49153-60999; otherwise First must be at least 1 and Last at least First.
 	PortRange PortRange
@@ -69,6 +75,7 @@ type Driver struct {
 	fw   *iptables.Runner // iptables in the host namespace
 	fw6  *iptables.Runner // ip6tables in the host namespace
 	noFW bool             // Config.DisableIPTables
+	fwb  firewall         // the firewall backend: iptablesFirewall or *nftFirewall
 	ct   *conntrackSocket // NETLINK_NETFILTER in the host namespace; nil when it cannot be opened
 	once sync.Once        // closes ns, h, raw and ct
 
@@ -162,15 +169,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		ct = nil
 	}
 	fw := iptables.New(ns)
-	var ipt IPTablesInfo
-	if !cfg.DisableIPTables {
-		ipt = detectIPTables(context.Background(), ns, fw)
-		if ipt.OtherBackend != nil {
-			log.Warn("bridge: iptables backends mixed", "mode", ipt.Mode, "err", ipt.OtherBackend)
-		}
-	}
-	return &Driver{
-		ipt:       ipt,
+	d := &Driver{
 		ct:        ct,
 		portRange: pr,
 		endpoints: make(map[drivers.EndpointID]*endpoint),
@@ -187,7 +186,21 @@ func New(cfg Config) (_ *Driver, err error) {
 		networks:  make(map[drivers.NetworkID]*network),
 		names:     make(map[string]drivers.NetworkID),
 		busy:      make(map[drivers.NetworkID]chan struct{}),
-	}, nil
+	}
+	if d.fwb, err = newFirewall(d, cfg); err != nil {
+		h.Close()
+		raw.Close()
+		ct.Close()
+		return nil, fmt.Errorf("bridge: %w", err)
+	}
+	if !cfg.DisableIPTables && d.fwb.kind() == FirewallIPTables {
+		// Only the iptables backend runs iptables: the nftables one starts no process.
+		d.ipt = detectIPTables(context.Background(), ns, fw)
+		if d.ipt.OtherBackend != nil {
+			log.Warn("bridge: iptables backends mixed", "mode", d.ipt.Mode, "err", d.ipt.OtherBackend)
+		}
+	}
+	return d, nil
 }
 
 // Close closes the driver's netlink sockets, the sockets holding published ports (whose rules
@@ -204,6 +217,7 @@ func (d *Driver) Close() error {
 		d.h.Close()
 		d.raw.Close()
 		d.ct.Close()
+		d.fwb.close()
 		d.ns.Close()
 	})
 	return nil
@@ -249,7 +263,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 	cfg.randomFully = d.ipt.RandomFully
-	if err := d.checkFirewall(cfg); err != nil {
+	if err := d.fwb.check(cfg); err != nil {
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 	unlock, err := d.lockNetwork(ctx, nid)
@@ -278,7 +292,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 
 	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
 	if err == nil {
-		if err = d.ensureFirewall(ctx, cfg, created && old == nil); err != nil {
+		if err = d.fwb.ensureNetwork(ctx, cfg, created && old == nil); err != nil {
 			err = fmt.Errorf("firewall: %w", err)
 			if created { // nothing half-made: the transaction wrote nothing
 				if derr := d.h.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cfg.bridge, Index: index}}); derr != nil {
@@ -445,7 +459,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 		go func() {
 			fctx, cancel := context.WithTimeout(rb, fwTimeout)
 			defer cancel()
-			fwDone <- d.removeFirewall(fctx, br, n)
+			fwDone <- d.fwb.removeNetwork(fctx, br, n)
 		}()
 		if ours {
 			err = d.h.LinkDel(link)
@@ -459,7 +473,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 		if err != nil && fwErr == nil && n != nil {
 			// The bridge stays: so must its rules.
 			fctx, cancel := context.WithTimeout(rb, fwTimeout)
-			if rerr := d.ensureFirewall(fctx, n, false); rerr != nil {
+			if rerr := d.fwb.ensureNetwork(fctx, n, false); rerr != nil {
 				fwErr = fmt.Errorf("put the rules of the bridge that stays back: %w", rerr)
 			}
 			cancel()
@@ -595,7 +609,7 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	}
 	d.mu.Unlock()
 
-	err = d.ensurePorts(ctx, eid, ep, old == nil)
+	err = d.fwb.ensurePorts(ctx, eid, ep, old == nil)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -659,7 +673,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 
 	// The rules go even if ctx ends now: the endpoint is on its way out.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
-	err := d.removePorts(fctx, eid, ep)
+	err := d.fwb.removePorts(fctx, eid, ep)
 	cancel()
 
 	d.mu.Lock()

@@ -57,6 +57,7 @@ func (e *testEnv) restart(t testing.TB) {
 	e.d.Close()
 	d, err := New(Config{
 		HostNetns: e.host.Path(),
+		Firewall:  testFirewall,
 		Logger:    slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -70,12 +71,14 @@ func newDriver(t testing.TB, host *netns.NS) *Driver {
 	t.Helper()
 	d, err := New(Config{
 		HostNetns: host.Path(),
+		Firewall:  testFirewall,
 		Logger:    slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
+	noProcesses(t, d)
 	return d
 }
 

@@ -32,6 +32,13 @@
 //
 // # Firewall
 //
+// [Config].Firewall picks the backend that writes the rules: [FirewallIPTables] (the zero
+// value, for now), described in this section, or [FirewallNftables], described in the next;
+// [FirewallAuto] picks nftables when the kernel answers nf_tables netlink requests in the host
+// namespace, else iptables. Both give the same semantics (NAT, routed mode, ICC, isolation,
+// internal networks, published ports, hairpin), proved by the same wire tests. With
+// [Config].DisableIPTables (Docker's --iptables=false) neither writes anything.
+//
 // Unless [Config].DisableIPTables, each network gets iptables rules in the host namespace,
 // written with "iptables-restore --noflush" run inside that namespace: one transaction per
 // CreateNetwork or DeleteNetwork, never a process per rule, and none on Join or Leave. The
@@ -154,6 +161,109 @@
 // back a FORWARD policy it changed) and the bridge it made, before any sysctl is written.
 // DeleteNetwork and [Driver.Reconcile] remove the IPv6 rules as they do the IPv4 ones (after
 // a restart, from one ip6tables-save, when ip6tables is there).
+//
+// # The nftables backend
+//
+// [FirewallNftables] talks to nf_tables over netlink (github.com/google/nftables), one batch
+// per CreateNetwork, DeleteNetwork, CreateEndpoint with ports or DeleteEndpoint with ports,
+// and never starts a process (asserted by its tests and benchmarks with no iptables binary in
+// PATH). Everything is in the driver's own table, "inet cnm" (IPv4 and IPv6 at once), whose
+// rules are made once; a network or a published port is only elements of its sets and maps:
+//
+//	set bridges       ifname           per network: BR
+//	set same          ifname . ifname  per network: BR . BR
+//	set icc-off       ifname           per network with enable_icc=false: BR
+//	set internal      ifname           per internal network: BR
+//	set routed        ifname           per network with gateway_mode_ipv4=routed: BR
+//	set masq4         ifname           per network whose IPv4 traffic is masqueraded: BR
+//	set masq6         ifname           per network whose IPv6 traffic is masqueraded: BR
+//	set forward-drop  nf_proto         ipv4, ipv6: the families whose forwarding cnm turned on
+//	set ports4        ipv4_addr . inet_proto . inet_service
+//	                  per published container port: C . tcp . P, comment "cnm:E12"
+//	map dnat4         ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
+//	                  per port published on one host address: HOSTIP . tcp . H : C . P, comment "cnm:E12"
+//	map dnat4-any     inet_proto . inet_service : ipv4_addr . inet_service
+//	                  per port published on all host addresses: tcp . H : C . P, comment "cnm:E12"
+//	chain forward     filter hook forward priority filter - 10; policy accept:
+//	                  jump user
+//	                  iifname . oifname @same meta nfproto ipv4 ct status dnat meta mark set mark | MASQ   hairpin
+//	                  iifname . oifname @same iifname @icc-off drop
+//	                  iifname . oifname @same accept
+//	                  iifname @bridges oifname @bridges drop        isolation
+//	                  iifname @internal drop
+//	                  oifname @internal drop
+//	                  iifname @masq4 meta nfproto ipv4 meta mark set mark | MASQ accept
+//	                  iifname @masq6 meta nfproto ipv6 meta mark set mark | MASQ accept
+//	                  iifname @bridges accept                       outbound
+//	                  oifname @bridges ct state established,related accept
+//	                  oifname @bridges ip daddr . meta l4proto . th dport @ports4 accept
+//	                  oifname @routed meta nfproto ipv4 meta l4proto icmp accept
+//	                  oifname @bridges drop                         no unsolicited inbound
+//	                  meta nfproto @forward-drop drop
+//	chain user        the user's own rules, evaluated first; made once, never touched
+//	chain postrouting nat hook postrouting priority srcnat: meta mark & MASQ != 0 masquerade
+//	chain prerouting  nat hook prerouting priority dstnat: meta nfproto ipv4 fib daddr type local jump published
+//	chain output      nat hook output priority dstnat: ip daddr != 127.0.0.0/8 fib daddr type local jump published
+//	chain published   dnat ip to ip daddr . meta l4proto . th dport map @dnat4
+//	                  dnat ip to meta l4proto . th dport map @dnat4-any
+//
+// MASQ is [NftMasqMark]; every "accept" of forward also sets [NftAcceptMark] (see coexistence
+// below). The rules filter IPv4 and IPv6 alike, so a network without IPv6 subnets has its
+// IPv6 traffic filtered too. Masquerading is decided in forward, by the bridge a packet
+// comes from, where the iptables backend matches the network's subnets: the same for the
+// network's containers, but traffic of the host itself with a source address in a network's
+// subnet (its gateway address) is not masqueraded. Creating or deleting a network or a port
+// adds or removes elements in hash sets only: no rule, chain or jump, so a batch costs the
+// same however many exist (a batch that adds a jump or goto makes the kernel walk the whole
+// table to check for loops, which is why networks have no chains of their own).
+//
+// How it converges. The first operation of a process, and any operation after a failed batch,
+// also makes the table and its sets and maps, and flushes and writes its base chains again in
+// the same batch (the user chain is made if missing and never flushed). CreateNetwork adds the
+// network's elements (adding one that exists changes nothing); when the network was known to
+// be absent that is all, with nothing read first, and otherwise (a restart, an adopted
+// bridge) it also lists the bridge sets and deletes the bridge's elements the network no
+// longer wants (an option changed). DeleteNetwork deletes exactly the elements it added, with
+// nothing read first; if that batch fails (something was removed by hand, or after a
+// restart), it lists the sets and removes what is there. CreateEndpoint of a new endpoint adds
+// its elements; of a known one (or after a restart) it lists the port sets and replaces the
+// elements tagged with the endpoint or holding the keys it wants. [Driver.Reconcile] removes
+// the elements of bridges that no longer exist, and the port elements tagged with endpoints
+// the driver does not know (putting back, with the right tag, an element a live endpoint
+// wants), and reports each.
+//
+// Forwarding. As with iptables, CreateNetwork turns on a family's forwarding when it is off
+// and the network needs it; in the same batch it adds that family to forward-drop, so that
+// turning forwarding on opens only the driver's networks (the iptables backend sets the
+// FORWARD policy to DROP instead). The element stays.
+//
+// Coexistence. A packet is forwarded only if every base chain on the forward hook accepts it,
+// the iptables compatibility tables of iptables-nft ("ip filter" FORWARD) included. So a host
+// where another program set the iptables FORWARD policy to DROP (Docker, or a firewall) would
+// drop the driver's traffic after cnm's chain accepted it. The backend therefore, on the first
+// CreateNetwork of a process and whenever it converges, puts one rule first in the FORWARD
+// chain of "ip filter" and "ip6 filter" when such a chain exists, unless it is there:
+//
+//	-A FORWARD -m mark --mark 0x10000000/0x10000000 -m comment --comment "cnm: accept what the cnm nftables table accepted" -j ACCEPT
+//
+// which accepts exactly the packets cnm's forward chain accepted (it runs before, at priority
+// filter - 10, and marks them). Nothing else of those tables is touched. A FORWARD chain made
+// after that (iptables-nft started later) gets the rule at the next restart; iptables-legacy
+// tables are not visible over nf_tables netlink, so a legacy FORWARD policy DROP still cuts
+// the networks off. A program that needs the mark bits 0x10000000 or 0x20000000 for itself
+// conflicts with cnm.
+//
+// The user's rules go in the chain "user" of table inet cnm, which forward jumps to first and
+// cnm never flushes: a drop there is final, an accept there ends cnm's filtering of the packet
+// (without the mark). Or in a table of the user's own, with a base chain on the forward hook:
+// a drop there is final whatever its priority.
+//
+// Switching backends. With the nftables backend, [Driver.Reconcile] removes, over netlink,
+// what the iptables backend left in the iptables-nft tables (every "CNM-" chain but CNM-USER,
+// the user's, and the rules jumping to them) and reports it; with the iptables backend it
+// removes the table inet cnm (the user chain in it too) and the accept rules above. Rules the
+// iptables backend wrote with iptables-legacy are not visible to the nftables backend and
+// stay.
 //
 // # Published ports
 //

@@ -63,6 +63,15 @@ func (d *Driver) families(n *network) []*ipFamily {
 	return []*ipFamily{ipv4Family}
 }
 
+// routedFamilies returns the families n routes (see routes): IPv4, and IPv6 when n has IPv6
+// subnets. The sysctls of these are the ones n needs, whichever backend writes its rules.
+func routedFamilies(n *network) []*ipFamily {
+	if len(n.subnets6) > 0 {
+		return []*ipFamily{ipv4Family, ipv6Family}
+	}
+	return []*ipFamily{ipv4Family}
+}
+
 // routes reports whether n routes traffic of family f, so that it needs f's forwarding (and
 // br_netfilter's switch for f when ICC is off): IPv4 always, IPv6 when n has IPv6 subnets. The
 // IPv6 rules of an IPv4-only network touch no sysctl and no FORWARD policy.
@@ -513,6 +522,12 @@ func (d *Driver) checkFirewall(n *network) error {
 			return err
 		}
 	}
+	return d.checkBrNF(n)
+}
+
+// checkBrNF checks that br_netfilter is loaded in the host namespace when n has ICC off: both
+// backends need it, so that traffic between ports of one bridge is filtered.
+func (d *Driver) checkBrNF(n *network) error {
 	if n.noICC {
 		var exists bool
 		err := d.ns.Do(func() error {
@@ -556,27 +571,14 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
 	fams := d.families(n)
-	fwdOn := make([]bool, len(fams))
-	brNFOn := make([]bool, len(fams))
-	if err := d.ns.Do(func() error {
-		for i, f := range fams {
-			if !n.routes(f) {
-				fwdOn[i], brNFOn[i] = true, true // not looked at, never written
-				continue
-			}
-			var err error
-			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
-				return err
-			}
-			if n.noICC {
-				if brNFOn[i], err = readBoolSysctl(f.brNF); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("read sysctls: %w", err)
+	fwdOn, brNFOn, err := d.readSysctls(n)
+	if err != nil {
+		return err
+	}
+	// readSysctls reads the families n routes, a prefix of fams; the others (IPv6 of an
+	// IPv4-only network) are never turned on.
+	for len(fwdOn) < len(fams) {
+		fwdOn, brNFOn = append(fwdOn, true), append(brNFOn, true)
 	}
 	type written struct {
 		f         *ipFamily
@@ -607,9 +609,41 @@ func (d *Driver) ensureFirewall(ctx context.Context, n *network, fresh bool) err
 		}
 		done = append(done, written{f, setPolicy})
 	}
+	return d.writeSysctls(n, fwdOn, brNFOn)
+}
+
+// readSysctls reads, in the host namespace, whether forwarding is on for each of n's families
+// (in the order of routedFamilies(n)), and br_netfilter's switch when n has ICC off.
+func (d *Driver) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) {
+	fams := routedFamilies(n)
+	fwdOn = make([]bool, len(fams))
+	brNFOn = make([]bool, len(fams))
+	if err := d.ns.Do(func() error {
+		for i, f := range fams {
+			var err error
+			if fwdOn[i], err = readBoolSysctl(f.forward); err != nil {
+				return err
+			}
+			if n.noICC {
+				if brNFOn[i], err = readBoolSysctl(f.brNF); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("read sysctls: %w", err)
+	}
+	return fwdOn, brNFOn, nil
+}
+
+// writeSysctls turns on, in the host namespace, the forwarding of each of n's families that
+// readSysctls found off (when n is not internal), and br_netfilter's switch when n has ICC
+// off.
+func (d *Driver) writeSysctls(n *network, fwdOn, brNFOn []bool) error {
 	return d.ns.Do(func() error {
 		var errs []error
-		for i, f := range fams {
+		for i, f := range routedFamilies(n) {
 			if !n.internal && !fwdOn[i] {
 				errs = append(errs, writeSysctl(f.forward, "1"))
 			}

@@ -101,8 +101,8 @@ func TestPrivilegedDualStackNAT(t *testing.T) {
 	if got := hostSysctl(t, l.testEnv, sysctlIP6Forward); got != "1" {
 		t.Errorf("IPv6 forwarding in the host namespace = %q, want 1", got)
 	}
-	if out, err := nstest.Exec(l.host, "ip6tables", "-S", "FORWARD"); err != nil || !strings.HasPrefix(out, "-P FORWARD DROP") {
-		t.Errorf("ip6tables FORWARD: %q, %v; want the policy DROP", out, err)
+	if out, ok := forwardDrops(t, l.testEnv, true); !ok {
+		t.Errorf("IPv6 forwarding turned on, but other IPv6 traffic is not dropped:\n%s", out)
 	}
 	canPing(t, sb, "sandbox", "2001:db8::2", true)
 	ln := listen(t, l.outside, "[2001:db8::2]:0")

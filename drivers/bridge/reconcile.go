@@ -114,14 +114,14 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 	}
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
-	} else if stale, err := d.staleFirewall(ctx, func(br string) bool { return exists[br] }); err != nil {
+	} else if stale, err := d.fwb.staleNetworks(ctx, func(br string) bool { return exists[br] }); err != nil {
 		errs = append(errs, fmt.Errorf("bridge: reconcile: firewall: %w", err))
 	} else {
 		for _, br := range stale {
 			if _, orphan := exists[br]; orphan {
 				continue // part of removing the orphan bridge, reported above
 			}
-			r := drivers.Repair{Object: "iptables rules of " + br, Action: "removed", Reason: "no such bridge"}
+			r := drivers.Repair{Object: string(d.fwb.kind()) + " rules of " + br, Action: "removed", Reason: "no such bridge"}
 			d.log.InfoContext(ctx, "reconcile", "repair", r.String())
 			repairs = append(repairs, r)
 		}
@@ -130,7 +130,7 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 	// Rules of published ports of endpoints the driver does not know: Reconcile runs after
 	// every live endpoint was re-created with CreateEndpoint.
 	if err := ctx.Err(); err == nil {
-		if stale, err := d.stalePorts(ctx, live.Endpoints); err != nil {
+		if stale, err := d.fwb.stalePorts(ctx, live.Endpoints); err != nil {
 			errs = append(errs, fmt.Errorf("bridge: reconcile: published ports: %w", err))
 		} else {
 			for _, id := range stale {
@@ -139,6 +139,18 @@ func (d *Driver) Reconcile(ctx context.Context, live drivers.LiveState) ([]drive
 				repairs = append(repairs, r)
 			}
 		}
+	}
+
+	// What the other firewall backend left: a host that switched backends.
+	if err := ctx.Err(); err == nil {
+		other, err := d.fwb.removeOther(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("bridge: reconcile: other firewall backend: %w", err))
+		}
+		for _, r := range other {
+			d.log.InfoContext(ctx, "reconcile", "repair", r.String())
+		}
+		repairs = append(repairs, other...)
 	}
 
 	if len(orphanBridges) > 0 {
