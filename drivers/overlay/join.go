@@ -151,6 +151,11 @@ func (d *Driver) ensurePlane(n *ovNetwork, g drivers.Gossip, adopt bool) (*plane
 	if err := g.JoinNetwork(n.id); err != nil {
 		return nil, errors.Join(fmt.Errorf("overlay: join gossip group: %w", err), p.destroy())
 	}
+	if n.encrypted {
+		if _, err := d.attachTunnel(n.id, g); err != nil {
+			return nil, errors.Join(fmt.Errorf("overlay: tunnel: %w", err), g.LeaveNetwork(n.id), p.destroy())
+		}
+	}
 	events, cancel := g.Watch(n.id, peerTable)
 	done := make(chan struct{})
 	local := g.LocalName()
@@ -209,7 +214,11 @@ func (d *Driver) releasePlane(n *ovNetwork, g drivers.Gossip) error {
 		<-n.watchDone
 		n.stopWatch = nil
 	}
-	return errors.Join(g.LeaveNetwork(n.id), p.destroy())
+	var terr error
+	if n.encrypted {
+		terr = d.detachTunnel(n.id)
+	}
+	return errors.Join(terr, g.LeaveNetwork(n.id), p.destroy())
 }
 
 // Close implements drivers.Closer: it stops the peer watches. The networks' kernel state stays
@@ -230,5 +239,5 @@ func (d *Driver) Close() error {
 		}
 		n.planeMu.Unlock()
 	}
-	return nil
+	return d.closeTunnel()
 }

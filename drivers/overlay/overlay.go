@@ -100,14 +100,22 @@ type Config struct {
 	Port int
 	// VNIFirst and VNILast bound the VNIs; 0 means DefaultVNIFirst and DefaultVNILast.
 	VNIFirst, VNILast uint32
+	// WireGuardPort is the UDP port of this host's WireGuard device, which carries the
+	// encrypted networks' VXLAN traffic; during a key rotation the second device listens on
+	// WireGuardPort+1. 0 means DefaultWireGuardPort.
+	WireGuardPort int
 	// Logger receives the driver's logs; nil discards them.
 	Logger *slog.Logger
 }
 
 // NetworkOptions are the overlay driver's network options.
 type NetworkOptions struct {
-	// MTU overrides the MTU derived from the underlay (its MTU less the VXLAN overhead).
+	// MTU overrides the MTU derived from the underlay (its MTU less the VXLAN overhead, and
+	// WireGuard's for an encrypted network).
 	MTU int
+	// Encrypted carries the network's traffic between hosts in this host's WireGuard tunnel
+	// (Docker's "encrypted" option).
+	Encrypted bool
 }
 
 // DriverType returns "overlay".
@@ -119,11 +127,14 @@ func (o NetworkOptions) Labels() map[string]string {
 	if o.MTU != 0 {
 		m[LabelMTU] = strconv.Itoa(o.MTU)
 	}
+	if o.Encrypted {
+		m[LabelEncrypted] = ""
+	}
 	return m
 }
 
-// ParseNetworkOptions parses Docker's overlay labels. "encrypted" is refused with an error
-// matching drivers.ErrNotSupported: this kernel has no ESP (IPsec) for the data plane.
+// ParseNetworkOptions parses Docker's overlay labels. "encrypted" takes no value (Docker's
+// "encrypted=true" and "encrypted=" are the same); its traffic goes in WireGuard, not ESP.
 func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 	var o NetworkOptions
 	for _, k := range slices.Sorted(maps.Keys(labels)) {
@@ -139,7 +150,10 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 			}
 			o.MTU = n
 		case LabelEncrypted:
-			return o, &drivers.NotSupportedError{What: "encrypted overlay networks", Err: fmt.Errorf("the kernel lacks ESP (IPsec), which they need")}
+			if b, err := strconv.ParseBool(v); v != "" && (err != nil || !b) {
+				return o, drivers.Invalid(k, v, `want "" or "true"`)
+			}
+			o.Encrypted = true
 		case LabelVNI:
 			return o, drivers.Invalid(k, v, "the VNI is allocated by the cluster")
 		default:
@@ -158,6 +172,11 @@ type Driver struct {
 	mu       sync.Mutex // guards following
 	gossip   drivers.Gossip
 	networks map[drivers.NetworkID]*ovNetwork
+
+	// tunMu orders the start and stop of the tunnel; held across its devices' creation and
+	// close. Lock order: a network's planeMu, then tunMu, then the tunnel's own locks.
+	tunMu sync.Mutex
+	tun   *tunnel // under tunMu; nil while no encrypted network has endpoints here
 }
 
 var (
@@ -182,6 +201,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.Port < 1 || cfg.Port > 65535 {
 		return nil, drivers.Invalid("overlay Port", strconv.Itoa(cfg.Port), "want 1 to 65535")
+	}
+	if cfg.WireGuardPort == 0 {
+		cfg.WireGuardPort = DefaultWireGuardPort
+	}
+	if cfg.WireGuardPort < 1 || cfg.WireGuardPort > 65534 {
+		return nil, drivers.Invalid("overlay WireGuardPort", strconv.Itoa(cfg.WireGuardPort), "want 1 to 65534 (the port and the next)")
 	}
 	if cfg.VNIFirst == 0 {
 		cfg.VNIFirst = DefaultVNIFirst
@@ -246,8 +271,9 @@ func (d *Driver) Allocated(ctx context.Context) ([]drivers.NetworkID, error) {
 type ovNetwork struct {
 	id       drivers.NetworkID
 	vni      uint32
-	internal bool
-	mtu      int // from the options; 0: derived from the underlay
+	internal  bool
+	encrypted bool
+	mtu       int // from the options; 0: derived from the underlay
 	subnets  []netip.Prefix
 
 	// planeMu orders the building and removal of the network's kernel state and its ports:
@@ -282,7 +308,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	}
 	n := &ovNetwork{id: req.NetworkID, vni: uint32(v), internal: req.Internal, endpoints: map[drivers.EndpointID]*ovEndpoint{}}
 	if o, ok := req.Options.(NetworkOptions); ok {
-		n.mtu = o.MTU
+		n.mtu, n.encrypted = o.MTU, o.Encrypted
 	}
 	for _, s := range append(slices.Clone(req.IPv4), req.IPv6...) {
 		n.subnets = append(n.subnets, s.Subnet)
@@ -290,8 +316,8 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old, ok := d.networks[req.NetworkID]; ok {
-		if old.vni != n.vni {
-			return &drivers.ConflictError{Kind: "overlay network", Name: string(req.NetworkID), Reason: fmt.Sprintf("exists with VNI %d", old.vni)}
+		if old.vni != n.vni || old.encrypted != n.encrypted {
+			return &drivers.ConflictError{Kind: "overlay network", Name: string(req.NetworkID), Reason: fmt.Sprintf("exists with VNI %d (encrypted: %t)", old.vni, old.encrypted)}
 		}
 		return nil
 	}
@@ -330,11 +356,14 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 		n.stopWatch()
 		<-n.watchDone
 	}
-	var gerr error
+	var terr, gerr error
+	if n.encrypted {
+		terr = d.detachTunnel(n.id)
+	}
 	if g != nil {
 		gerr = g.LeaveNetwork(n.id)
 	}
-	return errors.Join(gerr, p.destroy())
+	return errors.Join(terr, gerr, p.destroy())
 }
 
 // CreateEndpoint implements drivers.Driver: it chooses the endpoint's MAC (from its IPv4

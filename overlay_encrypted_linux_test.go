@@ -1,0 +1,283 @@
+package cnm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers/overlay"
+	"github.com/cnmkit/cnm/gossip"
+	"github.com/cnmkit/cnm/internal/netns"
+	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/network"
+	"golang.org/x/sys/unix"
+)
+
+// encHost is a host of the encrypted overlay tests: a namespace on the lab's underlay and its
+// Controller.
+type encHost struct {
+	name string
+	vtep netip.Prefix
+	ns   *netns.NS
+	c    *cnm.Controller
+}
+
+// encCluster starts n hosts (192.0.2.21, .22, ...) sharing etcd and a gossip cluster whose key
+// rotates every rotate (0: never during the test).
+func encCluster(t *testing.T, lab *ovLab, n int, rotate time.Duration) []*encHost {
+	t.Helper()
+	ec := storetest.StartEtcd(t)
+	gs := openEtcd(t, ec.Endpoints(), "enc")
+	key, err := gossip.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotate == 0 {
+		rotate = time.Hour
+	}
+	var hosts []*encHost
+	for i := range n {
+		h := &encHost{name: fmt.Sprintf("host-%c", 'a'+i), vtep: netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", 21+i))}
+		h.ns = lab.host(t, h.name, h.vtep)
+		var peers []string
+		if i > 0 {
+			peers = []string{hosts[0].c.GossipNode().LocalAddr().String()}
+		}
+		c, err := cnm.New(t.Context(), cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), HostNetns: h.ns.Path(),
+			GlobalStore: gs, Hostname: h.name, StoreTimeout: 2 * time.Second,
+			Gossip: &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{key}, RotationInterval: rotate,
+				ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
+			GossipPeers: peers,
+			Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
+		})
+		if err != nil {
+			t.Fatalf("cnm.New %s: %v", h.name, err)
+		}
+		h.c = c
+		t.Cleanup(func() {
+			for _, sb := range c.Sandboxes() {
+				c.DeleteSandbox(context.Background(), sb.ID())
+			}
+			c.Close()
+		})
+		hosts = append(hosts, h)
+	}
+	return hosts
+}
+
+// udpSeen captures the frames on host's underlay port while during runs and returns the UDP
+// packets seen: destination port and payload.
+func (l *ovLab) udpSeen(t *testing.T, host string, d time.Duration, during func()) (ports map[uint16]int, payloads [][]byte) {
+	t.Helper()
+	port, err := nlHandle(t, l.lab).LinkByName("ul-" + host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	if err := l.lab.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: port.Attrs().Index})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); during() }()
+	defer func() { <-done }()
+	ports = map[uint16]int{}
+	buf := make([]byte, 65536)
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || n < 14+20+8 {
+			continue
+		}
+		f := buf[:n]
+		if f[12] != 0x08 || f[13] != 0x00 { // IPv4
+			continue
+		}
+		ip := f[14:]
+		ihl := int(ip[0]&0x0f) * 4
+		if ip[9] != 17 || len(ip) < ihl+8 { // UDP
+			continue
+		}
+		udp := ip[ihl:]
+		ports[binary.BigEndian.Uint16(udp[2:4])]++
+		payloads = append(payloads, slices.Clone(udp[8:]))
+	}
+	return ports, payloads
+}
+
+// bulk sends size random bytes over TCP from the namespace at fromPath to ln (listening in
+// another) and checks they arrive intact.
+func bulk(fromPath string, to netip.AddrPort, ln net.Listener, size int) error {
+	from, err := netns.Open(fromPath)
+	if err != nil {
+		return err
+	}
+	defer from.Close()
+	data := make([]byte, size)
+	rand.Read(data)
+	got := make(chan []byte, 1)
+	go func() {
+		_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+		s, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(s)
+		got <- b
+	}()
+	var c net.Conn
+	if err := from.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", to.String(), 2*time.Second)
+		return err
+	}); err != nil {
+		<-got
+		return err
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, werr := c.Write(data)
+	c.Close()
+	b := <-got
+	if werr != nil {
+		return werr
+	}
+	if !bytes.Equal(b, data) {
+		return fmt.Errorf("received %d bytes, want the %d sent", len(b), len(data))
+	}
+	return nil
+}
+
+// listenIn listens on TCP addr in the namespace at path.
+func listenIn(t *testing.T, path string, addr netip.AddrPort) net.Listener {
+	t.Helper()
+	ns, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var ln net.Listener
+	if err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// TestPrivilegedOverlayEncrypted: two hosts with an encrypted overlay network and a plain one
+// beside it. Containers on the two hosts ping and exchange TCP on both; on the underlay the
+// encrypted network's traffic is WireGuard only (UDP to the WireGuard port, no VXLAN port, the
+// inner addresses nowhere in clear) while the plain one's is VXLAN; the MTU accounts for both
+// overheads; the hosts' keys travel in the network's gossip table; the tunnel goes with the
+// last encrypted endpoint.
+func TestPrivilegedOverlayEncrypted(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	lab := newOvLab(t)
+	hosts := encCluster(t, lab, 2, 0)
+	a, b := hosts[0], hosts[1]
+	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.81.0.0/24")),
+		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.c.NewNetwork(ctx, "plain", "overlay", network.WithSubnet(netip.MustParsePrefix("10.82.0.0/24"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts both networks", func() bool { return hasNetwork(b.c, "enc") && hasNetwork(b.c, "plain") })
+	c1 := mustSandbox(t, a.c, "c1")
+	c2 := mustSandbox(t, b.c, "c2")
+	e1 := mustConnect(t, a.c, "enc", "c1")
+	e2 := mustConnect(t, b.c, "enc", "c2")
+	mustConnect(t, a.c, "plain", "c1")
+	p2 := mustConnect(t, b.c, "plain", "c2")
+	ip1, ip2 := e1.Info().IPv4.Addr(), e2.Info().IPv4.Addr()
+
+	waitFor(t, 15*time.Second, "c1 reaches c2 on the encrypted network", func() bool {
+		_, ok := nstest.Ping(c1.Key(), ip2.String(), 1)
+		return ok
+	})
+	if _, ok := nstest.Ping(c2.Key(), ip1.String(), 3); !ok {
+		t.Fatal("c2 does not reach c1 on the encrypted network")
+	}
+	// TCP, a few megabytes: full-size segments cross at the network's MTU.
+	ln := listenIn(t, c2.Key(), netip.AddrPortFrom(ip2, 8080))
+	if err := bulk(c1.Key(), netip.AddrPortFrom(ip2, 8080), ln, 4<<20); err != nil {
+		t.Fatalf("TCP over the encrypted network: %v", err)
+	}
+	// The MTU: the underlay's 1500 less WireGuard's 60 and VXLAN-over-IPv6's 70.
+	if out, err := nstest.ExecContext(ctx, c1.Key(), "ip", "-o", "link", "show", e1.Info().IfName); err != nil || !strings.Contains(out, "mtu 1370 ") {
+		t.Fatalf("c1's encrypted interface: %s (%v), want mtu 1370", out, err)
+	}
+
+	// On the underlay: WireGuard (UDP 51820) only, while c1 pings c2 on the encrypted network.
+	ports, payloads := lab.udpSeen(t, "host-a", 2*time.Second, func() { nstest.Ping(c1.Key(), ip2.String(), 3) })
+	if ports[overlay.DefaultWireGuardPort] < 3 || ports[overlay.DefaultPort] != 0 {
+		t.Fatalf("UDP packets on the underlay by destination port: %v, want WireGuard's (%d) and no VXLAN (%d)", ports, overlay.DefaultWireGuardPort, overlay.DefaultPort)
+	}
+	for _, p := range payloads {
+		if bytes.Contains(p, ip1.AsSlice()) || bytes.Contains(p, ip2.AsSlice()) || p[0] != 4 && p[0] != 1 && p[0] != 2 && p[0] != 3 {
+			t.Fatalf("an underlay packet shows an inner address or is no WireGuard message: % x", p[:min(len(p), 64)])
+		}
+	}
+	// The plain network beside it is VXLAN with its VNI.
+	plain, err := b.c.Network("plain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v uint32
+	if _, err := fmt.Sscan(plain.Inspect().Options[overlay.LabelVNI], &v); err != nil {
+		t.Fatal(err)
+	}
+	if !lab.vxlanSeen(t, "host-a", 3*time.Second, v, func() { nstest.Ping(c1.Key(), p2.Info().IPv4.Addr().String(), 3) }) {
+		t.Fatalf("no VXLAN packet with VNI %d seen on the underlay while c1 pinged c2 on the plain network", v)
+	}
+
+	// Each host's key is in the network's tunnel table, and the tunnel devices peer.
+	nid := gossip.NetworkID(enc.ID())
+	waitFor(t, 5*time.Second, "both hosts' keys in the tunnel table", func() bool {
+		return len(a.c.GossipNode().Entries(nid, "tunnel")) == 2
+	})
+	if out, err := nstest.Exec(a.ns, "ip", "-6", "route", "show", "dev", "cnmwg0"); err != nil || !strings.Contains(out, "fdc7:6e6d:7767::c000:216") {
+		t.Fatalf("host-a's routes through the tunnel: %s (%v), want host-b's tunnel address", out, err)
+	}
+
+	// The last encrypted endpoint goes: the tunnel goes with it; the plain network stays.
+	if err := a.c.Disconnect(ctx, "enc", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := nstest.Exec(a.ns, "ip", "link", "show", "cnmwg0"); !strings.Contains(out, "does not exist") {
+		t.Fatalf("host-a's tunnel after its last encrypted endpoint left: %s", out)
+	}
+	if _, ok := nstest.Ping(c1.Key(), p2.Info().IPv4.Addr().String(), 1); !ok {
+		t.Fatal("the plain network stopped with the tunnel")
+	}
+}
