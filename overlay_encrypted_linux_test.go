@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/internal/wgtun"
 	"github.com/cnmkit/cnm/network"
 	"golang.org/x/sys/unix"
 )
@@ -279,5 +281,197 @@ func TestPrivilegedOverlayEncrypted(t *testing.T) {
 	}
 	if _, ok := nstest.Ping(c1.Key(), p2.Info().IPv4.Addr().String(), 1); !ok {
 		t.Fatal("the plain network stopped with the tunnel")
+	}
+}
+
+// tunnelKeys returns the public keys host owner publishes in network nid's tunnel table, as
+// host from sees them.
+func tunnelKeys(t *testing.T, from *encHost, nid gossip.NetworkID, owner string) []string {
+	t.Helper()
+	for _, e := range from.c.GossipNode().Entries(nid, "tunnel") {
+		if e.Owner != owner {
+			continue
+		}
+		var te struct {
+			Keys []struct {
+				Public string `json:"public"`
+			} `json:"keys"`
+		}
+		if err := json.Unmarshal(e.Value, &te); err != nil {
+			t.Fatalf("tunnel entry of %s: %v", owner, err)
+		}
+		var out []string
+		for _, k := range te.Keys {
+			out = append(out, k.Public)
+		}
+		return out
+	}
+	return nil
+}
+
+// udpIn opens a UDP socket in the namespace at path: bound to laddr, or connected to raddr.
+func udpIn(t *testing.T, path string, laddr, raddr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	ns, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var c *net.UDPConn
+	if err := ns.Do(func() error {
+		var err error
+		if raddr.IsValid() {
+			c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(raddr))
+		} else {
+			c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(laddr))
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestPrivilegedOverlayEncryptedRotation: the gossip key rotates every few seconds, and with
+// it each host's WireGuard key (a second device, peers switched one by one once their
+// handshake on it succeeded, the older device closed once every peer sends on the newer),
+// while a numbered UDP stream runs from c1 to c2: every datagram arrives.
+func TestPrivilegedOverlayEncryptedRotation(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	lab := newOvLab(t)
+	hosts := encCluster(t, lab, 2, 3*time.Second)
+	a, b := hosts[0], hosts[1]
+	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.83.0.0/24")),
+		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: "true"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts enc", func() bool { return hasNetwork(b.c, "enc") })
+	c1 := mustSandbox(t, a.c, "c1")
+	c2 := mustSandbox(t, b.c, "c2")
+	mustConnect(t, a.c, "enc", "c1")
+	e2 := mustConnect(t, b.c, "enc", "c2")
+	ip2 := e2.Info().IPv4.Addr()
+	waitFor(t, 15*time.Second, "c1 reaches c2", func() bool {
+		_, ok := nstest.Ping(c1.Key(), ip2.String(), 1)
+		return ok
+	})
+	nid := gossip.NetworkID(enc.ID())
+
+	rx := udpIn(t, c2.Key(), netip.AddrPortFrom(ip2, 9000), netip.AddrPort{})
+	_ = rx.SetReadBuffer(4 << 20)
+	tx := udpIn(t, c1.Key(), netip.AddrPort{}, netip.AddrPortFrom(ip2, 9000))
+	got := map[uint32]int{}
+	rxDone := make(chan struct{})
+	go func() {
+		defer close(rxDone)
+		buf := make([]byte, 64)
+		for {
+			_ = rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := rx.Read(buf)
+			if err != nil {
+				return
+			}
+			if n == 4 {
+				got[binary.BigEndian.Uint32(buf)]++
+			}
+		}
+	}()
+	// Send every 2 ms until each host has been seen with three keys (two rotations).
+	keysA, keysB := map[string]bool{}, map[string]bool{}
+	var sent uint32
+	deadline := time.Now().Add(60 * time.Second)
+	for ; len(keysA) < 3 || len(keysB) < 3; sent++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60s, host-a was seen with keys %v and host-b with %v; want three each (two rotations)", keysA, keysB)
+		}
+		if _, err := tx.Write(binary.BigEndian.AppendUint32(nil, sent)); err != nil {
+			t.Fatalf("send %d: %v", sent, err)
+		}
+		if sent%25 == 0 {
+			for _, k := range tunnelKeys(t, b, nid, a.name) {
+				keysA[k] = true
+			}
+			for _, k := range tunnelKeys(t, a, nid, b.name) {
+				keysB[k] = true
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	<-rxDone // ends 2s after the last datagram
+	var lost []uint32
+	for i := range sent {
+		if got[i] != 1 {
+			lost = append(lost, i)
+		}
+	}
+	if len(lost) > 0 {
+		t.Fatalf("%d of %d datagrams lost or duplicated across two key rotations: %v", len(lost), sent, lost[:min(len(lost), 20)])
+	}
+	t.Logf("%d datagrams, all delivered once, across key rotations (host-a keys %d, host-b keys %d)", sent, len(keysA), len(keysB))
+	// After the rotations, each host runs one device again.
+	waitFor(t, 10*time.Second, "one device per host after the rotations", func() bool {
+		return len(tunnelKeys(t, b, nid, a.name)) == 1 && len(tunnelKeys(t, a, nid, b.name)) == 1
+	})
+}
+
+// TestPrivilegedOverlayEncryptedImpostor: a host on the underlay that knows host-a's public
+// key and claims host-b's tunnel address, with a key of its own, gets no handshake and no
+// packet through: host-a peers only with the keys published in the gossip table.
+func TestPrivilegedOverlayEncryptedImpostor(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	lab := newOvLab(t)
+	hosts := encCluster(t, lab, 2, 0)
+	a, b := hosts[0], hosts[1]
+	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.84.0.0/24")),
+		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts enc", func() bool { return hasNetwork(b.c, "enc") })
+	mustSandbox(t, a.c, "c1")
+	c2 := mustSandbox(t, b.c, "c2")
+	e1 := mustConnect(t, a.c, "enc", "c1")
+	mustConnect(t, b.c, "enc", "c2")
+	waitFor(t, 15*time.Second, "c2 reaches c1", func() bool {
+		_, ok := nstest.Ping(c2.Key(), e1.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	nid := gossip.NetworkID(enc.ID())
+	pubA, err := wgtun.ParseKey(tunnelKeys(t, b, nid, a.name)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := lab.host(t, "evil", netip.MustParsePrefix("192.0.2.29/24"))
+	key, err := wgtun.NewPrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tunA, tunB := netip.MustParsePrefix("fdc7:6e6d:7767::c000:215/128"), netip.MustParsePrefix("fdc7:6e6d:7767::c000:216/128")
+	dev, err := wgtun.Open(wgtun.Config{Name: "wg0", Netns: evil.Path(), PrivateKey: key, Port: overlay.DefaultWireGuardPort, Addr: tunB, MTU: 1420})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if err := dev.SetPeers([]wgtun.Peer{{PublicKey: pubA, Endpoint: netip.MustParseAddrPort("192.0.2.21:51820"), AllowedIPs: []netip.Prefix{tunA}, Keepalive: time.Second}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Route(tunA); err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := nstest.Ping(evil.Path(), tunA.Addr().String(), 3); ok {
+		t.Fatalf("the impostor reached host-a's tunnel address: %s", out)
+	}
+	if hs, err := dev.Handshakes(); err != nil || len(hs) != 0 {
+		t.Fatalf("the impostor's handshakes: %v (%v), want none", hs, err)
+	}
+	// The real host-b still gets through.
+	if _, ok := nstest.Ping(c2.Key(), e1.Info().IPv4.Addr().String(), 2); !ok {
+		t.Fatal("c2 no longer reaches c1")
 	}
 }

@@ -269,12 +269,12 @@ func (d *Driver) Allocated(ctx context.Context) ([]drivers.NetworkID, error) {
 
 // ovNetwork is a network this host knows. Its data plane exists while it has local endpoints.
 type ovNetwork struct {
-	id       drivers.NetworkID
-	vni      uint32
+	id        drivers.NetworkID
+	vni       uint32
 	internal  bool
 	encrypted bool
 	mtu       int // from the options; 0: derived from the underlay
-	subnets  []netip.Prefix
+	subnets   []netip.Prefix
 
 	// planeMu orders the building and removal of the network's kernel state and its ports:
 	// held across netlink calls, for this network only.

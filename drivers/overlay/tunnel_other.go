@@ -15,4 +15,4 @@ func (d *Driver) attachTunnel(drivers.NetworkID, drivers.Gossip) (netip.Addr, er
 	return netip.Addr{}, errNoKernel
 }
 func (d *Driver) detachTunnel(drivers.NetworkID) error { return nil }
-func (d *Driver) closeTunnel() error                    { return nil }
+func (d *Driver) closeTunnel() error                   { return nil }
