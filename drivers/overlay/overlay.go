@@ -33,11 +33,69 @@
 // A container reaches the outside through its own host: Join asks for the gateway service
 // (drivers.JoinResult.NeedGateway) unless the network is internal.
 //
-// The "encrypted" option (Docker's IPsec) is refused: this kernel has no ESP.
+// # Encrypted networks
+//
+// A network created with the "encrypted" option (Docker's name; Docker puts IPsec ESP under
+// the VXLAN packets) carries its VXLAN packets between hosts inside WireGuard, run in
+// userspace (golang.zx2c4.com/wireguard on a TUN interface, package internal/wgtun), since the
+// kernel may have neither ESP nor WireGuard. Unencrypted networks keep the plain VXLAN path on
+// the underlay.
+//
+//   - One tunnel per host, not per network: a WireGuard device "cnmwg0" (or "cnmwg1", see
+//     rotation) in the host's namespace (Config.HostNetns), listening on UDP
+//     Config.WireGuardPort (51820 by default) on all addresses, made with this host's first
+//     endpoint on any encrypted network and closed with its last.
+//   - Each host has a tunnel address, TunnelPrefix (fdc7:6e6d:7767::/64) plus its IPv4 VTEP
+//     address (or a hash of an IPv6 one), held by its devices. An encrypted network's VXLAN
+//     device uses the tunnel address as its local VTEP, and the peers' FDB entries point at
+//     their tunnel addresses, routed (one /128 each) through the device: so its VXLAN packets
+//     only ever leave the host inside WireGuard, to the peer's underlay address and WireGuard
+//     port, and WireGuard drops any packet from a peer whose source is not that peer's tunnel
+//     address. On the underlay an encrypted network shows only UDP to the WireGuard port.
+//   - The MTU accounts for both overheads: the device's MTU is the underlay's less
+//     WireGuard's 60 bytes (80 over an IPv6 underlay), the network's that less VXLAN over
+//     IPv6's 70: 1370 on a 1500-byte underlay. An explicit MTU option still wins.
+//   - Keys travel in the gossip plane: each host writes, in the table "tunnel" of every
+//     encrypted network it has endpoints on, one entry (key: its gossip name) with its tunnel
+//     address, underlay address, and the public key, port and generation of each of its
+//     devices. A host programs as peers the union of the entries of the networks it is on, so
+//     a host joining or leaving (or failing: the gossip plane withdraws its entries) updates
+//     every peer at once, without restarts; a peer whose key changed is replaced in place.
+//     Private keys never leave the process and are never stored: a restarted host makes new
+//     ones and publishes them.
+//
+// # Key rotation of the tunnel
+//
+// The static keys rotate with the gossip keys: each step of a gossip key rotation (see
+// drivers.Gossip.WatchKeys) with a newer epoch asks for a new generation, and so does a peer
+// that publishes a newer generation than this host's (which is how a late or restarted host
+// catches up). A WireGuard device has one private key, and accepts a packet from a peer only
+// if the source is in that peer's allowed IPs, which name one peer each; so a key changes
+// without a lost packet by an overlap of two devices, as the gossip keys go install, use,
+// remove:
+//
+//  1. install: a second device (the other slot: "cnmwg1", port WireGuardPort+1) with a fresh
+//     key, tagged with the new generation and the same tunnel address, is made and published
+//     beside the first. Each device peers only with the peers' keys of its generation, so
+//     the new devices of two hosts pair as soon as both have published; the new device sends
+//     keepalives (which start the handshake) while the rotation runs.
+//  2. use: each peer's route (its tunnel address) moves from the old device to the new one
+//     once a handshake with that peer on the new device has completed, by a route
+//     replacement: a packet is either in the old device's queue, which the peer's old
+//     device still accepts, or in the new, whose session is already up. Both devices
+//     receive throughout.
+//  3. remove: a host publishes the oldest generation it still sends with; the older device
+//     closes once every peer's route here is on the newer device and every peer says it
+//     sends with the newer generation (or a minute after the new device was made, with a
+//     warning, for a peer that never switches).
+//
+// WireGuard's own session rekeying (every two minutes) runs underneath and needs nothing.
 //
 // # Restart
 //
-// Close leaves the kernel state in place. After a restart, each endpoint still joined here is
+// Close leaves the kernel state in place, but for the WireGuard devices, which live in this
+// process: an encrypted network's traffic stops until the next Controller restores its
+// endpoints (with new keys). After a restart, each endpoint still joined here is
 // restored (drivers.EndpointRestorer): the network's namespace is taken back with the
 // endpoints' interfaces, the remote endpoints programmed before are flushed and programmed again
 // from the gossip table (so none is there twice, and none that left meanwhile stays), and this
