@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +24,7 @@ import (
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/internal/wgtun"
+	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
 	"golang.org/x/sys/unix"
 )
@@ -35,47 +38,71 @@ type encHost struct {
 	c    *cnm.Controller
 }
 
+// encLab is a cluster of encrypted overlay tests: etcd, the gossip key and the
+// key-encryption key that seals the gossip keyring record in etcd.
+type encLab struct {
+	lab    *ovLab
+	gs     kvstore.Store
+	key    []byte
+	kek    []byte
+	rotate time.Duration
+	hosts  []*encHost // the started ones
+	made   int        // hosts made, started or not
+}
+
 // encCluster starts n hosts (192.0.2.21, .22, ...) sharing etcd and a gossip cluster whose key
-// rotates every rotate (0: never during the test).
-func encCluster(t *testing.T, lab *ovLab, n int, rotate time.Duration) []*encHost {
+// rotates every rotate (0: never during the test) and whose keyring record is sealed.
+func encCluster(t *testing.T, lab *ovLab, n int, rotate time.Duration) *encLab {
 	t.Helper()
 	ec := storetest.StartEtcd(t)
-	gs := openEtcd(t, ec.Endpoints(), "enc")
-	key, err := gossip.NewKey()
-	if err != nil {
+	l := &encLab{lab: lab, gs: openEtcd(t, ec.Endpoints(), "enc"), rotate: rotate, kek: make([]byte, gossip.KEKLen)}
+	var err error
+	if l.key, err = gossip.NewKey(); err != nil {
 		t.Fatal(err)
 	}
-	if rotate == 0 {
-		rotate = time.Hour
+	rand.Read(l.kek)
+	if l.rotate == 0 {
+		l.rotate = time.Hour
 	}
-	var hosts []*encHost
-	for i := range n {
-		h := &encHost{name: fmt.Sprintf("host-%c", 'a'+i), vtep: netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", 21+i))}
-		h.ns = lab.host(t, h.name, h.vtep)
-		var peers []string
-		if i > 0 {
-			peers = []string{hosts[0].c.GossipNode().LocalAddr().String()}
-		}
-		c, err := cnm.New(t.Context(), cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), HostNetns: h.ns.Path(),
-			GlobalStore: gs, Hostname: h.name, StoreTimeout: 2 * time.Second,
-			Gossip: &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{key}, RotationInterval: rotate,
-				ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
-			GossipPeers: peers,
-			Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
-		})
+	for range n {
+		h, err := l.start(t, l.kek)
 		if err != nil {
 			t.Fatalf("cnm.New %s: %v", h.name, err)
 		}
-		h.c = c
-		t.Cleanup(func() {
-			for _, sb := range c.Sandboxes() {
-				c.DeleteSandbox(context.Background(), sb.ID())
-			}
-			c.Close()
-		})
-		hosts = append(hosts, h)
 	}
-	return hosts
+	return l
+}
+
+// start starts the next host, whose gossip plane opens the keyring record with kek.
+func (l *encLab) start(t *testing.T, kek []byte) (*encHost, error) {
+	t.Helper()
+	i := l.made
+	l.made++
+	h := &encHost{name: fmt.Sprintf("host-%c", 'a'+i), vtep: netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", 21+i))}
+	h.ns = l.lab.host(t, h.name, h.vtep)
+	var peers []string
+	if i > 0 {
+		peers = []string{l.hosts[0].c.GossipNode().LocalAddr().String()}
+	}
+	c, err := cnm.New(t.Context(), cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), HostNetns: h.ns.Path(),
+		GlobalStore: l.gs, Hostname: h.name, StoreTimeout: 2 * time.Second,
+		Gossip: &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{l.key}, RotationInterval: l.rotate, StoreKEK: kek,
+			ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
+		GossipPeers: peers,
+		Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
+	})
+	if err != nil {
+		return h, err
+	}
+	h.c = c
+	t.Cleanup(func() {
+		for _, sb := range c.Sandboxes() {
+			c.DeleteSandbox(context.Background(), sb.ID())
+		}
+		c.Close()
+	})
+	l.hosts = append(l.hosts, h)
+	return h, nil
 }
 
 // udpSeen captures the frames on host's underlay port while during runs and returns the UDP
@@ -204,8 +231,8 @@ func TestPrivilegedOverlayEncrypted(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	lab := newOvLab(t)
-	hosts := encCluster(t, lab, 2, 0)
-	a, b := hosts[0], hosts[1]
+	el := encCluster(t, lab, 3, 0)
+	a, b, c := el.hosts[0], el.hosts[1], el.hosts[2]
 	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.81.0.0/24")),
 		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: ""}))
 	if err != nil {
@@ -270,6 +297,60 @@ func TestPrivilegedOverlayEncrypted(t *testing.T) {
 	})
 	if out, err := nstest.Exec(a.ns, "ip", "-6", "route", "show", "dev", "cnmwg0"); err != nil || !strings.Contains(out, "fdc7:6e6d:7767::c000:216") {
 		t.Fatalf("host-a's routes through the tunnel: %s (%v), want host-b's tunnel address", out, err)
+	}
+
+	// host-c joins the network: every host peers with it, without a restart; it leaves:
+	// every host forgets it.
+	waitFor(t, 10*time.Second, "host-c adopts enc", func() bool { return hasNetwork(c.c, "enc") })
+	c3 := mustSandbox(t, c.c, "c3")
+	e3 := mustConnect(t, c.c, "enc", "c3")
+	waitFor(t, 15*time.Second, "c1 reaches c3 on the encrypted network", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e3.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	if _, ok := nstest.Ping(c3.Key(), ip2.String(), 2); !ok {
+		t.Fatal("c3 does not reach c2 on the encrypted network")
+	}
+	const tunC = "fdc7:6e6d:7767::c000:217"
+	for _, h := range []*encHost{a, b} {
+		if out, err := nstest.Exec(h.ns, "ip", "-6", "route", "show", "dev", "cnmwg0"); err != nil || !strings.Contains(out, tunC) {
+			t.Fatalf("%s's routes through the tunnel: %s (%v), want host-c's tunnel address", h.name, out, err)
+		}
+	}
+	if err := c.c.Disconnect(ctx, "enc", "c3"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-a and host-b forget host-c", func() bool {
+		for _, h := range []*encHost{a, b} {
+			if out, err := nstest.Exec(h.ns, "ip", "-6", "route", "show", "dev", "cnmwg0"); err != nil || strings.Contains(out, tunC) {
+				return false
+			}
+		}
+		return true
+	})
+	if _, ok := nstest.Ping(c1.Key(), ip2.String(), 1); !ok {
+		t.Fatal("c1 no longer reaches c2 after host-c left")
+	}
+
+	// The gossip keyring record in etcd is sealed: no key in it; a host with another
+	// key-encryption key, or none, fails to start, and says why.
+	kv, err := el.gs.Get(ctx, gossip.DefaultStorePrefixBase+gossip.DefaultClusterLabel+"/keyring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range a.c.GossipNode().Keys() {
+		if bytes.Contains(kv.Value, []byte(base64.StdEncoding.EncodeToString(k))) || bytes.Contains(kv.Value, k) {
+			t.Fatal("the keyring record in etcd shows a gossip key")
+		}
+	}
+	if !bytes.Contains(kv.Value, []byte(`"sealed"`)) {
+		t.Fatalf("the keyring record in etcd is not sealed: %.60s", kv.Value)
+	}
+	wrong := make([]byte, gossip.KEKLen)
+	for _, kek := range [][]byte{wrong, nil} {
+		if h, err := el.start(t, kek); !errors.Is(err, gossip.ErrKEK) || !strings.Contains(err.Error(), "StoreKEK") {
+			t.Fatalf("%s with a wrong or missing key-encryption key: %v, want gossip.ErrKEK naming StoreKEK", h.name, err)
+		}
 	}
 
 	// The last encrypted endpoint goes: the tunnel goes with it; the plain network stays.
@@ -342,8 +423,8 @@ func TestPrivilegedOverlayEncryptedRotation(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	lab := newOvLab(t)
-	hosts := encCluster(t, lab, 2, 3*time.Second)
-	a, b := hosts[0], hosts[1]
+	el := encCluster(t, lab, 2, 3*time.Second)
+	a, b := el.hosts[0], el.hosts[1]
 	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.83.0.0/24")),
 		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: "true"}))
 	if err != nil {
@@ -426,8 +507,8 @@ func TestPrivilegedOverlayEncryptedImpostor(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
 	lab := newOvLab(t)
-	hosts := encCluster(t, lab, 2, 0)
-	a, b := hosts[0], hosts[1]
+	el := encCluster(t, lab, 2, 0)
+	a, b := el.hosts[0], el.hosts[1]
 	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.84.0.0/24")),
 		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: ""}))
 	if err != nil {

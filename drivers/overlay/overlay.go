@@ -84,10 +84,12 @@
 //     replacement: a packet is either in the old device's queue, which the peer's old
 //     device still accepts, or in the new, whose session is already up. Both devices
 //     receive throughout.
-//  3. remove: a host publishes the oldest generation it still sends with; the older device
-//     closes once every peer's route here is on the newer device and every peer says it
-//     sends with the newer generation (or a minute after the new device was made, with a
-//     warning, for a peer that never switches).
+//  3. remove: a host publishes the oldest generation it still sends with, raised only a
+//     second after its last route moved (the time for the older device's queues to drain);
+//     the older device closes once every peer's route here is on the newer device, a second
+//     has passed since the last move, and every peer says it sends with the newer
+//     generation (or a minute after the new device was made, with a warning, for a peer
+//     that never switches).
 //
 // WireGuard's own session rekeying (every two minutes) runs underneath and needs nothing.
 //

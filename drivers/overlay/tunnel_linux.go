@@ -20,6 +20,11 @@ import (
 // device goes anyway (a peer that never switches has lost this host's older key).
 const rotationGrace = time.Minute
 
+// rotationDrain is how long the older device of a rotation keeps running after this host last
+// moved a peer's route off it, before this host says it no longer sends with it (and before it
+// closes): the time for the packets in its queues to leave and arrive.
+const rotationDrain = time.Second
+
 // tunnel is this host's WireGuard tunnel: one device (two during a key rotation) in the host's
 // namespace, peered with every host that shares an encrypted network with this one. It exists
 // while this host has endpoints on an encrypted network.
@@ -39,6 +44,7 @@ type tunnel struct {
 	routes  map[string]routeState
 	since   time.Time // when the newest device was made
 	sending uint64    // published Sending
+	moved   time.Time // when a peer's route last moved to another device
 
 	mu      sync.Mutex // guards following
 	nets    map[drivers.NetworkID]*tunNet
@@ -419,6 +425,7 @@ func (t *tunnel) sync() {
 				continue
 			}
 			t.routes[o] = routeState{addr: e.Addr, gen: chosen.gen}
+			t.moved = time.Now()
 		}
 		sending = min(sending, chosen.gen)
 		if chosen != newest || e.Sending < newest.gen {
@@ -431,8 +438,13 @@ func (t *tunnel) sync() {
 			delete(t.routes, o)
 		}
 	}
-	t.sending = sending
-	if rotating && (allNewest || time.Since(t.since) > rotationGrace) {
+	// The older device may still hold packets for a peer just moved off it: this host says it
+	// is done with it, and closes it, only a while after the last move.
+	drained := time.Since(t.moved) >= rotationDrain
+	if drained || sending < t.sending {
+		t.sending = sending
+	}
+	if rotating && (allNewest && drained || time.Since(t.since) > rotationGrace) {
 		if !allNewest {
 			t.d.log.Warn("overlay: tunnel rotation: closing the older device before every peer switched", "generation", t.devs[0].gen)
 		}
