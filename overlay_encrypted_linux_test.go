@@ -32,10 +32,11 @@ import (
 // encHost is a host of the encrypted overlay tests: a namespace on the lab's underlay and its
 // Controller.
 type encHost struct {
-	name string
-	vtep netip.Prefix
-	ns   *netns.NS
-	c    *cnm.Controller
+	name            string
+	vtep            netip.Prefix
+	ns              *netns.NS
+	c               *cnm.Controller
+	dataDir, runDir string
 }
 
 // encLab is a cluster of encrypted overlay tests: etcd, the gossip key and the
@@ -78,13 +79,24 @@ func (l *encLab) start(t *testing.T, kek []byte) (*encHost, error) {
 	t.Helper()
 	i := l.made
 	l.made++
-	h := &encHost{name: fmt.Sprintf("host-%c", 'a'+i), vtep: netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", 21+i))}
+	h := &encHost{name: fmt.Sprintf("host-%c", 'a'+i), vtep: netip.MustParsePrefix(fmt.Sprintf("192.0.2.%d/24", 21+i)),
+		dataDir: t.TempDir(), runDir: t.TempDir()}
 	h.ns = l.lab.host(t, h.name, h.vtep)
 	var peers []string
 	if i > 0 {
 		peers = []string{l.hosts[0].c.GossipNode().LocalAddr().String()}
 	}
-	c, err := cnm.New(t.Context(), cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), HostNetns: h.ns.Path(),
+	if err := l.open(t, h, kek, peers); err != nil {
+		return h, err
+	}
+	l.hosts = append(l.hosts, h)
+	return h, nil
+}
+
+// open starts host h's Controller (again, after a Close: same data and run directories).
+func (l *encLab) open(t *testing.T, h *encHost, kek []byte, peers []string) error {
+	t.Helper()
+	c, err := cnm.New(t.Context(), cnm.Config{DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.ns.Path(),
 		GlobalStore: l.gs, Hostname: h.name, StoreTimeout: 2 * time.Second,
 		Gossip: &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), Keys: [][]byte{l.key}, RotationInterval: l.rotate, StoreKEK: kek,
 			ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, GossipInterval: 50 * time.Millisecond},
@@ -92,7 +104,7 @@ func (l *encLab) start(t *testing.T, kek []byte) (*encHost, error) {
 		Overlay:     overlay.Config{VTEP: h.vtep.Addr()},
 	})
 	if err != nil {
-		return h, err
+		return err
 	}
 	h.c = c
 	t.Cleanup(func() {
@@ -101,8 +113,7 @@ func (l *encLab) start(t *testing.T, kek []byte) (*encHost, error) {
 		}
 		c.Close()
 	})
-	l.hosts = append(l.hosts, h)
-	return h, nil
+	return nil
 }
 
 // udpSeen captures the frames on host's underlay port while during runs and returns the UDP
@@ -554,5 +565,50 @@ func TestPrivilegedOverlayEncryptedImpostor(t *testing.T) {
 	// The real host-b still gets through.
 	if _, ok := nstest.Ping(c2.Key(), e1.Info().IPv4.Addr().String(), 2); !ok {
 		t.Fatal("c2 no longer reaches c1")
+	}
+}
+
+// TestPrivilegedOverlayEncryptedRestart: a host's Controller restarts. Its WireGuard device
+// lives in the process, so it goes with the Controller; the next one restores the endpoint,
+// makes a device with a new key and publishes it, and the containers reach each other again.
+func TestPrivilegedOverlayEncryptedRestart(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	lab := newOvLab(t)
+	el := encCluster(t, lab, 2, 0)
+	a, b := el.hosts[0], el.hosts[1]
+	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.85.0.0/24")),
+		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts enc", func() bool { return hasNetwork(b.c, "enc") })
+	c1 := mustSandbox(t, a.c, "c1")
+	mustSandbox(t, b.c, "c2")
+	mustConnect(t, a.c, "enc", "c1")
+	ip2 := mustConnect(t, b.c, "enc", "c2").Info().IPv4.Addr().String()
+	waitFor(t, 15*time.Second, "c1 reaches c2", func() bool {
+		_, ok := nstest.Ping(c1.Key(), ip2, 1)
+		return ok
+	})
+	nid := gossip.NetworkID(enc.ID())
+	before := tunnelKeys(t, b, nid, a.name)
+	if err := a.c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := nstest.Exec(a.ns, "ip", "link", "show", "cnmwg0"); !strings.Contains(out, "does not exist") {
+		t.Fatalf("host-a's tunnel device after Close: %s", out)
+	}
+	if err := el.open(t, a, el.kek, []string{b.c.GossipNode().LocalAddr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "c1 reaches c2 after host-a restarted", func() bool {
+		_, ok := nstest.Ping(c1.Key(), ip2, 1)
+		return ok
+	})
+	after := tunnelKeys(t, b, nid, a.name)
+	if len(after) != 1 || slices.Equal(before, after) {
+		t.Fatalf("host-a's published keys before the restart %v, after %v: want one new key", before, after)
 	}
 }
