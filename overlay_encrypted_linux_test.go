@@ -425,10 +425,59 @@ func udpIn(t *testing.T, path string, laddr, raddr netip.AddrPort) *net.UDPConn 
 	return c
 }
 
+// udpStream is a numbered UDP stream from one container to another.
+type udpStream struct {
+	tx   *net.UDPConn
+	got  map[uint32]int
+	done chan struct{} // closed when the receiver has had nothing for 2 s
+	sent uint32
+}
+
+func newUDPStream(t *testing.T, from, to string, ip netip.Addr) *udpStream {
+	t.Helper()
+	rx := udpIn(t, to, netip.AddrPortFrom(ip, 9000), netip.AddrPort{})
+	_ = rx.SetReadBuffer(4 << 20)
+	s := &udpStream{tx: udpIn(t, from, netip.AddrPort{}, netip.AddrPortFrom(ip, 9000)), got: map[uint32]int{}, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		buf := make([]byte, 64)
+		for {
+			_ = rx.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := rx.Read(buf)
+			if err != nil {
+				return
+			}
+			if n == 4 {
+				s.got[binary.BigEndian.Uint32(buf)]++
+			}
+		}
+	}()
+	return s
+}
+
+func (s *udpStream) send() error {
+	_, err := s.tx.Write(binary.BigEndian.AppendUint32(nil, s.sent))
+	s.sent++
+	return err
+}
+
+// lost waits for the receiver to end and returns the datagrams not received exactly once.
+func (s *udpStream) lost() []uint32 {
+	<-s.done
+	var lost []uint32
+	for i := range s.sent {
+		if s.got[i] != 1 {
+			lost = append(lost, i)
+		}
+	}
+	return lost
+}
+
 // TestPrivilegedOverlayEncryptedRotation: the gossip key rotates every few seconds, and with
 // it each host's WireGuard key (a second device, peers switched one by one once their
 // handshake on it succeeded, the older device closed once every peer sends on the newer),
-// while a numbered UDP stream runs from c1 to c2: every datagram arrives.
+// while numbered UDP streams run both ways between two hosts: every datagram arrives, exactly
+// once.
 func TestPrivilegedOverlayEncryptedRotation(t *testing.T) {
 	nstest.Privileged(t)
 	t.Parallel()
@@ -444,70 +493,65 @@ func TestPrivilegedOverlayEncryptedRotation(t *testing.T) {
 	waitFor(t, 10*time.Second, "host-b adopts enc", func() bool { return hasNetwork(b.c, "enc") })
 	c1 := mustSandbox(t, a.c, "c1")
 	c2 := mustSandbox(t, b.c, "c2")
-	mustConnect(t, a.c, "enc", "c1")
-	e2 := mustConnect(t, b.c, "enc", "c2")
-	ip2 := e2.Info().IPv4.Addr()
-	waitFor(t, 15*time.Second, "c1 reaches c2", func() bool {
-		_, ok := nstest.Ping(c1.Key(), ip2.String(), 1)
-		return ok
+	ip1 := mustConnect(t, a.c, "enc", "c1").Info().IPv4.Addr()
+	ip2 := mustConnect(t, b.c, "enc", "c2").Info().IPv4.Addr()
+	waitFor(t, 15*time.Second, "c1 reaches c2 and c2 reaches c1", func() bool {
+		_, ok1 := nstest.Ping(c1.Key(), ip2.String(), 1)
+		_, ok2 := nstest.Ping(c2.Key(), ip1.String(), 1)
+		return ok1 && ok2
 	})
 	nid := gossip.NetworkID(enc.ID())
-
-	rx := udpIn(t, c2.Key(), netip.AddrPortFrom(ip2, 9000), netip.AddrPort{})
-	_ = rx.SetReadBuffer(4 << 20)
-	tx := udpIn(t, c1.Key(), netip.AddrPort{}, netip.AddrPortFrom(ip2, 9000))
-	got := map[uint32]int{}
-	rxDone := make(chan struct{})
-	go func() {
-		defer close(rxDone)
-		buf := make([]byte, 64)
-		for {
-			_ = rx.SetReadDeadline(time.Now().Add(2 * time.Second))
-			n, err := rx.Read(buf)
-			if err != nil {
-				return
-			}
-			if n == 4 {
-				got[binary.BigEndian.Uint32(buf)]++
+	streams := map[string]*udpStream{"c1→c2": newUDPStream(t, c1.Key(), c2.Key(), ip2), "c2→c1": newUDPStream(t, c2.Key(), c1.Key(), ip1)}
+	// Send every 2 ms on each stream until each host has been seen with three keys (two
+	// rotations).
+	seen := map[string]map[string]bool{a.name: {}, b.name: {}}
+	rotated := func() bool {
+		for _, ks := range seen {
+			if len(ks) < 3 {
+				return false
 			}
 		}
-	}()
-	// Send every 2 ms until each host has been seen with three keys (two rotations).
-	keysA, keysB := map[string]bool{}, map[string]bool{}
-	var sent uint32
+		return true
+	}
 	deadline := time.Now().Add(60 * time.Second)
-	for ; len(keysA) < 3 || len(keysB) < 3; sent++ {
+	for i := 0; !rotated(); i++ {
 		if time.Now().After(deadline) {
-			t.Fatalf("after 60s, host-a was seen with keys %v and host-b with %v; want three each (two rotations)", keysA, keysB)
+			t.Fatalf("after 60s, the hosts were seen with keys %v; want three each (two rotations)", seen)
 		}
-		if _, err := tx.Write(binary.BigEndian.AppendUint32(nil, sent)); err != nil {
-			t.Fatalf("send %d: %v", sent, err)
-		}
-		if sent%25 == 0 {
-			for _, k := range tunnelKeys(t, b, nid, a.name) {
-				keysA[k] = true
+		for name, s := range streams {
+			if err := s.send(); err != nil {
+				t.Fatalf("%s: send %d: %v", name, s.sent, err)
 			}
-			for _, k := range tunnelKeys(t, a, nid, b.name) {
-				keysB[k] = true
+		}
+		if i%25 == 0 {
+			for owner, ks := range seen {
+				from := a
+				if owner == a.name {
+					from = b
+				}
+				for _, k := range tunnelKeys(t, from, nid, owner) {
+					ks[k] = true
+				}
 			}
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	<-rxDone // ends 2s after the last datagram
-	var lost []uint32
-	for i := range sent {
-		if got[i] != 1 {
-			lost = append(lost, i)
+	for name, s := range streams {
+		if lost := s.lost(); len(lost) > 0 {
+			t.Errorf("%s: %d of %d datagrams lost or duplicated across two key rotations: %v", name, len(lost), s.sent, lost[:min(len(lost), 20)])
+		} else {
+			t.Logf("%s: %d datagrams, all delivered once, across two key rotations", name, s.sent)
 		}
 	}
-	if len(lost) > 0 {
-		t.Fatalf("%d of %d datagrams lost or duplicated across two key rotations: %v", len(lost), sent, lost[:min(len(lost), 20)])
+	// Each rotation ends: each host is seen with one device again (the gossip key keeps
+	// rotating every 3 s, so not necessarily all at once).
+	for _, owner := range []string{a.name, b.name} {
+		from := a
+		if owner == a.name {
+			from = b
+		}
+		waitFor(t, 15*time.Second, owner+" back to one device", func() bool { return len(tunnelKeys(t, from, nid, owner)) == 1 })
 	}
-	t.Logf("%d datagrams, all delivered once, across key rotations (host-a keys %d, host-b keys %d)", sent, len(keysA), len(keysB))
-	// After the rotations, each host runs one device again.
-	waitFor(t, 10*time.Second, "one device per host after the rotations", func() bool {
-		return len(tunnelKeys(t, b, nid, a.name)) == 1 && len(tunnelKeys(t, a, nid, b.name)) == 1
-	})
 }
 
 // TestPrivilegedOverlayEncryptedImpostor: a host on the underlay that knows host-a's public

@@ -48,7 +48,9 @@ type tunnel struct {
 
 	mu      sync.Mutex // guards following
 	nets    map[drivers.NetworkID]*tunNet
-	wantGen uint64 // the newest generation asked for (key rotation epochs, peers' keys)
+	wantGen uint64 // the newest generation of the peers' keys
+	step    bool   // a gossip key rotation asks for the next generation
+	epoch   uint64 // of the last gossip key rotation seen
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -150,8 +152,8 @@ func (t *tunnel) netsSnapshot() []drivers.NetworkID {
 	return slices.Collect(maps.Keys(t.nets))
 }
 
-// addDevice opens a device of generation gen in the free slot. The caller holds syncMu or
-// owns t alone.
+// addDevice opens a device of generation gen in the free slot and appends it to t.devs (under
+// mu, which it takes for that only). The caller holds syncMu or owns t alone.
 func (t *tunnel) addDevice(gen uint64) error {
 	slot := 0
 	if len(t.devs) > 0 && t.devs[0].slot == 0 {
@@ -169,7 +171,9 @@ func (t *tunnel) addDevice(gen uint64) error {
 	if err != nil {
 		return fmt.Errorf("overlay: tunnel: %w", err)
 	}
+	t.mu.Lock()
 	t.devs = append(t.devs, &tunDev{gen: gen, slot: slot, dev: dev})
+	t.mu.Unlock()
 	t.since = time.Now()
 	if len(t.devs) == 1 {
 		t.sending = gen
@@ -303,7 +307,9 @@ func (t *tunnel) loop(ctx context.Context, keys <-chan drivers.KeyEvent, stopKey
 				continue
 			}
 			t.mu.Lock()
-			t.wantGen = max(t.wantGen, ev.Epoch)
+			if ev.Epoch > t.epoch {
+				t.epoch, t.step = ev.Epoch, true
+			}
 			t.mu.Unlock()
 		case <-t.kick:
 		case <-tick.C:
@@ -311,7 +317,7 @@ func (t *tunnel) loop(ctx context.Context, keys <-chan drivers.KeyEvent, stopKey
 			idle := len(t.devs) == 1
 			t.syncMu.Unlock()
 			t.mu.Lock()
-			idle = idle && t.wantGen <= t.newestLocked()
+			idle = idle && !t.step && t.wantGen <= t.newestLocked()
 			t.mu.Unlock()
 			if idle {
 				continue
@@ -332,7 +338,9 @@ func (t *tunnel) newestLocked() uint64 {
 }
 
 // peers returns every peer of every attached network, by owner (the entry with the newest key
-// when two networks disagree for a moment).
+// when two networks disagree for a moment), and the generation wanted: the peers' newest, or
+// this host's next when a gossip key rotation asked for one and no rotation is running here
+// (a rotation asked for meanwhile waits for the running one to end). The caller holds syncMu.
 func (t *tunnel) peers() (map[string]tunnelEntry, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -344,7 +352,14 @@ func (t *tunnel) peers() (map[string]tunnelEntry, uint64) {
 			}
 		}
 	}
-	return out, t.wantGen
+	want := t.wantGen
+	if t.step && len(t.devs) == 1 {
+		// One step per gossip rotation, however many epochs went by: every host goes to the
+		// same next generation, which pairs.
+		want = max(want, t.newestLocked()+1)
+		t.step = false
+	}
+	return out, want
 }
 
 // sync programs the devices and routes from the peers' entries, drives the rotation (a new
@@ -361,10 +376,7 @@ func (t *tunnel) sync() {
 	before := t.entry()
 	newest := t.devs[len(t.devs)-1]
 	if want > newest.gen && len(t.devs) == 1 {
-		t.mu.Lock() // the slice changes under both locks (newestLocked)
-		err := t.addDevice(want)
-		t.mu.Unlock()
-		if err != nil {
+		if err := t.addDevice(want); err != nil {
 			t.d.log.Error("overlay: tunnel rotation: new device", "generation", want, "err", err)
 		} else {
 			newest = t.devs[len(t.devs)-1]
@@ -426,6 +438,7 @@ func (t *tunnel) sync() {
 			}
 			t.routes[o] = routeState{addr: e.Addr, gen: chosen.gen}
 			t.moved = time.Now()
+			t.d.log.Debug("overlay: tunnel route", "peer", o, "device", chosen.dev.Name(), "generation", chosen.gen)
 		}
 		sending = min(sending, chosen.gen)
 		if chosen != newest || e.Sending < newest.gen {
@@ -436,6 +449,7 @@ func (t *tunnel) sync() {
 		if _, ok := peers[o]; !ok {
 			t.unroute(r)
 			delete(t.routes, o)
+			t.d.log.Debug("overlay: tunnel peer gone", "peer", o)
 		}
 	}
 	// The older device may still hold packets for a peer just moved off it: this host says it
@@ -449,6 +463,7 @@ func (t *tunnel) sync() {
 			t.d.log.Warn("overlay: tunnel rotation: closing the older device before every peer switched", "generation", t.devs[0].gen)
 		}
 		old := t.devs[0]
+		t.d.log.Debug("overlay: tunnel closing older device", "device", old.dev.Name(), "generation", old.gen, "peers", len(peers))
 		t.mu.Lock()
 		t.devs = t.devs[1:]
 		t.mu.Unlock()
