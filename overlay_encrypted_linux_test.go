@@ -433,11 +433,11 @@ type udpStream struct {
 	sent uint32
 }
 
-func newUDPStream(t *testing.T, from, to string, ip netip.Addr) *udpStream {
+func newUDPStream(t *testing.T, from, to string, dst netip.AddrPort) *udpStream {
 	t.Helper()
-	rx := udpIn(t, to, netip.AddrPortFrom(ip, 9000), netip.AddrPort{})
+	rx := udpIn(t, to, dst, netip.AddrPort{})
 	_ = rx.SetReadBuffer(4 << 20)
-	s := &udpStream{tx: udpIn(t, from, netip.AddrPort{}, netip.AddrPortFrom(ip, 9000)), got: map[uint32]int{}, done: make(chan struct{})}
+	s := &udpStream{tx: udpIn(t, from, netip.AddrPort{}, dst), got: map[uint32]int{}, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		buf := make([]byte, 64)
@@ -476,35 +476,42 @@ func (s *udpStream) lost() []uint32 {
 // TestPrivilegedOverlayEncryptedRotation: the gossip key rotates every few seconds, and with
 // it each host's WireGuard key (a second device, peers switched one by one once their
 // handshake on it succeeded, the older device closed once every peer sends on the newer),
-// while numbered UDP streams run both ways between two hosts: every datagram arrives, exactly
-// once.
+// while numbered UDP streams run between three hosts (c1 to c2, c2 to c1, c3 to c1): every
+// datagram arrives, exactly once.
 func TestPrivilegedOverlayEncryptedRotation(t *testing.T) {
 	nstest.Privileged(t)
 	t.Parallel()
 	ctx := t.Context()
 	lab := newOvLab(t)
-	el := encCluster(t, lab, 2, 3*time.Second)
-	a, b := el.hosts[0], el.hosts[1]
+	el := encCluster(t, lab, 3, 3*time.Second)
+	a, b, c := el.hosts[0], el.hosts[1], el.hosts[2]
 	enc, err := a.c.NewNetwork(ctx, "enc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.83.0.0/24")),
 		network.WithDriverLabels(map[string]string{overlay.LabelEncrypted: "true"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "host-b adopts enc", func() bool { return hasNetwork(b.c, "enc") })
+	waitFor(t, 10*time.Second, "host-b and host-c adopt enc", func() bool { return hasNetwork(b.c, "enc") && hasNetwork(c.c, "enc") })
 	c1 := mustSandbox(t, a.c, "c1")
 	c2 := mustSandbox(t, b.c, "c2")
+	c3 := mustSandbox(t, c.c, "c3")
 	ip1 := mustConnect(t, a.c, "enc", "c1").Info().IPv4.Addr()
 	ip2 := mustConnect(t, b.c, "enc", "c2").Info().IPv4.Addr()
-	waitFor(t, 15*time.Second, "c1 reaches c2 and c2 reaches c1", func() bool {
+	mustConnect(t, c.c, "enc", "c3")
+	waitFor(t, 15*time.Second, "c1 reaches c2, c2 and c3 reach c1", func() bool {
 		_, ok1 := nstest.Ping(c1.Key(), ip2.String(), 1)
 		_, ok2 := nstest.Ping(c2.Key(), ip1.String(), 1)
-		return ok1 && ok2
+		_, ok3 := nstest.Ping(c3.Key(), ip1.String(), 1)
+		return ok1 && ok2 && ok3
 	})
 	nid := gossip.NetworkID(enc.ID())
-	streams := map[string]*udpStream{"c1→c2": newUDPStream(t, c1.Key(), c2.Key(), ip2), "c2→c1": newUDPStream(t, c2.Key(), c1.Key(), ip1)}
+	streams := map[string]*udpStream{
+		"c1→c2": newUDPStream(t, c1.Key(), c2.Key(), netip.AddrPortFrom(ip2, 9000)),
+		"c2→c1": newUDPStream(t, c2.Key(), c1.Key(), netip.AddrPortFrom(ip1, 9000)),
+		"c3→c1": newUDPStream(t, c3.Key(), c1.Key(), netip.AddrPortFrom(ip1, 9001)),
+	}
 	// Send every 2 ms on each stream until each host has been seen with three keys (two
 	// rotations).
-	seen := map[string]map[string]bool{a.name: {}, b.name: {}}
+	seen := map[string]map[string]bool{a.name: {}, b.name: {}, c.name: {}}
 	rotated := func() bool {
 		for _, ks := range seen {
 			if len(ks) < 3 {
@@ -545,7 +552,7 @@ func TestPrivilegedOverlayEncryptedRotation(t *testing.T) {
 	}
 	// Each rotation ends: each host is seen with one device again (the gossip key keeps
 	// rotating every 3 s, so not necessarily all at once).
-	for _, owner := range []string{a.name, b.name} {
+	for _, owner := range []string{a.name, b.name, c.name} {
 		from := a
 		if owner == a.name {
 			from = b

@@ -78,7 +78,11 @@
 //     key, tagged with the new generation and the same tunnel address, is made and published
 //     beside the first. Each device peers only with the peers' keys of its generation, so
 //     the new devices of two hosts pair as soon as both have published; the new device sends
-//     keepalives (which start the handshake) while the rotation runs.
+//     keepalives (which start the handshake) while the rotation runs, and, to a peer with no
+//     handshake yet, one more every 1 to 3 seconds (jittered): two hosts that initiate at
+//     once each drop the other's answer, and WireGuard would not try again until a packet
+//     goes that way. One generation step is taken per gossip rotation, however many epochs
+//     went by during the previous one, so all hosts step to the same generation.
 //  2. use: each peer's route (its tunnel address) moves from the old device to the new one
 //     once a handshake with that peer on the new device has completed, by a route
 //     replacement: a packet is either in the old device's queue, which the peer's old

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -42,9 +43,10 @@ type tunnel struct {
 	syncMu  sync.Mutex // guards following
 	devs    []*tunDev  // oldest first; one or two
 	routes  map[string]routeState
-	since   time.Time // when the newest device was made
-	sending uint64    // published Sending
-	moved   time.Time // when a peer's route last moved to another device
+	since   time.Time               // when the newest device was made
+	sending uint64                  // published Sending
+	moved   time.Time               // when a peer's route last moved to another device
+	nudged  map[wgtun.Key]time.Time // when to nudge a peer of the newest device next
 
 	mu      sync.Mutex // guards following
 	nets    map[drivers.NetworkID]*tunNet
@@ -89,7 +91,7 @@ func (d *Driver) attachTunnel(nid drivers.NetworkID, g drivers.Gossip) (netip.Ad
 		}
 		_, tunMTU := encryptedMTU(underMTU, vtep)
 		t = &tunnel{d: d, g: g, local: g.LocalName(), addr: tunnelAddr(vtep), endpoint: vtep, tunMTU: tunMTU,
-			routes: map[string]routeState{}, nets: map[drivers.NetworkID]*tunNet{}, kick: make(chan struct{}, 1)}
+			routes: map[string]routeState{}, nudged: map[wgtun.Key]time.Time{}, nets: map[drivers.NetworkID]*tunNet{}, kick: make(chan struct{}, 1)}
 		// The first device takes the newest generation the network's hosts have, so that it
 		// pairs with theirs at once.
 		for _, e := range g.Entries(nid, tunnelTable) {
@@ -426,6 +428,15 @@ func (t *tunnel) sync() {
 			k, _ := e.key(t.devs[pair[0]].gen)
 			if _, ok := hs[pair[0]][k.Public]; ok {
 				chosen = t.devs[pair[0]]
+			} else if now := time.Now(); now.After(t.nudged[k.Public]) {
+				// No handshake yet: the peer's device and this one may have sent their
+				// initiations at once and each dropped the other's answer, after which neither
+				// tries again until a packet goes that way. A keepalive now and then, at
+				// jittered times so that the two sides stop colliding, starts one.
+				if err := t.devs[pair[0]].dev.Nudge(k.Public); err != nil {
+					t.d.log.Warn("overlay: tunnel nudge", "peer", o, "err", err)
+				}
+				t.nudged[k.Public] = now.Add(time.Second + rand.N(2*time.Second))
 			}
 		}
 		if r, ok := t.routes[o]; !ok || r.gen != chosen.gen || r.addr != e.Addr {
@@ -470,6 +481,7 @@ func (t *tunnel) sync() {
 		if err := old.dev.Close(); err != nil {
 			t.d.log.Warn("overlay: tunnel rotation: close older device", "err", err)
 		}
+		clear(t.nudged)
 		t.d.log.Info("overlay: tunnel rotation done", "generation", newest.gen)
 	}
 	after := t.entry()

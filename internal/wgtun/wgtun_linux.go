@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,16 +193,24 @@ func (d *Device) SetPeers(peers []Peer) error {
 		}
 	}
 	for k, p := range want {
-		if old, ok := d.peers[k]; ok && peerEqual(old, p) {
+		old, ok := d.peers[k]
+		if ok && peerEqual(old, p) {
 			continue
 		}
+		// Only what changed: replacing the allowed IPs leaves a moment with none, in which
+		// the peer's packets are dropped.
 		fmt.Fprintf(&b, "public_key=%s\n", k.hex())
-		if p.Endpoint.IsValid() {
+		if p.Endpoint.IsValid() && (!ok || old.Endpoint != p.Endpoint) {
 			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
 		}
-		fmt.Fprintf(&b, "persistent_keepalive_interval=%d\nreplace_allowed_ips=true\n", int(p.Keepalive/time.Second))
-		for _, a := range p.AllowedIPs {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+		if !ok || old.Keepalive != p.Keepalive {
+			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.Keepalive/time.Second))
+		}
+		if !ok || !slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+			b.WriteString("replace_allowed_ips=true\n")
+			for _, a := range p.AllowedIPs {
+				fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+			}
 		}
 	}
 	if b.Len() == 0 {
@@ -214,16 +223,30 @@ func (d *Device) SetPeers(peers []Peer) error {
 	return nil
 }
 
+// Nudge makes the device send a keepalive to peer pub now, which starts a handshake if there is
+// no session (WireGuard sends at most one handshake message per peer every 5 seconds, answers
+// included): for a peer that no packet goes to yet. A peer that is not configured is ignored.
+func (d *Device) Nudge(pub Key) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p, ok := d.peers[pub]
+	if !ok {
+		return nil
+	}
+	ka := max(int(p.Keepalive/time.Second), 1)
+	// Turning the persistent keepalive off and on again sends one at once.
+	conf := fmt.Sprintf("public_key=%[1]s\nupdate_only=true\npersistent_keepalive_interval=0\npublic_key=%[1]s\nupdate_only=true\npersistent_keepalive_interval=%[2]d\n", pub.hex(), ka)
+	if p.Keepalive == 0 {
+		conf += fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\n", pub.hex())
+	}
+	if err := d.dev.IpcSet(conf); err != nil {
+		return fmt.Errorf("wgtun: %s: nudge: %w", d.cfg.Name, err)
+	}
+	return nil
+}
+
 func peerEqual(a, b Peer) bool {
-	if a.Endpoint != b.Endpoint || a.Keepalive != b.Keepalive || len(a.AllowedIPs) != len(b.AllowedIPs) {
-		return false
-	}
-	for i := range a.AllowedIPs {
-		if a.AllowedIPs[i] != b.AllowedIPs[i] {
-			return false
-		}
-	}
-	return true
+	return a.Endpoint == b.Endpoint && a.Keepalive == b.Keepalive && slices.Equal(a.AllowedIPs, b.AllowedIPs)
 }
 
 // Handshakes returns the time of the last completed handshake with each peer that had one.

@@ -23,6 +23,9 @@ func (d *Device) SetPeers(peers []Peer) error { return nil }
 // Handshakes returns nothing.
 func (d *Device) Handshakes() (map[Key]time.Time, error) { return nil, nil }
 
+// Nudge does nothing.
+func (d *Device) Nudge(pub Key) error { return nil }
+
 // Route does nothing.
 func (d *Device) Route(dst netip.Prefix) error { return nil }
 
