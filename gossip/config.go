@@ -83,6 +83,16 @@ type Config struct {
 	// [DefaultStorePrefixBase] followed by ClusterLabel (path-escaped), such as
 	// "cnm/v1/gossip/cnm". A trailing slash is dropped.
 	StorePrefix string
+	// StoreKEK is the key-encryption key (KEKLen, 32 bytes) that seals the keyring record in
+	// Store with XChaCha20-Poly1305, so that reading the store alone reveals no gossip key;
+	// StorePassphrase, instead, derives that key with Argon2id (3 passes, 64 MiB, 4 lanes; a
+	// random salt kept in the record). Give every member the same one. Nil and "" mean none:
+	// the record is written in clear (as before this option) and a warning says so. A
+	// member with one reseals a clear record at New. A sealed record read without one, or
+	// with another, fails New with an error matching [ErrKEK], never a fallback to the
+	// keyring file. The key is copied and never logged. Without Store they must be unset.
+	StoreKEK        []byte
+	StorePassphrase string
 	// StoreTimeout bounds each call to Store. 0 means [DefaultStoreTimeout] (10 s).
 	StoreTimeout time.Duration
 	// ClusterLabel is sent in clear before every packet and stream and bound into AES-GCM's
@@ -243,6 +253,18 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		if *n.v == 0 {
 			*n.v = n.def
+		}
+	}
+	if len(c.StoreKEK) != 0 || c.StorePassphrase != "" {
+		switch {
+		case c.Store == nil:
+			return c, errclass.Invalid("StoreKEK", "set", "seals the keyring record in Store, which is unset")
+		case len(c.StoreKEK) != 0 && c.StorePassphrase != "":
+			return c, errclass.Invalid("StoreKEK", "set", "give StoreKEK or StorePassphrase, not both")
+		case c.StoreKEK != nil && len(c.StoreKEK) != KEKLen:
+			return c, errclass.Invalid("StoreKEK", strconv.Itoa(len(c.StoreKEK))+" bytes", "want 32 bytes")
+		case c.StoreKEK == nil && len(c.StorePassphrase) < 8:
+			return c, errclass.Invalid("StorePassphrase", strconv.Itoa(len(c.StorePassphrase))+" characters", "want at least 8")
 		}
 	}
 	if c.Store != nil {

@@ -108,11 +108,20 @@
 // says so in the log. Members still keep their KeyringFile: it is what they restart from when
 // the store is down.
 //
-// The store then holds the cluster's gossip keys, in clear inside the record: whoever reads
-// <prefix>/keyring can read and join the gossip. Protect the store: TLS with client
-// certificates, and ACLs that give StorePrefix to the cnm hosts only. Key material is never
-// logged, neither from the store nor otherwise: logs and errors name the record's key and show
-// [KeyID] fingerprints.
+// Without a key-encryption key the store holds the cluster's gossip keys in clear inside the
+// record (and a warning at New says so): whoever reads <prefix>/keyring can read and join the
+// gossip. With Config.StoreKEK (32 bytes) or Config.StorePassphrase (turned into one by
+// Argon2id: 3 passes over 64 MiB, 4 lanes, a random salt kept in the record), the record is
+// sealed: version 2, the clear record encrypted with XChaCha20-Poly1305 (a random 24-byte
+// nonce per write), the record's store key as additional data, so reading the store alone
+// reveals no key, and a record copied under another prefix does not open. Give every member
+// the same KEK. A node with one reseals a clear record it finds at New (the migration from
+// a cluster without one). A sealed record that a node cannot open, because it has no KEK or
+// another one, fails New with an error matching [ErrKEK] that names StoreKEK: never a silent
+// fallback to the keyring file or Config.Keys. Protect the store anyway: TLS with client
+// certificates, and ACLs that give StorePrefix to the cnm hosts only (a sealed record can
+// still be deleted). Key material is never logged, neither from the store nor otherwise: logs
+// and errors name the record's key and show [KeyID] fingerprints; the KEK is never logged.
 //
 // # Replicated tables
 //

@@ -2,6 +2,8 @@ package gossip_test
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
@@ -120,4 +122,49 @@ func ExampleConfig_store() {
 	fmt.Println("same primary key:", b.KeyringStatus().Primary == a.KeyringStatus().Primary)
 	// Output:
 	// same primary key: true
+}
+
+// The keyring record in the store sealed with a key-encryption key: every member is given the
+// KEK; a node with another one does not start.
+func ExampleConfig_storeKEK() {
+	dir, err := os.MkdirTemp("", "gossip-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	store, err := boltdb.Open(filepath.Join(dir, "cnm.db"), boltdb.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer store.Close()
+	key, err := gossip.NewKey()
+	if err != nil {
+		log.Fatal(err)
+	}
+	kek := make([]byte, gossip.KEKLen) // in practice: from a secret manager, never from the store
+	if _, err := rand.Read(kek); err != nil {
+		log.Fatal(err)
+	}
+	config := func(name string, kek []byte) gossip.Config {
+		return gossip.Config{NodeName: name, BindAddr: netip.MustParseAddr("127.0.0.1"), Store: store,
+			StoreKEK: kek, Logger: slog.New(slog.DiscardHandler)}
+	}
+	first := config("host-a", kek)
+	first.Keys = [][]byte{key} // bootstraps the store's record, sealed
+	a, err := gossip.New(first)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer a.Close()
+	b, err := gossip.New(config("host-b", kek)) // the store's keys, opened with the KEK
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+	fmt.Println("same primary key:", b.KeyringStatus().Primary == a.KeyringStatus().Primary)
+	_, err = gossip.New(config("host-c", make([]byte, gossip.KEKLen)))
+	fmt.Println("another KEK:", errors.Is(err, gossip.ErrKEK))
+	// Output:
+	// same primary key: true
+	// another KEK: true
 }

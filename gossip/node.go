@@ -3,6 +3,7 @@ package gossip
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
@@ -124,14 +125,16 @@ type Node struct {
 
 	// With Config.Store (all immutable after New): the store's lock and keys, and the
 	// campaign for the rotation lock, which Leave and Close end (campCancel).
-	store      kvstore.Bounded // Config.Store, each call bounded by StoreTimeout; zero without a store
-	locker     kvstore.Locker
-	lockKey    string
-	ringKey    string
-	campCtx    context.Context
-	campCancel context.CancelFunc
-	leadCh     chan *leadership // campaign → keyLoop: a rotation lock just taken
-	resigned   chan struct{}    // closed by keyLoop once it gave the lock up for good
+	store       kvstore.Bounded // Config.Store, each call bounded by StoreTimeout; zero without a store
+	locker      kvstore.Locker
+	lockKey     string
+	ringKey     string
+	sealer      *sealer     // nil without Config.StoreKEK or StorePassphrase
+	clearRecord atomic.Bool // a record read in clear while a sealer is configured (resealed at New)
+	campCtx     context.Context
+	campCancel  context.CancelFunc
+	leadCh      chan *leadership // campaign → keyLoop: a rotation lock just taken
+	resigned    chan struct{}    // closed by keyLoop once it gave the lock up for good
 
 	closeMu sync.Mutex // guards following
 	closed  bool
@@ -218,6 +221,7 @@ func New(cfg Config) (*Node, error) {
 		n.locker = cfg.Store.(kvstore.Locker) // checked by withDefaults
 		n.lockKey = cfg.StorePrefix + storeLock
 		n.ringKey = cfg.StorePrefix + storeKeyring
+		n.sealer = newSealer(cfg)
 	}
 
 	if err := n.initKeyring(); err != nil {
@@ -353,8 +357,12 @@ func (n *Node) initKeyring() error {
 	var storeRot *rotationState
 	if cfg.Store != nil {
 		var err error
-		storeRot, _, err = n.readStore(n.ctx)
+		var rev uint64
+		storeRot, rev, err = n.readStore(n.ctx)
 		switch {
+		case errors.Is(err, ErrKEK):
+			// Never a fallback to the keyring file: the operator gave the wrong key, or none.
+			return fmt.Errorf("gossip: new node %q: %w", cfg.NodeName, err)
 		case err != nil && fileKeys == nil:
 			return fmt.Errorf("gossip: new node %q: no keyring file to start from, and cannot %w", cfg.NodeName, err)
 		case err != nil:
@@ -362,6 +370,18 @@ func (n *Node) initKeyring() error {
 		case storeRot != nil:
 			n.log.Info("keyring loaded from the store", "key", n.ringKey, "epoch", storeRot.Epoch,
 				"phase", storeRot.Phase.String(), "primary_key", KeyID(storeRot.wantPrimary()))
+			if n.clearRecord.Load() {
+				// A record written before the cluster had a key-encryption key: seal it now
+				// (if another node writes first, its write is sealed or it is resealed by the
+				// next node to start with a key).
+				if _, werr := n.writeStore(n.ctx, storeRot, rev); werr != nil {
+					n.log.Warn("cannot seal the keyring record kept in clear in the store", "key", n.ringKey, "err", werr)
+				} else {
+					n.log.Info("keyring record in the store sealed", "key", n.ringKey)
+				}
+			} else if n.sealer == nil {
+				n.log.Warn("the keyring record in the store holds the cluster's keys in clear: set Config.StoreKEK or StorePassphrase to seal it", "key", n.ringKey)
+			}
 		}
 		bootstrap := err == nil && storeRot == nil
 		if bootstrap {

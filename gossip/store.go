@@ -63,9 +63,16 @@ func (n *Node) readStore(parent context.Context) (*rotationState, uint64, error)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %q from the store: %w", n.ringKey, err)
 	}
-	st, _, err := decodeStoreRecord(n.ringKey, kv.Value)
+	clear, sealed, err := unsealStoreRecord(n.sealer, n.ringKey, kv.Value)
 	if err != nil {
 		return nil, 0, fmt.Errorf("read %q from the store: %w", n.ringKey, err)
+	}
+	st, _, err := decodeStoreRecord(n.ringKey, clear)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %q from the store: %w", n.ringKey, err)
+	}
+	if !sealed && n.sealer != nil {
+		n.clearRecord.Store(true)
 	}
 	return st, kv.Revision, nil
 }
@@ -77,6 +84,11 @@ func (n *Node) writeStore(parent context.Context, st *rotationState, prev uint64
 	b, err := encodeStoreRecord(st, n.name)
 	if err != nil {
 		return 0, err
+	}
+	if n.sealer != nil {
+		if b, err = n.sealer.seal(n.ringKey, b); err != nil {
+			return 0, fmt.Errorf("seal %q: %w", n.ringKey, err)
+		}
 	}
 	rev, err := n.store.AtomicPut(parent, n.ringKey, b, prev)
 	if err != nil {

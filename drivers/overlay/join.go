@@ -151,6 +151,11 @@ func (d *Driver) ensurePlane(n *ovNetwork, g drivers.Gossip, adopt bool) (*plane
 	if err := g.JoinNetwork(n.id); err != nil {
 		return nil, errors.Join(fmt.Errorf("overlay: join gossip group: %w", err), p.destroy())
 	}
+	if n.encrypted {
+		if _, err := d.attachTunnel(n.id, g); err != nil {
+			return nil, errors.Join(fmt.Errorf("overlay: tunnel: %w", err), g.LeaveNetwork(n.id), p.destroy())
+		}
+	}
 	events, cancel := g.Watch(n.id, peerTable)
 	done := make(chan struct{})
 	local := g.LocalName()
@@ -209,12 +214,18 @@ func (d *Driver) releasePlane(n *ovNetwork, g drivers.Gossip) error {
 		<-n.watchDone
 		n.stopWatch = nil
 	}
-	return errors.Join(g.LeaveNetwork(n.id), p.destroy())
+	var terr error
+	if n.encrypted {
+		terr = d.detachTunnel(n.id)
+	}
+	return errors.Join(terr, g.LeaveNetwork(n.id), p.destroy())
 }
 
-// Close implements drivers.Closer: it stops the peer watches and releases the planes' handles
-// (which would keep their namespaces alive). The networks' kernel state stays for the next
-// Controller, which adopts it with the endpoints it restores.
+// Close implements drivers.Closer: it stops the peer watches, releases the planes' handles
+// (which would keep their namespaces alive) and stops the WireGuard devices of encrypted
+// networks, which live in this process. The networks' kernel state stays for the next
+// Controller, which adopts it with the endpoints it restores (encrypted traffic stops until
+// then).
 func (d *Driver) Close() error {
 	d.mu.Lock()
 	nets := make([]*ovNetwork, 0, len(d.networks))
@@ -236,5 +247,5 @@ func (d *Driver) Close() error {
 		}
 		n.planeMu.Unlock()
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, d.closeTunnel())...)
 }

@@ -33,11 +33,75 @@
 // A container reaches the outside through its own host: Join asks for the gateway service
 // (drivers.JoinResult.NeedGateway) unless the network is internal.
 //
-// The "encrypted" option (Docker's IPsec) is refused: this kernel has no ESP.
+// # Encrypted networks
+//
+// A network created with the "encrypted" option (Docker's name; Docker puts IPsec ESP under
+// the VXLAN packets) carries its VXLAN packets between hosts inside WireGuard, run in
+// userspace (golang.zx2c4.com/wireguard on a TUN interface, package internal/wgtun), since the
+// kernel may have neither ESP nor WireGuard. Unencrypted networks keep the plain VXLAN path on
+// the underlay.
+//
+//   - One tunnel per host, not per network: a WireGuard device "cnmwg0" (or "cnmwg1", see
+//     rotation) in the host's namespace (Config.HostNetns), listening on UDP
+//     Config.WireGuardPort (51820 by default) on all addresses, made with this host's first
+//     endpoint on any encrypted network and closed with its last.
+//   - Each host has a tunnel address, TunnelPrefix (fdc7:6e6d:7767::/64) plus its IPv4 VTEP
+//     address (or a hash of an IPv6 one), held by its devices. An encrypted network's VXLAN
+//     device uses the tunnel address as its local VTEP, and the peers' FDB entries point at
+//     their tunnel addresses, routed (one /128 each) through the device: so its VXLAN packets
+//     only ever leave the host inside WireGuard, to the peer's underlay address and WireGuard
+//     port, and WireGuard drops any packet from a peer whose source is not that peer's tunnel
+//     address. On the underlay an encrypted network shows only UDP to the WireGuard port.
+//   - The MTU accounts for both overheads: the device's MTU is the underlay's less
+//     WireGuard's 60 bytes (80 over an IPv6 underlay), the network's that less VXLAN over
+//     IPv6's 70: 1370 on a 1500-byte underlay. An explicit MTU option still wins.
+//   - Keys travel in the gossip plane: each host writes, in the table "tunnel" of every
+//     encrypted network it has endpoints on, one entry (key: its gossip name) with its tunnel
+//     address, underlay address, and the public key, port and generation of each of its
+//     devices. A host programs as peers the union of the entries of the networks it is on, so
+//     a host joining or leaving (or failing: the gossip plane withdraws its entries) updates
+//     every peer at once, without restarts; a peer whose key changed is replaced in place.
+//     Private keys never leave the process and are never stored: a restarted host makes new
+//     ones and publishes them.
+//
+// # Key rotation of the tunnel
+//
+// The static keys rotate with the gossip keys: each step of a gossip key rotation (see
+// drivers.Gossip.WatchKeys) with a newer epoch asks for a new generation, and so does a peer
+// that publishes a newer generation than this host's (which is how a late or restarted host
+// catches up). A WireGuard device has one private key, and accepts a packet from a peer only
+// if the source is in that peer's allowed IPs, which name one peer each; so a key changes
+// without a lost packet by an overlap of two devices, as the gossip keys go install, use,
+// remove:
+//
+//  1. install: a second device (the other slot: "cnmwg1", port WireGuardPort+1) with a fresh
+//     key, tagged with the new generation and the same tunnel address, is made and published
+//     beside the first. Each device peers only with the peers' keys of its generation, so
+//     the new devices of two hosts pair as soon as both have published; the new device sends
+//     keepalives (which start the handshake) while the rotation runs, and, to a peer with no
+//     handshake yet, one more every 1 to 3 seconds (jittered): two hosts that initiate at
+//     once each drop the other's answer, and WireGuard would not try again until a packet
+//     goes that way. One generation step is taken per gossip rotation, however many epochs
+//     went by during the previous one, so all hosts step to the same generation.
+//  2. use: each peer's route (its tunnel address) moves from the old device to the new one
+//     once a handshake with that peer on the new device has completed, by a route
+//     replacement: a packet is either in the old device's queue, which the peer's old
+//     device still accepts, or in the new, whose session is already up. Both devices
+//     receive throughout.
+//  3. remove: a host publishes the oldest generation it still sends with, raised only a
+//     second after its last route moved (the time for the older device's queues to drain);
+//     the older device closes once every peer's route here is on the newer device, a second
+//     has passed since the last move, and every peer says it sends with the newer
+//     generation (or a minute after the new device was made, with a warning, for a peer
+//     that never switches).
+//
+// WireGuard's own session rekeying (every two minutes) runs underneath and needs nothing.
 //
 // # Restart
 //
-// Close leaves the kernel state in place. After a restart, each endpoint still joined here is
+// Close leaves the kernel state in place, but for the WireGuard devices, which live in this
+// process: an encrypted network's traffic stops until the next Controller restores its
+// endpoints (with new keys). After a restart, each endpoint still joined here is
 // restored (drivers.EndpointRestorer): the network's namespace is taken back with the
 // endpoints' interfaces, the remote endpoints programmed before are flushed and programmed again
 // from the gossip table (so none is there twice, and none that left meanwhile stays), and this
@@ -100,14 +164,22 @@ type Config struct {
 	Port int
 	// VNIFirst and VNILast bound the VNIs; 0 means DefaultVNIFirst and DefaultVNILast.
 	VNIFirst, VNILast uint32
+	// WireGuardPort is the UDP port of this host's WireGuard device, which carries the
+	// encrypted networks' VXLAN traffic; during a key rotation the second device listens on
+	// WireGuardPort+1. 0 means DefaultWireGuardPort.
+	WireGuardPort int
 	// Logger receives the driver's logs; nil discards them.
 	Logger *slog.Logger
 }
 
 // NetworkOptions are the overlay driver's network options.
 type NetworkOptions struct {
-	// MTU overrides the MTU derived from the underlay (its MTU less the VXLAN overhead).
+	// MTU overrides the MTU derived from the underlay (its MTU less the VXLAN overhead, and
+	// WireGuard's for an encrypted network).
 	MTU int
+	// Encrypted carries the network's traffic between hosts in this host's WireGuard tunnel
+	// (Docker's "encrypted" option).
+	Encrypted bool
 }
 
 // DriverType returns "overlay".
@@ -119,11 +191,14 @@ func (o NetworkOptions) Labels() map[string]string {
 	if o.MTU != 0 {
 		m[LabelMTU] = strconv.Itoa(o.MTU)
 	}
+	if o.Encrypted {
+		m[LabelEncrypted] = ""
+	}
 	return m
 }
 
-// ParseNetworkOptions parses Docker's overlay labels. "encrypted" is refused with an error
-// matching drivers.ErrNotSupported: this kernel has no ESP (IPsec) for the data plane.
+// ParseNetworkOptions parses Docker's overlay labels. "encrypted" takes no value (Docker's
+// "encrypted=true" and "encrypted=" are the same); its traffic goes in WireGuard, not ESP.
 func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 	var o NetworkOptions
 	for _, k := range slices.Sorted(maps.Keys(labels)) {
@@ -139,7 +214,10 @@ func ParseNetworkOptions(labels map[string]string) (NetworkOptions, error) {
 			}
 			o.MTU = n
 		case LabelEncrypted:
-			return o, &drivers.NotSupportedError{What: "encrypted overlay networks", Err: fmt.Errorf("the kernel lacks ESP (IPsec), which they need")}
+			if b, err := strconv.ParseBool(v); v != "" && (err != nil || !b) {
+				return o, drivers.Invalid(k, v, `want "" or "true"`)
+			}
+			o.Encrypted = true
 		case LabelVNI:
 			return o, drivers.Invalid(k, v, "the VNI is allocated by the cluster")
 		default:
@@ -158,6 +236,11 @@ type Driver struct {
 	mu       sync.Mutex // guards following
 	gossip   drivers.Gossip
 	networks map[drivers.NetworkID]*ovNetwork
+
+	// tunMu orders the start and stop of the tunnel; held across its devices' creation and
+	// close. Lock order: a network's planeMu, then tunMu, then the tunnel's own locks.
+	tunMu sync.Mutex
+	tun   *tunnel // under tunMu; nil while no encrypted network has endpoints here
 }
 
 var (
@@ -182,6 +265,12 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.Port < 1 || cfg.Port > 65535 {
 		return nil, drivers.Invalid("overlay Port", strconv.Itoa(cfg.Port), "want 1 to 65535")
+	}
+	if cfg.WireGuardPort == 0 {
+		cfg.WireGuardPort = DefaultWireGuardPort
+	}
+	if cfg.WireGuardPort < 1 || cfg.WireGuardPort > 65534 {
+		return nil, drivers.Invalid("overlay WireGuardPort", strconv.Itoa(cfg.WireGuardPort), "want 1 to 65534 (the port and the next)")
 	}
 	if cfg.VNIFirst == 0 {
 		cfg.VNIFirst = DefaultVNIFirst
@@ -244,11 +333,12 @@ func (d *Driver) Allocated(ctx context.Context) ([]drivers.NetworkID, error) {
 
 // ovNetwork is a network this host knows. Its data plane exists while it has local endpoints.
 type ovNetwork struct {
-	id       drivers.NetworkID
-	vni      uint32
-	internal bool
-	mtu      int // from the options; 0: derived from the underlay
-	subnets  []netip.Prefix
+	id        drivers.NetworkID
+	vni       uint32
+	internal  bool
+	encrypted bool
+	mtu       int // from the options; 0: derived from the underlay
+	subnets   []netip.Prefix
 
 	// planeMu orders the building and removal of the network's kernel state and its ports:
 	// held across netlink calls, for this network only.
@@ -282,7 +372,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	}
 	n := &ovNetwork{id: req.NetworkID, vni: uint32(v), internal: req.Internal, endpoints: map[drivers.EndpointID]*ovEndpoint{}}
 	if o, ok := req.Options.(NetworkOptions); ok {
-		n.mtu = o.MTU
+		n.mtu, n.encrypted = o.MTU, o.Encrypted
 	}
 	for _, s := range append(slices.Clone(req.IPv4), req.IPv6...) {
 		n.subnets = append(n.subnets, s.Subnet)
@@ -290,8 +380,8 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old, ok := d.networks[req.NetworkID]; ok {
-		if old.vni != n.vni {
-			return &drivers.ConflictError{Kind: "overlay network", Name: string(req.NetworkID), Reason: fmt.Sprintf("exists with VNI %d", old.vni)}
+		if old.vni != n.vni || old.encrypted != n.encrypted {
+			return &drivers.ConflictError{Kind: "overlay network", Name: string(req.NetworkID), Reason: fmt.Sprintf("exists with VNI %d (encrypted: %t)", old.vni, old.encrypted)}
 		}
 		return nil
 	}
@@ -330,11 +420,14 @@ func (d *Driver) DeleteNetwork(ctx context.Context, req drivers.DeleteNetworkReq
 		n.stopWatch()
 		<-n.watchDone
 	}
-	var gerr error
+	var terr, gerr error
+	if n.encrypted {
+		terr = d.detachTunnel(n.id)
+	}
 	if g != nil {
 		gerr = g.LeaveNetwork(n.id)
 	}
-	return errors.Join(gerr, p.destroy())
+	return errors.Join(terr, gerr, p.destroy())
 }
 
 // CreateEndpoint implements drivers.Driver: it chooses the endpoint's MAC (from its IPv4

@@ -108,6 +108,14 @@ func (d *Driver) buildPlane(n *ovNetwork) (_ *plane, err error) {
 			mtu = underMTU - 70
 		}
 	}
+	if n.encrypted {
+		// The VXLAN packets go between the hosts' tunnel addresses, inside WireGuard.
+		encMTU, _ := encryptedMTU(underMTU, vtep)
+		if n.mtu == 0 {
+			mtu = encMTU
+		}
+		vtep = tunnelAddr(vtep)
+	}
 	p := &plane{path: d.nsPath(n.vni), mtu: mtu, vtep: vtep}
 	if netns.IsMounted(p.path) {
 		// Left by a crash or a previous Controller: it is this network's, start it afresh.
@@ -321,6 +329,9 @@ func (d *Driver) adoptPlane(n *ovNetwork) (_ *plane, err error) {
 	vtep, _, err := d.underlay()
 	if err != nil {
 		return nil, err
+	}
+	if n.encrypted {
+		vtep = tunnelAddr(vtep)
 	}
 	p := &plane{path: path, vtep: vtep}
 	if p.ns, err = netns.Open(path); err != nil {
