@@ -13,9 +13,9 @@ import (
 	"github.com/cnmkit/cnm/network"
 )
 
-// cpuTime returns the CPU time (user and system) used so far by this process (the WireGuard
+// cpuTimeWithChildren returns the CPU time (user and system) used so far by this process (the WireGuard
 // devices run in it) and its waited-for children (iperf3, with the kernel's work it caused).
-func cpuTime() time.Duration {
+func cpuTimeWithChildren() time.Duration {
 	var total time.Duration
 	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
 		var ru syscall.Rusage
@@ -86,9 +86,9 @@ func BenchmarkPrivilegedOverlayEncrypted(b *testing.B) {
 			b.Skip("iperf3 is not installed (Debian: apt-get install iperf3)")
 		}
 		measure := func(ip string) (gbps, coresPerGbps float64) {
-			c0, t0 := cpuTime(), time.Now()
+			c0, t0 := cpuTimeWithChildren(), time.Now()
 			bps := nstest.Iperf(b, sbb.Key(), sa.Key(), ip)
-			cores := float64(cpuTime()-c0) / float64(time.Since(t0))
+			cores := float64(cpuTimeWithChildren()-c0) / float64(time.Since(t0))
 			return bps / 1e9, cores / (bps / 1e9)
 		}
 		var enc, plain, encCPU, plainCPU []float64

@@ -211,26 +211,6 @@ func bulk(fromPath string, to netip.AddrPort, ln net.Listener, size int) error {
 	return nil
 }
 
-// listenIn listens on TCP addr in the namespace at path.
-func listenIn(t *testing.T, path string, addr netip.AddrPort) net.Listener {
-	t.Helper()
-	ns, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	var ln net.Listener
-	if err := ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", addr.String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
 // TestPrivilegedOverlayEncrypted: two hosts with an encrypted overlay network and a plain one
 // beside it. Containers on the two hosts ping and exchange TCP on both; on the underlay the
 // encrypted network's traffic is WireGuard only (UDP to the WireGuard port, no VXLAN port, the
@@ -269,7 +249,7 @@ func TestPrivilegedOverlayEncrypted(t *testing.T) {
 		t.Fatal("c2 does not reach c1 on the encrypted network")
 	}
 	// TCP, a few megabytes: full-size segments cross at the network's MTU.
-	ln := listenIn(t, c2.Key(), netip.AddrPortFrom(ip2, 8080))
+	ln := listenIn(t, c2.Key(), netip.AddrPortFrom(ip2, 8080).String())
 	if err := bulk(c1.Key(), netip.AddrPortFrom(ip2, 8080), ln, 4<<20); err != nil {
 		t.Fatalf("TCP over the encrypted network: %v", err)
 	}
@@ -297,7 +277,7 @@ func TestPrivilegedOverlayEncrypted(t *testing.T) {
 	if _, err := fmt.Sscan(plain.Inspect().Options[overlay.LabelVNI], &v); err != nil {
 		t.Fatal(err)
 	}
-	if !lab.vxlanSeen(t, "host-a", 3*time.Second, v, func() { nstest.Ping(c1.Key(), p2.Info().IPv4.Addr().String(), 3) }) {
+	if !lab.vxlanSeen(t, "host-a", 3*time.Second, v, func() { nstest.Ping(c1.Key(), p2.Info().IPv4.Addr().String(), 3) }, false) {
 		t.Fatalf("no VXLAN packet with VNI %d seen on the underlay while c1 pinged c2 on the plain network", v)
 	}
 
