@@ -73,7 +73,7 @@ func links(t testing.TB, path string) []string {
 	}
 	defer h.Close()
 	ls, err := h.LinkList()
-	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 10; try++ {
+	for try := 0; dumpInterrupted(err) && try < 10; try++ {
 		ls, err = h.LinkList() // a link changed during the dump (a namespace being torn down)
 	}
 	if err != nil {
