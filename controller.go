@@ -208,6 +208,11 @@ type Config struct {
 	// DisableIPTables makes the built-in bridge driver write no iptables rules and leave
 	// forwarding alone (Docker's --iptables=false): no NAT, ICC or isolation rules.
 	DisableIPTables bool
+	// Firewall chooses the built-in bridge driver's firewall backend: bridge.FirewallIPTables
+	// (iptables-restore; the zero value, for now), bridge.FirewallNftables (nf_tables over
+	// netlink, no process on any path) or bridge.FirewallAuto (nftables where the kernel has
+	// it). See the bridge package doc for both backends' rules.
+	Firewall bridge.Firewall
 	// PortRange is where the built-in bridge driver picks ephemeral host ports for published
 	// ports (-P); the zero value is 49153-60999.
 	PortRange bridge.PortRange
@@ -457,7 +462,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	builtin := map[string]drivers.Driver{"host": host.New(), "null": null.New()}
 	if _, replaced := cfg.Drivers["bridge"]; !replaced {
-		br, err := bridge.New(bridge.Config{HostNetns: c.machine.Path(), Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, PortRange: cfg.PortRange})
+		br, err := bridge.New(bridge.Config{HostNetns: c.machine.Path(), Logger: cfg.Logger, DisableIPTables: cfg.DisableIPTables, Firewall: cfg.Firewall, PortRange: cfg.PortRange})
 		if err != nil {
 			return nil, fmt.Errorf("cnm: bridge driver: %w", err)
 		}
