@@ -777,6 +777,12 @@ func (d *Driver) staleFirewall(ctx context.Context, keep func(bridge string) boo
 	}
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
+	return d.staleInFamilies(func(f *ipFamily) ([]string, error) { return d.staleFamily(ctx, f, keep) })
+}
+
+// staleInFamilies runs stale for IPv4 and, when ip6tables is there, IPv6, and returns the union
+// of what they found, sorted, with their errors joined (an IPv6 one says so).
+func (d *Driver) staleInFamilies(stale func(f *ipFamily) ([]string, error)) ([]string, error) {
 	var (
 		all  []string
 		errs []error
@@ -785,16 +791,16 @@ func (d *Driver) staleFirewall(ctx context.Context, keep func(bridge string) boo
 		if f.v6 && d.fw6.Check() != nil {
 			continue
 		}
-		stale, err := d.staleFamily(ctx, f, keep)
+		found, err := stale(f)
 		if err != nil {
 			if f.v6 {
 				err = fmt.Errorf("%s: %w", f.name, err)
 			}
 			errs = append(errs, err)
 		}
-		for _, br := range stale {
-			if !slices.Contains(all, br) {
-				all = append(all, br)
+		for _, s := range found {
+			if !slices.Contains(all, s) {
+				all = append(all, s)
 			}
 		}
 	}

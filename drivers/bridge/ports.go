@@ -570,29 +570,7 @@ func (d *Driver) stalePorts(ctx context.Context, live []drivers.EndpointID) ([]s
 	d.mu.Unlock()
 	d.fwMu.Lock()
 	defer d.fwMu.Unlock()
-	var (
-		all  []string
-		errs []error
-	)
-	for _, f := range []*ipFamily{ipv4Family, ipv6Family} {
-		if f.v6 && d.fw6.Check() != nil {
-			continue
-		}
-		stale, err := d.stalePortsFamily(ctx, f, known)
-		if err != nil {
-			if f.v6 {
-				err = fmt.Errorf("%s: %w", f.name, err)
-			}
-			errs = append(errs, err)
-		}
-		for _, id := range stale {
-			if !slices.Contains(all, id) {
-				all = append(all, id)
-			}
-		}
-	}
-	slices.Sort(all)
-	return all, errors.Join(errs...)
+	return d.staleInFamilies(func(f *ipFamily) ([]string, error) { return d.stalePortsFamily(ctx, f, known) })
 }
 
 // stalePortsFamily is stalePorts for the tables of family f.
