@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/sandbox"
 	"github.com/vishvananda/netlink"
 	"go.etcd.io/bbolt"
 )
@@ -52,7 +54,7 @@ func BenchmarkPrivilegedMacvlanConnect(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := cnm.New(ctx, cnm.Config{DataDir: b.TempDir(), RunDir: b.TempDir(), HostNetns: host.Path(), NoPredefinedNetworks: true})
+	c, err := cnm.New(ctx, cnm.Config{DataDir: b.TempDir(), RunDir: benchRunDir(b), HostNetns: host.Path(), NoPredefinedNetworks: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -84,7 +86,7 @@ func BenchmarkPrivilegedMacvlanConnect(b *testing.B) {
 		}
 		ip := &net.IPNet{IP: net.IP{192, 168, 60, byte(i%200 + 50)}, Mask: net.CIDRMask(24, 32)}
 
-		mac := net.HardwareAddr{0x02, 0x42, 0xc0, 0xa8, 0xfe, byte(i)} // not one derived from cnm's addresses
+		mac := net.HardwareAddr{0x02, 0x42, 0xc0, 0xfe, byte(i >> 8), byte(i)} // not one derived from cnm's addresses
 		id := fmt.Sprintf("m%d", i)
 		if _, err := c.NewSandbox(ctx, id); err != nil {
 			b.Fatal(err)
@@ -144,4 +146,17 @@ func BenchmarkPrivilegedMacvlanConnect(b *testing.B) {
 	b.ReportMetric(float64(m.Microseconds()), "connect-µs")
 	b.ReportMetric(float64(m)/float64(r), "connect/raw")
 	b.ReportMetric(float64(m)/float64(max(r, cm)), "connect/max(raw,commit)")
+}
+
+// benchRunDir returns a RunDir on a tmpfs, as /run is on a host, when there is one to use
+// (/run/cnm under scripts/test.sh and nsrun is), else a temporary directory.
+func benchRunDir(b *testing.B) string {
+	if ok, err := sandbox.OnMemoryFS("/run/cnm"); err == nil && ok {
+		dir, err := os.MkdirTemp("/run/cnm", "bench-")
+		if err == nil {
+			b.Cleanup(func() { os.RemoveAll(dir) })
+			return dir
+		}
+	}
+	return b.TempDir()
 }
