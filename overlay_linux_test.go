@@ -2,6 +2,7 @@ package cnm_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -22,6 +23,7 @@ import (
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/kvstore/consul"
 	vnetns "github.com/cnmkit/cnm/netns"
 	"github.com/cnmkit/cnm/network"
 	"github.com/miekg/dns"
@@ -540,4 +542,64 @@ func mustOpenNS(t *testing.T, path string) *netns.NS {
 	}
 	t.Cleanup(func() { ns.Close() })
 	return ns
+}
+
+// TestPrivilegedOverlayConsul: the overlay on Consul as the global store, as on etcd: a network
+// made on one host is adopted by the other, containers on the two reach each other across
+// VXLAN with the cluster's VNI, and deleting the network frees the VNI in the store.
+func TestPrivilegedOverlayConsul(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	ca := storetest.StartConsul(t)
+	gs, err := consul.Open(ctx, consul.Config{Address: ca.Addr(), Prefix: "overlay-consul", RequestTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gs.Close() })
+	key, err := gossip.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab := newOvLab(t)
+	hosts := &ovHosts{lab: lab, gs: gs, key: key}
+	a, b := hosts.newHost(t, "host-a", "192.0.2.31/24"), hosts.newHost(t, "host-b", "192.0.2.32/24")
+	a.start(t)
+	b.start(t, a.c.GossipNode().LocalAddr().String())
+	nw, err := a.c.NewNetwork(ctx, "ovc", "overlay", network.WithSubnet(netip.MustParsePrefix("10.84.0.0/24")), network.WithInternal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	vni, err := strconv.ParseUint(nw.Inspect().Options[overlay.LabelVNI], 10, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gs.Get(ctx, overlay.VNIKeyPrefix+strconv.FormatUint(vni, 10)); err != nil {
+		t.Fatalf("VNI %d not claimed in Consul: %v", vni, err)
+	}
+	waitFor(t, 15*time.Second, "host-b adopts ovc", func() bool { return hasNetwork(b.c, "ovc") })
+	c1 := mustSandbox(t, a.c, "c1")
+	mustSandbox(t, b.c, "c2")
+	mustConnect(t, a.c, "ovc", "c1")
+	e2 := mustConnect(t, b.c, "ovc", "c2")
+	waitFor(t, 10*time.Second, "c1 reaches c2 over the overlay on Consul", func() bool {
+		_, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
+	if !lab.vxlanSeen(t, "host-a", 3*time.Second, uint32(vni), func() { nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3) }, false) {
+		t.Errorf("no VXLAN packet with VNI %d seen on the underlay", vni)
+	}
+	for _, h := range []*ovHost{a, b} {
+		for _, sb := range h.c.Sandboxes() {
+			if err := h.c.DeleteSandbox(ctx, sb.ID()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := a.c.DeleteNetwork(ctx, "ovc"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gs.Get(ctx, overlay.VNIKeyPrefix+strconv.FormatUint(vni, 10)); !errors.Is(err, kvstore.ErrKeyNotFound) {
+		t.Errorf("VNI %d after DeleteNetwork: %v, want it freed", vni, err)
+	}
 }
