@@ -1023,7 +1023,8 @@ func (c *Controller) DeleteNetwork(ctx context.Context, nameOrID string) error {
 }
 
 // NewSandbox creates a sandbox for the container id: by default a new network namespace with
-// loopback only. HostMode and ContainerMode choose the host's namespace or another sandbox's.
+// loopback only. HostMode and ContainerMode choose the host's namespace or another sandbox's,
+// WithNetns a namespace the caller made.
 func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxOption) (sandbox.Sandbox, error) {
 	if err := errclass.CheckContext(ctx); err != nil {
 		return nil, fmt.Errorf("cnm: new sandbox: %w", err)
@@ -1051,6 +1052,22 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 		c.mu.Unlock()
 		return nil, fmt.Errorf("cnm: new sandbox: %w", &errclass.AlreadyExistsError{Kind: "sandbox", Name: id})
 	}
+	if spec.Netns != "" {
+		if err := sandbox.ValidateNetns(spec.Netns); err != nil {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("cnm: new sandbox %s: %w", id, err)
+		}
+		if spec.Mode != sandbox.ModeNamespace {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("cnm: new sandbox %s: %w", id, errclass.Invalid("netns", spec.Netns, "a sandbox in mode "+spec.Mode.String()+" has no namespace of its own"))
+		}
+		for _, other := range c.sandboxes {
+			if other != nil && other.rec.Netns == spec.Netns {
+				c.mu.Unlock()
+				return nil, fmt.Errorf("cnm: new sandbox %s: %w", id, &errclass.ConflictError{Kind: "sandbox", Name: other.rec.ID, Reason: "it uses namespace " + spec.Netns})
+			}
+		}
+	}
 	var share *sbox
 	if spec.Mode == sandbox.ModeContainer {
 		share = c.sandboxes[spec.Share]
@@ -1067,7 +1084,7 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 	c.mu.Unlock()
 
 	rec := sandboxRecord{
-		ID: id, Mode: spec.Mode, Share: spec.Share, Hostname: spec.Hostname, Domainname: spec.Domainname,
+		ID: id, Mode: spec.Mode, Share: spec.Share, Netns: spec.Netns, Hostname: spec.Hostname, Domainname: spec.Domainname,
 		DNS: spec.DNS, DNSSearch: spec.DNSSearch, DNSOptions: spec.DNSOptions, ExtraHosts: spec.ExtraHosts,
 		Created: time.Now().UTC(),
 	}
@@ -1085,7 +1102,7 @@ func (c *Controller) NewSandbox(ctx context.Context, id string, opts ...SandboxO
 
 func (c *Controller) sandboxConfig(rec sandboxRecord, share *sbox) sandbox.Config {
 	cfg := sandbox.Config{
-		ID: rec.ID, Mode: rec.Mode, RunDir: c.cfg.RunDir,
+		ID: rec.ID, Mode: rec.Mode, RunDir: c.cfg.RunDir, Netns: rec.Netns,
 		FilesDir: filepath.Join(c.cfg.RunDir, "sandboxes", rec.ID), HostNetns: c.machine.Path(),
 		Hostname: rec.Hostname, Domainname: rec.Domainname, DNS: rec.DNS, DNSSearch: rec.DNSSearch,
 		DNSOptions: rec.DNSOptions, ExtraHosts: rec.ExtraHosts, Logger: c.log,

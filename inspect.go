@@ -125,7 +125,7 @@ func (c *Controller) InspectSandbox(id string) (SandboxInspect, error) {
 	}
 	rec := sb.rec
 	in := SandboxInspect{
-		ID: id, Name: id, Created: rec.Created, Mode: rec.Mode.String(), Share: rec.Share,
+		ID: id, Name: id, Created: rec.Created, Mode: rec.Mode.String(), Share: rec.Share, Netns: rec.Netns,
 		Hostname: sb.ns.Hostname(), Domainname: rec.Domainname,
 		HostsPath: sb.ns.HostsPath(), ResolvConfPath: sb.ns.ResolvConfPath(),
 		NetworkSettings: api.NetworkSettings{

@@ -12,6 +12,7 @@ import (
 type SandboxSpec struct {
 	Mode       sandbox.Mode
 	Share      string // ModeContainer: the ID of the sandbox whose namespace is shared
+	Netns      string // ModeNamespace: the path of a caller's namespace (WithNetns); "" to make one
 	Hostname   string
 	Domainname string
 	DNS        []netip.Addr
@@ -31,6 +32,15 @@ func HostMode() SandboxOption { return func(s *SandboxSpec) { s.Mode = sandbox.M
 func ContainerMode(id string) SandboxOption {
 	return func(s *SandboxSpec) { s.Mode, s.Share = sandbox.ModeContainer, id }
 }
+
+// WithNetns makes the sandbox use the network namespace at path, which its caller owns (a
+// container runtime's, as a CNI plugin is given it), instead of making one: endpoints join
+// it as they join any sandbox, and DeleteSandbox removes their interfaces from it and leaves
+// the namespace. path must be absolute and clean, and not used by another sandbox (an error
+// matching ErrConflict); one that is not a network namespace fails with ErrNotFound. After a
+// restart the sandbox is restored while the namespace is still at path, and dropped (its
+// endpoints deleted) when it is not. It cannot be combined with HostMode or ContainerMode.
+func WithNetns(path string) SandboxOption { return func(s *SandboxSpec) { s.Netns = path } }
 
 // WithHostname sets the hostname written to the sandbox's hosts file (default: its ID).
 func WithHostname(h string) SandboxOption { return func(s *SandboxSpec) { s.Hostname = h } }
@@ -63,6 +73,7 @@ type sandboxRecord struct {
 	ID         string         `json:"id"`
 	Mode       sandbox.Mode   `json:"mode"`
 	Share      string         `json:"share,omitempty"`
+	Netns      string         `json:"netns,omitempty"`
 	Hostname   string         `json:"hostname,omitempty"`
 	Domainname string         `json:"domainname,omitempty"`
 	DNS        []netip.Addr   `json:"dns,omitempty"`
@@ -76,7 +87,7 @@ const sandboxPrefix = "cnm/v1/sandboxes/"
 
 func (r sandboxRecord) spec() SandboxSpec {
 	return SandboxSpec{
-		Mode: r.Mode, Share: r.Share, Hostname: r.Hostname, Domainname: r.Domainname,
+		Mode: r.Mode, Share: r.Share, Netns: r.Netns, Hostname: r.Hostname, Domainname: r.Domainname,
 		DNS: slices.Clone(r.DNS), DNSSearch: slices.Clone(r.DNSSearch), DNSOptions: slices.Clone(r.DNSOptions),
 		ExtraHosts: slices.Clone(r.ExtraHosts),
 	}

@@ -355,6 +355,12 @@ func (r SandboxCreate) Spec() (SandboxSpec, error) {
 	if (len(r.Ports) > 0 || r.PublishAll) && s.Mode != ModeNetwork {
 		return s, Invalid("publish", r.Network, "ports are published only on a network (not none, host or container:)")
 	}
+	if r.Netns != "" && (s.Mode == ModeHost || s.Mode == ModeContainer) {
+		return s, Invalid("netns", r.Netns, "conflicts with --net "+r.Network)
+	}
+	if r.IfName != "" && s.Mode != ModeNetwork {
+		return s, Invalid("ifname", r.IfName, "an interface name needs a network (not none, host or container:)")
+	}
 	if len(r.Aliases) > 0 && s.Mode != ModeNetwork {
 		return s, Invalid("network-alias", r.Network, "aliases need a network (not none, host or container:)")
 	}

@@ -90,6 +90,9 @@ type Connect struct {
 	IPv4Address string   `json:",omitempty"`
 	IPv6Address string   `json:",omitempty"`
 	Aliases     []string `json:",omitempty"`
+	// IfName is the endpoint's interface name in the sandbox (endpoint.WithIfName); "" lets
+	// the sandbox pick the next ethN.
+	IfName string `json:",omitempty"`
 }
 
 // Disconnect is the body of POST /v1/networks/{name}/disconnect.
@@ -131,6 +134,14 @@ type SandboxCreate struct {
 	ExtraHosts []string `json:",omitempty"`
 	// Aliases are the sandbox's extra names on the network it is created on (--network-alias).
 	Aliases []string `json:",omitempty"`
+	// Netns is the path of a network namespace the caller owns, which the sandbox uses
+	// instead of making one (cnm.WithNetns: a container runtime's, given to a CNI plugin);
+	// deleting the sandbox removes its interfaces from it and leaves the namespace. Only with
+	// a network (not host or container:).
+	Netns string `json:",omitempty"`
+	// IfName is the interface name in the sandbox of its endpoint on Network
+	// (endpoint.WithIfName); "" means the next ethN. Only with a network.
+	IfName string `json:",omitempty"`
 }
 
 // SandboxInspect is a sandbox with the network part of `docker container inspect`, so that
@@ -141,8 +152,11 @@ type SandboxInspect struct {
 	Created time.Time
 	// Mode is how the sandbox has its namespace: "namespace" (its own), "host" or
 	// "container" (Share's).
-	Mode           string
-	Share          string `json:",omitempty"`
+	Mode  string
+	Share string `json:",omitempty"`
+	// Netns is the caller's namespace the sandbox was created on (SandboxCreate.Netns), ""
+	// when cnm made the namespace; NetworkSettings.SandboxKey is the same path.
+	Netns          string `json:",omitempty"`
 	Hostname       string
 	Domainname     string `json:",omitempty"`
 	HostsPath      string

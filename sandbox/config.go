@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -29,6 +30,14 @@ type Config struct {
 	// RunDir is the run directory. A ModeNamespace sandbox's namespace is bind-mounted at
 	// RunDir/netns/<ID>. Required for ModeNamespace, unused otherwise.
 	RunDir string
+	// Netns, for ModeNamespace, is the path of a network namespace the caller owns (a
+	// container runtime's, as a CNI plugin is given it): the sandbox uses it instead of
+	// making one, and it is the sandbox's Key. New and Open fail with an error matching
+	// cnm.ErrNotFound when it cannot be opened. Delete removes the interfaces the sandbox
+	// configured and leaves the namespace (with its loopback and anything else in it) to its
+	// owner. It must be an absolute, clean path. Empty (the default): the sandbox makes its
+	// own namespace under RunDir. Unused for the other modes, which refuse it.
+	Netns string
 	// FilesDir is the directory the hosts and resolv.conf files are written to
 	// (FilesDir/hosts, FilesDir/resolv.conf). Required; created with mode 0755 when missing.
 	// It should be the sandbox's own: Delete removes the two files and then the directory if
@@ -115,6 +124,9 @@ func (c *Config) Validate() error {
 		if c.Share != nil {
 			return errclass.Invalid("share", c.Share.ID(), "only for mode container")
 		}
+		if err := ValidateNetns(c.Netns); c.Netns != "" && err != nil {
+			return err
+		}
 	case ModeHost:
 		if c.Share != nil {
 			return errclass.Invalid("share", c.Share.ID(), "only for mode container")
@@ -125,6 +137,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		return errclass.Invalid("mode", c.Mode.String(), "want namespace, host or container")
+	}
+	if c.Netns != "" && c.Mode != ModeNamespace {
+		return errclass.Invalid("netns", c.Netns, "only for mode namespace")
 	}
 	if c.FilesDir == "" {
 		return errclass.Invalid("files dir", c.FilesDir, "required")
@@ -209,6 +224,21 @@ func (c *Config) HostsFile(ifaces []Interface) []byte {
 // Open write it: DNS, DNSSearch and DNSOptions, and for those left empty the host's, read
 // from HostResolvConf.
 func (c *Config) ResolvConf() ([]byte, error) { return resolvConfFor(c) }
+
+// ValidateNetns checks the path of a caller-owned namespace ([Config].Netns): absolute,
+// clean, without white space or control characters, at most 4096 bytes. It returns an error
+// matching cnm.ErrInvalidParameter that names it; it does not look at the file.
+func ValidateNetns(p string) error {
+	switch {
+	case p == "" || len(p) > 4096:
+		return errclass.Invalid("netns", p, "want an absolute path of 1 to 4096 bytes")
+	case !path.IsAbs(p) || path.Clean(p) != p || p == "/":
+		return errclass.Invalid("netns", p, "want an absolute, clean path to a namespace file")
+	case hasSpace(p):
+		return errclass.Invalid("netns", p, "contains white space or control characters")
+	}
+	return nil
+}
 
 // ValidateIfName checks an interface name: 1 to 15 bytes, not "." or "..", without '/', ':'
 // or white space. It returns an error matching cnm.ErrInvalidParameter that names it.

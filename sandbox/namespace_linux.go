@@ -33,6 +33,7 @@ type Namespace struct {
 	// Immutable after New or Open.
 	id         string
 	mode       Mode
+	external   bool            // ModeNamespace on Config.Netns: the namespace is the caller's
 	key        string          // the namespace path Key returns
 	shareID    string          // ModeContainer: the ID of the shared sandbox
 	ns         *netns.NS       // the sandbox's namespace, open until Close or Delete
@@ -97,6 +98,7 @@ func newNamespace(cfg *Config) *Namespace {
 	s := &Namespace{
 		id:         cfg.ID,
 		mode:       cfg.Mode,
+		external:   cfg.Netns != "",
 		filesDir:   filepath.Clean(cfg.FilesDir),
 		hostname:   cfg.Hostname,
 		domainname: cfg.Domainname,
@@ -153,22 +155,31 @@ func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
 	}
 	if s.mode == ModeNamespace {
 		path := s.key
-		ns, err := netns.New(path)
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("namespace %s: %w", path, &errclass.AlreadyExistsError{Kind: "sandbox", Name: s.id})
+		if s.external {
+			ns, err := openExternal(s.id, path)
+			if err != nil {
+				return err
+			}
+			s.ns = ns
+		} else {
+			ns, err := netns.New(path)
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("namespace %s: %w", path, &errclass.AlreadyExistsError{Kind: "sandbox", Name: s.id})
+			}
+			if err != nil {
+				return err
+			}
+			s.ns = ns
+			undo = append(undo, func() error { return netns.Remove(path) })
 		}
-		if err != nil {
-			return err
-		}
-		s.ns = ns
-		undo = append(undo, func() error { return netns.Remove(path) })
 		if err := s.openHandle(); err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// Loopback is always index 1 in a new namespace (LOOPBACK_IFINDEX): one call.
+		// Loopback is always index 1 in a namespace (LOOPBACK_IFINDEX): one call. In a
+		// caller's namespace too: the embedded DNS server listens there.
 		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1, Name: "lo"}}
 		if err := s.nlh.LinkSetUp(lo); err != nil {
 			return fmt.Errorf("set lo up: %w", err)
@@ -197,6 +208,9 @@ func (s *Namespace) openNamespaces(cfg *Config) error {
 	switch s.mode {
 	case ModeNamespace:
 		s.key = filepath.Join(cfg.RunDir, "netns", s.id)
+		if cfg.Netns != "" {
+			s.key = cfg.Netns
+		}
 		host, err := openHost(cfg.HostNetns)
 		if err != nil {
 			return err
@@ -224,6 +238,16 @@ func (s *Namespace) openNamespaces(cfg *Config) error {
 		s.ns = ns
 	}
 	return nil
+}
+
+// openExternal opens the caller's namespace at path for sandbox id: a path that is not a
+// network namespace is not found.
+func openExternal(id, path string) (*netns.NS, error) {
+	ns, err := netns.Open(path)
+	if err != nil {
+		return nil, &errclass.NotFoundError{Kind: "sandbox", Name: id, Err: fmt.Errorf("namespace %s: %w", path, err)}
+	}
+	return ns, nil
 }
 
 // openHost opens the host namespace at path, or the calling thread's when path is "".
@@ -331,11 +355,17 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 	}
 	var dropped []string
 	if s.mode == ModeNamespace {
-		if !netns.IsMounted(s.key) {
-			return nil, &errclass.NotFoundError{Kind: "sandbox", Name: s.id, Err: fmt.Errorf("no namespace mounted at %s", s.key)}
-		}
-		if s.ns, err = netns.Open(s.key); err != nil {
-			return nil, err
+		if s.external {
+			if s.ns, err = openExternal(s.id, s.key); err != nil {
+				return nil, err
+			}
+		} else {
+			if !netns.IsMounted(s.key) {
+				return nil, &errclass.NotFoundError{Kind: "sandbox", Name: s.id, Err: fmt.Errorf("no namespace mounted at %s", s.key)}
+			}
+			if s.ns, err = netns.Open(s.key); err != nil {
+				return nil, err
+			}
 		}
 		if err := s.openHandle(); err != nil {
 			return nil, err
@@ -415,7 +445,7 @@ func (s *Namespace) ID() string { return s.id }
 func (s *Namespace) Mode() Mode { return s.mode }
 
 // Key returns the path of the sandbox's network namespace: RunDir/netns/<ID> for
-// ModeNamespace; for ModeHost, Config.HostNetns or, when that was empty, /proc/<pid>/fd/<fd>
+// ModeNamespace (Config.Netns for a caller's namespace); for ModeHost, Config.HostNetns or, when that was empty, /proc/<pid>/fd/<fd>
 // of the descriptor the sandbox holds (valid until Delete); for ModeContainer, the shared
 // sandbox's key.
 func (s *Namespace) Key() string { return s.key }
@@ -864,7 +894,8 @@ func (s *Namespace) writeHosts() error {
 
 // Delete removes the sandbox. For ModeNamespace it unmounts and removes the namespace's bind
 // mount; the kernel then deletes the namespace with every interface in it (and each veth's
-// peer), asynchronously. For every mode it closes the sandbox's descriptors and handles and
+// peer), asynchronously. A sandbox on a caller's namespace (Config.Netns) instead deletes the
+// interfaces it configured and leaves the namespace. For every mode it closes the sandbox's descriptors and handles and
 // removes the hosts and resolv.conf files, then FilesDir if it is empty.
 //
 // Delete waits for running AddInterface and RemoveInterface calls (each bounded by netlink
@@ -874,8 +905,17 @@ func (s *Namespace) writeHosts() error {
 // half-way.
 func (s *Namespace) Delete(ctx context.Context) error {
 	first := !s.isDeleted()
-	errs := []error{s.shutdown(true)}
-	if s.mode == ModeNamespace {
+	var errs []error
+	s.mu.Lock()
+	open := !s.closed
+	s.mu.Unlock()
+	if s.external && open {
+		for _, ifc := range s.Interfaces() {
+			errs = append(errs, s.RemoveInterface(context.WithoutCancel(ctx), ifc.Name))
+		}
+	}
+	errs = append(errs, s.shutdown(true))
+	if s.mode == ModeNamespace && !s.external {
 		errs = append(errs, netns.Remove(s.key))
 	}
 	errs = append(errs, removeIfExists(s.hostsPath), removeIfExists(s.resolvPath))

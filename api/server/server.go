@@ -339,6 +339,9 @@ func (s *Server) networkConnect(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Aliases) > 0 {
 		opts = append(opts, endpoint.WithAliases(req.Aliases...))
 	}
+	if req.IfName != "" {
+		opts = append(opts, endpoint.WithIfName(req.IfName))
+	}
 	ep, err := s.c.Connect(r.Context(), name, req.Sandbox, opts...)
 	if err != nil {
 		return err
@@ -446,6 +449,12 @@ func SandboxOptions(req api.SandboxCreate) (opts []cnm.SandboxOption, net string
 	}
 	if len(req.Aliases) > 0 {
 		epOpts = append(epOpts, endpoint.WithAliases(req.Aliases...))
+	}
+	if req.Netns != "" {
+		opts = append(opts, cnm.WithNetns(req.Netns))
+	}
+	if req.IfName != "" {
+		epOpts = append(epOpts, endpoint.WithIfName(req.IfName))
 	}
 	return opts, net, epOpts, nil
 }

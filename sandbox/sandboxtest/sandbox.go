@@ -22,6 +22,7 @@ type sandboxHandle struct {
 	m          *Machine
 	id         string
 	mode       sandbox.Mode
+	external   bool // on a caller's namespace (Config.Netns): Delete leaves it
 	key        string
 	shareID    string
 	sp         *space         // ModeNamespace: its namespace
@@ -253,7 +254,19 @@ func (s *sandboxHandle) Delete(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed, s.deleted = true, true
 	s.mu.Unlock()
-	if s.sp != nil {
+	if s.sp != nil && s.external {
+		s.mu.Lock()
+		var names []string
+		for name := range s.ifaces.All() {
+			names = append(names, name)
+		}
+		s.mu.Unlock()
+		s.m.mu.Lock()
+		for _, name := range names {
+			delete(s.sp.links, name)
+		}
+		s.m.mu.Unlock()
+	} else if s.sp != nil {
 		s.m.mu.Lock()
 		if s.m.spaces[s.key] == s.sp {
 			delete(s.m.spaces, s.key)

@@ -19,7 +19,9 @@
 // What it does not model: there are no links, addresses, routes or firewall rules. AddInterface
 // records the interface it is given (InSandbox or SrcName alike; no link must exist), gives it
 // a locally administered MAC when it has none, and sets nothing up; default routes are not
-// chosen. NetnsFD returns -1, and Key, for ModeNamespace, is RunDir/netns/<ID> though no file
+// chosen. A sandbox on a caller's namespace (Config.Netns) makes that namespace on New when
+// no sandbox has it yet, and Delete leaves it with the links of other sandboxes in it.
+// NetnsFD returns -1, and Key, for ModeNamespace, is RunDir/netns/<ID> though no file
 // is there: a driver used with a Machine must not enter or open the sandbox's namespace (use
 // drivers/driverstest's Fake). Path is [HostPath], no namespace either: the bridge driver,
 // which opens it, cannot be used (cnm.Config.Drivers replaces it). Routes returns what
@@ -310,6 +312,12 @@ func (m *Machine) attach(s *sandboxHandle, create bool) error {
 	case sandbox.ModeNamespace:
 		sp := m.spaces[s.key]
 		switch {
+		case s.external && create && sp == nil:
+			sp = &space{links: map[string]sandbox.Interface{}} // the caller's: it outlives the sandbox
+			m.spaces[s.key] = sp
+		case s.external && sp == nil:
+			return &errclass.NotFoundError{Kind: "sandbox", Name: s.id, Err: fmt.Errorf("namespace %s: not found", s.key)}
+		case s.external:
 		case create && sp != nil:
 			return fmt.Errorf("namespace %s: %w", s.key, &errclass.AlreadyExistsError{Kind: "sandbox", Name: s.id})
 		case create:
@@ -345,6 +353,9 @@ func (m *Machine) newSandbox(cfg *sandbox.Config) *sandboxHandle {
 	switch cfg.Mode {
 	case sandbox.ModeNamespace:
 		s.key = nsPath(cfg.RunDir, cfg.ID)
+		if cfg.Netns != "" {
+			s.key, s.external = cfg.Netns, true
+		}
 	case sandbox.ModeHost:
 		s.key = cfg.HostNetns
 		if s.key == "" {
