@@ -180,6 +180,9 @@ func TestSandboxCreateSpec(t *testing.T) {
 		{Name: "web", DNS: []string{"x"}},
 		{Name: "web", ExtraHosts: []string{"nocolon"}},
 		{Name: "web", Ports: []api.PortBinding{{ContainerPort: 0}}},
+		{Name: "web", Network: "host", Netns: "/run/netns/web"},
+		{Name: "web", Network: "container:db", Netns: "/run/netns/web"},
+		{Name: "web", Network: "none", IfName: "eth1"},
 	} {
 		if _, err := bad.Spec(); !errors.Is(err, errclass.ErrInvalidParameter) {
 			t.Errorf("Spec(%+v) = %v, want invalid parameter", bad, err)

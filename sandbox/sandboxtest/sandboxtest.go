@@ -152,10 +152,14 @@ func (m *Machine) Remove(runDir, id string) error {
 
 // Links returns the names of the interfaces in the namespace of sandbox id under runDir,
 // sorted, and whether that namespace exists. Loopback is not modelled.
-func (m *Machine) Links(runDir, id string) ([]string, bool) {
+func (m *Machine) Links(runDir, id string) ([]string, bool) { return m.LinksAt(nsPath(runDir, id)) }
+
+// LinksAt returns, sorted, the interfaces in the namespace at path (a caller's, given as
+// Config.Netns), and whether that namespace exists.
+func (m *Machine) LinksAt(path string) ([]string, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	sp := m.spaces[nsPath(runDir, id)]
+	sp := m.spaces[path]
 	if sp == nil {
 		return nil, false
 	}
