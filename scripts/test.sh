@@ -4,6 +4,7 @@
 #
 #   ./scripts/test.sh                 # go test -race ./... with CNM_PRIVILEGED_TESTS=1 and CNM_GOSSIP_LARGE=1
 #   ./scripts/test.sh -run Seed ./    # extra arguments go to `go test` (default ./...)
+#   ./scripts/test.sh -C interop      # the tests of another module of the repository (interop/)
 #
 # Before that it finds etcd and Consul (scripts/services.sh installs etcd-server and builds
 # Consul on the first run; both need the network) and exports CNM_ETCD_BIN and CNM_CONSUL_BIN.
@@ -14,6 +15,12 @@
 # Modules are downloaded before entering the namespace, which has no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+module=.
+if [ "${1:-}" = "-C" ]; then
+  module="${2:?test.sh: -C needs a module directory}"
+  shift 2
+  [ -f "$module/go.mod" ] || { echo "test.sh: $module has no go.mod" >&2; exit 2; }
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: the privileged tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN); run it as root" >&2
@@ -26,12 +33,16 @@ done
 if [ -z "${CNM_TEST_ISOLATED:-}" ]; then
   go mod download
   go build ./... >/dev/null
+  if [ "$module" != . ]; then
+    # Its modules, and the tools its tests build (go.mod's tool lines), are fetched here.
+    (cd "$module" && go mod download && go build ./... >/dev/null && go build -o /dev/null tool)
+  fi
   # etcd (Debian's etcd-server) and Consul (built once from the module proxy, cached) for the
   # store tests; the tests start their own servers on the namespace's loopback.
   eval "$(./scripts/services.sh)"
   export CNM_ETCD_BIN CNM_CONSUL_BIN
   export CNM_TEST_ISOLATED=1
-  exec unshare --net --mount --propagation private -- "$0" "$@"
+  exec unshare --net --mount --propagation private -- "$0" -C "$module" "$@"
 fi
 
 # Inside the throwaway namespace.
@@ -46,5 +57,6 @@ export CNM_PRIVILEGED_TESTS=1
 export CNM_GOSSIP_LARGE="${CNM_GOSSIP_LARGE:-1}"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 [ $# -gt 0 ] || set -- ./...
+cd "$module"
 echo "test.sh: go test -race -count=1 -timeout 15m $*"
 go test -race -count=1 -timeout 15m "$@"

@@ -8,7 +8,7 @@
 //
 // The tests are privileged (TestPrivileged*, CNM_PRIVILEGED_TESTS=1, root); run them isolated:
 //
-//	cd interop && ../scripts/test.sh ./cni/
+//	./scripts/test.sh -C interop ./cni/    # from the repository root
 //
 // BenchmarkPrivilegedCNIAddDel times an ADD+DEL through cnm-cni against the CNI reference
 // bridge plugin's (with host-local IPAM), process starts included, alternating the two in each
