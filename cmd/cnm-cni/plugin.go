@@ -73,7 +73,7 @@ func (p *plugin) find(in api.SandboxInspect, ifname string) (string, api.Endpoin
 // or, when the container has a sandbox already (another network), an endpoint more.
 func (p *plugin) add(ctx context.Context, a env) (*result, error) {
 	req := api.SandboxCreate{Name: a.ContainerID, Network: p.net, Netns: a.Netns, IfName: a.IfName}
-	for range 3 {
+	for attempt := 0; attempt < 3; attempt++ {
 		in, err := p.c.SandboxCreate(ctx, req)
 		if err == nil {
 			return p.result(in, a)
@@ -81,9 +81,14 @@ func (p *plugin) add(ctx context.Context, a env) (*result, error) {
 		if api.Class(err) != api.ClassAlreadyExists {
 			return nil, p.agentErr("add", err)
 		}
+		createErr := err
 		// The container has a sandbox: this network's attachment already, or another's.
 		in, err = p.c.SandboxInspect(ctx, a.ContainerID)
 		if api.Class(err) == api.ClassNotFound {
+			if attempt > 0 {
+				// Not the sandbox's name that exists (an interface name in the namespace?).
+				return nil, p.agentErr("add", createErr)
+			}
 			continue // deleted meanwhile: create it again
 		}
 		if err != nil {

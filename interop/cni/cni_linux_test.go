@@ -185,6 +185,25 @@ func TestPrivilegedCNICheckAndConverge(t *testing.T) {
 		t.Fatalf("DEL of an attachment cnmd never had: %v", err)
 	}
 
+	// The runtime's namespace has an eth0 already (another plugin's): ADD fails with the
+	// spec's error JSON and leaves nothing in cnmd.
+	busy := runtimeNS(t)
+	if out, err := exec.Command("nsenter", "--net="+busy, "--", "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0").CombinedOutput(); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	_, err = cni.AddNetworkList(t.Context(), list, &libcni.RuntimeConf{ContainerID: "busy", NetNS: busy, IfName: "eth0"})
+	if code := cniCode(err); code == 0 {
+		t.Errorf("ADD onto a taken eth0 = %v, want a CNI error", err)
+	} else {
+		t.Logf("ADD onto a taken eth0: code %d: %v", code, err)
+	}
+	if _, err := a.cl.SandboxInspect(t.Context(), "busy"); api.Class(err) != api.ClassNotFound {
+		t.Errorf("a failed ADD left sandbox busy: %v", err)
+	}
+	if in, err := a.cl.NetworkInspect(t.Context(), netName); err != nil || len(in.Containers) != 0 {
+		t.Errorf("a failed ADD left endpoints %v (%v)", in.Containers, err)
+	}
+
 	// Two networks, one container: one sandbox with two interfaces.
 	if _, err := a.cl.NetworkCreate(t.Context(), api.NetworkCreate{Name: "second", IPAM: &api.IPAM{Config: []api.IPAMConfig{{Subnet: "10.78.0.0/24"}}}}); err != nil {
 		t.Fatal(err)
