@@ -26,15 +26,15 @@ import (
 //   - raw: the netlink calls of the same attach, by hand: the macvlan link created in the
 //     sandbox's namespace in one message, its lookup, address, link up and default route (the
 //     kernel objects Connect makes, no more);
-//   - floor: what Connect must do besides: the same raw calls, the sandbox's hosts file
+//   - floor: everything Connect must do, by hand: the same raw calls, the sandbox's hosts file
 //     rewritten on the same tmpfs, and one bbolt commit (with its fsync) on the DataDir's
 //     filesystem started on a goroutine before the calls and waited for after them, as Connect
 //     overlaps its one commit with its kernel work.
 //
-// Each iteration does the three, alternating, so that they meet the same machine load;
-// sandboxes and namespaces are made and removed outside the timings. It also times the commit
-// alone. It reports the medians and the ratios connect/raw (the target) and
-// connect/floor (what cnm's own code adds).
+// Each iteration times raw, the commit alone, floor and Connect in turn, so that they meet the
+// same machine load; sandboxes and namespaces are made and removed outside the timings. It
+// reports the medians and the ratios connect/raw (the target) and connect/floor (what
+// cnm's own code adds).
 //
 //	CNM_PRIVILEGED_TESTS=1 ../shared/tools/nsrun -- go test -run '^$' -bench PrivilegedMacvlanConnect -benchtime 300x -count 5 .
 func BenchmarkPrivilegedMacvlanConnect(b *testing.B) {
