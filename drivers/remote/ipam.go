@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/cnmkit/cnm/drivers/remote/wire"
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -22,9 +23,16 @@ var _ ipam.Allocator = (*IPAM)(nil)
 // LocalDefaultAddressSpace, [ipam.GlobalSpace] to its GlobalDefaultAddressSpace; any other
 // space is passed as it is. Pool IDs are the plugin's, prefixed with the pool's subnet
 // ("10.1.0.0/24|<plugin's ID>") so that addresses come back with the pool's length.
+//
+// The protocol's ReleasePool does not promise to free the pool's addresses, while cnm's
+// contract does: IPAM remembers the addresses it obtained in each pool (in memory) and
+// releases those still held before it releases the pool.
 type IPAM struct {
 	c             *client
 	local, global string
+
+	mu    sync.Mutex // guards following
+	addrs map[ipam.PoolID]map[netip.Addr]bool
 }
 
 // OpenIPAM finds the IPAM plugin of cfg (see [Discover]), activates it (/Plugin.Activate must
@@ -39,7 +47,8 @@ func OpenIPAM(ctx context.Context, cfg Config) (*IPAM, error) {
 		c.close()
 		return nil, fmt.Errorf("remote: open IPAM plugin %s: %w", cfg.Name, err)
 	}
-	return &IPAM{c: c, local: resp.LocalDefaultAddressSpace, global: resp.GlobalDefaultAddressSpace}, nil
+	return &IPAM{c: c, local: resp.LocalDefaultAddressSpace, global: resp.GlobalDefaultAddressSpace,
+		addrs: map[ipam.PoolID]map[netip.Addr]bool{}}, nil
 }
 
 // Close releases the allocator's idle connections to the plugin.
@@ -145,7 +154,21 @@ func (a *IPAM) ReleasePool(ctx context.Context, id ipam.PoolID) error {
 	if err != nil {
 		return nil // not one of ours: unknown
 	}
+	a.mu.Lock()
+	held := a.addrs[id]
+	delete(a.addrs, id)
+	a.mu.Unlock()
+	var errs []error
+	for addr := range held {
+		err := a.c.call(ctx, wire.IpamReleaseAddress, wire.ReleaseAddressRequest{PoolID: pid, Address: addr.String()}, &wire.IPAMResponse{})
+		if err != nil && !gone(err) {
+			errs = append(errs, fmt.Errorf("release address %v: %w", addr, err))
+		}
+	}
 	if err := a.release(ctx, pid); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remote: release pool %s: %w", id, err)
 	}
 	return nil
@@ -197,6 +220,12 @@ func (a *IPAM) RequestAddress(ctx context.Context, id ipam.PoolID, addr netip.Ad
 		}
 		return fail(err)
 	}
+	a.mu.Lock()
+	if a.addrs[id] == nil {
+		a.addrs[id] = map[netip.Addr]bool{}
+	}
+	a.addrs[id][got] = true
+	a.mu.Unlock()
 	return got, nil
 }
 
@@ -226,5 +255,8 @@ func (a *IPAM) ReleaseAddress(ctx context.Context, id ipam.PoolID, addr netip.Ad
 	if err != nil && !gone(err) {
 		return fmt.Errorf("remote: release address %v in pool %s: %w", addr, id, err)
 	}
+	a.mu.Lock()
+	delete(a.addrs[id], addr)
+	a.mu.Unlock()
 	return nil
 }
