@@ -4,6 +4,7 @@
 #
 #   ./scripts/test.sh                 # go test -race ./... with CNM_PRIVILEGED_TESTS=1 and CNM_GOSSIP_LARGE=1
 #   ./scripts/test.sh -run Seed ./    # extra arguments go to `go test` (default ./...)
+#   ./scripts/test.sh -C interop ./dockerplugin/   # the tests of the module in interop/ (its own go.mod)
 #
 # Before that it finds etcd and Consul (scripts/services.sh installs etcd-server and builds
 # Consul on the first run; both need the network) and exports CNM_ETCD_BIN and CNM_CONSUL_BIN.
@@ -23,15 +24,23 @@ for tool in unshare nsenter ip ping iptables-restore go; do
   command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing (Debian: apt-get install iproute2 iputils-ping util-linux iptables)" >&2; exit 2; }
 done
 
+# -C DIR, first: run the tests of the Go module in DIR (interop/ has its own go.mod).
+moddir=.
+if [ "${1:-}" = "-C" ]; then
+  moddir=${2:?-C needs a directory}
+  shift 2
+fi
+
 if [ -z "${CNM_TEST_ISOLATED:-}" ]; then
   go mod download
+  (cd "$moddir" && go mod download)
   go build ./... >/dev/null
   # etcd (Debian's etcd-server) and Consul (built once from the module proxy, cached) for the
   # store tests; the tests start their own servers on the namespace's loopback.
   eval "$(./scripts/services.sh)"
   export CNM_ETCD_BIN CNM_CONSUL_BIN
   export CNM_TEST_ISOLATED=1
-  exec unshare --net --mount --propagation private -- "$0" "$@"
+  exec unshare --net --mount --propagation private -- "$0" -C "$moddir" "$@"
 fi
 
 # Inside the throwaway namespace.
@@ -46,5 +55,5 @@ export CNM_PRIVILEGED_TESTS=1
 export CNM_GOSSIP_LARGE="${CNM_GOSSIP_LARGE:-1}"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 [ $# -gt 0 ] || set -- ./...
-echo "test.sh: go test -race -count=1 -timeout 15m $*"
-go test -race -count=1 -timeout 15m "$@"
+echo "test.sh: go test -C $moddir -race -count=1 -timeout 15m $*"
+go test -C "$moddir" -race -count=1 -timeout 15m "$@"
