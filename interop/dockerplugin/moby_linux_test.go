@@ -4,9 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cnmkit/cnm/drivers/bridge"
 	"github.com/cnmkit/cnm/drivers/remote/server"
@@ -105,12 +110,17 @@ func (j *joinInfo) AddStaticRoute(*net.IPNet, int, net.IP) error { return nil }
 
 // moveIn does what Docker's sandbox does with a Join's interface: it moves the host link src
 // into ns, renames it to prefix+"0", gives it addr and sets it up, with a default route via gw.
-func moveIn(ns *netns.NS, src, prefix string, addr *net.IPNet, gw net.IP) error {
-	link, err := netlink.LinkByName(src)
+func moveIn(host, ns *netns.NS, src, prefix string, addr *net.IPNet, gw net.IP) error {
+	hh, err := netlink.NewHandleAt(host.Handle())
+	if err != nil {
+		return err
+	}
+	defer hh.Close()
+	link, err := hh.LinkByName(src)
 	if err != nil {
 		return fmt.Errorf("find %s in the host: %w", src, err)
 	}
-	if err := netlink.LinkSetNsFd(link, ns.FD()); err != nil {
+	if err := hh.LinkSetNsFd(link, ns.FD()); err != nil {
 		return fmt.Errorf("move %s: %w", src, err)
 	}
 	h, err := netlink.NewHandleAt(ns.Handle())
@@ -137,14 +147,13 @@ func moveIn(ns *netns.NS, src, prefix string, addr *net.IPNet, gw net.IP) error 
 func id(c byte) string { return strings.Repeat(string(c), 64) }
 
 // TestPrivilegedMobyClientDrivesCNMServer runs moby's libnetwork remote driver and remote
-// IPAM, over moby's pkg/plugins client, against cnm's server serving the bridge driver and
-// the default IPAM: pool, gateway and addresses from IPAM, network, two endpoints joined into
-// two namespaces the way Docker does (move, rename, address), a real ping across, then leave,
-// delete and release, and nothing left in the kernel.
+// IPAM, over moby's pkg/plugins client, against cnm's server (in this process) serving the
+// bridge driver and the default IPAM; see driveWithMoby.
 func TestPrivilegedMobyClientDrivesCNMServer(t *testing.T) {
 	nstest.Privileged(t)
 	ctx := t.Context()
-	drv, err := bridge.New(bridge.Config{DisableIPTables: true})
+	host := nstest.NewNS(t)
+	drv, err := bridge.New(bridge.Config{HostNetns: host.Path(), DisableIPTables: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,9 +179,104 @@ func TestPrivilegedMobyClientDrivesCNMServer(t *testing.T) {
 		}
 	})
 	defer func() { stop(); wg.Wait() }()
+	driveWithMoby(t, host, filepath.Join(dir, "cnm.sock"))
+}
 
+// TestPrivilegedMobyClientDrivesCNMPlugin does the same against the cnm-plugin command, built
+// and started in a "host" namespace as an operator would, then stopped with SIGTERM: it must
+// exit 0 and remove its socket.
+func TestPrivilegedMobyClientDrivesCNMPlugin(t *testing.T) {
+	nstest.Privileged(t)
+	host := nstest.NewNS(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "cnm-plugin")
+	// Built in cnm's own module (the repository's root), whose go.sum has cobra.
+	if out, err := exec.Command("go", "build", "-C", "../..", "-o", bin, "./cmd/cnm-plugin").CombinedOutput(); err != nil {
+		t.Fatalf("go build cnm-plugin: %v\n%s", err, out)
+	}
+	var logs syncBuffer
+	cmd := exec.Command("nsenter", "--net="+host.Path(), "--", bin, "--name", "cnm", "--dir", dir, "--no-iptables")
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	sock := filepath.Join(dir, "cnm.sock")
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("cnm-plugin exited with %v:\n%s", err, logs.String())
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("cnm-plugin did not stop within 10s of SIGTERM:\n%s", logs.String())
+		}
+	}
+	defer stop()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			break
+		}
+		select {
+		case err := <-exited:
+			stopped = true
+			t.Fatalf("cnm-plugin exited before serving: %v\n%s", err, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no socket %s after 20s:\n%s", sock, logs.String())
+		}
+	}
+	driveWithMoby(t, host, sock)
+	stop()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket still there after cnm-plugin stopped: %v", err)
+	}
+}
+
+// syncBuffer is the command's output, read while it may still write.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// driveWithMoby runs moby's libnetwork remote driver and remote IPAM, over moby's pkg/plugins
+// client, against the plugin at sock, which serves cnm's bridge driver and default IPAM in the
+// namespace host: pool, gateway and addresses from IPAM, network, two endpoints joined into
+// two namespaces the way Docker does (move, rename, address), a real ping across, then leave,
+// delete and release, and nothing left in the kernel.
+func driveWithMoby(t *testing.T, host *netns.NS, sock string) {
+	t.Helper()
+	ctx := t.Context()
+	hh, err := netlink.NewHandleAt(host.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
 	// pkg/plugins: the client Docker uses, and the activation handshake.
-	client, err := plugins.NewClient("unix://"+dir+"/cnm.sock", nil)
+	client, err := plugins.NewClient("unix://"+sock, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +324,7 @@ func TestPrivilegedMobyClientDrivesCNMServer(t *testing.T) {
 	}, nil, []driverapi.IPAMData{{AddressSpace: local, Pool: subnet, Gateway: gw}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := netlink.LinkByName("br-moby"); err != nil {
+	if _, err := hh.LinkByName("br-moby"); err != nil {
 		t.Fatalf("the bridge is not there: %v", err)
 	}
 
@@ -250,7 +354,7 @@ func TestPrivilegedMobyClientDrivesCNMServer(t *testing.T) {
 		if j.src != "cnm"+e.eid[:12] || j.prefix != "eth" || !j.gw.Equal(gw.IP) {
 			t.Errorf("Join: SrcName %q DstPrefix %q gateway %v", j.src, j.prefix, j.gw)
 		}
-		if err := moveIn(e.ns, j.src, j.prefix, addr, j.gw); err != nil {
+		if err := moveIn(host, e.ns, j.src, j.prefix, addr, j.gw); err != nil {
 			t.Fatal(err)
 		}
 		eps = append(eps, e)
@@ -294,7 +398,7 @@ func TestPrivilegedMobyClientDrivesCNMServer(t *testing.T) {
 	if err := a.ReleasePool(pool.PoolID); err != nil {
 		t.Error(err)
 	}
-	links, err := netlink.LinkList()
+	links, err := hh.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}
