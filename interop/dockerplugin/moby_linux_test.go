@@ -109,7 +109,8 @@ func (j *joinInfo) DisableGatewayService()                       {}
 func (j *joinInfo) AddStaticRoute(*net.IPNet, int, net.IP) error { return nil }
 
 // moveIn does what Docker's sandbox does with a Join's interface: it moves the host link src
-// into ns, renames it to prefix+"0", gives it addr and sets it up, with a default route via gw.
+// into ns, renames it to prefix+"0", gives it addr and sets it up, with a default route via gw
+// (none when gw is nil).
 func moveIn(host, ns *netns.NS, src, prefix string, addr *net.IPNet, gw net.IP) error {
 	hh, err := netlink.NewHandleAt(host.Handle())
 	if err != nil {
@@ -140,6 +141,9 @@ func moveIn(host, ns *netns.NS, src, prefix string, addr *net.IPNet, gw net.IP) 
 	}
 	if err := h.LinkSetUp(link); err != nil {
 		return err
+	}
+	if gw == nil {
+		return nil
 	}
 	return h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw})
 }
