@@ -23,14 +23,13 @@ import (
 	"github.com/cnmkit/cnm/internal/errclass"
 )
 
-// Default directories of plugin discovery, as Docker's.
-var (
-	// DefaultSocketDirs are searched first, for NAME.sock and NAME/NAME.sock.
-	DefaultSocketDirs = []string{"/run/docker/plugins"}
-	// DefaultSpecDirs are searched next, each for NAME.spec, NAME/NAME.spec, NAME.json and
-	// NAME/NAME.json.
-	DefaultSpecDirs = []string{"/etc/docker/plugins", "/usr/lib/docker/plugins"}
-)
+// DefaultSocketDirs returns the directories searched first, for NAME.sock and
+// NAME/NAME.sock, as Docker does: /run/docker/plugins.
+func DefaultSocketDirs() []string { return []string{"/run/docker/plugins"} }
+
+// DefaultSpecDirs returns the directories searched next, each for NAME.spec, NAME/NAME.spec,
+// NAME.json and NAME/NAME.json, as Docker does: /etc/docker/plugins, /usr/lib/docker/plugins.
+func DefaultSpecDirs() []string { return []string{"/etc/docker/plugins", "/usr/lib/docker/plugins"} }
 
 // DefaultTimeout bounds each call to a plugin when [Config].Timeout is zero.
 const DefaultTimeout = 30 * time.Second
@@ -47,9 +46,9 @@ type Config struct {
 	// or "tcp://host:port" (plain HTTP).
 	Addr string
 	// SocketDirs are the directories searched for the plugin's socket. Nil means
-	// DefaultSocketDirs; an empty, non-nil slice searches none.
+	// DefaultSocketDirs(); an empty, non-nil slice searches none.
 	SocketDirs []string
-	// SpecDirs are the directories searched for its spec file. Nil means DefaultSpecDirs; an
+	// SpecDirs are the directories searched for its spec file. Nil means DefaultSpecDirs(); an
 	// empty, non-nil slice searches none.
 	SpecDirs []string
 	// Timeout bounds each call to the plugin, on top of the caller's context. Zero means
@@ -79,10 +78,10 @@ func Discover(name string, socketDirs, specDirs []string) (string, error) {
 		return "", err
 	}
 	if socketDirs == nil {
-		socketDirs = DefaultSocketDirs
+		socketDirs = DefaultSocketDirs()
 	}
 	if specDirs == nil {
-		specDirs = DefaultSpecDirs
+		specDirs = DefaultSpecDirs()
 	}
 	for _, dir := range socketDirs {
 		for _, p := range pluginPaths(dir, name, ".sock") {
