@@ -103,9 +103,6 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	if req.Options != nil {
 		maps.Copy(generic, req.Options.Labels())
 	}
-	for k, v := range req.Allocation {
-		generic[k] = v
-	}
 	w := wire.CreateNetworkRequest{
 		NetworkID: string(req.NetworkID),
 		Options: map[string]any{

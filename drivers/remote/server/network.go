@@ -296,7 +296,7 @@ func (s *Server) join(ctx context.Context, in wire.JoinRequest) (any, error) {
 	}
 	name := hostIfName(eid)
 	res, err := s.joiner.JoinHostSide(ctx, drivers.JoinRequest{
-		NetworkID: cp.nid, EndpointID: eid, SandboxID: in.SandboxKey, SandboxKey: in.SandboxKey, NetnsFD: -1,
+		NetworkID: cp.nid, EndpointID: eid, SandboxKey: in.SandboxKey, NetnsFD: -1,
 		IfName: name, MAC: cp.mac, IPv4: cp.v4, IPv6: cp.v6,
 	})
 	if err != nil {
