@@ -543,6 +543,20 @@ type EndpointRestorer interface {
 	RestoreEndpoint(ctx context.Context, req JoinRequest) error
 }
 
+// HostSideJoiner is implemented by drivers that can join an endpoint without entering the
+// sandbox's namespace, for a caller that moves the interface in itself: Docker, through the
+// plugin protocol's Join (its SrcName and DstPrefix), when cnm serves a driver as a Docker
+// plugin. The Controller never calls it; its own sandboxes take Join's fast path.
+type HostSideJoiner interface {
+	// JoinHostSide is Join with the sandbox end of the link left in the host namespace, named
+	// req.IfName (a name unique in the host, chosen by the caller), with req.MAC and the
+	// network's MTU, and down. req.SandboxKey and req.NetnsFD are not used. The result has
+	// InterfaceInSandbox false and SrcName req.IfName; the caller moves the link into the
+	// sandbox, renames it and configures it. Leave undoes it, whether or not the link was
+	// moved. On error nothing it made is left behind.
+	JoinHostSide(ctx context.Context, req JoinRequest) (JoinResult, error)
+}
+
 // Closer is implemented by drivers that hold resources; the Controller calls Close when it closes.
 type Closer interface {
 	Close() error

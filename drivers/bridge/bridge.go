@@ -26,6 +26,8 @@ var (
 	_ drivers.OptionParser = (*Driver)(nil)
 	_ drivers.Reconciler   = (*Driver)(nil)
 	_ drivers.Closer       = (*Driver)(nil)
+
+	_ drivers.HostSideJoiner = (*Driver)(nil)
 )
 
 // socketTimeout bounds every netlink request: netlink calls cannot be canceled.
@@ -726,11 +728,43 @@ func (d *Driver) Join(ctx context.Context, req drivers.JoinRequest) (drivers.Joi
 	if err != nil {
 		return drivers.JoinResult{}, fmt.Errorf("bridge: join endpoint %s: %w", req.EndpointID.Short(), err)
 	}
+	return d.join(ctx, n, req, req.NetnsFD)
+}
+
+// JoinHostSide is [Driver.Join] for a caller that moves the interface into the sandbox
+// itself (Docker, when the driver is served as a Docker plugin): the same veth pair, with the
+// sandbox end named req.IfName left down in the host namespace (req.NetnsFD and SandboxKey
+// are not used). The result has SrcName req.IfName and InterfaceInSandbox false. Leave
+// deletes the pair as after Join, whether or not the caller moved that end. It fails as Join
+// does; a req.IfName taken in the host namespace is a conflict.
+func (d *Driver) JoinHostSide(ctx context.Context, req drivers.JoinRequest) (drivers.JoinResult, error) {
+	n, err := d.network(req.NetworkID)
+	if err == nil {
+		req.NetnsFD = 0
+		err = checkJoin(req)
+	}
+	if err == nil && req.IfName == hostVethName(req.EndpointID) {
+		err = drivers.Invalid("interface name", req.IfName, "the name of the host end")
+	}
+	if err != nil {
+		return drivers.JoinResult{}, fmt.Errorf("bridge: join endpoint %s: %w", req.EndpointID.Short(), err)
+	}
+	res, err := d.join(ctx, n, req, -1)
+	if err != nil {
+		return res, err
+	}
+	res.InterfaceInSandbox, res.SrcName = false, req.IfName
+	return res, nil
+}
+
+// join makes the veth pair of Join, with the sandbox end in the namespace open at netnsFD, or
+// in the host namespace when netnsFD is negative.
+func (d *Driver) join(ctx context.Context, n *network, req drivers.JoinRequest, netnsFD int) (drivers.JoinResult, error) {
 	host := hostVethName(req.EndpointID)
-	err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
+	err := d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, netnsFD))
 	if errors.Is(err, syscall.EEXIST) {
 		if err = d.removeStaleVeth(ctx, host, req.IfName); err == nil {
-			err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, req.NetnsFD))
+			err = d.raw.Exec(cnl.VethRequest(host, n.index, n.mtu, req.IfName, req.MAC, netnsFD))
 			if errors.Is(err, syscall.EEXIST) {
 				err = &drivers.ConflictError{Kind: "interface", Name: req.IfName, Reason: "exists in the sandbox"}
 			}

@@ -25,6 +25,10 @@
 // at least, and would flush every other entry). Join of an endpoint with published ports also
 // sets hairpin mode on its bridge port, so that a container reaches its own published port.
 //
+// [Driver.JoinHostSide] is the same veth pair with the sandbox end left in the host namespace
+// under a name the caller picks, for a caller that moves it into the sandbox itself (Docker,
+// when package drivers/remote/server serves the driver as a Docker plugin).
+//
 // The driver keeps what it knows of each network (bridge name, ifindex, MTU, gateways) in
 // memory only. After a restart, CreateNetwork with the same request adopts the existing bridge
 // and rebuilds that memory, and [Driver.Reconcile] removes "cnm:" bridges and their veths that

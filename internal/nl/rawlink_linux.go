@@ -26,7 +26,8 @@ type Request = vnl.NetlinkRequest
 // VethRequest returns the RTM_NEWLINK request that creates the veth pair of a Join in one
 // message: host end hostName, up, with MTU mtu, enslaved to the bridge with index master; peer
 // end peerName with MTU mtu and MAC mac (nil: the kernel's choice), created directly in the
-// namespace open at netnsFD, and left down.
+// namespace open at netnsFD (left in the socket's namespace when netnsFD is negative), and
+// left down.
 func VethRequest(hostName string, master, mtu int, peerName string, mac net.HardwareAddr, netnsFD int) *Request {
 	req := vnl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
 	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
@@ -47,7 +48,9 @@ func VethRequest(hostName string, master, mtu int, peerName string, mac net.Hard
 	if mac != nil {
 		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(mac))
 	}
-	peer.AddRtAttr(unix.IFLA_NET_NS_FD, vnl.Uint32Attr(uint32(netnsFD)))
+	if netnsFD >= 0 {
+		peer.AddRtAttr(unix.IFLA_NET_NS_FD, vnl.Uint32Attr(uint32(netnsFD)))
+	}
 	req.AddData(info)
 	return req
 }
