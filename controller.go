@@ -1269,12 +1269,16 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		rms = append(rms, r)
 	}
 	driven := make(chan struct{})
-	go func() {
-		defer close(driven)
-		for i := range rms {
-			rms[i].finish, rms[i].err = rms[i].drive(rb)
-		}
-	}()
+	if len(rms) == 0 {
+		close(driven)
+	} else {
+		go func() {
+			defer close(driven)
+			for i := range rms {
+				rms[i].finish, rms[i].err = rms[i].drive(rb)
+			}
+		}()
+	}
 	serr := c.deleteKeys(rb, keys)
 	<-driven
 	var (
