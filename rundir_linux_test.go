@@ -192,13 +192,13 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 	}
 }
 
-// settled returns state() once ok accepts it, or after two seconds the last one: the kernel
+// settled returns state() once ok accepts it, or after ten seconds the last one: the kernel
 // ends deleted namespaces asynchronously (the host ends of their veths go some time after the
 // unmount).
 func settled(t *testing.T, state func() cycleState, ok func(cycleState) bool) cycleState {
 	t.Helper()
 	var s cycleState
-	for range 200 {
+	for range 1000 {
 		if s = state(); ok(s) {
 			return s
 		}
