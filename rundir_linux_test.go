@@ -2,6 +2,7 @@ package cnm_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -135,7 +136,15 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The kernel's teardown of deleted namespaces changes the links under a dump: one it
+		// interrupted is made again.
 		links, err := h.LinkList()
+		for range 100 {
+			if !errors.Is(err, netlink.ErrDumpInterrupted) {
+				break
+			}
+			links, err = h.LinkList()
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
