@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -373,4 +374,211 @@ func BenchmarkPrivilegedSandboxScale(b *testing.B) {
 	} {
 		b.ReportMetric(float64(all[p.num].median(0, b.N))/float64(all[p.den].median(0, b.N)), p.name)
 	}
+}
+
+// steadyAlive is how many sandboxes BenchmarkPrivilegedSandboxSteady keeps alive, cnm and raw
+// each: a host running a few containers while others come and go.
+const steadyAlive = 10
+
+// steadyRound is the length of a round of BenchmarkPrivilegedSandboxSteady: its first and last
+// 20 cycles are compared.
+const steadyRound = 1000
+
+// BenchmarkPrivilegedSandboxSteady measures NewSandbox and DeleteSandbox over a long run in a
+// steady state, as a host with containers coming and going has it: each cycle creates a
+// sandbox and connects it to a bridge network (one endpoint), and once steadyAlive are alive
+// deletes the oldest (DeleteSandbox alone, its endpoint going with it, as `docker rm` does).
+// Beside it, in the same cycle and in alternating order, it does the same by hand: a namespace
+// (created, bind-mounted, opened, loopback up), a veth onto a second bridge, one bbolt commit
+// of a record of the same size; and the oldest raw namespace's unmount with one commit
+// deleting its record. The floors are the issue's: NewSandbox's is the namespace and mount
+// plus one commit ("raw/floor"), DeleteSandbox's the unmount plus one commit ("raw/rm").
+// b.N cycles make b.N/steadyRound rounds on the same Controller and store; the first and last
+// 20 cycles of the run and of each round are compared. It also reports how the process's
+// descriptors and goroutines and the store's file grew from the first round's 50th cycle to
+// the end. DataDir is on the disk, RunDir on a tmpfs. Run it as
+//
+//	CNM_PRIVILEGED_TESTS=1 ../shared/tools/nsrun -- \
+//	  go test -run '^$' -bench PrivilegedSandboxSteady -benchtime 3000x -count 1 .
+func BenchmarkPrivilegedSandboxSteady(b *testing.B) {
+	if !nstest.Enabled() {
+		b.Skip("privileged benchmark: set CNM_PRIVILEGED_TESTS=1 and run as root")
+	}
+	host := nstest.NewNS(b)
+	dataDir, runDir := sandboxDirs(b, false)
+	ctx := b.Context()
+	c, err := cnm.New(ctx, cnm.Config{DataDir: dataDir, RunDir: runDir, HostNetns: host.Path(), NoPredefinedNetworks: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	l := &benchLab{host: host, c: c, dir: runDir}
+	if l.nw, err = c.NewNetwork(ctx, "bench", "bridge", network.WithSubnet(netip.MustParsePrefix("10.200.0.0/16"))); err != nil {
+		b.Fatal(err)
+	}
+	rawNw, err := c.NewNetwork(ctx, "raw", "bridge", network.WithSubnet(netip.MustParsePrefix("10.201.0.0/16")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := netlink.NewHandleAt(host.Handle())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	if l.br, err = h.LinkByName("br-" + rawNw.ID()[:12]); err != nil {
+		b.Fatal(err)
+	}
+	if l.sock, err = cnl.NewSocket(host.Handle(), 10*time.Second); err != nil {
+		b.Fatal(err)
+	}
+	defer l.sock.Close()
+	st := rawStore(b, filepath.Join(dataDir, "raw"))
+	rawRun := filepath.Join(runDir, "raw")
+	db := filepath.Join(dataDir, "local.db")
+
+	all := map[string]series{}
+	add := func(name string, d time.Duration) { all[name] = append(all[name], d) }
+	var raws []rawNS
+	var ids []string
+	var fds0, gor0 int
+	var db0 int64
+	rawNew := func(i int, id string) {
+		t0 := time.Now()
+		path := filepath.Join(rawRun, "netns", id)
+		ns, err := netns.New(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tns := time.Now()
+		rh, err := netlink.NewHandleAt(ns.Handle(), unix.NETLINK_ROUTE)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := rh.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1}}); err != nil {
+			b.Fatal(err)
+		}
+		r := rawNS{ns: ns, h: rh, path: path}
+		// 10.200.128.0 and up: never an address (or MAC) IPAM gives out here.
+		if err := l.rawAttach(r, 32768+i); err != nil {
+			b.Fatal(err)
+		}
+		tatt := time.Now()
+		if _, err := st.Put(ctx, "sandboxes/"+id, make([]byte, 150)); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		add("raw/netns+mount", tns.Sub(t0))
+		add("raw/commit", t1.Sub(tatt))
+		add("raw/floor", tns.Sub(t0)+t1.Sub(tatt))
+		raws = append(raws, r)
+	}
+	cnmNew := func(id string) {
+		t0 := time.Now()
+		if _, err := c.NewSandbox(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := c.Connect(ctx, "bench", id); err != nil {
+			b.Fatal(err)
+		}
+		add("cnm/NewSandbox", t1.Sub(t0))
+		add("cnm/Connect", time.Since(t1))
+		ids = append(ids, id)
+	}
+	rawRm := func() {
+		r := raws[0]
+		raws = raws[1:]
+		r.h.Close()
+		r.ns.Close()
+		t0 := time.Now()
+		if err := netns.Remove(r.path); err != nil {
+			b.Fatal(err)
+		}
+		if err := st.Delete(ctx, "sandboxes/"+filepath.Base(r.path)); err != nil {
+			b.Fatal(err)
+		}
+		add("raw/rm", time.Since(t0))
+	}
+	cnmRm := func() {
+		id := ids[0]
+		ids = ids[1:]
+		t0 := time.Now()
+		if err := c.DeleteSandbox(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		add("cnm/DeleteSandbox", time.Since(t0))
+	}
+	for i := 0; b.Loop(); i++ {
+		id := fmt.Sprintf("s%d", i)
+		if i%2 == 0 {
+			rawNew(i, id)
+			cnmNew(id)
+		} else {
+			cnmNew(id)
+			rawNew(i, id)
+		}
+		if len(ids) > steadyAlive {
+			if i%2 == 0 {
+				rawRm()
+				cnmRm()
+			} else {
+				cnmRm()
+				rawRm()
+			}
+		}
+		if i == 49 {
+			fds0, gor0, db0 = countFDs(b), runtime.NumGoroutine(), fileSize(b, db)
+		}
+	}
+	b.StopTimer()
+	if b.N < 100 {
+		return
+	}
+	b.ReportMetric(float64(countFDs(b)-fds0), "fds-growth")
+	b.ReportMetric(float64(runtime.NumGoroutine()-gor0), "goroutines-growth")
+	b.ReportMetric(float64(fileSize(b, db)-db0), "db-bytes-growth")
+	names := []string{"raw/netns+mount", "raw/commit", "raw/floor", "cnm/NewSandbox", "cnm/Connect", "raw/rm", "cnm/DeleteSandbox"}
+	logCurve(b, names, all)
+	ratio := func(num, den string, from, to int) float64 {
+		return float64(all[num].median(from, to)) / float64(all[den].median(from, to))
+	}
+	n, nrm := len(all["raw/floor"]), len(all["raw/rm"])
+	b.ReportMetric(ratio("cnm/NewSandbox", "raw/floor", 0, n), "new/floor")
+	b.ReportMetric(ratio("cnm/DeleteSandbox", "raw/rm", 0, nrm), "rm/raw")
+	// First and last 20 cycles of each round, printed: the floor's and NewSandbox's own
+	// drift, and NewSandbox's over the floor's.
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%s rounds of %d: last20/first20 of floor, NewSandbox, rm, DeleteSandbox; NewSandbox/floor first20 → last20\n", b.Name(), steadyRound)
+	for from := 0; from+steadyRound <= n; from += steadyRound {
+		to := from + steadyRound
+		drift := func(name string) float64 {
+			s := all[name]
+			off := n - len(s) // the deletes start steadyAlive cycles late
+			return float64(s.median(to-20-off, to-off)) / float64(s.median(max(from-off, 0), from+20-off))
+		}
+		fmt.Fprintf(&sb, "  round %d: floor %.3fx, NewSandbox %.3fx, rm %.3fx, DeleteSandbox %.3fx; new/floor %.3f → %.3f\n",
+			from/steadyRound+1, drift("raw/floor"), drift("cnm/NewSandbox"), drift("raw/rm"), drift("cnm/DeleteSandbox"),
+			ratio("cnm/NewSandbox", "raw/floor", from, from+20), ratio("cnm/NewSandbox", "raw/floor", to-20, to))
+	}
+	fmt.Fprint(os.Stderr, sb.String())
+	b.ReportMetric(float64(all["raw/floor"].median(n-20, n))/float64(all["raw/floor"].median(0, 20)), "floor-last20/first20")
+	b.ReportMetric(float64(all["cnm/NewSandbox"].median(n-20, n))/float64(all["cnm/NewSandbox"].median(0, 20)), "new-last20/first20")
+}
+
+// countFDs returns the number of the process's open descriptors.
+func countFDs(tb testing.TB) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return len(ents)
+}
+
+// fileSize returns the size of the file at path.
+func fileSize(tb testing.TB, path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fi.Size()
 }

@@ -595,16 +595,20 @@ func (e *Ep) Delete(ctx context.Context) error {
 	return nil
 }
 
-// Remove ends an endpoint whose sandbox was removed (its interface went with the namespace)
-// without touching the store: it tells the driver the endpoint left and is deleted, and
-// returns the key of the record for the caller to delete, batched with others, and a finish
-// function to call once that is done: it releases the addresses, publishes EndpointLeft and
-// EndpointDeleted, and drops the endpoint from its network. Controller.DeleteSandbox uses it to remove a sandbox in one store commit.
-func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) {
+// BeginRemove starts ending an endpoint whose sandbox was removed (its interface went with the
+// namespace), without touching the store. It claims the endpoint and returns the key of its
+// record, for the caller to delete batched with others, and drive, which tells the driver the
+// endpoint left and is deleted (Leave with SandboxGone, then DeleteEndpoint) and returns a
+// finish function to call once the record is gone: it releases the addresses, publishes
+// EndpointLeft and EndpointDeleted, and drops the endpoint from its network.
+// Controller.DeleteSandbox deletes the records of a sandbox and its endpoints in one commit
+// while the drivers work. The caller must call drive exactly once: until then the endpoint
+// refuses other operations. A deleted endpoint returns "" and no drive.
+func (e *Ep) BeginRemove() (key string, drive func(ctx context.Context) (finish func(), err error), err error) {
 	e.mu.Lock()
 	if e.deleted {
 		e.mu.Unlock()
-		return "", func() {}, nil
+		return "", nil, nil
 	}
 	if err := e.beginLocked("remove"); err != nil {
 		e.mu.Unlock()
@@ -612,7 +616,15 @@ func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) 
 	}
 	rec, rev := e.rec, e.revision
 	e.mu.Unlock()
-	defer e.end()
+	drive = func(ctx context.Context) (func(), error) {
+		defer e.end()
+		return e.removeInDriver(ctx, rec, rev)
+	}
+	return Key(rec.NetworkID, rec.ID), drive, nil
+}
+
+// removeInDriver is BeginRemove's driver work for the endpoint as rec and rev describe it.
+func (e *Ep) removeInDriver(ctx context.Context, rec Record, rev uint64) (finish func(), err error) {
 	nid, eid := drivers.NetworkID(rec.NetworkID), drivers.EndpointID(rec.ID)
 	var errs []error
 	if rec.SandboxID != "" {
@@ -624,9 +636,9 @@ func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) 
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
-		return "", nil, fmt.Errorf("endpoint %s: remove: driver %s: %w", rec.Name, e.cfg.DriverName, err)
+		return nil, fmt.Errorf("endpoint %s: remove: driver %s: %w", rec.Name, e.cfg.DriverName, err)
 	}
-	finish = func() {
+	return func() {
 		e.mu.Lock()
 		e.deleted = true
 		e.rec.SandboxID, e.sb = "", nil
@@ -641,8 +653,15 @@ func (e *Ep) Remove(ctx context.Context) (key string, finish func(), err error) 
 		if e.cfg.OnDelete != nil {
 			e.cfg.OnDelete(e.id)
 		}
-	}
-	return Key(rec.NetworkID, rec.ID), finish, nil
+	}, nil
+}
+
+// SandboxID returns the ID of the sandbox the endpoint is joined to, "" for none. Unlike
+// Info it copies nothing.
+func (e *Ep) SandboxID() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.rec.SandboxID
 }
 
 // ReleaseAddresses gives the endpoint's addresses back to IPAM. Delete calls it; the network

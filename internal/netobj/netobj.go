@@ -697,6 +697,20 @@ func (n *Net) eps() []*epobj.Ep {
 // Eps returns the network's endpoints as *epobj.Ep, sorted by name.
 func (n *Net) Eps() []*epobj.Ep { return n.eps() }
 
+// EpsOf appends to eps the network's endpoints joined to sandbox sbID, in no order, and
+// returns the result. It copies no record: Controller.DeleteSandbox calls it on every network.
+func (n *Net) EpsOf(eps []*epobj.Ep, sbID string) []*epobj.Ep {
+	n.mu.Lock()
+	all := slices.Collect(maps.Values(n.endpoints))
+	n.mu.Unlock()
+	for _, ep := range all {
+		if ep.SandboxID() == sbID {
+			eps = append(eps, ep)
+		}
+	}
+	return eps
+}
+
 // Endpoint implements Network.
 func (n *Net) Endpoint(nameOrID string) (endpoint.Endpoint, error) {
 	n.mu.Lock()
