@@ -20,10 +20,16 @@ import (
 // A bridge named defaultBridgeName(nid) with no alias is taken as the network's: a crash
 // between creating the bridge and setting its alias leaves one, and the name comes from the
 // network ID. A bridge with any other name needs the alias.
-func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (index int, created bool, err error) {
+//
+// beforeCreate, when not nil, is called once the bridge is known not to exist, just before it
+// is created.
+func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix, beforeCreate func()) (index int, created bool, err error) {
 	link, err := d.h.LinkByName(n.bridge)
 	switch {
 	case errors.As(err, new(netlink.LinkNotFoundError)):
+		if beforeCreate != nil {
+			beforeCreate()
+		}
 		index, err = d.createBridge(ctx, nid, n, addrs)
 		return index, err == nil, err
 	case err != nil:

@@ -641,6 +641,13 @@ func (d *Driver) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) {
 // readSysctls found off (when n is not internal), and br_netfilter's switch when n has ICC
 // off.
 func (d *Driver) writeSysctls(n *network, fwdOn, brNFOn []bool) error {
+	need := false
+	for i := range routedFamilies(n) {
+		need = need || (!n.internal && !fwdOn[i]) || (n.noICC && !brNFOn[i])
+	}
+	if !need { // the usual case: no setns into the host namespace
+		return nil
+	}
 	return d.ns.Do(func() error {
 		var errs []error
 		for i, f := range routedFamilies(n) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -31,6 +32,29 @@ func (p *pairTimer) report(b *testing.B, base, cnm string) {
 	b.ReportMetric(n(p.cnm.create, &p.cnm)/n(p.base.create, &p.base), "create-x")
 	b.ReportMetric(n(p.cnm.delete, &p.cnm)/n(p.base.delete, &p.base), "delete-x")
 	b.ReportMetric(n(p.cnm.create+p.cnm.delete, &p.cnm)/n(p.base.create+p.base.delete, &p.base), "total-x")
+	// The medians of the iterations' own ratios: one slow moment of a shared machine moves a
+	// mean, not these.
+	b.ReportMetric(medianRatio(p.cnm.cs, p.base.cs, nil, nil), "create-med-x")
+	b.ReportMetric(medianRatio(p.cnm.ds, p.base.ds, nil, nil), "delete-med-x")
+	b.ReportMetric(medianRatio(p.cnm.cs, p.base.cs, p.cnm.ds, p.base.ds), "total-med-x")
+}
+
+// medianRatio returns the median over iterations i of (a[i]+a2[i]) / (b[i]+b2[i]); a2 and b2
+// may be nil.
+func medianRatio(a, b, a2, b2 []time.Duration) float64 {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		num, den := a[i], b[i]
+		if a2 != nil {
+			num, den = num+a2[i], den+b2[i]
+		}
+		rs = append(rs, float64(num)/float64(den))
+	}
+	if len(rs) == 0 {
+		return 0
+	}
+	slices.Sort(rs)
+	return rs[len(rs)/2]
 }
 
 // BenchmarkPrivilegedNftables measures the nftables backend against the raw netlink work of
