@@ -54,6 +54,8 @@ var wireTests = []struct {
 	{"Isolation", TestPrivilegedIsolation},
 	{"Internal", TestPrivilegedInternal},
 	{"PublishedPorts", TestPrivilegedPublishedPorts},
+	{"PublishedPorts6", TestPrivilegedPublishedPorts6},
+	{"ConntrackFlush6", TestPrivilegedConntrackFlush6},
 	{"ConntrackFlush", TestPrivilegedConntrackFlush},
 	{"DualStackNAT", TestPrivilegedDualStackNAT},
 	{"DualStackICCDisabled", TestPrivilegedDualStackICCDisabled},
