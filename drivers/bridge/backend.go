@@ -20,8 +20,9 @@ const (
 	// "inet cnm", with no process on any path (see the package doc).
 	FirewallNftables Firewall = "nftables"
 	// FirewallAuto picks FirewallNftables when the kernel has nf_tables (New lists the
-	// host namespace's nf_tables tables over netlink, and that works), and FirewallIPTables
-	// otherwise.
+	// host namespace's nf_tables tables over netlink, and that works) and no iptables-legacy
+	// rules are in use in the host namespace, and FirewallIPTables otherwise (see the package
+	// doc's "Choosing a backend").
 	FirewallAuto Firewall = "auto"
 )
 
@@ -67,14 +68,27 @@ func newFirewall(d *Driver, cfg Config) (firewall, error) {
 			return iptablesFirewall{d}, nil // writes nothing
 		}
 		nft, err := newNftFirewall(d)
-		if err == nil {
-			return nft, nil
+		if err != nil {
+			if cfg.Firewall == FirewallAuto {
+				d.log.Info("bridge: nftables unavailable; using iptables", "err", err)
+				return iptablesFirewall{d}, nil
+			}
+			return nil, err
 		}
 		if cfg.Firewall == FirewallAuto {
-			d.log.Info("bridge: nftables unavailable; using iptables", "err", err)
-			return iptablesFirewall{d}, nil
+			var legacy string
+			err := d.ns.Do(func() error {
+				var err error
+				legacy, err = legacyRulesInUse()
+				return err
+			})
+			if err != nil || legacy != "" {
+				nft.close()
+				d.log.Info("bridge: iptables-legacy rules in use; using iptables", "table", legacy, "err", err)
+				return iptablesFirewall{d}, nil
+			}
 		}
-		return nil, err
+		return nft, nil
 	}
 	return nil, drivers.Invalid("firewall", string(cfg.Firewall), fmt.Sprintf("want %q, %q or %q", FirewallAuto, FirewallNftables, FirewallIPTables))
 }

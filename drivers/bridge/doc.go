@@ -260,6 +260,17 @@
 // the networks off. A program that needs the mark bits 0x10000000 or 0x20000000 for itself
 // conflicts with cnm.
 //
+// Choosing a backend. [FirewallIPTables] (the zero Config.Firewall) stays the default, so that
+// a host keeps the rules it had. [FirewallAuto] picks nftables when the kernel answers on
+// nf_tables netlink and no iptables-legacy rules are in use in the host namespace, and
+// iptables otherwise: a legacy table with a rule of its own, or a built-in chain whose policy
+// is not ACCEPT (Docker with iptables-legacy sets FORWARD to DROP), would cut cnm's networks
+// off, and no netlink message can put the accept rule above into a legacy table. New reads
+// that with getsockopt (IPT_SO_GET_INFO and IPT_SO_GET_ENTRIES, and the IPv6 twins), only for
+// the tables /proc lists as made in the host namespace, with no process; tables that were only
+// listed (as "iptables-legacy -S" makes them) are not in use. Software that starts using
+// iptables-legacy after New is not seen until the next start.
+//
 // The user's rules go in the chain "user" of table inet cnm, which forward jumps to first and
 // cnm never flushes: a drop there is final, an accept there ends cnm's filtering of the packet
 // (without the mark). Or in a table of the user's own, with a base chain on the forward hook:

@@ -462,7 +462,8 @@ func TestPrivilegedFirewallSwitch(t *testing.T) {
 }
 
 // TestPrivilegedFirewallChoice checks Config.Firewall: the zero value is iptables, auto picks
-// nftables on a kernel that has it (this one), and anything else is refused.
+// nftables on a kernel that has it (this one) unless iptables-legacy rules are in use, and
+// anything else is refused.
 func TestPrivilegedFirewallChoice(t *testing.T) {
 	nstest.Privileged(t)
 	host := nstest.NewNS(t)
@@ -481,6 +482,33 @@ func TestPrivilegedFirewallChoice(t *testing.T) {
 	}
 	if _, err := New(Config{HostNetns: host.Path(), Firewall: "pf"}); !errors.Is(err, errclass.ErrInvalidParameter) {
 		t.Errorf("New with Firewall \"pf\": %v, want an invalid parameter", err)
+	}
+	// auto and iptables-legacy: tables that were only listed are not in use; a rule or a
+	// policy other than ACCEPT in either family is, and then auto picks iptables.
+	for _, c := range []struct {
+		name string
+		cmds [][]string
+		want Firewall
+	}{
+		{"legacy tables listed only", [][]string{{"iptables-legacy", "-S"}, {"iptables-legacy", "-t", "nat", "-S"}, {"ip6tables-legacy", "-S"}}, FirewallNftables},
+		{"a legacy FORWARD policy DROP", [][]string{{"iptables-legacy", "-P", "FORWARD", "DROP"}}, FirewallIPTables},
+		{"a legacy nat rule", [][]string{{"iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT"}}, FirewallIPTables},
+		{"a legacy ip6 rule", [][]string{{"ip6tables-legacy", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"}}, FirewallIPTables},
+	} {
+		host := nstest.NewNS(t)
+		for _, cmd := range c.cmds {
+			if out, err := nstest.Exec(host, cmd[0], cmd[1:]...); err != nil {
+				t.Fatalf("%s: %v: %v: %s", c.name, cmd, err, out)
+			}
+		}
+		d, err := New(Config{HostNetns: host.Path(), Firewall: FirewallAuto})
+		if err != nil {
+			t.Fatalf("%s: New: %v", c.name, err)
+		}
+		if got := d.fwb.kind(); got != c.want {
+			t.Errorf("%s: auto picked %q, want %q", c.name, got, c.want)
+		}
+		d.Close()
 	}
 }
 
