@@ -290,18 +290,18 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 
-	// A network new to this process whose bridge does not exist: its firewall work (keyed by
-	// the bridge's name, it needs no link) runs on a goroutine of this call while the bridge is
-	// made, and is waited for below.
+	// A network new to this process whose bridge the kernel has just created: its firewall
+	// work (keyed by the bridge's name) runs on a goroutine of this call while the bridge's
+	// alias, addresses and up are set, and is waited for below.
 	var fwDone chan error
-	var beforeCreate func()
+	var onCreate func()
 	if old == nil {
-		beforeCreate = func() {
+		onCreate = func() {
 			fwDone = make(chan error, 1)
 			go func() { fwDone <- d.fwb.ensureNetwork(ctx, cfg, true) }()
 		}
 	}
-	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req), beforeCreate)
+	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req), onCreate)
 	var fwErr error
 	if fwDone != nil {
 		fwErr = <-fwDone
