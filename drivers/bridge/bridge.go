@@ -240,10 +240,12 @@ func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkO
 
 // CreateNetwork makes the network's bridge: named after req.Options (by default "br-" and the
 // first 12 characters of the network ID), with the options' MTU, the alias "cnm:" and the
-// network ID, each subnet's gateway as an address (gateway/subnet length), and up. Meanwhile
-// (when the bridge is new) it writes the network's firewall rules (see the package doc) in one iptables-restore
-// transaction, and one ip6tables-restore transaction when it has IPv6 subnets, and turns on IP
-// forwarding (of each of its families) in the host namespace when the network needs it.
+// network ID, each subnet's gateway as an address (gateway/subnet length), and up. It writes
+// the network's firewall rules (see the package doc: with the iptables backend one
+// iptables-restore transaction, and one ip6tables-restore transaction when it has IPv6
+// subnets; with the nftables backend one batch), while the new bridge's alias, addresses and
+// up are set, and turns on IP forwarding (of each of its families) in the host namespace
+// when the network needs it.
 //
 // A missing iptables binary (or ip6tables binary, for a network with IPv6 subnets) fails with
 // an error matching cnm.ErrUnavailable, and
