@@ -37,6 +37,9 @@ type firewall interface {
 	// ensureNetwork writes n's rules and turns on the sysctls n needs; fresh reports that the
 	// caller has just created n's bridge and knew nothing of n.
 	ensureNetwork(ctx context.Context, n *network, fresh bool) error
+	// concurrent reports whether ensureNetwork of n, fresh, may run while n's new bridge is
+	// being set up: it writes rules only (no sysctl is turned on under the bridge's feet).
+	concurrent(n *network) bool
 	// removeNetwork removes the rules of the network on bridge br; n is the network as this
 	// process made it, or nil (unknown, as after a restart).
 	removeNetwork(ctx context.Context, br string, n *network) error
@@ -99,6 +102,9 @@ type iptablesFirewall struct{ d *Driver }
 func (b iptablesFirewall) kind() Firewall         { return FirewallIPTables }
 func (b iptablesFirewall) check(n *network) error { return b.d.checkFirewall(n) }
 func (b iptablesFirewall) close()                 {}
+
+// concurrent is false: the iptables backend works after the bridge is set up.
+func (b iptablesFirewall) concurrent(*network) bool { return false }
 
 func (b iptablesFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool) error {
 	return b.d.ensureFirewall(ctx, n, fresh)

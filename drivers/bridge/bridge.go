@@ -243,9 +243,9 @@ func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkO
 // network ID, each subnet's gateway as an address (gateway/subnet length), and up. It writes
 // the network's firewall rules (see the package doc: with the iptables backend one
 // iptables-restore transaction, and one ip6tables-restore transaction when it has IPv6
-// subnets; with the nftables backend one batch), while the new bridge's alias, addresses and
-// up are set, and turns on IP forwarding (of each of its families) in the host namespace
-// when the network needs it.
+// subnets; with the nftables backend one batch, sent while a new bridge's alias, addresses
+// and up are set when no sysctl needs turning on), and turns on IP forwarding (of each of its
+// families) in the host namespace when the network needs it.
 //
 // A missing iptables binary (or ip6tables binary, for a network with IPv6 subnets) fails with
 // an error matching cnm.ErrUnavailable, and
@@ -293,11 +293,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 	}
 
 	// A network new to this process whose bridge the kernel has just created: its firewall
-	// work (keyed by the bridge's name) runs on a goroutine of this call while the bridge's
-	// alias, addresses and up are set, and is waited for below.
+	// work (keyed by the bridge's name), when the backend can do it concurrently, runs on a
+	// goroutine of this call while the bridge's alias, addresses and up are set, and is
+	// waited for below.
 	var fwDone chan error
 	var onCreate func()
-	if old == nil {
+	if old == nil && d.fwb.concurrent(cfg) {
 		onCreate = func() {
 			fwDone = make(chan error, 1)
 			go func() { fwDone <- d.fwb.ensureNetwork(ctx, cfg, true) }()
@@ -318,8 +319,8 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 		cancel()
 	case err != nil && fwErr != nil:
 		err = errors.Join(err, fmt.Errorf("firewall: %w", fwErr))
-	case err == nil && (fwDone == nil || !created):
-		fwErr = d.fwb.ensureNetwork(ctx, cfg, false)
+	case err == nil && fwDone == nil:
+		fwErr = d.fwb.ensureNetwork(ctx, cfg, created && old == nil)
 	}
 	if err == nil && fwErr != nil {
 		err = fmt.Errorf("firewall: %w", fwErr)

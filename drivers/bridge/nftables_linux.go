@@ -220,6 +220,19 @@ func (f *nftFirewall) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) 
 	return fwdOn, brNFOn, nil
 }
 
+// concurrent is true once the process has converged the base and when n turns no sysctl on:
+// then ensureNetwork is one batch of elements.
+func (f *nftFirewall) concurrent(n *network) bool {
+	f.mu.Lock()
+	ready := f.ready
+	f.mu.Unlock()
+	if !ready {
+		return false
+	}
+	fwdOn, brNFOn, err := f.readSysctls(n)
+	return err == nil && !needSysctlWrites(n, fwdOn, brNFOn)
+}
+
 // check needs no binary: only br_netfilter when ICC is off.
 func (f *nftFirewall) check(n *network) error { return f.d.checkBrNF(n) }
 
