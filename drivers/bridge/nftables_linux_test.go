@@ -523,3 +523,34 @@ func letGoOfPorts(d *Driver) {
 		ep.held = nil
 	}
 }
+
+// TestPrivilegedNftablesCreateRollback checks a CreateNetwork that fails after its batch went
+// out concurrently with the bridge's set-up (a duplicate gateway address fails the second
+// address add): the bridge and the network's elements are both gone, and the name is free.
+func TestPrivilegedNftablesCreateRollback(t *testing.T) {
+	nstest.Privileged(t)
+	withFirewall(t, FirewallNftables)
+	e := newEnv(t)
+	first := driverstest.NewNetworkID()
+	e.createNetwork(t, drivers.CreateNetworkRequest{NetworkID: first, IPv4: v4("10.10.9.0/24")}) // the base is converged
+	before := nftTable(t, e)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: append(slices.Clone(ipv4), ipv4...)}
+	n, err := networkConfig(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.d.fwb.concurrent(n) {
+		t.Fatal("the backend would not send the batch concurrently: the test proves nothing")
+	}
+	if err := e.d.CreateNetwork(t.Context(), req); err == nil {
+		t.Fatal("CreateNetwork with a duplicate gateway: nil error")
+	}
+	if names := linkNames(t, e.h); !slices.Equal(names, []string{"br-" + first.Short(), "lo"}) {
+		t.Errorf("links after a failed CreateNetwork: %v", names)
+	}
+	if diff := cmp.Diff(before, nftTable(t, e)); diff != "" {
+		t.Errorf("table after a failed CreateNetwork (-before +after):\n%s", diff)
+	}
+	req.IPv4 = ipv4
+	e.createNetwork(t, req)
+}
