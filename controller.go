@@ -211,7 +211,8 @@ type Config struct {
 	// Firewall chooses the built-in bridge driver's firewall backend: bridge.FirewallIPTables
 	// (iptables-restore; the zero value, for now), bridge.FirewallNftables (nf_tables over
 	// netlink, no process on any path) or bridge.FirewallAuto (nftables where the kernel has
-	// it). See the bridge package doc for both backends' rules.
+	// it and no iptables-legacy rules are in use). See the bridge package doc for both
+	// backends' rules.
 	Firewall bridge.Firewall
 	// PortRange is where the built-in bridge driver picks ephemeral host ports for published
 	// ports (-P); the zero value is 49153-60999.

@@ -2,24 +2,29 @@ package cnm_test
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers/bridge"
+	"github.com/cnmkit/cnm/endpoint"
+	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/network"
 )
 
 // TestPrivilegedControllerNftables: Config.Firewall picks the built-in bridge driver's
-// nftables backend: the seed's two containers on a user-defined network reach each other, the
-// rules are in the table inet cnm and none in iptables, and deleting everything leaves no
-// network's elements behind.
+// nftables backend: the seed's two containers on a user-defined network reach each other, a
+// published port is reached from the host and from the other container, the rules are in the
+// table inet cnm and none in iptables, and deleting everything leaves no network's elements
+// behind.
 func TestPrivilegedControllerNftables(t *testing.T) {
 	nstest.Privileged(t)
 	ctx := t.Context()
 	host := nstest.NewNS(t)
+	addUplink(t, host)
 	c, err := cnm.New(ctx, cnm.Config{DataDir: t.TempDir(), RunDir: t.TempDir(), HostNetns: host.Path(), Firewall: bridge.FirewallNftables})
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +41,32 @@ func TestPrivilegedControllerNftables(t *testing.T) {
 	mustConnect(t, c, "new_bridge", "db")
 	ew := mustConnect(t, c, "new_bridge", "web")
 	pingOK(t, db, ew.Info().IPv4.Addr())
+	srv := mustSandbox(t, c, "srv")
+	p, err := endpoint.ParsePortSpec("8080:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	es := mustConnect(t, c, "new_bridge", "srv", endpoint.WithPorts(p...))
+	sns, err := netns.Open(srv.Key())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sns.Close()
+	var ln net.Listener
+	if err := sns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(es.Info().IPv4.Addr(), 80).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	to := netip.AddrPortFrom(portsHostIP.Addr(), 8080)
+	for name, from := range map[string]string{"host": host.Path(), "other container (hairpin)": db.Key()} {
+		if err := talk(from, to, ln); err != nil {
+			t.Errorf("published port from the %s to %s: %v", name, to, err)
+		}
+	}
 	table, err := nstest.Exec(host, "nft", "list", "table", "inet", bridge.NftTable)
 	if err != nil {
 		t.Fatalf("nft list table inet %s: %v: %s", bridge.NftTable, err, table)
@@ -47,7 +78,7 @@ func TestPrivilegedControllerNftables(t *testing.T) {
 	if save, err := nstest.Exec(host, "iptables-save"); err != nil || strings.Contains(save, "CNM-") {
 		t.Errorf("iptables-save = %v, %q; want no CNM chain with the nftables backend", err, save)
 	}
-	for _, id := range []string{"db", "web"} {
+	for _, id := range []string{"db", "web", "srv"} {
 		if err := c.DeleteSandbox(ctx, id); err != nil {
 			t.Fatal(err)
 		}

@@ -20,8 +20,9 @@ const (
 	// "inet cnm", with no process on any path (see the package doc).
 	FirewallNftables Firewall = "nftables"
 	// FirewallAuto picks FirewallNftables when the kernel has nf_tables (New lists the
-	// host namespace's nf_tables tables over netlink, and that works), and FirewallIPTables
-	// otherwise.
+	// host namespace's nf_tables tables over netlink, and that works) and no iptables-legacy
+	// rules are in use in the host namespace, and FirewallIPTables otherwise (see the package
+	// doc's "Choosing a backend").
 	FirewallAuto Firewall = "auto"
 )
 
@@ -36,6 +37,9 @@ type firewall interface {
 	// ensureNetwork writes n's rules and turns on the sysctls n needs; fresh reports that the
 	// caller has just created n's bridge and knew nothing of n.
 	ensureNetwork(ctx context.Context, n *network, fresh bool) error
+	// concurrent reports whether ensureNetwork of n, fresh, may run while n's new bridge is
+	// being set up: it writes rules only (no sysctl is turned on under the bridge's feet).
+	concurrent(n *network) bool
 	// removeNetwork removes the rules of the network on bridge br; n is the network as this
 	// process made it, or nil (unknown, as after a restart).
 	removeNetwork(ctx context.Context, br string, n *network) error
@@ -67,14 +71,27 @@ func newFirewall(d *Driver, cfg Config) (firewall, error) {
 			return iptablesFirewall{d}, nil // writes nothing
 		}
 		nft, err := newNftFirewall(d)
-		if err == nil {
-			return nft, nil
+		if err != nil {
+			if cfg.Firewall == FirewallAuto {
+				d.log.Info("bridge: nftables unavailable; using iptables", "err", err)
+				return iptablesFirewall{d}, nil
+			}
+			return nil, err
 		}
 		if cfg.Firewall == FirewallAuto {
-			d.log.Info("bridge: nftables unavailable; using iptables", "err", err)
-			return iptablesFirewall{d}, nil
+			var legacy string
+			err := d.ns.Do(func() error {
+				var err error
+				legacy, err = legacyRulesInUse()
+				return err
+			})
+			if err != nil || legacy != "" {
+				nft.close()
+				d.log.Info("bridge: iptables-legacy rules in use; using iptables", "table", legacy, "err", err)
+				return iptablesFirewall{d}, nil
+			}
 		}
-		return nil, err
+		return nft, nil
 	}
 	return nil, drivers.Invalid("firewall", string(cfg.Firewall), fmt.Sprintf("want %q, %q or %q", FirewallAuto, FirewallNftables, FirewallIPTables))
 }
@@ -85,6 +102,9 @@ type iptablesFirewall struct{ d *Driver }
 func (b iptablesFirewall) kind() Firewall         { return FirewallIPTables }
 func (b iptablesFirewall) check(n *network) error { return b.d.checkFirewall(n) }
 func (b iptablesFirewall) close()                 {}
+
+// concurrent is false: the iptables backend works after the bridge is set up.
+func (b iptablesFirewall) concurrent(*network) bool { return false }
 
 func (b iptablesFirewall) ensureNetwork(ctx context.Context, n *network, fresh bool) error {
 	return b.d.ensureFirewall(ctx, n, fresh)

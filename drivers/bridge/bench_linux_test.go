@@ -108,6 +108,8 @@ type splitTimer struct {
 	t0, t1         time.Time
 	create, delete time.Duration
 	n              int
+	// cs and ds are each iteration's create and delete halves.
+	cs, ds []time.Duration
 }
 
 func (s *splitTimer) start() { s.t0 = time.Now() }
@@ -116,6 +118,7 @@ func (s *splitTimer) stop() {
 	now := time.Now()
 	s.create += s.t1.Sub(s.t0)
 	s.delete += now.Sub(s.t1)
+	s.cs, s.ds = append(s.cs, s.t1.Sub(s.t0)), append(s.ds, now.Sub(s.t1))
 	s.n++
 }
 

@@ -242,10 +242,12 @@ func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkO
 
 // CreateNetwork makes the network's bridge: named after req.Options (by default "br-" and the
 // first 12 characters of the network ID), with the options' MTU, the alias "cnm:" and the
-// network ID, each subnet's gateway as an address (gateway/subnet length), and up. It then
-// writes the network's firewall rules (see the package doc) in one iptables-restore
-// transaction, and one ip6tables-restore transaction when it has IPv6 subnets, and turns on IP
-// forwarding (of each of its families) in the host namespace when the network needs it.
+// network ID, each subnet's gateway as an address (gateway/subnet length), and up. It writes
+// the network's firewall rules (see the package doc: with the iptables backend one
+// iptables-restore transaction, and one ip6tables-restore transaction when it has IPv6
+// subnets; with the nftables backend one batch, sent while a new bridge's alias, addresses
+// and up are set when no sysctl needs turning on), and turns on IP forwarding (of each of its
+// families) in the host namespace when the network needs it.
 //
 // A missing iptables binary (or ip6tables binary, for a network with IPv6 subnets) fails with
 // an error matching cnm.ErrUnavailable, and
@@ -292,14 +294,41 @@ func (d *Driver) CreateNetwork(ctx context.Context, req drivers.CreateNetworkReq
 		return fmt.Errorf("bridge: create network %s: %w", nid.Short(), err)
 	}
 
-	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req))
-	if err == nil {
-		if err = d.fwb.ensureNetwork(ctx, cfg, created && old == nil); err != nil {
-			err = fmt.Errorf("firewall: %w", err)
-			if created { // nothing half-made: the transaction wrote nothing
-				if derr := d.h.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cfg.bridge, Index: index}}); derr != nil {
-					err = errors.Join(err, fmt.Errorf("rollback: delete bridge %s: %w", cfg.bridge, derr))
-				}
+	// A network new to this process whose bridge the kernel has just created: its firewall
+	// work (keyed by the bridge's name), when the backend can do it concurrently, runs on a
+	// goroutine of this call while the bridge's alias, addresses and up are set, and is
+	// waited for below.
+	var fwDone chan error
+	var onCreate func()
+	if old == nil && d.fwb.concurrent(cfg) {
+		onCreate = func() {
+			fwDone = make(chan error, 1)
+			go func() { fwDone <- d.fwb.ensureNetwork(ctx, cfg, true) }()
+		}
+	}
+	index, created, err := d.ensureBridge(ctx, nid, cfg, gatewayAddrs(req), onCreate)
+	var fwErr error
+	if fwDone != nil {
+		fwErr = <-fwDone
+	}
+	switch {
+	case err != nil && fwDone != nil && fwErr == nil:
+		// Nothing half-made: the bridge was not made, so its rules go.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fwTimeout)
+		if rerr := d.fwb.removeNetwork(rctx, cfg.bridge, cfg); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("rollback: firewall: %w", rerr))
+		}
+		cancel()
+	case err != nil && fwErr != nil:
+		err = errors.Join(err, fmt.Errorf("firewall: %w", fwErr))
+	case err == nil && fwDone == nil:
+		fwErr = d.fwb.ensureNetwork(ctx, cfg, created && old == nil)
+	}
+	if err == nil && fwErr != nil {
+		err = fmt.Errorf("firewall: %w", fwErr)
+		if created { // nothing half-made: the transaction wrote nothing
+			if derr := d.h.LinkDel(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: cfg.bridge, Index: index}}); derr != nil {
+				err = errors.Join(err, fmt.Errorf("rollback: delete bridge %s: %w", cfg.bridge, derr))
 			}
 		}
 	}

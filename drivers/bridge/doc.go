@@ -188,9 +188,12 @@
 //	                  per port published on one host address: HOSTIP . tcp . H : C . P, comment "cnm:E12"
 //	map dnat4-any     inet_proto . inet_service : ipv4_addr . inet_service
 //	                  per port published on all host addresses: tcp . H : C . P, comment "cnm:E12"
+//	set ports6, map dnat6, map dnat6-any
+//	                  the same for IPv6 (ipv6_addr): a binding without a host address is
+//	                  published in each family the endpoint has an address of
 //	chain forward     filter hook forward priority filter - 10; policy accept:
 //	                  jump user
-//	                  iifname . oifname @same meta nfproto ipv4 ct status dnat meta mark set mark | MASQ   hairpin
+//	                  iifname . oifname @same ct status dnat meta mark set mark | MASQ   hairpin
 //	                  iifname . oifname @same iifname @icc-off drop
 //	                  iifname . oifname @same accept
 //	                  iifname @bridges oifname @bridges drop        isolation
@@ -201,15 +204,19 @@
 //	                  iifname @bridges accept                       outbound
 //	                  oifname @bridges ct state established,related accept
 //	                  oifname @bridges ip daddr . meta l4proto . th dport @ports4 accept
+//	                  oifname @bridges ip6 daddr . meta l4proto . th dport @ports6 accept
 //	                  oifname @routed meta nfproto ipv4 meta l4proto icmp accept
 //	                  oifname @bridges drop                         no unsolicited inbound
 //	                  meta nfproto @forward-drop drop
 //	chain user        the user's own rules, evaluated first; made once, never touched
 //	chain postrouting nat hook postrouting priority srcnat: meta mark & MASQ != 0 masquerade
-//	chain prerouting  nat hook prerouting priority dstnat: meta nfproto ipv4 fib daddr type local jump published
+//	chain prerouting  nat hook prerouting priority dstnat: fib daddr type local jump published
 //	chain output      nat hook output priority dstnat: ip daddr != 127.0.0.0/8 fib daddr type local jump published
+//	                  ip6 daddr != ::1 fib daddr type local jump published
 //	chain published   dnat ip to ip daddr . meta l4proto . th dport map @dnat4
 //	                  dnat ip to meta l4proto . th dport map @dnat4-any
+//	                  dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6
+//	                  dnat ip6 to meta l4proto . th dport map @dnat6-any
 //
 // MASQ is [NftMasqMark]; every "accept" of forward also sets [NftAcceptMark] (see coexistence
 // below). The rules filter IPv4 and IPv6 alike, so a network without IPv6 subnets has its
@@ -256,6 +263,17 @@
 // tables are not visible over nf_tables netlink, so a legacy FORWARD policy DROP still cuts
 // the networks off. A program that needs the mark bits 0x10000000 or 0x20000000 for itself
 // conflicts with cnm.
+//
+// Choosing a backend. [FirewallIPTables] (the zero Config.Firewall) stays the default, so that
+// a host keeps the rules it had. [FirewallAuto] picks nftables when the kernel answers on
+// nf_tables netlink and no iptables-legacy rules are in use in the host namespace, and
+// iptables otherwise: a legacy table with a rule of its own, or a built-in chain whose policy
+// is not ACCEPT (Docker with iptables-legacy sets FORWARD to DROP), would cut cnm's networks
+// off, and no netlink message can put the accept rule above into a legacy table. New reads
+// that with getsockopt (IPT_SO_GET_INFO and IPT_SO_GET_ENTRIES, and the IPv6 twins), only for
+// the tables /proc lists as made in the host namespace, with no process; tables that were only
+// listed (as "iptables-legacy -S" makes them) are not in use. Software that starts using
+// iptables-legacy after New is not seen until the next start.
 //
 // The user's rules go in the chain "user" of table inet cnm, which forward jumps to first and
 // cnm never flushes: a drop there is final, an accept there ends cnm's filtering of the packet

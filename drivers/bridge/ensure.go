@@ -20,12 +20,19 @@ import (
 // A bridge named defaultBridgeName(nid) with no alias is taken as the network's: a crash
 // between creating the bridge and setting its alias leaves one, and the name comes from the
 // network ID. A bridge with any other name needs the alias.
-func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (index int, created bool, err error) {
+//
+// The bridge is created first, with no look-up: a link of that name that exists makes the
+// create fail, and only then is it looked up and adopted. onCreate, when not nil, is called
+// as soon as the kernel has created the bridge, before its alias, addresses and up are set.
+func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix, onCreate func()) (index int, created bool, err error) {
+	index, err = d.createBridge(ctx, nid, n, addrs, onCreate)
+	if !errors.Is(err, errLinkExists) {
+		return index, err == nil, err
+	}
 	link, err := d.h.LinkByName(n.bridge)
 	switch {
-	case errors.As(err, new(netlink.LinkNotFoundError)):
-		index, err = d.createBridge(ctx, nid, n, addrs)
-		return index, err == nil, err
+	case errors.As(err, new(netlink.LinkNotFoundError)): // gone again: a race with its delete
+		return 0, false, &drivers.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a link being deleted"}
 	case err != nil:
 		return 0, false, fmt.Errorf("look up link %q: %w", n.bridge, err)
 	}
@@ -37,17 +44,25 @@ func (d *Driver) ensureBridge(ctx context.Context, nid drivers.NetworkID, n *net
 	return index, false, err
 }
 
-// createBridge makes the bridge: create with the MTU, alias, addresses, up.
-func (d *Driver) createBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix) (_ int, err error) {
+// errLinkExists is createBridge's error when a link of the bridge's name exists.
+var errLinkExists = errors.New("link exists")
+
+// createBridge makes the bridge: create with the MTU, alias, addresses, up; onCreate (when not
+// nil) is called right after the create. A link of that name that exists fails with
+// errLinkExists.
+func (d *Driver) createBridge(ctx context.Context, nid drivers.NetworkID, n *network, addrs []netip.Prefix, onCreate func()) (_ int, err error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = n.bridge
 	la.MTU = n.mtu
 	br := &netlink.Bridge{LinkAttrs: la}
 	if err := d.h.LinkAdd(br); err != nil {
 		if errors.Is(err, syscall.EEXIST) {
-			return 0, &drivers.ConflictError{Kind: "bridge", Name: n.bridge, Reason: "bridge name taken by a foreign device"}
+			return 0, errLinkExists
 		}
 		return 0, fmt.Errorf("create bridge %q: %w", n.bridge, err)
+	}
+	if onCreate != nil {
+		onCreate()
 	}
 	var undo undoStack
 	undo.push("delete bridge "+n.bridge, func() error { return d.h.LinkDel(br) })

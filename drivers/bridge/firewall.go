@@ -637,10 +637,23 @@ func (d *Driver) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) {
 	return fwdOn, brNFOn, nil
 }
 
+// needSysctlWrites reports whether writeSysctls has anything to turn on.
+func needSysctlWrites(n *network, fwdOn, brNFOn []bool) bool {
+	for i := range routedFamilies(n) {
+		if (!n.internal && !fwdOn[i]) || (n.noICC && !brNFOn[i]) {
+			return true
+		}
+	}
+	return false
+}
+
 // writeSysctls turns on, in the host namespace, the forwarding of each of n's families that
 // readSysctls found off (when n is not internal), and br_netfilter's switch when n has ICC
 // off.
 func (d *Driver) writeSysctls(n *network, fwdOn, brNFOn []bool) error {
+	if !needSysctlWrites(n, fwdOn, brNFOn) { // the usual case: no setns into the host namespace
+		return nil
+	}
 	return d.ns.Do(func() error {
 		var errs []error
 		for i, f := range routedFamilies(n) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	mdnetlink "github.com/mdlayher/netlink"
 	"io"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -44,6 +45,9 @@ const (
 	NftSetPorts4   = "ports4"       // container address . protocol . container port, accepted from outside
 	NftMapDNAT4    = "dnat4"        // host address . protocol . host port : container address . port
 	NftMapDNAT4Any = "dnat4-any"    // protocol . host port : container address . port (all host addresses)
+	NftSetPorts6   = "ports6"       // the same as ports4, for IPv6
+	NftMapDNAT6    = "dnat6"        // the same as dnat4, for IPv6
+	NftMapDNAT6Any = "dnat6-any"    // the same as dnat4-any, for IPv6
 
 	// NftForwardPriority is the priority of the forward chain: before the iptables filter
 	// FORWARD chain (0), so that the accept mark is set when that chain sees the packet.
@@ -68,6 +72,8 @@ const (
 	reg2     = 2
 	reg32x01 = 9
 	reg32x02 = 10
+	reg32x04 = 12 // the first word of NFT_REG_2
+	reg32x05 = 13
 )
 
 const ipsDstNAT = 1 << 5 // IPS_DST_NAT: the connection was DNATed
@@ -101,6 +107,7 @@ type nftFirewall struct {
 	// The sets keyed by bridge name.
 	bridges, same, iccOff, internal, routed, masq4, masq6 *nftables.Set
 	dropFam, ports4, dnat4, dnat4any                      *nftables.Set
+	ports6, dnat6, dnat6any                               *nftables.Set
 	fwd, user, post, pre, output, dnat                    *nftables.Chain
 	iptFilter4, iptFilter6                                *nftables.Table
 }
@@ -140,6 +147,14 @@ func newNftFirewall(d *Driver) (*nftFirewall, error) {
 	f.dnat4any = &nftables.Set{Table: t, Name: NftMapDNAT4Any, IsMap: true, Concatenation: true,
 		KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
 		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)}
+	f.ports6 = &nftables.Set{Table: t, Name: NftSetPorts6, Concatenation: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)}
+	f.dnat6 = &nftables.Set{Table: t, Name: NftMapDNAT6, IsMap: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
+		DataType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)}
+	f.dnat6any = &nftables.Set{Table: t, Name: NftMapDNAT6Any, IsMap: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
+		DataType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService)}
 	f.fwd = &nftables.Chain{Table: t, Name: NftChainForward, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(NftForwardPriority)}
 	f.user = &nftables.Chain{Table: t, Name: NftChainUser}
@@ -205,6 +220,19 @@ func (f *nftFirewall) readSysctls(n *network) (fwdOn, brNFOn []bool, err error) 
 	return fwdOn, brNFOn, nil
 }
 
+// concurrent is true once the process has converged the base and when n turns no sysctl on:
+// then ensureNetwork is one batch of elements.
+func (f *nftFirewall) concurrent(n *network) bool {
+	f.mu.Lock()
+	ready := f.ready
+	f.mu.Unlock()
+	if !ready {
+		return false
+	}
+	fwdOn, brNFOn, err := f.readSysctls(n)
+	return err == nil && !needSysctlWrites(n, fwdOn, brNFOn)
+}
+
 // check needs no binary: only br_netfilter when ICC is off.
 func (f *nftFirewall) check(n *network) error { return f.d.checkBrNF(n) }
 
@@ -219,7 +247,7 @@ func (f *nftFirewall) bridgeSets() []*nftables.Set {
 func (f *nftFirewall) planBase() error {
 	c := f.conn
 	c.AddTable(f.table)
-	for _, s := range slices.Concat(f.bridgeSets(), []*nftables.Set{f.dropFam, f.ports4, f.dnat4, f.dnat4any}) {
+	for _, s := range slices.Concat(f.bridgeSets(), []*nftables.Set{f.dropFam}, f.portSets()) {
 		if err := c.AddSet(s, nil); err != nil {
 			return err
 		}
@@ -240,7 +268,7 @@ func (f *nftFirewall) planBase() error {
 	// Hairpin: a container reaching a published port of its own network through the host's
 	// address is DNATed back into the bridge; masquerading makes the reply come back through
 	// the host, to be un-DNATed.
-	f.add(f.fwd, sameBridge, nfproto(unix.NFPROTO_IPV4), &expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+	f.add(f.fwd, sameBridge, &expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: zero4},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: zero4}, setMark(NftMasqMark))
 	f.add(f.fwd, sameBridge, iif, lookup(f.iccOff, reg1), drop())
@@ -264,6 +292,10 @@ func (f *nftFirewall) planBase() error {
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32x01},
 		&expr.Payload{DestRegister: reg32x02, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		lookup(f.ports4, reg1), acceptMarked())
+	f.add(f.fwd, toBridge, nfproto(unix.NFPROTO_IPV6), payload(reg1, 24, 16),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32x04},
+		&expr.Payload{DestRegister: reg32x05, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		lookup(f.ports6, reg1), acceptMarked())
 	f.add(f.fwd, oif, lookup(f.routed, reg1), nfproto(unix.NFPROTO_IPV4), load(expr.MetaKeyL4PROTO, reg1),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}}, acceptMarked())
 	f.add(f.fwd, toBridge, drop())
@@ -282,10 +314,12 @@ func (f *nftFirewall) planBase() error {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 		&expr.Verdict{Kind: expr.VerdictJump, Chain: NftChainDNAT},
 	}
-	f.add(f.pre, nfproto(unix.NFPROTO_IPV4), local)
+	f.add(f.pre, local)
 	f.add(f.output, nfproto(unix.NFPROTO_IPV4), payload(reg1, 16, 4),
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: []byte{255, 0, 0, 0}, Xor: zero4},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{127, 0, 0, 0}}, local)
+	f.add(f.output, nfproto(unix.NFPROTO_IPV6), payload(reg1, 24, 16),
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: netip.IPv6Loopback().AsSlice()}, local)
 	// published: by host address, protocol and port, then by protocol and port on every
 	// address.
 	f.add(f.dnat, nfproto(unix.NFPROTO_IPV4), payload(reg1, 16, 4),
@@ -296,6 +330,14 @@ func (f *nftFirewall) planBase() error {
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 		&expr.Payload{DestRegister: reg32x01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		lookupMap(f.dnat4any, reg1, reg1), dnatTo())
+	f.add(f.dnat, nfproto(unix.NFPROTO_IPV6), payload(reg1, 24, 16),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32x04},
+		&expr.Payload{DestRegister: reg32x05, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		lookupMap(f.dnat6, reg1, reg1), dnatTo6())
+	f.add(f.dnat, nfproto(unix.NFPROTO_IPV6),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Payload{DestRegister: reg32x01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		lookupMap(f.dnat6any, reg1, reg1), dnatTo6())
 	return nil
 }
 
@@ -331,6 +373,11 @@ func lookupMap(s *nftables.Set, sreg, dreg uint32) *expr.Lookup {
 
 func dnatTo() *expr.NAT {
 	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg1, RegProtoMin: reg32x01}
+}
+
+// dnatTo6 is dnatTo for IPv6: the address in NFT_REG_1, the port in the word after it.
+func dnatTo6() *expr.NAT {
+	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV6, RegAddrMin: reg1, RegProtoMin: reg32x04}
 }
 
 var zero4 = []byte{0, 0, 0, 0}
@@ -590,46 +637,37 @@ func (f *nftFirewall) removeStale(keep func(string) bool) ([]string, error) {
 	return stale, nil
 }
 
-// portElements returns the elements of ep's published ports, each with the comment "cnm:" and
-// the first 12 characters of eid: in ports4, the container address, protocol and port of each
-// container port (once); in dnat4 or dnat4-any, each binding's host side mapped to the
-// container address and port.
-// nftPortsSupported refuses what this backend does not publish yet: ports of an endpoint
-// without an IPv4 address, on an IPv6 host address, or in both families of a dual-stack
-// endpoint (the iptables backend publishes those).
-func nftPortsSupported(ep *endpoint) error {
-	if len(ep.ports) == 0 {
-		return nil
-	}
-	if !ep.addr.Is4() || ep.addr6.IsValid() {
-		return &drivers.NotSupportedError{What: "published ports of an endpoint with an IPv6 address with the nftables firewall backend (use the iptables backend)"}
-	}
-	for _, b := range ep.ports {
-		if b.HostIP.IsValid() && !b.HostIP.Is4() {
-			return &drivers.NotSupportedError{What: "publishing on the IPv6 host address " + b.HostIP.String() + " with the nftables firewall backend (use the iptables backend)"}
-		}
-	}
-	return nil
+// portSets are the sets and maps of published ports, in the order of portElements.
+func (f *nftFirewall) portSets() []*nftables.Set {
+	return []*nftables.Set{f.ports4, f.dnat4, f.dnat4any, f.ports6, f.dnat6, f.dnat6any}
 }
 
-func portElements(eid drivers.EndpointID, ep *endpoint) (ports, dnat, dnatAny []nftables.SetElement) {
+// portElements returns the elements of ep's published ports, by set in the order of
+// portSets, each with the comment "cnm:" and the first 12 characters of eid: for each port
+// held (one per binding and family), in ports4 or ports6 the container address, protocol and
+// port (once each); in dnat4 or dnat6, or dnat4-any or dnat6-any (all host addresses of the
+// family), the host side mapped to the container address and port.
+func portElements(eid drivers.EndpointID, ep *endpoint) [][]nftables.SetElement {
 	tag := "cnm:" + eid.Short()
-	a4 := ep.addr.As4()
-	for _, b := range ep.ports {
-		proto := protoNumber(b.Proto)
-		ctr := concat(a4[:], []byte{proto}, be16(b.ContainerPort))
-		if !slices.ContainsFunc(ports, func(e nftables.SetElement) bool { return string(e.Key) == string(ctr) }) {
-			ports = append(ports, nftables.SetElement{Key: ctr, Comment: tag})
+	out := make([][]nftables.SetElement, 6)
+	for _, h := range ep.held {
+		base, ctr := 0, ep.addr
+		if h.v6 {
+			base, ctr = 3, ep.addr6
 		}
-		to := concat(a4[:], be16(b.ContainerPort))
-		if b.HostIP.IsValid() {
-			h := b.HostIP.As4()
-			dnat = append(dnat, nftables.SetElement{Key: concat(h[:], []byte{proto}, be16(b.HostPort)), Val: to, Comment: tag})
+		proto := protoNumber(h.proto)
+		key := concat(ctr.AsSlice(), []byte{proto}, be16(h.cport))
+		if !slices.ContainsFunc(out[base], func(e nftables.SetElement) bool { return string(e.Key) == string(key) }) {
+			out[base] = append(out[base], nftables.SetElement{Key: key, Comment: tag})
+		}
+		to := concat(ctr.AsSlice(), be16(h.cport))
+		if h.addr.IsValid() {
+			out[base+1] = append(out[base+1], nftables.SetElement{Key: concat(h.addr.AsSlice(), []byte{proto}, be16(h.port)), Val: to, Comment: tag})
 		} else {
-			dnatAny = append(dnatAny, nftables.SetElement{Key: concat([]byte{proto}, be16(b.HostPort)), Val: to, Comment: tag})
+			out[base+2] = append(out[base+2], nftables.SetElement{Key: concat([]byte{proto}, be16(h.port)), Val: to, Comment: tag})
 		}
 	}
-	return ports, dnat, dnatAny
+	return out
 }
 
 // concat joins the fields of a concatenated key, each padded to 4 bytes.
@@ -663,14 +701,11 @@ func protoNumber(proto string) byte {
 func (f *nftFirewall) ensurePorts(ctx context.Context, eid drivers.EndpointID, ep *endpoint, fresh bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var want [3][]nftables.SetElement
+	sets := f.portSets()
+	want := make([][]nftables.SetElement, len(sets))
 	if ep != nil {
-		if err := nftPortsSupported(ep); err != nil {
-			return err
-		}
-		want[0], want[1], want[2] = portElements(eid, ep)
+		want = portElements(eid, ep)
 	}
-	sets := [3]*nftables.Set{f.ports4, f.dnat4, f.dnat4any}
 	if fresh && f.ready && ep != nil {
 		err := f.addElements(sets, want)
 		if err == nil {
@@ -682,7 +717,7 @@ func (f *nftFirewall) ensurePorts(ctx context.Context, eid drivers.EndpointID, e
 		f.d.log.DebugContext(ctx, "nftables: publish failed, converging", "endpoint", eid.Short(), "err", err)
 	}
 	tag := "cnm:" + eid.Short()
-	var del [3][]nftables.SetElement
+	del := make([][]nftables.SetElement, len(sets))
 	for i, s := range sets {
 		els, err := f.conn.GetSetElements(s)
 		if err != nil && !isNotFound(err) {
@@ -718,7 +753,8 @@ func (f *nftFirewall) ensurePorts(ctx context.Context, eid drivers.EndpointID, e
 	return nil
 }
 
-func (f *nftFirewall) addElements(sets [3]*nftables.Set, els [3][]nftables.SetElement) error {
+// addElements adds to the batch els[i] to sets[i], for each i.
+func (f *nftFirewall) addElements(sets []*nftables.Set, els [][]nftables.SetElement) error {
 	for i, s := range sets {
 		if len(els[i]) > 0 {
 			if err := f.conn.SetAddElements(s, els[i]); err != nil {
@@ -733,16 +769,11 @@ func (f *nftFirewall) addElements(sets [3]*nftables.Set, els [3][]nftables.SetEl
 // first; when that fails, it removes every element tagged with eid.
 func (f *nftFirewall) removePorts(ctx context.Context, eid drivers.EndpointID, ep *endpoint) error {
 	f.mu.Lock()
-	ports, dnat, dnatAny := portElements(eid, ep)
-	sets := [3]*nftables.Set{f.ports4, f.dnat4, f.dnat4any}
+	sets := f.portSets()
 	var err error
-	for i, els := range [3][]nftables.SetElement{ports, dnat, dnatAny} {
+	for i, els := range portElements(eid, ep) {
 		if len(els) > 0 && err == nil {
-			keys := make([]nftables.SetElement, len(els))
-			for j, e := range els {
-				keys[j] = nftables.SetElement{Key: e.Key}
-			}
-			err = f.conn.SetDeleteElements(sets[i], keys)
+			err = f.conn.SetDeleteElements(sets[i], keysOnly(els))
 		}
 	}
 	if err == nil {
@@ -765,22 +796,21 @@ func (f *nftFirewall) stalePorts(ctx context.Context, live []drivers.EndpointID)
 	for _, eid := range live {
 		known[eid.Short()] = true
 	}
-	var want [3][]nftables.SetElement
+	sets := f.portSets()
+	want := make([][]nftables.SetElement, len(sets))
 	for eid, ep := range f.d.endpoints {
 		known[eid.Short()] = true
-		if len(ep.ports) > 0 {
-			p, d, a := portElements(eid, ep)
-			want[0], want[1], want[2] = append(want[0], p...), append(want[1], d...), append(want[2], a...)
+		for i, els := range portElements(eid, ep) {
+			want[i] = append(want[i], els...)
 		}
 	}
 	f.d.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	sets := [3]*nftables.Set{f.ports4, f.dnat4, f.dnat4any}
 	var (
 		stale []string
-		del   [3][]nftables.SetElement
-		put   [3][]nftables.SetElement
+		del   = make([][]nftables.SetElement, len(sets))
+		put   = make([][]nftables.SetElement, len(sets))
 	)
 	for i, s := range sets {
 		els, err := f.conn.GetSetElements(s)

@@ -54,6 +54,8 @@ var wireTests = []struct {
 	{"Isolation", TestPrivilegedIsolation},
 	{"Internal", TestPrivilegedInternal},
 	{"PublishedPorts", TestPrivilegedPublishedPorts},
+	{"PublishedPorts6", TestPrivilegedPublishedPorts6},
+	{"ConntrackFlush6", TestPrivilegedConntrackFlush6},
 	{"ConntrackFlush", TestPrivilegedConntrackFlush},
 	{"DualStackNAT", TestPrivilegedDualStackNAT},
 	{"DualStackICCDisabled", TestPrivilegedDualStackICCDisabled},
@@ -460,7 +462,8 @@ func TestPrivilegedFirewallSwitch(t *testing.T) {
 }
 
 // TestPrivilegedFirewallChoice checks Config.Firewall: the zero value is iptables, auto picks
-// nftables on a kernel that has it (this one), and anything else is refused.
+// nftables on a kernel that has it (this one) unless iptables-legacy rules are in use, and
+// anything else is refused.
 func TestPrivilegedFirewallChoice(t *testing.T) {
 	nstest.Privileged(t)
 	host := nstest.NewNS(t)
@@ -480,6 +483,33 @@ func TestPrivilegedFirewallChoice(t *testing.T) {
 	if _, err := New(Config{HostNetns: host.Path(), Firewall: "pf"}); !errors.Is(err, errclass.ErrInvalidParameter) {
 		t.Errorf("New with Firewall \"pf\": %v, want an invalid parameter", err)
 	}
+	// auto and iptables-legacy: tables that were only listed are not in use; a rule or a
+	// policy other than ACCEPT in either family is, and then auto picks iptables.
+	for _, c := range []struct {
+		name string
+		cmds [][]string
+		want Firewall
+	}{
+		{"legacy tables listed only", [][]string{{"iptables-legacy", "-S"}, {"iptables-legacy", "-t", "nat", "-S"}, {"ip6tables-legacy", "-S"}}, FirewallNftables},
+		{"a legacy FORWARD policy DROP", [][]string{{"iptables-legacy", "-P", "FORWARD", "DROP"}}, FirewallIPTables},
+		{"a legacy nat rule", [][]string{{"iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "ACCEPT"}}, FirewallIPTables},
+		{"a legacy ip6 rule", [][]string{{"ip6tables-legacy", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"}}, FirewallIPTables},
+	} {
+		host := nstest.NewNS(t)
+		for _, cmd := range c.cmds {
+			if out, err := nstest.Exec(host, cmd[0], cmd[1:]...); err != nil {
+				t.Fatalf("%s: %v: %v: %s", c.name, cmd, err, out)
+			}
+		}
+		d, err := New(Config{HostNetns: host.Path(), Firewall: FirewallAuto})
+		if err != nil {
+			t.Fatalf("%s: New: %v", c.name, err)
+		}
+		if got := d.fwb.kind(); got != c.want {
+			t.Errorf("%s: auto picked %q, want %q", c.name, got, c.want)
+		}
+		d.Close()
+	}
 }
 
 // letGoOfPorts closes the sockets that hold d's published ports, as the end of its process
@@ -492,4 +522,35 @@ func letGoOfPorts(d *Driver) {
 		closePortSockets(heldFds(ep.held))
 		ep.held = nil
 	}
+}
+
+// TestPrivilegedNftablesCreateRollback checks a CreateNetwork that fails after its batch went
+// out concurrently with the bridge's set-up (a duplicate gateway address fails the second
+// address add): the bridge and the network's elements are both gone, and the name is free.
+func TestPrivilegedNftablesCreateRollback(t *testing.T) {
+	nstest.Privileged(t)
+	withFirewall(t, FirewallNftables)
+	e := newEnv(t)
+	first := driverstest.NewNetworkID()
+	e.createNetwork(t, drivers.CreateNetworkRequest{NetworkID: first, IPv4: v4("10.10.9.0/24")}) // the base is converged
+	before := nftTable(t, e)
+	req := drivers.CreateNetworkRequest{NetworkID: driverstest.NewNetworkID(), IPv4: append(slices.Clone(ipv4), ipv4...)}
+	n, err := networkConfig(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.d.fwb.concurrent(n) {
+		t.Fatal("the backend would not send the batch concurrently: the test proves nothing")
+	}
+	if err := e.d.CreateNetwork(t.Context(), req); err == nil {
+		t.Fatal("CreateNetwork with a duplicate gateway: nil error")
+	}
+	if names := linkNames(t, e.h); !slices.Equal(names, []string{"br-" + first.Short(), "lo"}) {
+		t.Errorf("links after a failed CreateNetwork: %v", names)
+	}
+	if diff := cmp.Diff(before, nftTable(t, e)); diff != "" {
+		t.Errorf("table after a failed CreateNetwork (-before +after):\n%s", diff)
+	}
+	req.IPv4 = ipv4
+	e.createNetwork(t, req)
 }

@@ -183,7 +183,7 @@ func (d *Driver) expandPorts(n *network, req drivers.CreateEndpointRequest) ([]w
 			}
 			keys = append(keys, keyAt(true))
 		}
-		if slices.ContainsFunc(keys, func(k portKey) bool { return k.v6 }) {
+		if d.fwb.kind() == FirewallIPTables && slices.ContainsFunc(keys, func(k portKey) bool { return k.v6 }) {
 			if err := d.fw6.Check(); err != nil {
 				return nil, err
 			}

@@ -647,7 +647,7 @@ func TestPrivilegedConntrackFlush6(t *testing.T) {
 // [2001:db8::1]:9090:90 in IPv6 only; each is reached by a real TCP exchange from an outside
 // host, from the host itself and from containers (hairpin). [::1] is refused, as is an IPv6
 // host address for an endpoint without an IPv6 address; deleting the endpoint leaves the
-// IPv6 tables as they were.
+// IPv6 tables (with the nftables backend, its table) as they were.
 func TestPrivilegedPublishedPorts6(t *testing.T) {
 	nstest.Privileged(t)
 	l := newLab6(t)
@@ -655,7 +655,15 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 	nid := l.newNetwork(t, ds("1"))
 	gw6 := netip.MustParseAddr("fd00:10:1::1")
 	ctr6 := netip.MustParseAddr("fd00:10:1::2")
-	before4, before6 := l.save(t), l.save6(t)
+	// nftState is the nftables backend's table, or "" with the iptables backend (whose rules
+	// are in l.save and l.save6).
+	nftState := func() string {
+		if testFirewall != FirewallNftables {
+			return ""
+		}
+		return nftTable(t, l.testEnv)
+	}
+	before4, before6, beforeNft := l.save(t), l.save6(t), nftState()
 
 	// Refused before any kernel work.
 	for _, c := range []struct {
@@ -741,7 +749,15 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 
 	// A restart: the endpoint re-created with the ports as bound gets the same rules in both
 	// families, holds its ports again, and is reached over IPv6.
-	with4, with6 := l.save(t), l.save6(t)
+	with4, with6, withNft := l.save(t), l.save6(t), nftState()
+	if testFirewall == FirewallNftables {
+		for _, el := range []string{"fd00:10:1::2 . tcp . 80", "fd00:10:1::2 . tcp . 90", "2001:db8::1 . tcp . 9090 ",
+			": fd00:10:1::2 . 90", ": fd00:10:1::2 . 80", ": 10.10.1.2 . 80"} {
+			if !strings.Contains(withNft, el) {
+				t.Errorf("no element %q in the nftables table:\n%s", el, withNft)
+			}
+		}
+	}
 	l.restart(t)
 	if err := l.d.CreateNetwork(t.Context(), drivers.CreateNetworkRequest{NetworkID: nid, IPv4: ds("1").IPv4, IPv6: ds("1").IPv6, EnableIPv6: true}); err != nil {
 		t.Fatal(err)
@@ -756,6 +772,9 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 	if diff := cmp.Diff(with4, l.save(t)); diff != "" {
 		t.Errorf("iptables after a restart (-before +after):\n%s", diff)
 	}
+	if diff := cmp.Diff(withNft, nftState()); diff != "" {
+		t.Errorf("nftables after a restart (-before +after):\n%s", diff)
+	}
 	held("after a restart")
 	if _, err := exchange(l.outside, netip.AddrPortFrom(host6, 8080), ln80v6); err != nil {
 		t.Errorf("outside over IPv6 after a restart: %v", err)
@@ -769,6 +788,9 @@ func TestPrivilegedPublishedPorts6(t *testing.T) {
 	}
 	if diff := cmp.Diff(before4, l.save(t)); diff != "" {
 		t.Errorf("iptables after DeleteEndpoint (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(beforeNft, nftState()); diff != "" {
+		t.Errorf("nftables after DeleteEndpoint (-before +after):\n%s", diff)
 	}
 	if err := hostBind(l.host, "tcp", netip.AddrPortFrom(netip.IPv6Unspecified(), 8080)); err != nil {
 		t.Errorf("after DeleteEndpoint, a host bind of [::]:8080: %v", err)
