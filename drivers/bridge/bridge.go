@@ -101,6 +101,10 @@ type Driver struct {
 	bound     map[protoPort][]portKey // the host ports reserved by endpoints
 	nextPort  map[string]uint16       // by protocol: where the next ephemeral search starts
 	epBusy    map[drivers.EndpointID]bool
+	// flushing holds, by address, the conntrack flush that a DeleteEndpoint started and that
+	// has not finished: closed when it has. A CreateEndpoint of that address waits for it.
+	flushing map[netip.Addr]chan struct{}
+	flushWG  sync.WaitGroup // the flush goroutines; Close waits for them
 }
 
 // network is what the driver remembers of a network it created or adopted. It is immutable
@@ -178,6 +182,7 @@ func New(cfg Config) (_ *Driver, err error) {
 		bound:     make(map[protoPort][]portKey),
 		nextPort:  make(map[string]uint16),
 		epBusy:    make(map[drivers.EndpointID]bool),
+		flushing:  make(map[netip.Addr]chan struct{}),
 		log:       log.With("driver", DriverType),
 		ns:        ns,
 		h:         h,
@@ -211,6 +216,7 @@ func New(cfg Config) (_ *Driver, err error) {
 // does nothing.
 func (d *Driver) Close() error {
 	d.once.Do(func() {
+		d.flushWG.Wait() // before the conntrack socket closes
 		d.mu.Lock()
 		for _, ep := range d.endpoints {
 			closePortSockets(heldFds(ep.held))
@@ -595,6 +601,10 @@ func (d *Driver) createEndpoint(ctx context.Context, req drivers.CreateEndpointR
 	}
 	eid := req.EndpointID
 	ep := &endpoint{nid: req.NetworkID, bridge: n.bridge, addr: req.IPv4.Addr(), addr6: req.IPv6.Addr()}
+	// The address's earlier owner may still have its conntrack entries being flushed.
+	if err := d.waitFlushed(ctx, ep.addr, ep.addr6); err != nil {
+		return res, err
+	}
 
 	d.mu.Lock()
 	if d.epBusy[eid] {
@@ -677,9 +687,12 @@ func (d *Driver) rereserveLocked(old *endpoint) {
 }
 
 // DeleteEndpoint removes the endpoint's published ports, their rules in one iptables-restore
-// transaction (none when it has no ports), and frees its host ports. It then deletes the
-// host's conntrack entries of the endpoint's IPv4 and IPv6 addresses, with filtered netlink requests, so
-// that a later owner of the address gets no stale NAT state; a failure there is logged only.
+// transaction (none when it has no ports), and frees its host ports. It then starts deleting
+// the host's conntrack entries of the endpoint's IPv4 and IPv6 addresses, with filtered netlink
+// requests, so that a later owner of the address gets no stale NAT state; a failure there is
+// logged only. The flush makes the kernel walk the machine's whole conntrack table, twice per
+// address, so it runs after DeleteEndpoint returns, on a goroutine the driver owns: a
+// CreateEndpoint of the same address waits for it, and Close waits for all of them.
 // A missing endpoint returns nil.
 func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointRequest) error {
 	eid := req.EndpointID
@@ -696,7 +709,7 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	if len(ep.ports) == 0 {
 		delete(d.endpoints, eid)
 		d.mu.Unlock()
-		d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
+		d.flushLater(ctx, eid, ep.addr, ep.addr6)
 		return nil
 	}
 	d.epBusy[eid] = true
@@ -719,7 +732,67 @@ func (d *Driver) DeleteEndpoint(ctx context.Context, req drivers.DeleteEndpointR
 	delete(d.endpoints, eid)
 	d.mu.Unlock()
 	closePortSockets(heldFds(ep.held)) // after the rules: no moment has a DNAT without its socket
-	d.flushConntrack(ctx, eid, ep.addr, ep.addr6)
+	d.flushLater(ctx, eid, ep.addr, ep.addr6)
+	return nil
+}
+
+// flushLater starts the conntrack flush of addrs on a goroutine and marks each address as
+// being flushed until it is done. A flush of an address already being flushed waits for the
+// earlier one first, so that they end in order.
+func (d *Driver) flushLater(ctx context.Context, eid drivers.EndpointID, addrs ...netip.Addr) {
+	if d.ct == nil {
+		return
+	}
+	ctx = context.WithoutCancel(ctx) // for the log only
+	done := make(chan struct{})
+	var before []chan struct{}
+	d.mu.Lock()
+	for _, a := range addrs {
+		if !a.IsValid() {
+			continue
+		}
+		if prev := d.flushing[a]; prev != nil {
+			before = append(before, prev)
+		}
+		d.flushing[a] = done
+	}
+	d.mu.Unlock()
+	d.flushWG.Add(1)
+	go func() {
+		defer d.flushWG.Done()
+		for _, c := range before {
+			<-c
+		}
+		d.flushConntrack(ctx, eid, addrs...)
+		d.mu.Lock()
+		for _, a := range addrs {
+			if d.flushing[a] == done {
+				delete(d.flushing, a)
+			}
+		}
+		d.mu.Unlock()
+		close(done)
+	}()
+}
+
+// waitFlushed waits until no conntrack flush of addrs (zero ones are skipped) is running.
+func (d *Driver) waitFlushed(ctx context.Context, addrs ...netip.Addr) error {
+	for _, a := range addrs {
+		if !a.IsValid() {
+			continue
+		}
+		d.mu.Lock()
+		c := d.flushing[a]
+		d.mu.Unlock()
+		if c == nil {
+			continue
+		}
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the conntrack flush of %s: %w", a, ctx.Err())
+		}
+	}
 	return nil
 }
 

@@ -397,8 +397,13 @@ func TestPrivilegedConntrackFlush(t *testing.T) {
 	if err := l.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
 		t.Fatal(err)
 	}
+	// The flush runs after DeleteEndpoint returns; the address's next owner waits for it.
+	reuse := driverstest.NewEndpointID()
+	if _, err := l.d.CreateEndpoint(t.Context(), drivers.CreateEndpointRequest{NetworkID: nid, EndpointID: reuse, IPv4: netip.MustParsePrefix("10.10.1.2/24")}); err != nil {
+		t.Fatal(err)
+	}
 	if n := count(ctrA); n != 0 {
-		t.Errorf("%d conntrack entries of the deleted endpoint's address are left", n)
+		t.Errorf("%d conntrack entries of the deleted endpoint's address are left when its next owner is created", n)
 	}
 	if count(ctrB) == 0 {
 		t.Error("the entries of another address were flushed too")
@@ -634,6 +639,7 @@ func TestPrivilegedConntrackFlush6(t *testing.T) {
 	if err := l.d.DeleteEndpoint(t.Context(), drivers.DeleteEndpointRequest{NetworkID: nid, EndpointID: eid}); err != nil {
 		t.Fatal(err)
 	}
+	l.d.flushWG.Wait() // the flush runs after DeleteEndpoint returns
 	if n := count(a6); n != 0 {
 		t.Errorf("%d IPv6 conntrack entries of the deleted endpoint's address are left", n)
 	}
