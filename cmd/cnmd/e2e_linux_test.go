@@ -88,6 +88,7 @@ type daemon struct {
 	host                  *netns.NS
 	dataDir, runDir, sock string
 	extra                 []string
+	dir                   string // the working directory; "" is the test's
 	cmd                   *exec.Cmd
 	log                   *syncBuffer
 	done                  chan error
@@ -124,6 +125,7 @@ func (d *daemon) start(t *testing.T) {
 	d.log = &syncBuffer{}
 	d.cmd = exec.Command("nsenter", append([]string{"--net=" + d.host.Path(), "--", cnmd}, d.args()...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	d.cmd.Dir = d.dir
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
