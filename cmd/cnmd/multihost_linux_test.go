@@ -93,6 +93,12 @@ type vmLab struct {
 
 func newVMLab(t *testing.T, n int) *vmLab {
 	t.Helper()
+	// The walk-through's tools, which the README asks the VMs to have.
+	for _, tool := range []string{"bash", "openssl", "iperf3", "curl", "ping", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the multi-host walk-through needs %s (Debian: apt-get install openssl iperf3 curl iputils-ping util-linux): %v", tool, err)
+		}
+	}
 	l := &vmLab{t: t, dir: t.TempDir(), vms: map[string]*netns.NS{}, daemons: map[string]*daemon{}, logs: map[*exec.Cmd]*syncBuffer{}}
 	under := nstest.NewNS(t)
 	uh, err := netlink.NewHandleAt(under.Handle())
@@ -223,17 +229,14 @@ func (l *vmLab) bash(script string, steps []walkStep, idx []int) []string {
 			outs[i] = parts[i+1]
 		}
 	}
+	reached := min(max(len(parts)-1, 1), len(idx)) // the steps bash started
 	var transcript strings.Builder
-	for i, n := range idx {
+	for i, n := range idx[:reached] {
 		fmt.Fprintf(&transcript, "%s# %s\n%s", steps[n].vm, steps[n].cmd, outs[i])
 	}
 	t.Logf("walk-through:\n%s", transcript.String())
 	if err != nil {
-		last := len(parts) - 2
-		if last < 0 {
-			last = 0
-		}
-		s := steps[idx[min(last, len(idx)-1)]]
+		s := steps[idx[reached-1]]
 		t.Fatalf("walk-through failed at %s# %s: %v\n%s", s.vm, s.cmd, err, l.serverLogs())
 	}
 	return outs
