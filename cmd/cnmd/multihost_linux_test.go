@@ -195,17 +195,26 @@ func (l *vmLab) run(steps []walkStep) []string {
 		script.Reset()
 		pending = nil
 	}
+	prev := ""
 	for i, s := range steps {
 		ns := l.vm(s.vm)
 		if !s.bg {
+			if _, ok := l.daemons[prev]; ok && prev != s.vm && l.daemons[s.vm] != nil {
+				// Another terminal: the VMs agree on the global networks first.
+				fmt.Fprintf(&script, "converge %s %s %d\n", l.sock(prev), l.sock(s.vm), i)
+			}
 			fmt.Fprintf(&script, "echo '@@step %d'\nVMNS=%s; export CNM_HOST=unix://%s\n%s\n", i, ns.Path(), l.sock(s.vm), s.cmd)
 			pending = append(pending, i)
+			prev = s.vm
 			continue
 		}
 		flush()
 		l.server(s)
 	}
 	flush()
+	if b, err := os.ReadFile(filepath.Join(l.dir, "converge.log")); err == nil {
+		t.Logf("waits for the VMs to agree on the global networks (step ms):\n%s", b)
+	}
 	return out
 }
 
@@ -215,7 +224,7 @@ func (l *vmLab) bash(script string, steps []walkStep, idx []int) []string {
 	t := l.t
 	t.Helper()
 	_, cnmctl := binaries(t)
-	pre := "set -e -o pipefail\ncnmctl() { nsenter --net=\"$VMNS\" -- " + cnmctl + " \"$@\"; }\n"
+	pre := "set -e -o pipefail\ncnmctl() { nsenter --net=\"$VMNS\" -- " + cnmctl + " \"$@\"; }\n" + strings.ReplaceAll(convergeSh, "CNMCTL", cnmctl)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", pre+script)
@@ -241,6 +250,28 @@ func (l *vmLab) bash(script string, steps []walkStep, idx []int) []string {
 	}
 	return outs
 }
+
+// convergeSh is the bash function "converge SOCK1 SOCK2 STEP" that the test runs before a line
+// typed on another VM than the line before: it waits, at most 10 s, until the two cnmd list the
+// same global networks, as an operator moving to another terminal finds them (a network made
+// on one VM reaches the others through the global store's watch, in milliseconds). Each wait
+// goes to converge.log as "STEP MILLISECONDS".
+const convergeSh = `converge() {
+  local start a b
+  start=$(date +%s%N)
+  for _ in $(seq 200); do
+    a=$(CNM_HOST=unix://$1 CNMCTL network ls --no-trunc --format '{{.ID}} {{.Scope}}' | grep ' global$' || true)
+    b=$(CNM_HOST=unix://$2 CNMCTL network ls --no-trunc --format '{{.ID}} {{.Scope}}' | grep ' global$' || true)
+    if [ "$a" = "$b" ]; then
+      echo "$3 $(( ($(date +%s%N) - start) / 1000000 ))" >> converge.log
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "step $3: the VMs did not agree on the global networks in 10s: $a / $b" >&2
+  return 1
+}
+`
 
 // server starts the server of a step ending in "&" on its VM and waits until it serves.
 func (l *vmLab) server(s walkStep) {
@@ -395,7 +426,7 @@ func killInNetns(t *testing.T, path string) {
 }
 
 // checkWalkthrough asserts on what the walk-through printed: the overlay network seen on the
-// VM that did not create it, in global scope; db's address in the overlay's subnet; the ping
+// VM that did not create it, in global scope with its VXLAN ID; db's address in the overlay's subnet; the ping
 // and the iperf3 TCP test from web (vm1) to db (vm2) crossing; the network gone from both
 // VMs at the end.
 func checkWalkthrough(t *testing.T, l *vmLab, steps []walkStep, out []string) {
@@ -417,6 +448,10 @@ func checkWalkthrough(t *testing.T, l *vmLab, steps []walkStep, out []string) {
 	}
 	if i := find("network ls --filter driver=overlay", false); steps[i].vm != "vm2" || !regexp.MustCompile(`(?m)^[0-9a-f]{12}\s+ov\s+overlay\s+global$`).MatchString(out[i]) {
 		t.Errorf("%s# %s printed:\n%s\nwant ov, overlay, global, on the VM that did not create it", steps[i].vm, steps[i].cmd, out[i])
+	}
+	if i := find("network inspect -f '{{.Scope}} {{json .Options}}' ov", false); steps[i].vm != "vm2" ||
+		!regexp.MustCompile(`^global \{.*"com\.docker\.network\.driver\.overlay\.vxlanid_list":"[0-9]+".*\}\n$`).MatchString(out[i]) {
+		t.Errorf("%s# %s printed %q, want global and the VXLAN ID", steps[i].vm, steps[i].cmd, out[i])
 	}
 	i := find("DB=$(", false)
 	db, err := netip.ParseAddr(strings.TrimSpace(out[i]))
