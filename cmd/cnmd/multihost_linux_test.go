@@ -26,10 +26,11 @@ import (
 // its fenced blocks marked "<!-- walkthrough: NAME" and type each "vmN# COMMAND" line on the
 // lab VM vmN. A VM is a namespace with eth0 at 10.0.0.N/24 on an underlay bridge that lives
 // in a namespace of its own. The lab's VMs share one file system, so each cnmd gets its own
-// --data-dir, --run-dir and --host, and cnmctl finds it through CNM_HOST; nothing else is
-// added. A line ending in "&" starts a server (cnmd, etcd or Consul) that the test owns and
-// stops; the other lines run in one bash, so a variable set on one line is there on the next,
-// each cnmctl inside its VM's namespace.
+// --data-dir, --run-dir and --host, and cnmctl finds it through CNM_HOST. A line ending in "&"
+// starts a server (cnmd, etcd or Consul) that the test owns and stops; the other lines run in
+// one bash, so a variable set on one line is there on the next, each cnmctl inside its VM's
+// namespace. Before a line typed on another VM than the line before, the test waits until the
+// two agree on the global networks (see convergeSh); nothing else is added.
 
 const walkthroughReadme = "../../examples/multihost/README.md"
 
@@ -199,11 +200,12 @@ func (l *vmLab) run(steps []walkStep) []string {
 	for i, s := range steps {
 		ns := l.vm(s.vm)
 		if !s.bg {
+			fmt.Fprintf(&script, "echo '@@step %d'\n", i)
 			if _, ok := l.daemons[prev]; ok && prev != s.vm && l.daemons[s.vm] != nil {
 				// Another terminal: the VMs agree on the global networks first.
 				fmt.Fprintf(&script, "converge %s %s %d\n", l.sock(prev), l.sock(s.vm), i)
 			}
-			fmt.Fprintf(&script, "echo '@@step %d'\nVMNS=%s; export CNM_HOST=unix://%s\n%s\n", i, ns.Path(), l.sock(s.vm), s.cmd)
+			fmt.Fprintf(&script, "VMNS=%s; export CNM_HOST=unix://%s\n%s\n", ns.Path(), l.sock(s.vm), s.cmd)
 			pending = append(pending, i)
 			prev = s.vm
 			continue
