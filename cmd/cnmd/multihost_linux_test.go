@@ -43,7 +43,7 @@ type walkStep struct {
 var walkLine = regexp.MustCompile(`^(vm[0-9]+)# (.*)$`)
 
 // readWalkthrough returns the lines of the README's block marked "<!-- walkthrough: name".
-func readWalkthrough(t *testing.T, name string) []walkStep {
+func readWalkthrough(t testing.TB, name string) []walkStep {
 	t.Helper()
 	b, err := os.ReadFile(walkthroughReadme)
 	if err != nil {
@@ -83,7 +83,7 @@ func readWalkthrough(t *testing.T, name string) []walkStep {
 // vmLab is the lab the walk-through runs in: VMs vm1..vmN on an underlay bridge, the servers
 // the walk-through started, and the bash transcript.
 type vmLab struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string // the VMs' shared working directory
 	vms     map[string]*netns.NS
 	daemons map[string]*daemon
@@ -92,7 +92,7 @@ type vmLab struct {
 	logs    map[*exec.Cmd]*syncBuffer
 }
 
-func newVMLab(t *testing.T, n int) *vmLab {
+func newVMLab(t testing.TB, n int) *vmLab {
 	t.Helper()
 	// The walk-through's tools, which the README asks the VMs to have.
 	for _, tool := range []string{"bash", "openssl", "iperf3", "curl", "ping", "nsenter"} {
@@ -408,7 +408,7 @@ func (l *vmLab) cleanup() {
 // killInNetns kills (SIGKILL, by pid) the processes whose network namespace is the one
 // mounted at path: servers the walk-through started inside a sandbox (iperf3 -D) that a
 // failure left running.
-func killInNetns(t *testing.T, path string) {
+func killInNetns(t testing.TB, path string) {
 	var want syscall.Stat_t
 	if err := syscall.Stat(path, &want); err != nil {
 		return
