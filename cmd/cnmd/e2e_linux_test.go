@@ -36,7 +36,7 @@ var (
 )
 
 // binaries builds cnmd and cnmctl once per test process and returns their directory.
-func binaries(t *testing.T) (cnmd, cnmctl string) {
+func binaries(t testing.TB) (cnmd, cnmctl string) {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "cnm-e2e-bin")
@@ -88,6 +88,7 @@ type daemon struct {
 	host                  *netns.NS
 	dataDir, runDir, sock string
 	extra                 []string
+	dir                   string // the working directory; "" is the test's
 	cmd                   *exec.Cmd
 	log                   *syncBuffer
 	done                  chan error
@@ -118,12 +119,13 @@ func (d *daemon) args() []string {
 }
 
 // start runs cnmd in the host namespace and waits until /health answers.
-func (d *daemon) start(t *testing.T) {
+func (d *daemon) start(t testing.TB) {
 	t.Helper()
 	cnmd, _ := binaries(t)
 	d.log = &syncBuffer{}
 	d.cmd = exec.Command("nsenter", append([]string{"--net=" + d.host.Path(), "--", cnmd}, d.args()...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	d.cmd.Dir = d.dir
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +154,7 @@ func (d *daemon) start(t *testing.T) {
 }
 
 // stop sends SIGTERM and checks cnmd exits 0 and removes its socket.
-func (d *daemon) stop(t *testing.T) {
+func (d *daemon) stop(t testing.TB) {
 	t.Helper()
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -174,7 +176,7 @@ func (d *daemon) stop(t *testing.T) {
 
 // ctl runs cnmctl against sock and returns its standard output; a failure's error holds the
 // exit status and standard error.
-func ctl(t *testing.T, sock string, args ...string) (string, error) {
+func ctl(t testing.TB, sock string, args ...string) (string, error) {
 	t.Helper()
 	_, cnmctl := binaries(t)
 	// Not t.Context(): cleanups (which remove what a test left) run after it is cancelled.
@@ -191,7 +193,7 @@ func ctl(t *testing.T, sock string, args ...string) (string, error) {
 }
 
 // mustCtl is ctl that fails the test on error, returning the trimmed output.
-func mustCtl(t *testing.T, sock string, args ...string) string {
+func mustCtl(t testing.TB, sock string, args ...string) string {
 	t.Helper()
 	out, err := ctl(t, sock, args...)
 	if err != nil {
