@@ -212,7 +212,10 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		pending: map[string]struct{}{},
 	}
 	if c.ipam == nil {
-		a, err := ipamkv.NewGlobal(c.store, ipam.GlobalConfig{})
+		// Per-host blocks: this host's dynamic addresses need no store write (ipam.Global);
+		// the sweep gives back the blocks of hosts that are gone, reassert re-reads this
+		// host's after its registration lapsed.
+		a, err := ipamkv.NewGlobal(c.store, ipam.GlobalConfig{Host: cfg.Host})
 		if err != nil {
 			return nil, fmt.Errorf("cluster: global ipam: %w", err)
 		}
