@@ -204,7 +204,7 @@ func (gp *gpool) findGroup() (blockID, uint64, bool) {
 			wrapped, from = true, p.lo
 			continue
 		}
-		ci, w, _ := split(off)
+		ci, _, _ := split(off)
 		start := uint16(off.lo&(chunkSize-1)) &^ uint16(size-1)
 		var held uint64
 		for i := range size {
@@ -213,7 +213,6 @@ func (gp *gpool) findGroup() (blockID, uint64, bool) {
 				held |= 1 << (uint64(start&63) + i)
 			}
 		}
-		_ = w
 		if held != 0 && !gp.groupHasBlock(ci, start) {
 			return blockID{ci, start}, held, true
 		}
