@@ -74,12 +74,7 @@ func BenchmarkPrivilegedOverlayEncrypted(b *testing.B) {
 			enc = append(enc, rtt(b, sa.Key(), encB, 20))
 			plain = append(plain, rtt(b, sa.Key(), plainB, 20))
 		}
-		slices.Sort(enc)
-		slices.Sort(plain)
-		me, mp := enc[len(enc)/2], plain[len(plain)/2]
-		b.ReportMetric(float64(me.Microseconds()), "encrypted-µs")
-		b.ReportMetric(float64(mp.Microseconds()), "plain-µs")
-		b.ReportMetric(float64(me)/float64(mp), "ratio")
+		reportMedians(b, "encrypted-µs", enc, "plain-µs", plain)
 	})
 	b.Run("tcp", func(b *testing.B) {
 		if _, err := exec.LookPath("iperf3"); err != nil {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/ipam/ipamkv"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/consul"
 	vnetns "github.com/cnmkit/cnm/netns"
@@ -602,4 +605,153 @@ func TestPrivilegedOverlayConsul(t *testing.T) {
 	if _, err := gs.Get(ctx, overlay.VNIKeyPrefix+strconv.FormatUint(vni, 10)); !errors.Is(err, kvstore.ErrKeyNotFound) {
 		t.Errorf("VNI %d after DeleteNetwork: %v, want it freed", vni, err)
 	}
+}
+
+// TestPrivilegedOverlayAddressBlocks: the global IPAM's per-host address blocks (which take
+// the store's compare-and-swap off an overlay attach) on real etcd, with two hosts: both
+// create endpoints on one global network at once, and no address is given twice, each inside
+// a block of its own host; a restarted host takes its addresses back and goes on in its
+// blocks without a duplicate; a host that dies has its endpoints reclaimed and then its
+// blocks given back by the sweep; the last release gives a host's blocks back, and deleting
+// the network leaves nothing in the store.
+func TestPrivilegedOverlayAddressBlocks(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	gs := openEtcd(t, ec.Endpoints(), "blocks")
+	a := newGhost(t, "host-a", gs, 3*time.Second)
+	b := newGhost(t, "host-b", gs, 3*time.Second)
+	subnet := netip.MustParsePrefix("10.90.0.0/16")
+	if _, err := a.c.NewNetwork(ctx, "blk", globalDriver, network.WithSubnet(subnet)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts blk", func() bool { return hasNetwork(b.c, "blk") })
+	pool := ipam.MakePoolID(ipam.GlobalSpace, subnet)
+	reader, err := ipamkv.NewGlobal(gs, ipam.GlobalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocksOf := func() map[string][]netip.Prefix {
+		t.Helper()
+		bs, err := reader.Blocks(ctx, pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string][]netip.Prefix{}
+		for _, b := range bs {
+			out[b.Host] = append(out[b.Host], b.Prefix)
+		}
+		return out
+	}
+	inBlockOf := func(blocks map[string][]netip.Prefix, x netip.Addr) string {
+		for h, ps := range blocks {
+			if slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(x) }) {
+				return h
+			}
+		}
+		return ""
+	}
+
+	// Two hosts at once, four workers each.
+	const workers, each = 4, 40
+	var (
+		mu    sync.Mutex
+		owner = map[netip.Addr]string{}
+		errs  []error
+		wg    sync.WaitGroup
+	)
+	for _, h := range []*ghost{a, b} {
+		n, err := h.c.Network("blk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for w := range workers {
+			wg.Go(func() {
+				for i := range each {
+					ep, err := n.CreateEndpoint(ctx, fmt.Sprintf("%s-%d-%d", h.name, w, i))
+					mu.Lock()
+					if err != nil {
+						errs = append(errs, err)
+					} else if x := ep.Info().IPv4.Addr(); owner[x] != "" {
+						errs = append(errs, fmt.Errorf("%s given to %s and %s", x, owner[x], h.name))
+					} else {
+						owner[x] = h.name
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	blocks := blocksOf()
+	for x, h := range owner {
+		if got := inBlockOf(blocks, x); got != h {
+			t.Fatalf("%s of %s is in a block of %q (blocks %v)", x, h, got, blocks)
+		}
+	}
+	if len(blocks["host-a"]) == 0 || len(blocks["host-b"]) == 0 || len(blocks["host-a"])+len(blocks["host-b"]) > 2*workers*each/64+4 {
+		t.Fatalf("blocks %v for %d addresses of each host, want a few of 64 each", blocks, workers*each)
+	}
+
+	// host-a restarts: its endpoints come back with their addresses, and the next one is
+	// new, in its blocks.
+	a.c.Close()
+	if a.c, err = a.start(t); err != nil {
+		t.Fatal(err)
+	}
+	na, err := a.c.Network("blk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(na.Endpoints()); got != workers*each {
+		t.Fatalf("host-a has %d endpoints after its restart, want %d", got, workers*each)
+	}
+	ep, err := na.CreateEndpoint(ctx, "after-restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := ep.Info().IPv4.Addr()
+	if owner[x] != "" || inBlockOf(blocksOf(), x) != "host-a" {
+		t.Fatalf("host-a's address after its restart %s: held by %q before, in a block of %q", x, owner[x], inBlockOf(blocksOf(), x))
+	}
+	owner[x] = "host-a"
+
+	// host-b dies (no Leave): host-a reclaims its endpoints, then gives its blocks back.
+	b.c.Close()
+	waitFor(t, 60*time.Second, "host-b's blocks given back", func() bool { return len(blocksOf()["host-b"]) == 0 }, func() string {
+		return fmt.Sprintf("blocks %v, host-a's repairs %v", blocksOf(), a.c.Reclaimed())
+	})
+	released := 0
+	for _, r := range a.c.Reclaimed() {
+		if strings.HasPrefix(r.Object, "address block ") && strings.HasSuffix(r.Object, " of host host-b") {
+			released++
+		}
+	}
+	if released == 0 {
+		t.Fatalf("host-a's repairs %v, want host-b's blocks released", a.c.Reclaimed())
+	}
+	if got := len(na.Endpoints()); got != workers*each+1 {
+		t.Fatalf("%d endpoints after host-b's were reclaimed, want host-a's %d", got, workers*each+1)
+	}
+
+	// The last release gives host-a's blocks back, but for the one of the network's gateway
+	// (picked by host-a's IPAM when it created the network), which goes with the network;
+	// then nothing is left.
+	for _, ep := range na.Endpoints() {
+		if err := ep.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gw := netip.MustParseAddr(na.Inspect().IPAM.Config[0].Gateway)
+	if left := blocksOf(); len(left) != 1 || len(left["host-a"]) != 1 || !left["host-a"][0].Contains(gw) {
+		t.Fatalf("blocks left after every endpoint went: %v, want host-a's with the gateway %s", left, gw)
+	}
+	if err := a.c.DeleteNetwork(ctx, "blk"); err != nil {
+		t.Fatal(err)
+	}
+	assertGlobalClean(t, gs)
 }

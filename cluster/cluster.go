@@ -5,7 +5,7 @@
 // is the netobj.Records of global-scope networks (their records and their endpoints' in the
 // global store, names unique across hosts in one transaction with the record, deletion fenced
 // against endpoint creation on every host); it holds the global IPAM (ipam.Global on the
-// store unless given another); and it runs the background work of a multi-host Controller:
+// store with this host's per-host address blocks, unless given another); and it runs the background work of a multi-host Controller:
 //
 //   - the watch of global networks: those other hosts create are adopted here, those they
 //     delete forgotten (through [Networks], the Controller's side);
@@ -15,7 +15,8 @@
 //     TTL), and puts back the records of its endpoints that others reclaimed meanwhile;
 //   - the sweep, on the registry's first host (by name) every min(TTL, 5s): endpoints of hosts
 //     no longer registered, delete fences of departed hosts, and orphans that no record refers
-//     to for 10s (global IPAM addresses and pools, drivers' network allocations);
+//     to for 10s (global IPAM addresses and pools, the address blocks of departed hosts
+//     (ipam.Global's per-host blocks), drivers' network allocations);
 //   - the cleanup of writes whose outcome is unknown (the store did not answer): their keys
 //     are deleted once the store answers again and has kept them absent for 10s.
 //
@@ -212,7 +213,10 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		pending: map[string]struct{}{},
 	}
 	if c.ipam == nil {
-		a, err := ipamkv.NewGlobal(c.store, ipam.GlobalConfig{})
+		// Per-host blocks: this host's dynamic addresses need no store write (ipam.Global);
+		// the sweep gives back the blocks of hosts that are gone, reassert re-reads this
+		// host's after its registration lapsed.
+		a, err := ipamkv.NewGlobal(c.store, ipam.GlobalConfig{Host: cfg.Host})
 		if err != nil {
 			return nil, fmt.Errorf("cluster: global ipam: %w", err)
 		}

@@ -8,13 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/events"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/kvstore"
 )
 
@@ -301,6 +304,7 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 						c.mu.Unlock()
 						// Once now, and again at the next sweeps: a survivor's reclaim
 						// that started before this registration may still land.
+						c.reconcileBlocks(ctx)
 						c.reassert(ctx)
 						reassertAgain = 3
 						break
@@ -339,6 +343,44 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 // reclaimGrace is how long after a host's entry went its endpoints are reclaimed: long enough
 // for a restarting host's takeover (delete, then write) to complete.
 var reclaimGrace = 2 * time.Second
+
+// blockReconciler is what reconcileBlocks needs of a global IPAM with per-host blocks.
+type blockReconciler interface {
+	ReconcileBlocks(ctx context.Context, id ipam.PoolID, live []netip.Addr) error
+}
+
+// reconcileBlocks sets the allocations of this host's address blocks (ipam.Global) to the
+// addresses of its endpoints whose records are still in the store, after its registration
+// lapsed: the addresses of those others reclaimed meanwhile are free in its blocks again, for
+// reassert to take back.
+func (c *Cluster) reconcileBlocks(ctx context.Context) {
+	r, ok := c.ipam.(blockReconciler)
+	if !ok {
+		return
+	}
+	live := map[ipam.PoolID][]netip.Addr{}
+	for _, n := range c.cfg.Networks.Global() {
+		for _, ep := range n.Eps() {
+			rec := ep.Record()
+			for _, a := range []netip.Prefix{rec.IPv4, rec.IPv6} {
+				if !a.IsValid() {
+					continue
+				}
+				pool := ipam.MakePoolID(ipam.GlobalSpace, a.Masked())
+				if _, err := c.store.Get(ctx, epobj.Key(n.ID(), rec.ID)); err == nil {
+					live[pool] = append(live[pool], a.Addr())
+				} else if _, ok := live[pool]; !ok {
+					live[pool] = nil
+				}
+			}
+		}
+	}
+	for pool, addrs := range live {
+		if err := r.ReconcileBlocks(ctx, pool, addrs); err != nil {
+			c.log.Warn("global: reconcile address blocks", "pool", pool, "err", err)
+		}
+	}
+}
 
 // reassert puts back the records of this host's endpoints on global networks that the other
 // hosts reclaimed while its registration had lapsed, taking their addresses back. An address

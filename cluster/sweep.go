@@ -43,7 +43,7 @@ func (c *Cluster) sweep(ctx context.Context) {
 	}
 	// The records just read serve the orphan sweep too: those reclaimed above had their
 	// addresses freed already, so counting them live changes nothing.
-	c.sweepOrphans(ctx, pairs)
+	c.sweepOrphans(ctx, pairs, hosts)
 	fences, err := c.store.List(ctx, DeletingKeyPrefix)
 	if err != nil {
 		return
@@ -72,7 +72,7 @@ type globalLister interface {
 // same way. Something in flight (allocated, its record not yet written) looks the same for a
 // moment, so an orphan is freed only when sweeps find it for orphanGrace. Only the registry's
 // first host (by name) sweeps, so that hosts do not race.
-func (c *Cluster) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
+func (c *Cluster) sweepOrphans(ctx context.Context, eps []kvstore.KVPair, hosts map[string]hostRecord) {
 	nets, err := c.store.List(ctx, netobj.KeyPrefix)
 	if err != nil {
 		return
@@ -147,6 +147,7 @@ func (c *Cluster) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 			c.noteGlobalRepair(drivers.Repair{Object: "pool " + p.Subnet.String(), Action: "released", Reason: "no network refers to it"})
 			continue
 		}
+		c.sweepBlocks(ctx, p.ID, used, hosts, due)
 		addrs, err := l.Addresses(ctx, p.ID)
 		if err != nil {
 			continue
@@ -163,6 +164,42 @@ func (c *Cluster) sweepOrphans(ctx context.Context, eps []kvstore.KVPair) {
 				continue
 			}
 			c.noteGlobalRepair(drivers.Repair{Object: "address " + a.String(), Action: "released", Reason: "no endpoint, gateway or aux address holds it"})
+		}
+	}
+}
+
+// blockLister is what the sweep needs of a global IPAM with per-host blocks; ipam.Global has it.
+type blockLister interface {
+	Blocks(ctx context.Context, id ipam.PoolID) ([]ipam.Block, error)
+	ReleaseBlock(ctx context.Context, id ipam.PoolID, prefix netip.Prefix, host string) (bool, error)
+}
+
+// sweepBlocks gives back the address blocks of pool id whose host is not in the registry and
+// in which no record holds an address (the host's endpoints were reclaimed first), once due
+// says they have been seen so long enough.
+func (c *Cluster) sweepBlocks(ctx context.Context, id ipam.PoolID, used map[netip.Addr]bool, hosts map[string]hostRecord, due func(string) bool) {
+	l, ok := c.ipam.(blockLister)
+	if !ok {
+		return
+	}
+	blocks, err := l.Blocks(ctx, id)
+	if err != nil {
+		return
+	}
+	for _, b := range blocks {
+		if _, live := hosts[b.Host]; live || slices.ContainsFunc(slices.Collect(maps.Keys(used)), b.Prefix.Contains) {
+			continue
+		}
+		if !due("block " + string(id) + " " + b.Prefix.String() + " " + b.Host) {
+			continue
+		}
+		released, err := l.ReleaseBlock(ctx, id, b.Prefix, b.Host)
+		if err != nil {
+			c.log.Warn("global: release block of departed host", "pool", id, "block", b.Prefix, "host", b.Host, "err", err)
+			continue
+		}
+		if released {
+			c.noteGlobalRepair(drivers.Repair{Object: "address block " + b.Prefix.String() + " of host " + b.Host, Action: "released", Reason: "its host left the registry"})
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/bits"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -79,6 +80,11 @@ type GlobalConfig struct {
 	// keep defeating before it gives up with an error matching cnm.ErrConflict. Zero means
 	// [DefaultMaxAttempts] (32); negative is an error.
 	MaxAttempts int
+	// Host, when set, is this host's name (unique among the Globals sharing the store): the
+	// Global then takes its dynamic addresses from blocks of the pools that it claims for the
+	// host, and allocates and releases inside them with no store call (see "Per-host blocks"
+	// in [Global]). Empty means every address is one compare-and-swap of the store.
+	Host string
 }
 
 // Global is an [Allocator] whose pools and addresses live in a [GlobalStore] shared by every
@@ -125,12 +131,35 @@ type GlobalConfig struct {
 // ReleasePool fails after removing the pool from the index, bitmap chunks of the released
 // generation stay in the store; they are never read again.
 //
+// # Per-host blocks
+//
+// With [GlobalConfig].Host set, a pool's dynamic addresses are handed out in blocks: aligned
+// runs of 2^k addresses of the pool (4 in a /24, 16 in a /22, 64 in a /20 and larger; pools
+// of fewer than 128 dynamic addresses have none), each held by one host. A dynamic request
+// takes the lowest free address of one of the host's blocks, in memory, with no store call;
+// when its blocks are full it claims a free group (its free dynamic addresses: held bits are
+// set in the bitmap and the chunk records the block's host) with one compare-and-swap of the
+// chunk; when no group is free it falls back to one compare-and-swap per address, outside the
+// blocks. A release inside one of the host's blocks is in memory too; the block goes back to
+// the pool, with one compare-and-swap, when its last address is released.
+//
+// Which addresses of a block are allocated is known only to its host: the fact is kept by
+// the caller (cnm's endpoint records). So a restarted host's Global adopts its blocks from the
+// store with none allocated, and the caller's static requests for its live addresses (which
+// restore makes) mark them again, before any dynamic request. Inside another host's block, a
+// static request fails with [ErrAddressInUse] (the address may be free, but only that host
+// knows) and a release does nothing. [Global.Addresses] lists this host's allocated
+// addresses in its blocks and none of other hosts' blocks ([Global.Blocks] lists those);
+// [Global.Usage] counts a block's addresses as in use. A block of a host that is gone (its
+// records reclaimed) is given back with [Global.ReleaseBlock].
+//
 // A Global holds no goroutines and needs no Close; it does not close its store.
 type Global struct {
 	store       GlobalStore
 	prefix      string // without a trailing "/"
 	bases       [2][]DefaultPool
 	maxAttempts int
+	host        string // "" without blocks
 
 	// indexSem is held (a token sent) by the goroutine that reads and writes the index in
 	// RequestPool or ReleasePool, so that those calls in one Global do not defeat each other.
@@ -182,6 +211,7 @@ func NewGlobal(store GlobalStore, cfg GlobalConfig) (*Global, error) {
 		prefix:      prefix,
 		bases:       bases,
 		maxAttempts: attempts,
+		host:        cfg.Host,
 		indexSem:    make(chan struct{}, 1),
 		pools:       make(map[PoolID]*gpool),
 	}, nil
@@ -278,6 +308,11 @@ type gpool struct {
 	sem   chan struct{}
 	cache *pool           // nil until read from the store
 	revs  map[u128]uint64 // the revision of each chunk key that exists, as last seen
+	// blocks are the block records of the chunks, as last read or written, with cache.
+	blocks map[u128][]blockRec
+	// own are this host's blocks and their allocations: the only record of those, so kept
+	// when the cache is dropped.
+	own map[blockID]*ownBlock
 }
 
 func newGPool(rec poolRecord) *gpool {
@@ -651,6 +686,7 @@ func (g *Global) loadAll(ctx context.Context, gp *gpool) error {
 	}
 	p := newPool(gp.rec.Space, gp.rec.Subnet, gp.rec.Range)
 	revs := make(map[u128]uint64, len(entries))
+	blocks := map[u128][]blockRec{}
 	maxCI := p.last.shr(chunkBits)
 	for _, e := range entries {
 		ci, ok := parseChunkIndex(strings.TrimPrefix(e.Key, g.chunkPrefix(gp.rec.Gen)))
@@ -658,18 +694,31 @@ func (g *Global) loadAll(ctx context.Context, gp *gpool) error {
 			gp.cache, gp.revs = nil, nil
 			return fmt.Errorf("corrupt bitmap chunk key %q", e.Key)
 		}
-		c, err := decodeChunk(e.Value)
+		c, recs, err := decodeChunkBlocks(e.Value)
 		if err != nil {
 			gp.cache, gp.revs = nil, nil
 			return fmt.Errorf("%q: %w", e.Key, err)
 		}
 		p.load(ci, c)
 		revs[ci] = e.Revision
+		if len(recs) > 0 {
+			blocks[ci] = recs
+		}
 	}
 	if old := gp.cache; old != nil && !p.dynCap.isZero() {
 		p.setNext(old.next)
 	}
-	gp.cache, gp.revs = p, revs
+	gp.cache, gp.revs, gp.blocks = p, revs, blocks
+	if g.host != "" {
+		for id := range gp.own {
+			if _, ok := blocks[id.ci]; !ok {
+				delete(gp.own, id)
+			}
+		}
+		for ci := range blocks {
+			g.syncOwn(gp, ci)
+		}
+	}
 	return nil
 }
 
@@ -679,19 +728,26 @@ func (g *Global) loadChunk(ctx context.Context, gp *gpool, ci u128) error {
 	if errors.Is(err, errclass.ErrNotFound) {
 		gp.cache.load(ci, nil)
 		delete(gp.revs, ci)
+		delete(gp.blocks, ci)
+		g.syncOwn(gp, ci)
 		return nil
 	}
 	if err != nil {
 		gp.cache, gp.revs = nil, nil
 		return fmt.Errorf("read bitmap chunk: %w", err)
 	}
-	c, err := decodeChunk(value)
+	c, recs, err := decodeChunkBlocks(value)
 	if err != nil {
 		gp.cache, gp.revs = nil, nil
 		return fmt.Errorf("%q: %w", g.chunkKey(gp.rec.Gen, ci), err)
 	}
 	gp.cache.load(ci, c)
 	gp.revs[ci] = rev
+	if gp.blocks == nil {
+		gp.blocks = map[u128][]blockRec{}
+	}
+	gp.blocks[ci] = recs
+	g.syncOwn(gp, ci)
 	return nil
 }
 
@@ -703,6 +759,7 @@ func (g *Global) writeChunk(ctx context.Context, gp *gpool, ci u128) (created bo
 	key := g.chunkKey(gp.rec.Gen, ci)
 	prev := gp.revs[ci]
 	c := gp.cache.chunkAt(ci)
+	recs := gp.blocks[ci]
 	if c == nil || *c == (chunk{}) {
 		if prev == 0 {
 			return false, nil
@@ -713,14 +770,14 @@ func (g *Global) writeChunk(ctx context.Context, gp *gpool, ci u128) (created bo
 		}
 	} else {
 		var rev uint64
-		rev, err = g.store.AtomicPut(ctx, key, encodeChunk(c), prev)
+		rev, err = g.store.AtomicPut(ctx, key, encodeChunkBlocks(c, recs), prev)
 		if err == nil {
 			gp.revs[ci] = rev
 			created = prev == 0
 		}
 	}
 	if err != nil && !isCASFailure(err) {
-		gp.cache, gp.revs = nil, nil
+		gp.cache, gp.revs, gp.blocks = nil, nil, nil
 		return false, fmt.Errorf("write bitmap chunk: %w", err)
 	}
 	return created, err
@@ -796,6 +853,22 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 			if off, err = p.staticOffset(addr); err != nil {
 				return netip.Addr{}, err
 			}
+			if r, id, ok := gp.blockOf(off); ok && g.host != "" {
+				_, _, m := split(off)
+				if ob := gp.own[id]; r.host == g.host && ob != nil && ob.used&m == 0 {
+					ob.used |= m
+					return addr, nil
+				}
+				if fresh {
+					return netip.Addr{}, fmt.Errorf("%s: in the address block of host %s: %w", what(), r.host, ErrAddressInUse)
+				}
+				// Another host may have released its block.
+				if err := g.loadChunk(ctx, gp, off.shr(chunkBits)); err != nil {
+					return netip.Addr{}, fmt.Errorf("%s: %w", what(), err)
+				}
+				fresh = true
+				continue
+			}
 			if p.isSet(off) {
 				if fresh {
 					return netip.Addr{}, fmt.Errorf("%s: %w", what(), ErrAddressInUse)
@@ -809,6 +882,39 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 			}
 			p.set(off)
 		} else {
+			if g.host != "" && len(opts.MAC) == 0 {
+				if off, ok := gp.allocOwn(); ok {
+					return p.addr(off), nil
+				}
+				off, id, ok, err := g.claim(ctx, gp)
+				if err == nil && ok {
+					return p.addr(off), nil
+				}
+				if err != nil {
+					switch {
+					case errors.Is(err, errStalePool):
+						return netip.Addr{}, err
+					case !isCASFailure(err):
+						return netip.Addr{}, fmt.Errorf("%s: claim a block: %w", what(), err)
+					case attempt >= g.maxAttempts:
+						return netip.Addr{}, fmt.Errorf("%s: claim a block: %w", what(), g.gaveUp(err))
+					}
+					if err := backoff(ctx, attempt); err != nil {
+						return netip.Addr{}, fmt.Errorf("%s: %w", what(), err)
+					}
+					if attempt == 1 || reloaded {
+						err = g.loadChunk(ctx, gp, id.ci)
+					} else {
+						err, reloaded = g.loadAll(ctx, gp), true
+					}
+					if err != nil {
+						return netip.Addr{}, fmt.Errorf("%s: %w", what(), err)
+					}
+					gp.cache.jump(rand.Uint64())
+					continue
+				}
+				// No group left to claim: one address at a time, outside the blocks.
+			}
 			ok := false
 			if len(opts.MAC) != 0 {
 				if off, ok = p.eui64Offset(opts.MAC); ok && p.isSet(off) {
@@ -918,6 +1024,30 @@ func (g *Global) ReleaseAddress(ctx context.Context, id PoolID, addr netip.Addr)
 	ci := off.shr(chunkBits)
 	fresh := false
 	for attempt := 1; ; attempt++ {
+		if r, id, ok := gp.blockOf(off); ok {
+			if g.host != "" && r.host == g.host {
+				_, _, m := split(off)
+				if ob := gp.own[id]; ob != nil && ob.used&m != 0 {
+					ob.used &^= m
+					// An empty block goes back; if that fails, it stays this host's, for its
+					// next addresses.
+					if ob.used == 0 {
+						if err := g.releaseBlock(ctx, gp, id); err != nil {
+							return fmt.Errorf("%s: address released, but its empty block stays: %w", what, err)
+						}
+					}
+				}
+				return nil
+			}
+			if fresh {
+				return nil // another host's block: its host releases its addresses
+			}
+			if err := g.loadChunk(ctx, gp, ci); err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			fresh = true
+			continue
+		}
 		if !gp.cache.isSet(off) {
 			if fresh {
 				return nil
@@ -964,9 +1094,28 @@ func (g *Global) Reconcile(ctx context.Context, id PoolID, live []netip.Addr) (f
 	}
 	defer unlock()
 	keep := make(map[u128]struct{}, len(live))
+	for _, ob := range gp.own {
+		ob.used = 0
+	}
 	for _, a := range live {
 		if off, ok := gp.cache.offset(a); ok {
 			keep[off] = struct{}{}
+			if r, id, ok := gp.blockOf(off); ok && r.host == g.host {
+				if ob := gp.own[id]; ob != nil {
+					_, _, m := split(off)
+					ob.used |= m & ob.held
+				}
+			}
+		}
+	}
+	// The addresses of blocks are their hosts' to free.
+	for ci, recs := range gp.blocks {
+		for _, r := range recs {
+			for b := 0; b < 64; b++ {
+				if r.held&(1<<uint(b)) != 0 {
+					keep[offsetIn(ci, r.start, b)] = struct{}{}
+				}
+			}
 		}
 	}
 	cis := slices.SortedFunc(func(yield func(u128) bool) {
@@ -1067,13 +1216,22 @@ func (g *Global) Addresses(ctx context.Context, id PoolID) ([]netip.Addr, error)
 	cis := slices.SortedFunc(maps.Keys(p.chunks), u128.cmp)
 	var out []netip.Addr
 	for _, ci := range cis {
-		chunkBitsOf(ci, p.chunks[ci], func(off u128) { out = append(out, p.addr(off)) })
+		chunkBitsOf(ci, p.chunks[ci], func(off u128) {
+			if r, id, ok := gp.blockOf(off); ok {
+				_, _, m := split(off)
+				if ob := gp.own[id]; r.host != g.host || ob == nil || ob.used&m == 0 {
+					return
+				}
+			}
+			out = append(out, p.addr(off))
+		})
 	}
 	return out, nil
 }
 
 // Usage implements [Statuser]: it reads the index and every chunk of the pool, so the count is
-// exact at the time of the read, whichever host allocated. Errors: ctx's error;
+// exact at the time of the read, whichever host allocated, but for the blocks of other hosts
+// (see "Per-host blocks"), whose every address counts as in use. Errors: ctx's error;
 // [ErrUnknownPool]; the store's errors.
 func (g *Global) Usage(ctx context.Context, id PoolID) (size uint64, inUse int, err error) {
 	what := fmt.Sprintf("ipam: usage of pool %s", id)
@@ -1082,5 +1240,9 @@ func (g *Global) Usage(ctx context.Context, id PoolID) (size uint64, inUse int, 
 		return 0, 0, fmt.Errorf("%s: %w", what, err)
 	}
 	defer unlock()
-	return gp.cache.size(), gp.cache.inUse, nil
+	inUse = gp.cache.inUse
+	for _, ob := range gp.own {
+		inUse -= bits.OnesCount64(ob.held) - bits.OnesCount64(ob.used)
+	}
+	return gp.cache.size(), inUse, nil
 }
