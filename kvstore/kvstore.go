@@ -11,6 +11,7 @@ package kvstore
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -103,11 +104,36 @@ type Batcher interface {
 // Op is one write in a Batch: a Put when Value is non-nil, else a Delete. When Check is true the
 // op applies only if the key's revision is PrevRevision (0: absent), otherwise the whole
 // batch fails with ErrKeyModified or ErrKeyExists.
+//
+// An op with Exists set writes nothing: it requires that the key exist, at any revision, when
+// the batch commits, otherwise the whole batch fails with ErrKeyNotFound. Value, Check and
+// PrevRevision must then be zero (ErrInvalidParameter). It lets a write depend on another
+// record in the same round trip (an endpoint's record on its network's).
 type Op struct {
 	Key          string
 	Value        []byte
 	Check        bool
 	PrevRevision uint64
+	Exists       bool
+}
+
+// CheckOps checks what every backend's Batch refuses before it talks to the store: an empty
+// key, a key twice, an Exists op that also writes or checks a revision.
+func CheckOps(ops []Op) error {
+	seen := make(map[string]struct{}, len(ops))
+	for i, op := range ops {
+		if op.Key == "" {
+			return fmt.Errorf("op %d: %w", i, errclass.Invalid("key", "", "must not be empty"))
+		}
+		if _, dup := seen[op.Key]; dup {
+			return fmt.Errorf("op %d: %w", i, errclass.Invalid("key", op.Key, "appears more than once in the batch"))
+		}
+		seen[op.Key] = struct{}{}
+		if op.Exists && (op.Value != nil || op.Check || op.PrevRevision != 0) {
+			return fmt.Errorf("op %d: %w", i, errclass.Invalid("key", op.Key, "an Exists op writes nothing and checks no revision"))
+		}
+	}
+	return nil
 }
 
 // Leaser is a capability of stores whose keys can carry a time to live: etcd leases, Consul

@@ -386,18 +386,14 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 	if err := s.begin(ctx); err != nil {
 		return 0, fmt.Errorf("boltdb: batch: %w", err)
 	}
-	seen := make(map[string]struct{}, len(ops))
-	for i, op := range ops {
-		if op.Key == "" {
-			return 0, fmt.Errorf("boltdb: batch: op %d: %w", i, errclass.Invalid("key", "", "must not be empty"))
-		}
-		if _, dup := seen[op.Key]; dup {
-			return 0, fmt.Errorf("boltdb: batch: op %d: %w", i, errclass.Invalid("key", op.Key, "appears more than once in the batch"))
-		}
-		seen[op.Key] = struct{}{}
+	if err := kvstore.CheckOps(ops); err != nil {
+		return 0, fmt.Errorf("boltdb: batch: %w", err)
 	}
 	rev, err := s.update(func(w *txn) error {
 		for i, op := range ops {
+			if op.Exists && w.get(op.Key) == nil {
+				return fmt.Errorf("op %d %q: %w", i, op.Key, kvstore.ErrKeyNotFound)
+			}
 			if !op.Check {
 				continue
 			}
@@ -409,6 +405,8 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 		for i, op := range ops {
 			var err error
 			switch {
+			case op.Exists:
+				continue
 			case op.Value != nil:
 				err = w.put(op.Key, op.Value, nil)
 			case w.get(op.Key) != nil:

@@ -555,17 +555,12 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 	if err := s.begin(ctx); err != nil {
 		return 0, fmt.Errorf("consul: batch: %w", err)
 	}
-	seen := make(map[string]struct{}, len(ops))
+	if err := kvstore.CheckOps(ops); err != nil {
+		return 0, fmt.Errorf("consul: batch: %w", err)
+	}
 	var dels []string // keys of the deletes, read before each attempt
-	for i, op := range ops {
-		if op.Key == "" {
-			return 0, fmt.Errorf("consul: batch: op %d: %w", i, errclass.Invalid("key", "", "must not be empty"))
-		}
-		if _, dup := seen[op.Key]; dup {
-			return 0, fmt.Errorf("consul: batch: op %d: %w", i, errclass.Invalid("key", op.Key, "appears more than once in the batch"))
-		}
-		seen[op.Key] = struct{}{}
-		if op.Value == nil {
+	for _, op := range ops {
+		if op.Value == nil && !op.Exists {
 			dels = append(dels, op.Key)
 		}
 	}
@@ -613,6 +608,8 @@ func (s *Store) batchOnce(ctx context.Context, ops []kvstore.Op, dels []string) 
 	}
 	for i, op := range ops {
 		switch {
+		case op.Exists: // "get" fails the transaction when the key is missing
+			add(i, true, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGet, Key: s.root + kvDir + op.Key}})
 		case op.Value != nil && op.Check:
 			add(i, true, s.setOp(api.KVCAS, op.Key, op.Value, op.PrevRevision))
 			writes = true
@@ -669,6 +666,9 @@ func (s *Store) batchFailure(ops []kvstore.Op, resp *txnResult, owner []int, che
 			continue
 		}
 		i := owner[e.OpIndex]
+		if ops[i].Exists {
+			return 0, false, fmt.Errorf("op %d %q: %w", i, ops[i].Key, kvstore.ErrKeyNotFound)
+		}
 		return 0, false, fmt.Errorf("op %d %q: %w", i, ops[i].Key, casError(ops[i].PrevRevision))
 	}
 	return 0, true, nil

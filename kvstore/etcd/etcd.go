@@ -546,22 +546,23 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 	if len(ops) > MaxBatchOps {
 		return 0, fmt.Errorf("etcd: batch: %w", errclass.Invalid("ops", fmt.Sprint(len(ops)), fmt.Sprintf("more than %d ops in one batch", MaxBatchOps)))
 	}
-	seen := make(map[string]struct{}, len(ops))
+	if err := kvstore.CheckOps(ops); err != nil {
+		return 0, fmt.Errorf("etcd: batch: %w", err)
+	}
 	var (
 		cmps    []clientv3.Cmp
-		checked []int // indexes of the ops with Check, in the order of cmps
+		checked []int // indexes of the ops with Check or Exists, in the order of cmps
 		writes  = make([]clientv3.Op, 0, len(ops))
 		elses   []clientv3.Op
 	)
 	for i, op := range ops {
-		if op.Key == "" {
-			return 0, fmt.Errorf("etcd: batch: op %d: %w", i, errclass.Invalid("key", "", "must not be empty"))
-		}
-		if _, dup := seen[op.Key]; dup {
-			return 0, fmt.Errorf("etcd: batch: op %d: %w", i, errclass.Invalid("key", op.Key, "appears more than once in the batch"))
-		}
-		seen[op.Key] = struct{}{}
 		full := s.prefix + op.Key
+		if op.Exists {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(full), ">", 0))
+			checked = append(checked, i)
+			elses = append(elses, clientv3.OpGet(full, clientv3.WithKeysOnly()))
+			continue
+		}
 		if op.Check {
 			cmps = append(cmps, revisionIs(full, op.PrevRevision))
 			checked = append(checked, i)
@@ -585,6 +586,9 @@ func (s *Store) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
 			op := ops[i]
 			kvs := resp.Responses[j].GetResponseRange().GetKvs()
 			switch {
+			case op.Exists && len(kvs) == 0:
+				return 0, fmt.Errorf("etcd: batch: op %d %q: %w", i, op.Key, kvstore.ErrKeyNotFound)
+			case op.Exists:
 			case op.PrevRevision == 0 && len(kvs) > 0:
 				return 0, fmt.Errorf("etcd: batch: op %d %q: %w", i, op.Key, kvstore.ErrKeyExists)
 			case op.PrevRevision != 0 && (len(kvs) == 0 || uint64(kvs[0].ModRevision) != op.PrevRevision):

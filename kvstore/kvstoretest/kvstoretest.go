@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/kvstore"
 )
 
@@ -91,6 +92,7 @@ func RunWith(t *testing.T, newStore func(t *testing.T) kvstore.Store, opts Optio
 		{"CanceledContext", testCanceledContext},
 		{"ConcurrentAtomicPut", testConcurrentAtomicPut},
 		{"Batch", testBatch},
+		{"BatchExists", testBatchExists},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -686,6 +688,59 @@ func testClosed(t *testing.T, s kvstore.Store) {
 }
 
 // mustPut writes key and returns its revision.
+// testBatchExists checks the Exists op: it writes nothing, lets the batch commit when its key
+// exists, and fails the whole batch with ErrKeyNotFound when it does not; an Exists op that
+// also writes or checks a revision is refused.
+func testBatchExists(t *testing.T, s kvstore.Store) {
+	b, ok := s.(kvstore.Batcher)
+	if !ok {
+		t.Skipf("%T does not implement kvstore.Batcher", s)
+	}
+	ctx := t.Context()
+	rParent := mustPut(t, s, "bx/parent", "p")
+	mustPut(t, s, "bx/gone", "g")
+	if err := s.Delete(ctx, "bx/gone"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, missing := range []string{"bx/never", "bx/gone"} {
+		_, err := b.Batch(ctx, []kvstore.Op{
+			{Key: "bx/child", Value: []byte("c"), Check: true},
+			{Key: missing, Exists: true},
+		})
+		if !errors.Is(err, kvstore.ErrKeyNotFound) || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("Batch(Exists %s) error = %v, want ErrKeyNotFound naming it", missing, err)
+		}
+		if _, err := s.Get(ctx, "bx/child"); !errors.Is(err, kvstore.ErrKeyNotFound) {
+			t.Errorf("a batch whose Exists %s failed wrote bx/child: Get error = %v", missing, err)
+		}
+	}
+
+	rev, err := b.Batch(ctx, []kvstore.Op{
+		{Key: "bx/child", Value: []byte("c"), Check: true},
+		{Key: "bx/parent", Exists: true},
+	})
+	if err != nil {
+		t.Fatalf("Batch(Exists on a present key): %v", err)
+	}
+	if got := mustGet(t, s, "bx/child"); got.Revision != rev || string(got.Value) != "c" {
+		t.Errorf("bx/child = %s, want c at the batch's revision %d", fmtPair(got), rev)
+	}
+	if got := mustGet(t, s, "bx/parent"); got.Revision != rParent || string(got.Value) != "p" {
+		t.Errorf("the Exists op changed bx/parent: %s", fmtPair(got))
+	}
+
+	for _, op := range []kvstore.Op{
+		{Key: "bx/parent", Exists: true, Value: []byte("x")},
+		{Key: "bx/parent", Exists: true, Check: true},
+		{Key: "bx/parent", Exists: true, PrevRevision: rParent},
+	} {
+		if _, err := b.Batch(ctx, []kvstore.Op{op}); !errors.Is(err, errclass.ErrInvalidParameter) {
+			t.Errorf("Batch(%+v) error = %v, want ErrInvalidParameter", op, err)
+		}
+	}
+}
+
 func mustPut(t *testing.T, s kvstore.Store, key, value string) uint64 {
 	t.Helper()
 	rev, err := s.Put(t.Context(), key, []byte(value))
