@@ -281,39 +281,31 @@ func (c *Cluster) CreateNetwork(ctx context.Context, rec netobj.Record, b []byte
 }
 
 // CreateEndpoint implements netobj.Records. The record is written in one transaction with a
-// check that no host is deleting the network (its fence key, DeletingKeyPrefix, is absent);
-// a host that deletes the network writes the fence first and then lists the endpoints, so one
-// of the two always sees the other. A network deleted outright before the transaction (its
-// fence already gone with its record) is caught by reading its record after it: then the
-// endpoint's record is deleted again. So a new endpoint costs one write and one read, and
-// Controller.Connect overlaps them with the kernel work.
+// check that no host is deleting the network (its fence key, DeletingKeyPrefix, is absent)
+// and that the network's record exists: a host that deletes the network writes the fence
+// first and then lists the endpoints, so one of the two always sees the other, and a network
+// deleted outright before the transaction (its fence already gone with its record) fails the
+// record's check. So a new endpoint costs one round trip to the store, which
+// Controller.Connect overlaps with the kernel work.
 func (c *Cluster) CreateEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte) (uint64, error) {
 	fence := DeletingKeyPrefix + rec.ID
 	rev, err := c.store.Batch(ctx, []kvstore.Op{
 		{Key: key, Value: b, Check: true},
 		{Key: fence, Check: true}, // a checked delete of a missing key: "absent", nothing written
+		{Key: netobj.Key(rec.ID), Exists: true},
 	})
-	if errors.Is(err, kvstore.ErrKeyExists) {
+	switch {
+	case err == nil:
+		return rev, nil
+	case errors.Is(err, kvstore.ErrKeyNotFound):
+		return 0, &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "deleted by another host"}
+	case errors.Is(err, kvstore.ErrKeyExists):
 		if _, gerr := c.store.Get(ctx, fence); gerr == nil {
 			return 0, &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "being deleted by another host"}
 		}
 	}
-	if err != nil {
-		c.Uncertain(err, netobj.UncertainKey{Key: key})
-		return 0, err
-	}
-	_, err = c.store.Get(ctx, netobj.Key(rec.ID))
-	if errors.Is(err, kvstore.ErrKeyNotFound) {
-		err = &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "deleted by another host"}
-	}
-	if err != nil {
-		if derr := c.store.Delete(context.WithoutCancel(ctx), key); derr != nil {
-			c.Uncertain(derr, netobj.UncertainKey{Key: key})
-			err = errors.Join(err, derr)
-		}
-		return 0, err
-	}
-	return rev, nil
+	c.Uncertain(err, netobj.UncertainKey{Key: key})
+	return 0, err
 }
 
 // BeginDelete implements netobj.Records: a fence key (DeletingKeyPrefix) stops endpoint
