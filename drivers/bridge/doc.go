@@ -18,11 +18,13 @@
 // the sandbox end, with the requested name (eth0), MAC and the network's MTU, created directly
 // in the sandbox's namespace. The sandbox adds the addresses and routes and sets it up. Leave
 // deletes the host end, which takes the other with it. CreateEndpoint and DeleteEndpoint of an
-// endpoint without published ports do no iptables work; DeleteEndpoint flushes the conntrack
-// entries of the endpoint's IPv4 address (one filtered IPCTNL_MSG_CT_DELETE per direction,
-// matched by the kernel) and of its IPv6 address (a dump of the IPv6 table and a delete per
-// entry of that address: the kernel's filtered IPv6 delete matches inverted, up to Linux 6.18
-// at least, and would flush every other entry). Join of an endpoint with published ports also
+// endpoint without published ports do no iptables work; DeleteEndpoint starts flushing the
+// conntrack entries of the endpoint's IPv4 address (one filtered IPCTNL_MSG_CT_DELETE per
+// direction, matched by the kernel) and of its IPv6 address (a dump of the IPv6 table and a
+// delete per entry of that address: the kernel's filtered IPv6 delete matches inverted, up to
+// Linux 6.18 at least, and would flush every other entry). The flush runs on a goroutine the
+// driver owns, after DeleteEndpoint returns (each filtered delete walks the machine's whole
+// conntrack table); a CreateEndpoint of the same address waits for it, and Close for all. Join of an endpoint with published ports also
 // sets hairpin mode on its bridge port, so that a container reaches its own published port.
 //
 // [Driver.JoinHostSide] is the same veth pair with the sandbox end left in the host namespace
