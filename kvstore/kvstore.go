@@ -67,6 +67,12 @@ func (t EventType) String() string {
 type Event struct {
 	Type EventType
 	Pair KVPair
+	// Inferred marks a delete the backend did not see happen but inferred from the key's
+	// absence: a key gone without a trace of its delete (Consul: no tombstone; a session's
+	// key that Consul removed), or one missing after the store's state went back. Right after
+	// a server restarts it can answer before it has replayed its log, so such a key may come
+	// back: a watcher that must not act on a false delete checks again later.
+	Inferred bool
 }
 
 // Store is a key-value store with revisions.

@@ -175,7 +175,7 @@ func diff(prev map[string]entry, snap *snapshot, last uint64, synthesize bool) [
 			if t, ok := snap.tombs[k]; ok && t.rev > last {
 				continue
 			}
-			events = append(events, kvstore.Event{Type: kvstore.EventDelete, Pair: kvstore.KVPair{Key: k, Revision: snap.index}})
+			events = append(events, kvstore.Event{Type: kvstore.EventDelete, Pair: kvstore.KVPair{Key: k, Revision: snap.index}, Inferred: true})
 		}
 	}
 	sortEvents(events)
@@ -194,7 +194,7 @@ func resync(prev map[string]entry, snap *snapshot) []kvstore.Event {
 	}
 	for k := range prev {
 		if _, ok := snap.data[k]; !ok {
-			dels = append(dels, kvstore.Event{Type: kvstore.EventDelete, Pair: kvstore.KVPair{Key: k, Revision: snap.index}})
+			dels = append(dels, kvstore.Event{Type: kvstore.EventDelete, Pair: kvstore.KVPair{Key: k, Revision: snap.index}, Inferred: true})
 		}
 	}
 	sortEvents(puts)

@@ -17,7 +17,11 @@ func fmtEvents(events []kvstore.Event) string {
 		if ev.Type == kvstore.EventPut {
 			fmt.Fprintf(&b, "put %s=%s@%d\n", ev.Pair.Key, ev.Pair.Value, ev.Pair.Revision)
 		} else {
-			fmt.Fprintf(&b, "delete %s@%d value=%v\n", ev.Pair.Key, ev.Pair.Revision, ev.Pair.Value)
+			fmt.Fprintf(&b, "delete %s@%d value=%v", ev.Pair.Key, ev.Pair.Revision, ev.Pair.Value)
+			if ev.Inferred {
+				b.WriteString(" inferred")
+			}
+			b.WriteString("\n")
 		}
 	}
 	return b.String()
@@ -66,7 +70,7 @@ func TestDiff(t *testing.T) {
 			data:  map[string]entry{"b": {6, []byte("2")}},
 			tombs: map[string]tombstone{"a": {rev: 3, prevRev: 2}}}, // an older delete of a
 		last: 6, synthesize: true,
-		want: "delete a@20 value=[]\n",
+		want: "delete a@20 value=[] inferred\n",
 	}, {
 		name: "replay from a revision: no synthesized deletes",
 		prev: nil,
@@ -99,7 +103,7 @@ func TestResync(t *testing.T) {
 		"b": {7, []byte("2")},   // another revision: put
 		"d": {5, []byte("4")},   // new: put
 	}}
-	want := "put d=4@5\nput b=2@7\ndelete c@9 value=[]\n"
+	want := "put d=4@5\nput b=2@7\ndelete c@9 value=[] inferred\n"
 	if got := fmtEvents(resync(prev, snap)); got != want {
 		t.Errorf("resync =\n%swant\n%s", got, want)
 	}
