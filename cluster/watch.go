@@ -63,7 +63,13 @@ func (c *Cluster) watchNetworks(ctx context.Context) {
 				case kvstore.EventPut:
 					c.adopt(ctx, ev.Pair.Value)
 				case kvstore.EventDelete:
-					c.cfg.Networks.Forget(ctx, id)
+					if ev.Inferred {
+						// Perhaps a restarted server that has not replayed its log yet:
+						// forgotten only if the record stays absent (confirmMissing).
+						missing[id] = time.Now()
+					} else {
+						c.cfg.Networks.Forget(ctx, id)
+					}
 				}
 			case now := <-tick.C:
 				c.confirmMissing(ctx, missing, now)
