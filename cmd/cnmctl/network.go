@@ -326,6 +326,7 @@ func networkConnect(g *globals) *cobra.Command {
 	fl.StringVar(&req.IPv4Address, "ip", "", "IPv4 address")
 	fl.StringVar(&req.IPv6Address, "ip6", "", "IPv6 address")
 	fl.StringArrayVar(&req.Aliases, "alias", nil, "extra name on the network")
+	fl.StringVar(&req.IfName, "ifname", "", "interface name in the sandbox (default the next ethN)")
 	return cmd
 }
 

@@ -69,6 +69,8 @@ func sandboxCreate(g *globals) *cobra.Command {
 	fl.StringArrayVar(&req.DNSOptions, "dns-option", nil, "resolv.conf option")
 	fl.StringArrayVar(&req.ExtraHosts, "add-host", nil, "hosts file entry, name:addr")
 	fl.StringArrayVar(&req.Aliases, "network-alias", nil, "extra name on the network")
+	fl.StringVar(&req.Netns, "netns", "", "use this network namespace (a path the caller owns, as a container runtime's) instead of making one")
+	fl.StringVar(&req.IfName, "ifname", "", "interface name in the sandbox on --net (default the next ethN)")
 	return cmd
 }
 
