@@ -33,8 +33,8 @@ func saveRules(t *testing.T, ns *netns.NS) string {
 	return iptables.Normalize(out)
 }
 
-// talk connects from the namespace at fromPath to to, sends "ping" and expects the listener ln
-// to answer "pong".
+// talk connects from the namespace at fromPath to to (IPv4 or IPv6), sends "ping" and expects
+// the listener ln to answer "pong".
 func talk(fromPath string, to netip.AddrPort, ln net.Listener) error {
 	from, err := netns.Open(fromPath)
 	if err != nil {
@@ -44,7 +44,7 @@ func talk(fromPath string, to netip.AddrPort, ln net.Listener) error {
 	var c net.Conn
 	if err := from.Do(func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", to.String(), 2*time.Second)
+		c, err = net.DialTimeout("tcp", to.String(), 2*time.Second)
 		return err
 	}); err != nil {
 		return err
@@ -241,7 +241,8 @@ func TestPrivilegedPublishedPorts(t *testing.T) {
 	mustConnect(t, c2, "web", "c", endpoint.WithPorts(p...)) // the port is free again
 }
 
-// listenIn listens on TCP address addr inside the namespace at path; cleanup closes it.
+// listenIn listens on TCP address addr (IPv4 or IPv6) inside the namespace at path; cleanup
+// closes it.
 func listenIn(t *testing.T, path, addr string) net.Listener {
 	t.Helper()
 	ns, err := netns.Open(path)
@@ -249,10 +250,14 @@ func listenIn(t *testing.T, path, addr string) net.Listener {
 		t.Fatal(err)
 	}
 	defer ns.Close()
+	network := "tcp4"
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() {
+		network = "tcp6"
+	}
 	var ln net.Listener
 	if err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen(network, addr)
 		return err
 	}); err != nil {
 		t.Fatal(err)

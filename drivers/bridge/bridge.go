@@ -248,7 +248,8 @@ func (d *Driver) ParseNetworkOptions(labels map[string]string) (drivers.NetworkO
 
 // CreateNetwork makes the network's bridge: named after req.Options (by default "br-" and the
 // first 12 characters of the network ID), with the options' MTU, the alias "cnm:" and the
-// network ID, each subnet's gateway as an address (gateway/subnet length), and up. It writes
+// network ID, each subnet's gateway as an address (gateway/subnet length; with an IPv6 one,
+// fe80::1/64 too), and up. It writes
 // the network's firewall rules (see the package doc: with the iptables backend one
 // iptables-restore transaction, and one ip6tables-restore transaction when it has IPv6
 // subnets; with the nftables backend one batch, sent while a new bridge's alias, addresses
@@ -406,13 +407,26 @@ func networkConfig(req drivers.CreateNetworkRequest) (*network, error) {
 	return n, nil
 }
 
-// gatewayAddrs returns the bridge addresses of req's gateways.
+// bridgeLinkLocal is the IPv6 link-local address a bridge with an IPv6 gateway gets, without
+// duplicate address detection (see bridgeAddr), next to the one the kernel makes.
+var bridgeLinkLocal = netip.MustParsePrefix("fe80::1/64")
+
+// gatewayAddrs returns the bridge addresses of req's gateways and, when one is IPv6,
+// bridgeLinkLocal. The kernel sends its neighbour solicitations for forwarded packets (a
+// published port's, a reply from outside) from a link-local address, and sends none while
+// the one it made is tentative: for about two seconds after the bridge gets its first port,
+// IPv6 traffic forwarded to the containers would wait.
 func gatewayAddrs(req drivers.CreateNetworkRequest) []netip.Prefix {
 	var out []netip.Prefix
+	v6 := false
 	for _, s := range append(append([]drivers.IPAMData(nil), req.IPv4...), req.IPv6...) {
 		if s.Gateway.IsValid() {
 			out = append(out, netip.PrefixFrom(s.Gateway, s.Subnet.Bits()))
+			v6 = v6 || s.Gateway.Is6()
 		}
+	}
+	if v6 {
+		out = append(out, bridgeLinkLocal)
 	}
 	return out
 }

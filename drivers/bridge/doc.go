@@ -6,7 +6,10 @@
 // CreateNetwork makes one bridge per network, named by [NetworkOptions].BridgeName or by
 // default "br-" and the first 12 characters of the network ID (br-1a2b3c4d5e6f). The bridge
 // gets the network's MTU, the alias (IFLA_IFALIAS, shown by "ip link") "cnm:" and the full
-// network ID, each subnet's gateway as an address with the subnet's length, and is set up.
+// network ID, each subnet's gateway as an address with the subnet's length (IPv6 ones
+// without duplicate address detection, and then fe80::1/64 too, so that neighbour discovery
+// for traffic forwarded to the containers does not wait for the kernel's own link-local
+// address to leave its tentative state), and is set up.
 // The alias is how the driver tells its bridges from everyone else's: a link of the wanted
 // name without the network's alias is a conflict and is never touched. (One exception: a
 // bridge with the network's default name and no alias at all, which a crash between creating
