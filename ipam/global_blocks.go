@@ -298,6 +298,11 @@ func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error 
 			delete(gp.own, id)
 			return nil
 		case !isCASFailure(err):
+			// The write may have been applied with its answer lost (a store restarting):
+			// then the block is free in the store and another host may claim it, so this
+			// host stops allocating from it either way. Had the write failed, the block
+			// stays recorded as this host's with no address in use until ReconcileBlocks.
+			delete(gp.own, id)
 			return err
 		case attempt >= g.maxAttempts:
 			return g.gaveUp(err)
