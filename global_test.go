@@ -78,12 +78,19 @@ type ghost struct {
 	netns   string
 	gs      kvstore.Store
 	ttl     time.Duration
+	blocks  bool // Config.GlobalAddressBlocks
 	c       *cnm.Controller
 }
 
 func newGhost(t *testing.T, name string, gs kvstore.Store, ttl time.Duration) *ghost {
 	t.Helper()
-	h := &ghost{name: name, dataDir: t.TempDir(), runDir: t.TempDir(), netns: nstest.NewNS(t).Path(), gs: gs, ttl: ttl}
+	return newGhostWith(t, name, gs, ttl, false)
+}
+
+// newGhostWith is newGhost with Config.GlobalAddressBlocks set to blocks.
+func newGhostWith(t *testing.T, name string, gs kvstore.Store, ttl time.Duration, blocks bool) *ghost {
+	t.Helper()
+	h := &ghost{name: name, dataDir: t.TempDir(), runDir: t.TempDir(), netns: nstest.NewNS(t).Path(), gs: gs, ttl: ttl, blocks: blocks}
 	c, err := h.start(t)
 	if err != nil {
 		t.Fatalf("host %s: cnm.New: %v", name, err)
@@ -98,6 +105,7 @@ func (h *ghost) start(t testing.TB) (*cnm.Controller, error) {
 		DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.netns, NoPredefinedNetworks: true,
 		Drivers:     map[string]drivers.Driver{globalDriver: driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})},
 		GlobalStore: h.gs, Hostname: h.name, HostTTL: h.ttl, StoreTimeout: 2 * time.Second,
+		GlobalAddressBlocks: h.blocks,
 	})
 	if err != nil {
 		return nil, err

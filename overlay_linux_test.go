@@ -620,8 +620,8 @@ func TestPrivilegedOverlayAddressBlocks(t *testing.T) {
 	ctx := t.Context()
 	ec := storetest.StartEtcd(t)
 	gs := openEtcd(t, ec.Endpoints(), "blocks")
-	a := newGhost(t, "host-a", gs, 3*time.Second)
-	b := newGhost(t, "host-b", gs, 3*time.Second)
+	a := newGhostWith(t, "host-a", gs, 3*time.Second, true)
+	b := newGhostWith(t, "host-b", gs, 3*time.Second, true)
 	subnet := netip.MustParsePrefix("10.90.0.0/16")
 	if _, err := a.c.NewNetwork(ctx, "blk", globalDriver, network.WithSubnet(subnet)); err != nil {
 		t.Fatal(err)

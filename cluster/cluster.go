@@ -137,6 +137,9 @@ type Config struct {
 	IPAM ipam.Allocator
 	// Host is this host's name in the registry, unique in the cluster. Required.
 	Host string
+	// AddressBlocks makes the default IPAM (IPAM nil) take this host's dynamic addresses from
+	// per-host blocks (ipam.GlobalConfig.Host); off, every address is one compare-and-swap.
+	AddressBlocks bool
 	// TTL is how long the registry keeps this host after its last renewal; 0 means
 	// DefaultTTL. The store may round it up (Consul: at least 10s).
 	TTL time.Duration
@@ -216,7 +219,11 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		// Per-host blocks: this host's dynamic addresses need no store write (ipam.Global);
 		// the sweep gives back the blocks of hosts that are gone, reassert re-reads this
 		// host's after its registration lapsed.
-		a, err := ipamkv.NewGlobal(c.store, ipam.GlobalConfig{Host: cfg.Host})
+		var gc ipam.GlobalConfig
+		if cfg.AddressBlocks {
+			gc.Host = cfg.Host
+		}
+		a, err := ipamkv.NewGlobal(c.store, gc)
 		if err != nil {
 			return nil, fmt.Errorf("cluster: global ipam: %w", err)
 		}
