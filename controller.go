@@ -34,6 +34,15 @@
 // the store: leftovers of a crash (a namespace, bridge or veth without a record) are removed,
 // records whose kernel objects vanished are cleaned up. Repairs returns what was fixed.
 //
+// The endpoints that Connect makes for a sandbox with a namespace (all but host-mode ones)
+// keep their records in the run store instead (RunDir/records.db, Config.RunStore): bbolt
+// without fsync on the RunDir's tmpfs. Such an endpoint lives no longer than its sandbox's
+// namespace, which a reboot removes, so its record must outlive a crash of the process, which
+// it does (the writes are in the page cache), not of the machine: Connect's one commit costs
+// tens of microseconds instead of two disk flushes. After a reboot the tmpfs is empty, and the
+// sandboxes' records, without their namespaces, are dropped as before. Endpoints made by
+// Network.CreateEndpoint, and host-mode sandboxes' endpoints, stay in the local store.
+//
 // A network whose driver or IPAM driver is not registered at start (one registered with
 // RegisterDriver after New) is never pruned: it waits, with its records, name, subnets and
 // interfaces kept, and RegisterDriver or RegisterIPAMDriver restores it with its endpoints.
@@ -66,7 +75,8 @@
 // # Where each fact lives
 //
 // Local store: local networks' and their endpoints' records, sandbox records, this host's
-// identity in the cluster. Global store: global networks' records (with their drivers'
+// identity in the cluster. Run store: the records of the endpoints Connect makes for a
+// sandbox's namespace. Global store: global networks' records (with their drivers'
 // allocations, such as a VNI), name keys, delete fences, their endpoints' records (each naming
 // its host), host registry entries, the global IPAM, the gossip keyring. Kernel: namespaces,
 // links, addresses, routes, rules, rebuilt or adopted from the records at start. Memory: only
@@ -193,6 +203,11 @@ type Config struct {
 	Machine sandbox.Machine
 	// Store replaces the embedded bbolt store. The Controller does not close a Store it was given.
 	Store kvstore.Store
+	// RunStore replaces the run store, RunDir/records.db: bbolt with no fsync, for the records
+	// of endpoints that Connect makes for a sandbox with a namespace, which a reboot removes
+	// with the namespace (see "State and restart" in the package doc). The Controller does
+	// not close a RunStore it was given; giving Store here as well keeps every record in it.
+	RunStore kvstore.Store
 	// IPAM replaces the built-in "default" IPAM driver (ipam.Default with its default pools).
 	IPAM ipam.Allocator
 	// IPAMDrivers registers extra IPAM drivers by name, next to "default"; a network picks
@@ -287,6 +302,8 @@ type Controller struct {
 	log      *slog.Logger
 	store    kvstore.Store
 	ownStore bool
+	run      kvstore.Store // the run store (see openRunStore)
+	ownRun   bool
 	ipam     ipam.Allocator // the "default" IPAM driver
 	reg      drivers.Registry
 	machine  sandbox.Machine
@@ -420,6 +437,14 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			made = append(made, db)
 		}
 	}
+	if cfg.RunStore == nil {
+		if _, serr := os.Lstat(cfg.RunDir); errors.Is(serr, os.ErrNotExist) {
+			made = append(made, cfg.RunDir)
+		}
+		if _, serr := os.Lstat(filepath.Join(cfg.RunDir, runStoreFile)); errors.Is(serr, os.ErrNotExist) {
+			made = append(made, filepath.Join(cfg.RunDir, runStoreFile))
+		}
+	}
 	defer func() {
 		if err == nil {
 			return
@@ -453,6 +478,13 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, fmt.Errorf("cnm: store: %w", err)
 		}
 		c.store, c.ownStore = s, true
+	}
+	runRepair, err := c.openRunStore()
+	if err != nil {
+		return nil, err
+	}
+	if runRepair != nil {
+		c.repaired(*runRepair)
 	}
 	if c.ipam == nil {
 		a, err := ipam.NewDefault(ipam.DefaultConfig{})
@@ -785,7 +817,7 @@ func (c *Controller) overlapsHost(p netip.Prefix) bool {
 
 func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) netobj.Config {
 	cfg := netobj.Config{
-		Entry: e, Records: netobj.LocalRecords(c.store), IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
+		Entry: e, Records: netobj.LocalRecords(c.store), RunStore: c.run, IPAM: a, OnDelete: c.dropNetwork, GatewayService: &c.gw,
 		Seq: func() uint64 { return c.seq.Add(1) }, Logger: c.log, Publish: c.bus.Publish,
 		Begin: c.begin,
 	}
@@ -1265,18 +1297,20 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 	// the address time out). A global endpoint's record goes after its driver work, as before.
 	rb := context.WithoutCancel(ctx)
 	type removal struct {
-		ep     *epobj.Ep
-		key    string
-		global bool
-		drive  func(context.Context) (func(), error)
-		finish func()
-		err    error
+		ep      *epobj.Ep
+		key     string
+		global  bool
+		runtime bool // its record is in the run store
+		drive   func(context.Context) (func(), error)
+		finish  func()
+		err     error
 	}
 	var (
 		errs []error
 		rms  []removal
 	)
 	keys := []string{sandboxPrefix + sb.rec.ID}
+	var runKeys []string // records in the run store, deleted in a commit of their own
 	for _, ep := range eps {
 		key, drive, err := ep.BeginRemove()
 		if err != nil {
@@ -1287,7 +1321,12 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 			continue
 		}
 		r := removal{ep: ep, key: key, global: ep.Scope() == drivers.GlobalScope, drive: drive}
-		if !r.global {
+		switch {
+		case r.global:
+		case c.run != c.store && ep.Store() == c.run:
+			r.runtime = true
+			runKeys = append(runKeys, key)
+		default:
 			keys = append(keys, key)
 		}
 		rms = append(rms, r)
@@ -1303,7 +1342,13 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 			}
 		}()
 	}
+	// The sandbox's record goes first: a crash before the run store's commit leaves endpoint
+	// records without a sandbox record, which the next start deletes with their endpoints.
 	serr := c.deleteKeys(rb, keys)
+	var rerr error
+	if len(runKeys) > 0 {
+		rerr = deleteKeys(rb, c.run, runKeys)
+	}
 	<-driven
 	var (
 		finish     []func()
@@ -1312,7 +1357,7 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 	for _, r := range rms {
 		if r.err != nil {
 			errs = append(errs, r.err)
-			if !r.global && serr == nil {
+			if deleted := (r.runtime && rerr == nil) || (!r.runtime && serr == nil); !r.global && deleted {
 				if err := r.ep.Rewrite(rb); err != nil {
 					errs = append(errs, err)
 				}
@@ -1324,8 +1369,11 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		}
 		finish = append(finish, r.finish)
 	}
-	if serr != nil {
-		return errors.Join(append(errs, fmt.Errorf("store: %w", serr))...)
+	if rerr != nil {
+		errs = append(errs, fmt.Errorf("run store: %w", rerr))
+	}
+	if serr != nil || rerr != nil {
+		return errors.Join(append(errs, storeErr(serr))...)
 	}
 	if len(globalKeys) > 0 {
 		if err := deleteKeys(rb, c.cluster.Store(), globalKeys); err != nil {
@@ -1382,7 +1430,7 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 	if err := c.checkNone(n, sb); err != nil {
 		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
 	}
-	ep, err := n.CreateEndpointForJoin(ctx, sandboxID, opts...)
+	ep, err := n.CreateEndpointForJoin(ctx, sandboxID, runtimeSandbox(sb), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
 	}
@@ -1510,6 +1558,9 @@ func (c *Controller) closeResources() error {
 	errs = append(errs, c.reg.Close(), c.gossip.close())
 	if c.ownStore && c.store != nil {
 		errs = append(errs, c.store.Close())
+	}
+	if c.ownRun && c.run != nil {
+		errs = append(errs, c.run.Close())
 	}
 	if c.kernel != nil {
 		errs = append(errs, c.kernel.Close())

@@ -28,3 +28,6 @@ func MapSizesForTest(c *Controller) map[string]int {
 
 // StoreForTest returns the Controller's local store.
 func StoreForTest(c *Controller) kvstore.Store { return c.store }
+
+// RunStoreForTest returns the Controller's run store.
+func RunStoreForTest(c *Controller) kvstore.Store { return c.run }

@@ -191,7 +191,7 @@ func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.
 			c.dropGlobalRecord(ctx, r.Key, r.Revision, "endpoint "+r.Name, "its network is gone")
 			continue
 		}
-		ep, err := n.RestoreEndpoint(ctx, r.Record, r.Revision)
+		ep, err := n.RestoreEndpoint(ctx, r.Record, r.Revision, false)
 		if err != nil {
 			c.dropGlobalRecord(ctx, r.Key, r.Revision, "endpoint "+r.Name, err.Error())
 			continue

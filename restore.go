@@ -47,37 +47,40 @@ func (c *Controller) restore(ctx context.Context) error {
 		c.netNames[n.Name()] = n.ID()
 	}
 
-	// 2. Endpoints: their records are the leases; replay them into IPAM.
-	pairs, err = c.store.List(ctx, epobj.KeyPrefix)
-	if err != nil {
-		return fmt.Errorf("cnm: restore endpoints: %w", err)
-	}
+	// 2. Endpoints: their records are the leases; replay them into IPAM. They are in the
+	// local store, and in the run store for those Connect made for a sandbox's namespace.
 	var maxSeq uint64
 	eps := map[string][]*epobj.Ep{} // sandbox ID -> joined endpoints
-	for _, p := range pairs {
-		var rec epobj.Record
-		if err := json.Unmarshal(p.Value, &rec); err != nil {
-			c.log.Error("restore: bad endpoint record", "key", p.Key, "err", err)
-			continue
+	for _, rs := range c.recordStores() {
+		pairs, err = rs.s.List(ctx, epobj.KeyPrefix)
+		if err != nil {
+			return fmt.Errorf("cnm: restore endpoints: %w", err)
 		}
-		n := c.networks[rec.NetworkID]
-		if n == nil {
-			if w := c.waiting[rec.NetworkID]; w != nil {
-				w.eps = append(w.eps, waitingEp{key: p.Key, rev: p.Revision, rec: rec})
-				maxSeq = max(maxSeq, rec.JoinSeq)
+		for _, p := range pairs {
+			var rec epobj.Record
+			if err := json.Unmarshal(p.Value, &rec); err != nil {
+				c.log.Error("restore: bad endpoint record", "key", p.Key, "err", err)
 				continue
 			}
-			c.dropRecord(ctx, p.Key, "endpoint "+rec.Name, "its network is gone")
-			continue
-		}
-		ep, err := n.RestoreEndpoint(ctx, rec, p.Revision)
-		if err != nil {
-			c.dropRecord(ctx, p.Key, "endpoint "+rec.Name, err.Error())
-			continue
-		}
-		maxSeq = max(maxSeq, rec.JoinSeq)
-		if rec.SandboxID != "" {
-			eps[rec.SandboxID] = append(eps[rec.SandboxID], ep)
+			n := c.networks[rec.NetworkID]
+			if n == nil {
+				if w := c.waiting[rec.NetworkID]; w != nil {
+					w.eps = append(w.eps, waitingEp{key: p.Key, rev: p.Revision, rec: rec, runtime: rs.runtime})
+					maxSeq = max(maxSeq, rec.JoinSeq)
+					continue
+				}
+				c.dropRecord(ctx, rs.s, p.Key, "endpoint "+rec.Name, "its network is gone")
+				continue
+			}
+			ep, err := n.RestoreEndpoint(ctx, rec, p.Revision, rs.runtime)
+			if err != nil {
+				c.dropRecord(ctx, rs.s, p.Key, "endpoint "+rec.Name, err.Error())
+				continue
+			}
+			maxSeq = max(maxSeq, rec.JoinSeq)
+			if rec.SandboxID != "" {
+				eps[rec.SandboxID] = append(eps[rec.SandboxID], ep)
+			}
 		}
 	}
 	if c.cluster != nil {
@@ -247,8 +250,9 @@ func (c *Controller) restoreNetwork(ctx context.Context, rec netobj.Record) (*ne
 	return netobj.Restore(ctx, c.netConfig(e, alloc), rec, opts)
 }
 
-func (c *Controller) dropRecord(ctx context.Context, key, object, reason string) {
-	if err := c.store.Delete(ctx, key); err != nil {
+// dropRecord deletes the record at key from store s and reports it.
+func (c *Controller) dropRecord(ctx context.Context, s kvstore.Store, key, object, reason string) {
+	if err := s.Delete(ctx, key); err != nil {
 		c.log.Error("restore: delete record", "key", key, "err", err)
 		return
 	}
@@ -314,7 +318,7 @@ func (c *Controller) restoreSandbox(ctx context.Context, rec sandboxRecord, join
 		for _, ep := range joined {
 			c.loseEndpoint(ctx, ep, "sandbox "+rec.ID+" is gone")
 		}
-		c.dropRecord(ctx, sandboxPrefix+rec.ID, "sandbox "+rec.ID, err.Error())
+		c.dropRecord(ctx, c.store, sandboxPrefix+rec.ID, "sandbox "+rec.ID, err.Error())
 		return
 	}
 	for _, name := range dropped {

@@ -24,7 +24,7 @@ func TestDeleteSandboxDriverFails(t *testing.T) {
 	ep := mustConnect(t, c, "n1", "box")
 	addr := ep.Info().IPv4.Addr()
 	key := epobj.Key(n.ID(), ep.ID())
-	st := cnm.StoreForTest(c)
+	st := cnm.RunStoreForTest(c) // Connect's endpoint for a sandbox's namespace
 
 	boom := errors.New("boom")
 	l.bridge.FailOn("DeleteEndpoint", boom)

@@ -53,9 +53,10 @@ type waitingNet struct {
 
 // waitingEp is an endpoint record of a waiting network, as read from its store.
 type waitingEp struct {
-	key string
-	rev uint64
-	rec epobj.Record
+	key     string
+	rev     uint64
+	rec     epobj.Record
+	runtime bool // read from the run store
 }
 
 // Waiting returns the networks kept in the store that wait for their driver or IPAM driver
@@ -203,7 +204,7 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 	}
 	var js []joined
 	for _, e := range w.eps {
-		ep, err := n.RestoreEndpoint(ctx, e.rec, e.rev)
+		ep, err := n.RestoreEndpoint(ctx, e.rec, e.rev, e.runtime)
 		if err != nil {
 			c.dropWaitingRecord(ctx, w, e, err.Error())
 			continue
@@ -252,7 +253,7 @@ func (c *Controller) dropWaitingRecord(ctx context.Context, w *waitingNet, e wai
 		c.dropGlobalRecord(ctx, e.key, e.rev, "endpoint "+e.rec.Name, reason)
 		return
 	}
-	c.dropRecord(ctx, e.key, "endpoint "+e.rec.Name, reason)
+	c.dropRecord(ctx, c.storeOf(e.runtime), e.key, "endpoint "+e.rec.Name, reason)
 }
 
 // waitingLive adds the waiting networks and their joined endpoints to live: a driver's

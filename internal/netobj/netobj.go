@@ -81,7 +81,12 @@ type Config struct {
 	// Records is where the network's and its endpoints' records live (LocalRecords, or the
 	// cluster's for a global-scope driver).
 	Records Records
-	IPAM    ipam.Allocator
+	// RunStore, when set, holds the records of a local network's endpoints that live no
+	// longer than their sandbox's namespace (CreateEndpointForJoin with runtime set): a store
+	// that survives the process but not the machine, whose commits need no fsync. Nil: they
+	// go to Records like the others.
+	RunStore kvstore.Store
+	IPAM     ipam.Allocator
 	// Exclude lists prefixes an auto-picked subnet must avoid (the host's routes).
 	Exclude []netip.Prefix
 	// OnDelete is called once the network is deleted.
@@ -381,7 +386,9 @@ func (n *Net) Record() Record {
 	return r
 }
 
-func (n *Net) epConfig() epobj.Config {
+// epConfig returns the configuration of an endpoint; runtime puts its record in the
+// RunStore (see runStore).
+func (n *Net) epConfig(runtime bool) epobj.Config {
 	cfg := epobj.Config{
 		Driver: n.cfg.Entry.Driver, DriverName: n.cfg.Entry.Name, Caps: n.cfg.Entry.Caps,
 		Store: n.cfg.Records.Store(), IPAM: n.cfg.IPAM, PoolV4: n.poolV4, PoolV6: n.poolV6,
@@ -390,6 +397,12 @@ func (n *Net) epConfig() epobj.Config {
 		CreateRecord: func(ctx context.Context, key string, b []byte) (uint64, error) {
 			return n.cfg.Records.CreateEndpoint(ctx, n.Record(), key, b)
 		},
+	}
+	if rs := n.runStore(runtime); rs != nil {
+		cfg.Store = rs
+		cfg.CreateRecord = func(ctx context.Context, key string, b []byte) (uint64, error) {
+			return rs.AtomicPut(ctx, key, b, 0)
+		}
 	}
 	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
 		if len(n.rec.IPv4) > 0 {
@@ -400,6 +413,15 @@ func (n *Net) epConfig() epobj.Config {
 		}
 	}
 	return cfg
+}
+
+// runStore returns the store of an endpoint's record when runtime asks for the RunStore: nil
+// when the network has none, or is global (its endpoints' records are the cluster's).
+func (n *Net) runStore(runtime bool) kvstore.Store {
+	if !runtime || n.cfg.RunStore == nil || n.Global() {
+		return nil
+	}
+	return n.cfg.RunStore
 }
 
 func (n *Net) dropEndpoint(id string) {
@@ -420,7 +442,7 @@ func subnetPrefix(c []network.IPAMConfig, a netip.Addr) netip.Prefix {
 
 // CreateEndpoint implements Network.
 func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.Option) (endpoint.Endpoint, error) {
-	ep, err := n.createEndpoint(ctx, name, true, opts)
+	ep, err := n.createEndpoint(ctx, name, true, false, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -431,11 +453,13 @@ func (n *Net) CreateEndpoint(ctx context.Context, name string, opts ...endpoint.
 // must follow writes it, so create+join costs one store commit (Controller.Connect). Until
 // then a restart forgets the endpoint; if the Join fails, Delete it. Its creation is published
 // by the Join (events.EndpointCreated, then EndpointJoined), and not at all if the Join fails.
-func (n *Net) CreateEndpointForJoin(ctx context.Context, name string, opts ...endpoint.Option) (*epobj.Ep, error) {
-	return n.createEndpoint(ctx, name, false, opts)
+// With runtime set, a local network keeps the endpoint's record in Config.RunStore: the
+// caller says the endpoint lives no longer than its sandbox's namespace.
+func (n *Net) CreateEndpointForJoin(ctx context.Context, name string, runtime bool, opts ...endpoint.Option) (*epobj.Ep, error) {
+	return n.createEndpoint(ctx, name, false, runtime, opts)
 }
 
-func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts []endpoint.Option) (_ *epobj.Ep, err error) {
+func (n *Net) createEndpoint(ctx context.Context, name string, store, runtime bool, opts []endpoint.Option) (_ *epobj.Ep, err error) {
 	if err := errclass.CheckContext(ctx); err != nil {
 		return nil, fmt.Errorf("network %s: create endpoint: %w", n.rec.Name, err)
 	}
@@ -496,7 +520,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 			rec.IPv6 = subnetPrefix(n.rec.IPv6, a)
 		}
 	}
-	ep := epobj.New(n.epConfig(), rec, 0)
+	ep := epobj.New(n.epConfig(runtime), rec, 0)
 	release := func() { ep.ReleaseAddresses(rb) }
 
 	res, err := n.cfg.Entry.Driver.CreateEndpoint(ctx, drivers.CreateEndpointRequest{
@@ -538,7 +562,7 @@ func (n *Net) createEndpoint(ctx context.Context, name string, store bool, opts 
 		release()
 		return nil, errors.Join(fmt.Errorf("network %s: create endpoint %s: store: %w", n.rec.Name, name, err), derr)
 	}
-	ep = epobj.New(n.epConfig(), rec, rev)
+	ep = epobj.New(n.epConfig(runtime), rec, rev)
 	n.mu.Lock()
 	n.endpoints[rec.ID] = ep
 	n.names[name] = rec.ID
@@ -594,8 +618,8 @@ func (n *Net) checkSpec(s endpoint.Spec) error {
 }
 
 // RestoreEndpoint adds an endpoint read back from the store after a restart, replaying its
-// addresses into IPAM.
-func (n *Net) RestoreEndpoint(ctx context.Context, rec epobj.Record, rev uint64) (*epobj.Ep, error) {
+// addresses into IPAM; runtime says its record was read from Config.RunStore.
+func (n *Net) RestoreEndpoint(ctx context.Context, rec epobj.Record, rev uint64, runtime bool) (*epobj.Ep, error) {
 	if !n.cfg.Entry.Caps.NoIPAM {
 		if err := n.checkDuplicate(rec); err != nil {
 			return nil, err
@@ -629,7 +653,7 @@ func (n *Net) RestoreEndpoint(ctx context.Context, rec epobj.Record, rev uint64)
 	}); err != nil {
 		return nil, fmt.Errorf("endpoint %s: restore: driver %s: %w", rec.Name, n.cfg.Entry.Name, err)
 	}
-	ep := epobj.New(n.epConfig(), rec, rev)
+	ep := epobj.New(n.epConfig(runtime), rec, rev)
 	n.mu.Lock()
 	n.endpoints[rec.ID] = ep
 	n.names[rec.Name] = rec.ID

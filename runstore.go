@@ -1,0 +1,94 @@
+package cnm
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/kvstore/boltdb"
+	"github.com/cnmkit/cnm/sandbox"
+)
+
+// runStoreFile is the name of the run store's file under Config.RunDir.
+const runStoreFile = "records.db"
+
+// The run store holds the records of what lives no longer than a sandbox's namespace: the
+// endpoints Connect makes for a sandbox with a namespace (its own, a shared one or a
+// caller's). Such an endpoint describes kernel state that a reboot removes (on the next start
+// its sandbox's record is found without a namespace, and the endpoint is left and deleted),
+// so its record must survive a crash of the process, not of the machine. Kept on the RunDir's
+// tmpfs, with no fsync, its commit costs tens of microseconds instead of two disk flushes:
+// Connect's only store commit is off the disk. A crash of the process keeps every committed
+// write (they are in the page cache; bbolt writes its meta page last, so a commit cut short
+// leaves the previous one). A reboot empties the tmpfs, and the endpoints go with their
+// namespaces; were RunDir on a disk (New warns), a power cut could leave the file unreadable:
+// New then starts it afresh and reports the repair, and the sandboxes whose namespaces the
+// reboot removed are dropped from their own records as before.
+
+// openRunStore opens Config.RunStore, or the bbolt file RunDir/records.db. It reports what
+// made the file unreadable, if it had to start it afresh, once New can report repairs.
+func (c *Controller) openRunStore() (repair *drivers.Repair, err error) {
+	if c.cfg.RunStore != nil {
+		c.run = c.cfg.RunStore
+		return nil, nil
+	}
+	if err := os.MkdirAll(c.cfg.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("cnm: run dir: %w", err)
+	}
+	path := filepath.Join(c.cfg.RunDir, runStoreFile)
+	cfg := boltdb.Config{Logger: c.log, NoSync: true}
+	s, err := boltdb.Open(path, cfg)
+	if err != nil && !errors.Is(err, errclass.ErrUnavailable) && !errors.Is(err, errclass.ErrInvalidParameter) {
+		// Not a lock held by another process: the file itself is bad.
+		if rerr := os.Remove(path); rerr == nil {
+			repair = &drivers.Repair{Object: "run store " + path, Action: "removed", Reason: fmt.Sprintf("unreadable (%v): started afresh", err)}
+			s, err = boltdb.Open(path, cfg)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cnm: run store: %w", err)
+	}
+	c.run, c.ownRun = s, true
+	return repair, nil
+}
+
+// runtimeSandbox says whether the endpoints Connect makes for sb keep their records in the
+// run store: those of a sandbox whose namespace a reboot removes, which is every mode but the
+// host's.
+func runtimeSandbox(sb sandbox.Sandbox) bool { return sb.Mode() != sandbox.ModeHost }
+
+// recordStore is a store that holds endpoint records of local networks.
+type recordStore struct {
+	s       kvstore.Store
+	runtime bool // the run store
+}
+
+// recordStores returns the stores that hold endpoint records of local networks: the local
+// store, then the run store.
+func (c *Controller) recordStores() []recordStore {
+	out := []recordStore{{s: c.store}}
+	if c.run != nil && c.run != c.store {
+		out = append(out, recordStore{s: c.run, runtime: true})
+	}
+	return out
+}
+
+// storeOf returns the run store when runtime is set (and there is one), else the local store.
+func (c *Controller) storeOf(runtime bool) kvstore.Store {
+	if runtime && c.run != nil {
+		return c.run
+	}
+	return c.store
+}
+
+// storeErr wraps err as the local store's, or returns nil.
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("store: %w", err)
+}
