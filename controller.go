@@ -205,8 +205,10 @@ type Config struct {
 	Store kvstore.Store
 	// RunStore replaces the run store, RunDir/records.db: bbolt with no fsync, for the records
 	// of endpoints that Connect makes for a sandbox with a namespace, which a reboot removes
-	// with the namespace (see "State and restart" in the package doc). The Controller does
-	// not close a RunStore it was given; giving Store here as well keeps every record in it.
+	// with the namespace (see "State and restart" in the package doc). Connect commits to it
+	// before its kernel work rather than beside it, so it must commit in tens of
+	// microseconds. The Controller does not close a RunStore it was given; giving Store here
+	// as well keeps every record in it.
 	RunStore kvstore.Store
 	// IPAM replaces the built-in "default" IPAM driver (ipam.Default with its default pools).
 	IPAM ipam.Allocator

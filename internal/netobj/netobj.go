@@ -83,8 +83,9 @@ type Config struct {
 	Records Records
 	// RunStore, when set, holds the records of a local network's endpoints that live no
 	// longer than their sandbox's namespace (CreateEndpointForJoin with runtime set): a store
-	// that survives the process but not the machine, whose commits need no fsync. Nil: they
-	// go to Records like the others.
+	// that survives the process but not the machine, whose commits need no fsync. Their Join
+	// commits to it before its kernel work rather than beside it (epobj.Config.InlineCommit).
+	// Nil: they go to Records like the others.
 	RunStore kvstore.Store
 	IPAM     ipam.Allocator
 	// Exclude lists prefixes an auto-picked subnet must avoid (the host's routes).
@@ -399,7 +400,7 @@ func (n *Net) epConfig(runtime bool) epobj.Config {
 		},
 	}
 	if rs := n.runStore(runtime); rs != nil {
-		cfg.Store = rs
+		cfg.Store, cfg.InlineCommit = rs, true
 		cfg.CreateRecord = func(ctx context.Context, key string, b []byte) (uint64, error) {
 			return rs.AtomicPut(ctx, key, b, 0)
 		}
