@@ -92,16 +92,16 @@ func TestPrivilegedRunDirWarning(t *testing.T) {
 
 // cycleState is what must not grow over create/delete cycles of sandboxes.
 type cycleState struct {
-	fds, goroutines, hostLinks, runFiles, dataFiles, keys int
-	dbBytes                                               int64
-	maps                                                  map[string]int
+	fds, goroutines, hostLinks, runFiles, dataFiles, keys, runKeys int
+	dbBytes, runDBBytes                                            int64
+	maps                                                           map[string]int
 }
 
 // TestPrivilegedSandboxCycleNoGrowth runs 300 cycles of NewSandbox, Connect (one endpoint on a
 // bridge network) and DeleteSandbox of the oldest, five sandboxes alive throughout, DataDir on
 // the disk and RunDir on a tmpfs, and checks that nothing grows from the 50th cycle to the
 // last: the process's descriptors and goroutines, the links of the host namespace, the files
-// under RunDir and DataDir, the keys in the store and the size of its file, and the
+// under RunDir and DataDir, the keys in the local and run stores and the sizes of their files, and the
 // Controller's maps (sandboxes, endpoints, gateway claims).
 func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 	nstest.Privileged(t)
@@ -156,9 +156,18 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		runKVs, err := cnm.RunStoreForTest(c).List(ctx, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		runFi, err := os.Stat(filepath.Join(runDir, "records.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
 		return cycleState{
 			fds: len(fds), goroutines: runtime.NumGoroutine(), hostLinks: len(links),
 			runFiles: count(runDir), dataFiles: count(dataDir), keys: len(kvs), dbBytes: fi.Size(),
+			runKeys: len(runKVs), runDBBytes: runFi.Size(),
 			maps: cnm.MapSizesForTest(c),
 		}
 	}
@@ -198,6 +207,9 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 	}
 	if after.maps["sandboxes"] != alive || after.maps["endpoints"] != alive {
 		t.Errorf("maps %v: want %d sandboxes and endpoints", after.maps, alive)
+	}
+	if after.runKeys != alive {
+		t.Errorf("run store holds %d keys, want the %d live endpoints' records", after.runKeys, alive)
 	}
 }
 
