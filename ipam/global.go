@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -169,6 +170,10 @@ type Global struct {
 	bases       [2][]DefaultPool
 	maxAttempts int
 	host        string // "" without blocks
+	// paused stops allocation from this host's blocks (SuspendBlocks), which also starts a
+	// new epoch: a block confirmed in an earlier one is confirmed again before use.
+	paused atomic.Bool
+	epoch  atomic.Uint64 // from 1
 
 	// indexSem is held (a token sent) by the goroutine that reads and writes the index in
 	// RequestPool or ReleasePool, so that those calls in one Global do not defeat each other.
@@ -215,7 +220,7 @@ func NewGlobal(store GlobalStore, cfg GlobalConfig) (*Global, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam: new global allocator: %w", err)
 	}
-	return &Global{
+	g := &Global{
 		store:       store,
 		prefix:      prefix,
 		bases:       bases,
@@ -223,7 +228,9 @@ func NewGlobal(store GlobalStore, cfg GlobalConfig) (*Global, error) {
 		host:        cfg.Host,
 		indexSem:    make(chan struct{}, 1),
 		pools:       make(map[PoolID]*gpool),
-	}, nil
+	}
+	g.epoch.Store(1)
+	return g, nil
 }
 
 // poolRecord is one pool in the index.
@@ -907,8 +914,8 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 			}
 			p.set(off)
 		} else {
-			if g.host != "" && len(opts.MAC) == 0 {
-				if off, ok := gp.allocOwn(); ok {
+			if g.host != "" && len(opts.MAC) == 0 && !g.paused.Load() {
+				if off, ok := gp.allocOwn(g.epoch.Load()); ok {
 					return p.addr(off), nil
 				}
 				var (
@@ -918,7 +925,7 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 				)
 				ci, confirmed, err := g.confirm(ctx, gp)
 				if err == nil && confirmed {
-					if off, ok := gp.allocOwn(); ok {
+					if off, ok := gp.allocOwn(g.epoch.Load()); ok {
 						return p.addr(off), nil
 					}
 				}

@@ -44,12 +44,13 @@ type blockID struct {
 	start uint16
 }
 
-// ownBlock is a block of this host: the bits it holds and those allocated. sure reports
-// whether a compare-and-swap of this host showed the block to be its since the last read that
-// did not show it: only then does the host allocate from it.
+// ownBlock is a block of this host: the bits it holds and those allocated. sureAt is the
+// Global's epoch when a compare-and-swap of this host last showed the block to be its, zero
+// after a read that did not show it: the host allocates from it only while sureAt is the
+// current epoch (SuspendBlocks starts a new one).
 type ownBlock struct {
 	held, used uint64
-	sure       bool
+	sureAt     uint64
 }
 
 // minBlockPool is the smallest dynamic range that is handed out in blocks; smaller pools
@@ -157,7 +158,7 @@ func (g *Global) syncOwn(gp *gpool, ci u128) {
 		id := blockID{ci, r.start}
 		if ob := gp.own[id]; ob != nil {
 			if ob.held != r.held {
-				ob.held, ob.sure = r.held, false
+				ob.held, ob.sureAt = r.held, 0
 			}
 		} else {
 			gp.own[id] = &ownBlock{held: r.held}
@@ -177,7 +178,7 @@ func (gp *gpool) unseen(id blockID) {
 	if ob == nil {
 		return
 	}
-	ob.sure = false
+	ob.sureAt = 0
 	if ob.used == 0 {
 		delete(gp.own, id)
 	}
@@ -207,13 +208,13 @@ func offsetIn(ci u128, start uint16, i int) u128 {
 	return u128{base.hi, base.lo | uint64(start&^63) | uint64(i)}
 }
 
-// allocOwn allocates the lowest free address of one of this host's confirmed blocks, with no
-// store call.
-func (gp *gpool) allocOwn() (u128, bool) {
+// allocOwn allocates the lowest free address of one of this host's blocks confirmed in epoch,
+// with no store call.
+func (gp *gpool) allocOwn(epoch uint64) (u128, bool) {
 	var best blockID
 	found := false
 	for id, ob := range gp.own {
-		if !ob.sure || ob.held&^ob.used == 0 {
+		if ob.sureAt != epoch || ob.held&^ob.used == 0 {
 			continue
 		}
 		if !found || id.ci.less(best.ci) || (id.ci == best.ci && id.start < best.start) {
@@ -308,7 +309,7 @@ func (g *Global) claim(ctx context.Context, gp *gpool) (u128, blockID, bool, err
 		gp.own = map[blockID]*ownBlock{}
 	}
 	i := bits.TrailingZeros64(held)
-	gp.own[id] = &ownBlock{held: held, used: 1 << uint(i), sure: true}
+	gp.own[id] = &ownBlock{held: held, used: 1 << uint(i), sureAt: g.epoch.Load()}
 	end := offsetIn(id.ci, id.start, 63-bits.LeadingZeros64(held))
 	if end.less(p.hi) {
 		p.setNext(end.add1())
@@ -329,7 +330,7 @@ func (g *Global) confirm(ctx context.Context, gp *gpool) (u128, bool, error) {
 	var ci u128
 	found := false
 	for id, ob := range gp.own {
-		if ob.sure || ob.held&^ob.used == 0 || !g.recorded(gp, id) {
+		if ob.sureAt == g.epoch.Load() || ob.held&^ob.used == 0 || !g.recorded(gp, id) {
 			continue
 		}
 		if !found || id.ci.less(ci) {
@@ -355,7 +356,7 @@ func (g *Global) rewriteChunk(ctx context.Context, gp *gpool, ci u128) error {
 	}
 	for id, ob := range gp.own {
 		if id.ci == ci && g.recorded(gp, id) {
-			ob.sure = true
+			ob.sureAt = g.epoch.Load()
 		}
 	}
 	return nil
@@ -513,12 +514,29 @@ func (g *Global) ReleaseBlock(ctx context.Context, id PoolID, prefix netip.Prefi
 	}
 }
 
+// SuspendBlocks stops this host's allocation from its blocks, in every pool, until
+// ResumeBlocks: for a host whose registration lapsed, whose blocks the other hosts may give
+// back (and claim) once they have reclaimed its endpoints, with no store write of this host to
+// fail. Meanwhile dynamic requests take one compare-and-swap per address, outside the blocks;
+// releases and static requests inside the blocks are as before. It is safe for concurrent use.
+func (g *Global) SuspendBlocks() {
+	g.paused.Store(true)
+	g.epoch.Add(1) // what was confirmed before is to be confirmed again
+}
+
+// ResumeBlocks ends SuspendBlocks, once ReconcileBlocks has run on the pools of this host's
+// endpoints: it allocates again from the blocks that a compare-and-swap made since shows to
+// be still its. It is safe for concurrent use.
+func (g *Global) ResumeBlocks() { g.paused.Store(false) }
+
 // ReconcileBlocks re-reads the chunks of pool id and sets the allocations of this host's
 // blocks to the addresses of live inside them: for a host whose registration lapsed while
 // others may have reclaimed its endpoints (and given back its blocks), live lists the
 // addresses of its endpoints whose records are still there; the others are taken back, or
 // not, by static requests. A block of this host that the read does not show is no longer
-// allocated from, and dropped when no address of live is in it; one left empty is given back.
+// allocated from, and dropped when no address of live is in it; one left empty is given back;
+// the others are allocated from again only once a compare-and-swap shows them still this
+// host's (the read may be stale).
 // Other addresses are left alone. Errors: ctx's error; [ErrUnknownPool]; the store's errors.
 func (g *Global) ReconcileBlocks(ctx context.Context, id PoolID, live []netip.Addr) error {
 	gp, unlock, err := g.loadedPool(ctx, id)
@@ -527,7 +545,7 @@ func (g *Global) ReconcileBlocks(ctx context.Context, id PoolID, live []netip.Ad
 	}
 	defer unlock()
 	for _, ob := range gp.own {
-		ob.used = 0
+		ob.used, ob.sureAt = 0, 0
 	}
 	for _, a := range live {
 		off, ok := gp.cache.offset(a)

@@ -479,3 +479,45 @@ func TestPropertyGlobalBlocksStaleReads(t *testing.T) {
 		})
 	})
 }
+
+// TestGlobalBlocksSuspended: a host whose registration lapsed (SuspendBlocks) gives out no
+// address from its blocks, which the others may give back and claim meanwhile; once
+// reconciled and resumed, it allocates again only from a block still its.
+func TestGlobalBlocksSuspended(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, true)
+	cs := &countingStore{GlobalStore: ipamkv.Adapt(s)}
+	a, err := ipam.NewGlobal(cs, ipam.GlobalConfig{Host: "host-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newGlobalOn(t, s, ipam.GlobalConfig{Host: "host-b"})
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.57.0.0/16")})
+	x := reqAddr(t, a, p.ID, netip.Addr{}) // in host-a's first block
+	blocks, err := a.Blocks(ctx, p.ID)
+	if err != nil || len(blocks) != 1 {
+		t.Fatalf("blocks = %v (%v), want one", blocks, err)
+	}
+	a.SuspendBlocks()
+	cs.reset()
+	y := reqAddr(t, a, p.ID, netip.Addr{})
+	if blocks[0].Prefix.Contains(y) || cs.writes.Load() != 1 {
+		t.Fatalf("suspended: %s with %d writes, want an address outside %s with one write", y, cs.writes.Load(), blocks[0].Prefix)
+	}
+	// The others reclaim x's endpoint and give the block back; host-b claims it.
+	if ok, err := newGlobalOn(t, s, ipam.GlobalConfig{}).ReleaseBlock(ctx, p.ID, blocks[0].Prefix, "host-a"); err != nil || !ok {
+		t.Fatalf("ReleaseBlock: %v, %v", ok, err)
+	}
+	if got := reqAddr(t, b, p.ID, netip.Addr{}); got != x {
+		t.Fatalf("host-b's first address = %s, want %s", got, x)
+	}
+	if err := a.ReconcileBlocks(ctx, p.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	a.ResumeBlocks()
+	for range 64 {
+		if got := reqAddr(t, a, p.ID, netip.Addr{}); blocks[0].Prefix.Contains(got) || got == y {
+			t.Fatalf("host-a after resuming: %s, in host-b's block %s or given already", got, blocks[0].Prefix)
+		}
+	}
+}
