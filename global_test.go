@@ -83,16 +83,17 @@ type ghost struct {
 	netns   string
 	gs      kvstore.Store
 	ttl     time.Duration
-	blocks  bool // Config.GlobalAddressBlocks
+	blocks  bool // per-host address blocks: Config.NoGlobalAddressBlocks unset
 	c       *cnm.Controller
 }
 
 func newGhost(t *testing.T, name string, gs kvstore.Store, ttl time.Duration) *ghost {
 	t.Helper()
-	return newGhostWith(t, name, gs, ttl, false)
+	return newGhostWith(t, name, gs, ttl, true)
 }
 
-// newGhostWith is newGhost with Config.GlobalAddressBlocks set to blocks.
+// newGhostWith is newGhost with per-host address blocks (the default) or without
+// (Config.NoGlobalAddressBlocks).
 func newGhostWith(t *testing.T, name string, gs kvstore.Store, ttl time.Duration, blocks bool) *ghost {
 	t.Helper()
 	h := &ghost{name: name, dataDir: t.TempDir(), runDir: t.TempDir(), netns: nstest.NewNS(t).Path(), gs: gs, ttl: ttl, blocks: blocks}
@@ -110,7 +111,7 @@ func (h *ghost) start(t testing.TB) (*cnm.Controller, error) {
 		DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.netns, NoPredefinedNetworks: true,
 		Drivers:     map[string]drivers.Driver{globalDriver: driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})},
 		GlobalStore: h.gs, Hostname: h.name, HostTTL: h.ttl, StoreTimeout: 2 * time.Second,
-		GlobalAddressBlocks: h.blocks,
+		NoGlobalAddressBlocks: !h.blocks,
 	})
 	if err != nil {
 		return nil, err
@@ -599,7 +600,7 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 }
 
 // restartMidWork is TestPrivilegedGlobalStoreRestartMidWork on be, with per-host address
-// blocks (Config.GlobalAddressBlocks) or without.
+// blocks (the default) or without (Config.NoGlobalAddressBlocks).
 func restartMidWork(t *testing.T, be globalBackend, blocks bool) {
 	ctx := t.Context()
 	open := func(t *testing.T) kvstore.Store { return be.openAt(t, "/"+t.Name()) }

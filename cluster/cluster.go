@@ -137,9 +137,10 @@ type Config struct {
 	IPAM ipam.Allocator
 	// Host is this host's name in the registry, unique in the cluster. Required.
 	Host string
-	// AddressBlocks makes the default IPAM (IPAM nil) take this host's dynamic addresses from
-	// per-host blocks (ipam.GlobalConfig.Host); off, every address is one compare-and-swap.
-	AddressBlocks bool
+	// NoAddressBlocks makes the default IPAM (IPAM nil) take one compare-and-swap per
+	// address. By default it takes this host's dynamic addresses from per-host blocks
+	// (ipam.GlobalConfig.Host).
+	NoAddressBlocks bool
 	// TTL is how long the registry keeps this host after its last renewal; 0 means
 	// DefaultTTL. The store may round it up (Consul: at least 10s).
 	TTL time.Duration
@@ -220,7 +221,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		// the sweep gives back the blocks of hosts that are gone, reassert re-reads this
 		// host's after its registration lapsed.
 		var gc ipam.GlobalConfig
-		if cfg.AddressBlocks {
+		if !cfg.NoAddressBlocks {
 			gc.Host = cfg.Host
 		}
 		a, err := ipamkv.NewGlobal(c.store, gc)
