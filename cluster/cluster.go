@@ -12,7 +12,8 @@
 //   - the watch of the registry: a host that leaves (its lease ran out, or it left) has its
 //     endpoints reclaimed, their addresses freed; hosts joining and leaving are published as
 //     events; this host registers again when its own lease lapsed (an outage longer than the
-//     TTL), and puts back the records of its endpoints that others reclaimed meanwhile;
+//     TTL), and puts back the records of its endpoints that others reclaimed meanwhile (its
+//     address blocks give out no address from the lapse until they are reconciled);
 //   - the sweep, on the registry's first host (by name) every min(TTL, 5s): endpoints of hosts
 //     no longer registered, delete fences of departed hosts, and orphans that no record refers
 //     to for 10s (global IPAM addresses and pools, the address blocks of departed hosts
