@@ -55,7 +55,7 @@ func newBenchOverlayGossip(b *testing.B, timings gossip.Config) *benchOverlay {
 	o := &benchOverlay{runA: b.TempDir(), runB: b.TempDir()}
 	open := func(name, vtep, run, data string, ns *netns.NS, port int, peers ...string) *cnm.Controller {
 		c, err := cnm.New(ctx, cnm.Config{DataDir: data, RunDir: run, HostNetns: ns.Path(),
-			GlobalStore: gs, Hostname: name, StoreTimeout: 5 * time.Second, NoPredefinedNetworks: true, GlobalAddressBlocks: true,
+			GlobalStore: gs, Hostname: name, StoreTimeout: 5 * time.Second, NoPredefinedNetworks: true,
 			// A registry TTL above the drop benchmark's outages: host-b's endpoints are to come
 			// back with it, not be reclaimed (TestPrivilegedOverlayReclaimedWhileAway).
 			HostTTL: time.Minute,

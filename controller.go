@@ -250,12 +250,11 @@ type Config struct {
 	GlobalStore kvstore.Store
 	// GlobalIPAM replaces the IPAM of global networks; default ipam.Global on GlobalStore.
 	GlobalIPAM ipam.Allocator
-	// GlobalAddressBlocks makes the default global IPAM hand out this host's dynamic
-	// addresses from blocks it claims for itself (ipam.GlobalConfig.Host): no store write per
-	// address, so an attach does not wait for a compare-and-swap. Off by default for now: with
-	// it, a duplicate address was seen under a Consul restart in the middle of many creates
-	// (TestPrivilegedGlobalStoreRestartMidWork), not yet explained.
-	GlobalAddressBlocks bool
+	// NoGlobalAddressBlocks makes the default global IPAM take one compare-and-swap of the
+	// store per address. By default it hands out this host's dynamic addresses from blocks it
+	// claims for itself (ipam.GlobalConfig.Host): no store write per address, so an attach
+	// does not wait for a compare-and-swap.
+	NoGlobalAddressBlocks bool
 	// Hostname is this host's name in the registry, unique in the cluster. Default: the
 	// machine's host name.
 	Hostname string

@@ -34,8 +34,11 @@ const globalDriver = "gfake"
 
 // globalBackend opens global stores on one server: each call a new client on the same data.
 type globalBackend struct {
-	name        string
-	open        func(t *testing.T) kvstore.Store
+	name string
+	open func(t *testing.T) kvstore.Store
+	// openAt is open with a prefix of its own under the test's (for subtests that share a
+	// server).
+	openAt      func(t *testing.T, sub string) kvstore.Store
 	stop, start func() // the server
 }
 
@@ -49,23 +52,25 @@ func globalBackends(t *testing.T) []globalBackend {
 	prefix := fmt.Sprintf("t%d", time.Now().UnixNano())
 	ec := storetest.StartEtcd(t)
 	ca := storetest.StartConsul(t)
+	openEtcdAt := func(t *testing.T, sub string) kvstore.Store {
+		s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: ec.Endpoints(), Prefix: prefix + sub, RequestTimeout: 10 * time.Second})
+		if err != nil {
+			t.Fatalf("etcd.Open: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	openConsulAt := func(t *testing.T, sub string) kvstore.Store {
+		s, err := consul.Open(t.Context(), consul.Config{Address: ca.Addr(), Prefix: prefix + sub, RequestTimeout: 10 * time.Second})
+		if err != nil {
+			t.Fatalf("consul.Open: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
 	return []globalBackend{
-		{"etcd", func(t *testing.T) kvstore.Store {
-			s, err := etcd.Open(t.Context(), etcd.Config{Endpoints: ec.Endpoints(), Prefix: prefix, RequestTimeout: 10 * time.Second})
-			if err != nil {
-				t.Fatalf("etcd.Open: %v", err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}, func() { ec.Stop(0) }, func() { ec.Start(0) }},
-		{"consul", func(t *testing.T) kvstore.Store {
-			s, err := consul.Open(t.Context(), consul.Config{Address: ca.Addr(), Prefix: prefix, RequestTimeout: 10 * time.Second})
-			if err != nil {
-				t.Fatalf("consul.Open: %v", err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		}, ca.Stop, ca.Start},
+		{"etcd", func(t *testing.T) kvstore.Store { return openEtcdAt(t, "") }, openEtcdAt, func() { ec.Stop(0) }, func() { ec.Start(0) }},
+		{"consul", func(t *testing.T) kvstore.Store { return openConsulAt(t, "") }, openConsulAt, ca.Stop, ca.Start},
 	}
 }
 
@@ -78,16 +83,17 @@ type ghost struct {
 	netns   string
 	gs      kvstore.Store
 	ttl     time.Duration
-	blocks  bool // Config.GlobalAddressBlocks
+	blocks  bool // per-host address blocks: Config.NoGlobalAddressBlocks unset
 	c       *cnm.Controller
 }
 
 func newGhost(t *testing.T, name string, gs kvstore.Store, ttl time.Duration) *ghost {
 	t.Helper()
-	return newGhostWith(t, name, gs, ttl, false)
+	return newGhostWith(t, name, gs, ttl, true)
 }
 
-// newGhostWith is newGhost with Config.GlobalAddressBlocks set to blocks.
+// newGhostWith is newGhost with per-host address blocks (the default) or without
+// (Config.NoGlobalAddressBlocks).
 func newGhostWith(t *testing.T, name string, gs kvstore.Store, ttl time.Duration, blocks bool) *ghost {
 	t.Helper()
 	h := &ghost{name: name, dataDir: t.TempDir(), runDir: t.TempDir(), netns: nstest.NewNS(t).Path(), gs: gs, ttl: ttl, blocks: blocks}
@@ -105,7 +111,7 @@ func (h *ghost) start(t testing.TB) (*cnm.Controller, error) {
 		DataDir: h.dataDir, RunDir: h.runDir, HostNetns: h.netns, NoPredefinedNetworks: true,
 		Drivers:     map[string]drivers.Driver{globalDriver: driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})},
 		GlobalStore: h.gs, Hostname: h.name, HostTTL: h.ttl, StoreTimeout: 2 * time.Second,
-		GlobalAddressBlocks: h.blocks,
+		NoGlobalAddressBlocks: !h.blocks,
 	})
 	if err != nil {
 		return nil, err
@@ -586,143 +592,154 @@ func TestPrivilegedGlobalStoreRestartMidWork(t *testing.T) {
 	for _, be := range globalBackends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			t.Parallel() // the backends have servers of their own
-			ctx := t.Context()
-			// The leases outlive the outage: this test is about the store, not the registry.
-			a := newGhost(t, "host-a", be.open(t), 30*time.Second)
-			b := newGhost(t, "host-b", be.open(t), 30*time.Second)
-			subnet := netip.MustParsePrefix("10.70.0.0/16")
-			if _, err := a.c.NewNetwork(ctx, "w", globalDriver, network.WithSubnet(subnet)); err != nil {
-				t.Fatalf("NewNetwork: %v", err)
-			}
-			waitFor(t, 5*time.Second, "b does not see w", func() bool { return hasNetwork(b.c, "w") })
-
-			stop := make(chan struct{})
-			var (
-				wg        sync.WaitGroup
-				mu        sync.Mutex
-				ok, fails int
-				other     []error
-			)
-			for hi, h := range []*ghost{a, b} {
-				n, _ := h.c.Network("w")
-				for w := range 3 {
-					wg.Go(func() {
-						for i := 0; ; i++ {
-							select {
-							case <-stop:
-								return
-							default:
-							}
-							_, err := n.CreateEndpoint(ctx, fmt.Sprintf("h%d-w%d-%d", hi, w, i))
-							mu.Lock()
-							switch {
-							case err == nil:
-								ok++
-							case errors.Is(err, cnm.ErrUnavailable):
-								fails++
-							default:
-								other = append(other, err)
-							}
-							mu.Unlock()
-							if err != nil {
-								time.Sleep(50 * time.Millisecond)
-							}
-						}
-					})
-				}
-			}
-			time.Sleep(time.Second)
-			be.stop()
-			time.Sleep(3 * time.Second)
-			be.start()
-			time.Sleep(3 * time.Second)
-			close(stop)
-			wg.Wait()
-			t.Logf("%s: %d endpoints created, %d creates failed as unavailable", be.name, ok, fails)
-			for _, err := range other {
-				t.Errorf("create failed other than unavailable: %v", err)
-			}
-			if fails == 0 {
-				t.Errorf("no create failed while the store was stopped")
-			}
-
-			// The records are exactly the endpoints the hosts have, once the writes of unknown
-			// outcome are cleaned up.
-			var nid string
-			held := map[string]bool{}
-			for _, h := range []*ghost{a, b} {
-				n, _ := h.c.Network("w")
-				nid = n.ID()
-				for _, ep := range n.Endpoints() {
-					held[ep.ID()] = true
-				}
-			}
-			if len(held) != ok {
-				t.Errorf("hosts hold %d endpoints, %d creates succeeded", len(held), ok)
-			}
-			s := be.open(t)
-			var recs []kvstore.KVPair
-			var diff string
-			waitFor(t, 30*time.Second, "records differ from the endpoints the hosts hold", func() bool {
-				var err error
-				recs, err = s.List(ctx, epobj.KeyPrefix+nid+"/")
-				if err != nil {
-					diff = err.Error()
-					return false
-				}
-				inStore := map[string]bool{}
-				var extra, missing []string
-				for _, r := range recs {
-					id := strings.TrimPrefix(r.Key, epobj.KeyPrefix+nid+"/")
-					inStore[id] = true
-					if !held[id] {
-						extra = append(extra, string(r.Value))
-					}
-				}
-				for id := range held {
-					if !inStore[id] {
-						missing = append(missing, id)
-					}
-				}
-				diff = fmt.Sprintf("records no host holds: %v; endpoints without a record: %v", extra, missing)
-				return len(extra) == 0 && len(missing) == 0
-			}, func() string { return diff })
-			// The IPAM holds the gateway and the records' addresses, and nothing else once the
-			// sweep has freed what failed creates took.
-			g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := map[netip.Addr]bool{netip.MustParseAddr("10.70.0.1"): true}
-			for _, n := range []*ghost{a, b} {
-				nw, _ := n.c.Network("w")
-				for _, ep := range nw.Endpoints() {
-					addr := ep.Info().IPv4.Addr()
-					if want[addr] {
-						t.Fatalf("address %s held twice", addr)
-					}
-					want[addr] = true
-				}
-			}
-			waitFor(t, 60*time.Second, "the global IPAM holds addresses no record holds", func() bool {
-				return ipamHoldsExactly(ctx, g, subnet, want)
-			})
-			t.Logf("%s: repairs on a: %d, on b: %d", be.name, len(a.c.Reclaimed()), len(b.c.Reclaimed()))
-
-			for _, h := range []*ghost{a, b} {
-				n, _ := h.c.Network("w")
-				for _, ep := range n.Endpoints() {
-					if err := ep.Delete(ctx); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			if err := a.c.DeleteNetwork(ctx, "w"); err != nil {
-				t.Fatalf("DeleteNetwork: %v", err)
-			}
-			assertGlobalClean(t, s)
+			// One after the other: each stops the server.
+			t.Run("blocks", func(t *testing.T) { restartMidWork(t, be, true) })
+			t.Run("cas", func(t *testing.T) { restartMidWork(t, be, false) })
 		})
 	}
+}
+
+// restartMidWork is TestPrivilegedGlobalStoreRestartMidWork on be, with per-host address
+// blocks (the default) or without (Config.NoGlobalAddressBlocks).
+func restartMidWork(t *testing.T, be globalBackend, blocks bool) {
+	ctx := t.Context()
+	open := func(t *testing.T) kvstore.Store { return be.openAt(t, "/"+t.Name()) }
+	// The leases outlive the outage: this test is about the store, not the registry.
+	a := newGhostWith(t, "host-a", open(t), 30*time.Second, blocks)
+	b := newGhostWith(t, "host-b", open(t), 30*time.Second, blocks)
+	subnet := netip.MustParsePrefix("10.70.0.0/16")
+	if _, err := a.c.NewNetwork(ctx, "w", globalDriver, network.WithSubnet(subnet)); err != nil {
+		t.Fatalf("NewNetwork: %v", err)
+	}
+	waitFor(t, 5*time.Second, "b does not see w", func() bool { return hasNetwork(b.c, "w") })
+
+	stop := make(chan struct{})
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		ok, fails int
+		other     []error
+	)
+	for hi, h := range []*ghost{a, b} {
+		n, _ := h.c.Network("w")
+		for w := range 3 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					_, err := n.CreateEndpoint(ctx, fmt.Sprintf("h%d-w%d-%d", hi, w, i))
+					mu.Lock()
+					switch {
+					case err == nil:
+						ok++
+					case errors.Is(err, cnm.ErrUnavailable):
+						fails++
+					default:
+						other = append(other, err)
+					}
+					mu.Unlock()
+					if err != nil {
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+			})
+		}
+	}
+	time.Sleep(time.Second)
+	be.stop()
+	time.Sleep(3 * time.Second)
+	be.start()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%s: %d endpoints created, %d creates failed as unavailable", be.name, ok, fails)
+	for _, err := range other {
+		t.Errorf("create failed other than unavailable: %v", err)
+	}
+	if fails == 0 {
+		t.Errorf("no create failed while the store was stopped")
+	}
+
+	// The records are exactly the endpoints the hosts have, once the writes of unknown
+	// outcome are cleaned up.
+	var nid string
+	held := map[string]bool{}
+	for _, h := range []*ghost{a, b} {
+		n, _ := h.c.Network("w")
+		nid = n.ID()
+		for _, ep := range n.Endpoints() {
+			held[ep.ID()] = true
+		}
+	}
+	if len(held) != ok {
+		t.Errorf("hosts hold %d endpoints, %d creates succeeded", len(held), ok)
+	}
+	s := open(t)
+	var recs []kvstore.KVPair
+	var diff string
+	waitFor(t, 30*time.Second, "records differ from the endpoints the hosts hold", func() bool {
+		var err error
+		recs, err = s.List(ctx, epobj.KeyPrefix+nid+"/")
+		if err != nil {
+			diff = err.Error()
+			return false
+		}
+		inStore := map[string]bool{}
+		var extra, missing []string
+		for _, r := range recs {
+			id := strings.TrimPrefix(r.Key, epobj.KeyPrefix+nid+"/")
+			inStore[id] = true
+			if !held[id] {
+				extra = append(extra, string(r.Value))
+			}
+		}
+		for id := range held {
+			if !inStore[id] {
+				missing = append(missing, id)
+			}
+		}
+		diff = fmt.Sprintf("records no host holds: %v; endpoints without a record: %v", extra, missing)
+		return len(extra) == 0 && len(missing) == 0
+	}, func() string { return diff })
+	// The IPAM holds the gateway and the records' addresses, and nothing else once the
+	// sweep has freed what failed creates took.
+	g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]bool{netip.MustParseAddr("10.70.0.1"): true}
+	holder := map[netip.Addr]string{}
+	for _, n := range []*ghost{a, b} {
+		nw, _ := n.c.Network("w")
+		for _, ep := range nw.Endpoints() {
+			addr := ep.Info().IPv4.Addr()
+			if want[addr] {
+				t.Fatalf("address %s held twice: by %s and by %s on %s", addr, holder[addr], ep.Name(), n.name)
+			}
+			want[addr] = true
+			holder[addr] = ep.Name() + " on " + n.name
+		}
+	}
+	waitFor(t, 60*time.Second, "the global IPAM holds addresses no record holds", func() bool {
+		return ipamHoldsExactly(ctx, g, subnet, want)
+	})
+	t.Logf("%s: repairs on a: %d, on b: %d", be.name, len(a.c.Reclaimed()), len(b.c.Reclaimed()))
+
+	for _, h := range []*ghost{a, b} {
+		n, _ := h.c.Network("w")
+		for _, ep := range n.Endpoints() {
+			if err := ep.Delete(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := a.c.DeleteNetwork(ctx, "w"); err != nil {
+		t.Fatalf("DeleteNetwork: %v", err)
+	}
+	assertGlobalClean(t, s)
 }
 
 // TestPrivilegedGlobalLeaseLost ends every host's lease behind its back (as an outage longer

@@ -41,7 +41,7 @@ func (c *Controller) initCluster(ctx context.Context) error {
 		return err
 	}
 	cl, err := cluster.New(ctx, cluster.Config{
-		Store: cfg.GlobalStore, Local: c.store, IPAM: cfg.GlobalIPAM, Host: host, AddressBlocks: cfg.GlobalAddressBlocks,
+		Store: cfg.GlobalStore, Local: c.store, IPAM: cfg.GlobalIPAM, Host: host, NoAddressBlocks: cfg.NoGlobalAddressBlocks,
 		TTL: cfg.HostTTL, Timeout: cfg.StoreTimeout, Networks: clusterSide{c},
 		Publish: c.bus.Publish, Logger: c.log,
 	})

@@ -12,7 +12,8 @@
 //   - the watch of the registry: a host that leaves (its lease ran out, or it left) has its
 //     endpoints reclaimed, their addresses freed; hosts joining and leaving are published as
 //     events; this host registers again when its own lease lapsed (an outage longer than the
-//     TTL), and puts back the records of its endpoints that others reclaimed meanwhile;
+//     TTL), and puts back the records of its endpoints that others reclaimed meanwhile (its
+//     address blocks give out no address from the lapse until they are reconciled);
 //   - the sweep, on the registry's first host (by name) every min(TTL, 5s): endpoints of hosts
 //     no longer registered, delete fences of departed hosts, and orphans that no record refers
 //     to for 10s (global IPAM addresses and pools, the address blocks of departed hosts
@@ -137,9 +138,10 @@ type Config struct {
 	IPAM ipam.Allocator
 	// Host is this host's name in the registry, unique in the cluster. Required.
 	Host string
-	// AddressBlocks makes the default IPAM (IPAM nil) take this host's dynamic addresses from
-	// per-host blocks (ipam.GlobalConfig.Host); off, every address is one compare-and-swap.
-	AddressBlocks bool
+	// NoAddressBlocks makes the default IPAM (IPAM nil) take one compare-and-swap per
+	// address. By default it takes this host's dynamic addresses from per-host blocks
+	// (ipam.GlobalConfig.Host).
+	NoAddressBlocks bool
 	// TTL is how long the registry keeps this host after its last renewal; 0 means
 	// DefaultTTL. The store may round it up (Consul: at least 10s).
 	TTL time.Duration
@@ -220,7 +222,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		// the sweep gives back the blocks of hosts that are gone, reassert re-reads this
 		// host's after its registration lapsed.
 		var gc ipam.GlobalConfig
-		if cfg.AddressBlocks {
+		if !cfg.NoAddressBlocks {
 			gc.Host = cfg.Host
 		}
 		a, err := ipamkv.NewGlobal(c.store, gc)

@@ -252,6 +252,7 @@ func (c *Cluster) hostSeen(name string, present bool) {
 func (c *Cluster) watchHosts(ctx context.Context) {
 	sweep := time.NewTicker(min(c.cfg.TTL, 5*time.Second))
 	reassertAgain := 0
+	blocksPending := false // the address blocks are suspended until reconciled
 	defer sweep.Stop()
 	// A host whose entry goes is reclaimed after reclaimGrace, if it has not registered again
 	// meanwhile: a host restarting before its lease ran out takes its entry over by deleting
@@ -297,6 +298,10 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 			case <-leaseDone:
 				c.log.Warn("global: host lease ended; registering again", "host", c.cfg.Host)
 				leaseDone = nil
+				// Its address blocks may be given back by the others once they have
+				// reclaimed its endpoints: no more addresses from them until reconciled.
+				c.suspendBlocks()
+				blocksPending = true
 				for i := 0; ctx.Err() == nil; i++ {
 					if err := c.register(ctx); err == nil {
 						c.mu.Lock()
@@ -304,7 +309,10 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 						c.mu.Unlock()
 						// Once now, and again at the next sweeps: a survivor's reclaim
 						// that started before this registration may still land.
-						c.reconcileBlocks(ctx)
+						if c.reconcileBlocks(ctx) {
+							c.resumeBlocks()
+							blocksPending = false
+						}
 						c.reassert(ctx)
 						reassertAgain = 3
 						break
@@ -328,6 +336,10 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 					c.reclaimHosts(ctx, gone) // skips the hosts registered again
 				}
 			case <-sweep.C:
+				if blocksPending && c.registered() && c.reconcileBlocks(ctx) {
+					c.resumeBlocks()
+					blocksPending = false
+				}
 				if reassertAgain > 0 {
 					reassertAgain--
 					c.reassert(ctx)
@@ -344,30 +356,60 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 // for a restarting host's takeover (delete, then write) to complete.
 var reclaimGrace = 2 * time.Second
 
-// blockReconciler is what reconcileBlocks needs of a global IPAM with per-host blocks.
+// blockReconciler is what reconcileBlocks needs of a global IPAM with per-host blocks;
+// ipam.Global has it.
 type blockReconciler interface {
 	ReconcileBlocks(ctx context.Context, id ipam.PoolID, live []netip.Addr) error
+	SuspendBlocks()
+	ResumeBlocks()
+}
+
+// suspendBlocks stops the allocation from this host's address blocks, if the IPAM has them.
+func (c *Cluster) suspendBlocks() {
+	if r, ok := c.ipam.(blockReconciler); ok {
+		r.SuspendBlocks()
+	}
+}
+
+// resumeBlocks ends suspendBlocks.
+func (c *Cluster) resumeBlocks() {
+	if r, ok := c.ipam.(blockReconciler); ok {
+		r.ResumeBlocks()
+	}
+}
+
+// registered reports whether this host holds a lease in the registry.
+func (c *Cluster) registered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lease != nil
 }
 
 // reconcileBlocks sets the allocations of this host's address blocks (ipam.Global) to the
 // addresses of its endpoints whose records are still in the store, after its registration
 // lapsed: the addresses of those others reclaimed meanwhile are free in its blocks again, for
-// reassert to take back.
-func (c *Cluster) reconcileBlocks(ctx context.Context) {
+// reassert to take back. It reports whether every pool was reconciled: false when the store
+// did not answer (nothing is changed in a pool whose records could not all be read).
+func (c *Cluster) reconcileBlocks(ctx context.Context) bool {
 	r, ok := c.ipam.(blockReconciler)
 	if !ok {
-		return
+		return true
 	}
 	live := map[ipam.PoolID][]netip.Addr{}
 	for _, n := range c.cfg.Networks.Global() {
 		for _, ep := range n.Eps() {
 			rec := ep.Record()
+			_, err := c.store.Get(ctx, epobj.Key(n.ID(), rec.ID))
+			if err != nil && !errors.Is(err, kvstore.ErrKeyNotFound) {
+				c.log.Warn("global: reconcile address blocks: read endpoint record", "endpoint", rec.Name, "err", err)
+				return false
+			}
 			for _, a := range []netip.Prefix{rec.IPv4, rec.IPv6} {
 				if !a.IsValid() {
 					continue
 				}
 				pool := ipam.MakePoolID(ipam.GlobalSpace, a.Masked())
-				if _, err := c.store.Get(ctx, epobj.Key(n.ID(), rec.ID)); err == nil {
+				if err == nil {
 					live[pool] = append(live[pool], a.Addr())
 				} else if _, ok := live[pool]; !ok {
 					live[pool] = nil
@@ -375,11 +417,14 @@ func (c *Cluster) reconcileBlocks(ctx context.Context) {
 			}
 		}
 	}
+	ok = true
 	for pool, addrs := range live {
 		if err := r.ReconcileBlocks(ctx, pool, addrs); err != nil {
 			c.log.Warn("global: reconcile address blocks", "pool", pool, "err", err)
+			ok = false
 		}
 	}
+	return ok
 }
 
 // reassert puts back the records of this host's endpoints on global networks that the other

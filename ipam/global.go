@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -153,6 +154,15 @@ type GlobalConfig struct {
 // [Global.Usage] counts a block's addresses as in use. A block of a host that is gone (its
 // records reclaimed) is given back with [Global.ReleaseBlock].
 //
+// A read may go back in time (a Consul server that restarted can answer before it has
+// replayed its log). So a read never makes a host forget which addresses of its blocks it gave
+// out (only their release, or [Global.ReconcileBlocks], does), and a host gives out new
+// addresses only from a block that its own compare-and-swap has shown to be its since the last
+// read that did not show it: the claim, or, for a block adopted after a restart or shown again
+// after such a read, the chunk written back as read over the revision read (one write, which
+// fails when the read was stale). A static request is refused for what the store holds only
+// once such a write has shown the read current.
+//
 // A Global holds no goroutines and needs no Close; it does not close its store.
 type Global struct {
 	store       GlobalStore
@@ -160,6 +170,10 @@ type Global struct {
 	bases       [2][]DefaultPool
 	maxAttempts int
 	host        string // "" without blocks
+	// paused stops allocation from this host's blocks (SuspendBlocks), which also starts a
+	// new epoch: a block confirmed in an earlier one is confirmed again before use.
+	paused atomic.Bool
+	epoch  atomic.Uint64 // from 1
 
 	// indexSem is held (a token sent) by the goroutine that reads and writes the index in
 	// RequestPool or ReleasePool, so that those calls in one Global do not defeat each other.
@@ -206,7 +220,7 @@ func NewGlobal(store GlobalStore, cfg GlobalConfig) (*Global, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam: new global allocator: %w", err)
 	}
-	return &Global{
+	g := &Global{
 		store:       store,
 		prefix:      prefix,
 		bases:       bases,
@@ -214,7 +228,9 @@ func NewGlobal(store GlobalStore, cfg GlobalConfig) (*Global, error) {
 		host:        cfg.Host,
 		indexSem:    make(chan struct{}, 1),
 		pools:       make(map[PoolID]*gpool),
-	}, nil
+	}
+	g.epoch.Store(1)
+	return g, nil
 }
 
 // poolRecord is one pool in the index.
@@ -712,7 +728,7 @@ func (g *Global) loadAll(ctx context.Context, gp *gpool) error {
 	if g.host != "" {
 		for id := range gp.own {
 			if _, ok := blocks[id.ci]; !ok {
-				delete(gp.own, id)
+				gp.unseen(id)
 			}
 		}
 		for ci := range blocks {
@@ -853,6 +869,10 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 			if off, err = p.staticOffset(addr); err != nil {
 				return netip.Addr{}, err
 			}
+			if _, ob, m := gp.ownOf(off); ob != nil && ob.used&m != 0 {
+				// Given out by this host and not had back, whatever the last read showed.
+				return netip.Addr{}, fmt.Errorf("%s: %w", what(), ErrAddressInUse)
+			}
 			if r, id, ok := gp.blockOf(off); ok && g.host != "" {
 				_, _, m := split(off)
 				if ob := gp.own[id]; r.host == g.host && ob != nil && ob.used&m == 0 {
@@ -860,7 +880,13 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 					return addr, nil
 				}
 				if fresh {
-					return netip.Addr{}, fmt.Errorf("%s: in the address block of host %s: %w", what(), r.host, ErrAddressInUse)
+					if cur, err := g.checkCurrent(ctx, gp, off.shr(chunkBits), attempt); err != nil || cur {
+						if err != nil {
+							return netip.Addr{}, fmt.Errorf("%s: %w", what(), err)
+						}
+						return netip.Addr{}, fmt.Errorf("%s: in the address block of host %s: %w", what(), r.host, ErrAddressInUse)
+					}
+					continue
 				}
 				// Another host may have released its block.
 				if err := g.loadChunk(ctx, gp, off.shr(chunkBits)); err != nil {
@@ -871,7 +897,13 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 			}
 			if p.isSet(off) {
 				if fresh {
-					return netip.Addr{}, fmt.Errorf("%s: %w", what(), ErrAddressInUse)
+					if cur, err := g.checkCurrent(ctx, gp, off.shr(chunkBits), attempt); err != nil || cur {
+						if err != nil {
+							return netip.Addr{}, fmt.Errorf("%s: %w", what(), err)
+						}
+						return netip.Addr{}, fmt.Errorf("%s: %w", what(), ErrAddressInUse)
+					}
+					continue
 				}
 				// Another host may have released it.
 				if err := g.loadChunk(ctx, gp, off.shr(chunkBits)); err != nil {
@@ -882,13 +914,28 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 			}
 			p.set(off)
 		} else {
-			if g.host != "" && len(opts.MAC) == 0 {
-				if off, ok := gp.allocOwn(); ok {
+			if g.host != "" && len(opts.MAC) == 0 && !g.paused.Load() {
+				if off, ok := gp.allocOwn(g.epoch.Load()); ok {
 					return p.addr(off), nil
 				}
-				off, id, ok, err := g.claim(ctx, gp)
-				if err == nil && ok {
-					return p.addr(off), nil
+				var (
+					off u128
+					id  blockID
+					ok  bool
+				)
+				ci, confirmed, err := g.confirm(ctx, gp)
+				if err == nil && confirmed {
+					if off, ok := gp.allocOwn(g.epoch.Load()); ok {
+						return p.addr(off), nil
+					}
+				}
+				if err == nil {
+					off, id, ok, err = g.claim(ctx, gp)
+					if err == nil && ok {
+						return p.addr(off), nil
+					}
+				} else {
+					id.ci = ci
 				}
 				if err != nil {
 					switch {
@@ -975,6 +1022,19 @@ func (g *Global) request(ctx context.Context, gp *gpool, addr netip.Addr, opts A
 	}
 }
 
+// checkCurrent is current for attempt of a request, with its bound and backoff: true when
+// chunk ci as read is current, false when it was read again.
+func (g *Global) checkCurrent(ctx context.Context, gp *gpool, ci u128, attempt int) (bool, error) {
+	cur, err := g.current(ctx, gp, ci)
+	if err != nil || cur {
+		return cur, err
+	}
+	if attempt >= g.maxAttempts {
+		return false, g.gaveUp(fmt.Errorf("the chunk keeps changing: %w", errclass.ErrConflict))
+	}
+	return false, backoff(ctx, attempt)
+}
+
 // checkCreated runs after this Global created chunk ci of gp: if the pool was released in the
 // meantime, it deletes the chunk again, so that nothing of a released generation outlives the
 // ReleasePool that removes its chunks, and returns errStalePool. An error reading the index is
@@ -1022,22 +1082,22 @@ func (g *Global) ReleaseAddress(ctx context.Context, id PoolID, addr netip.Addr)
 		return fmt.Errorf("%s: not in subnet %s: %w", what, gp.rec.Subnet, ErrOutOfRange)
 	}
 	ci := off.shr(chunkBits)
+	if id, ob, m := gp.ownOf(off); ob != nil && ob.used&m != 0 {
+		// Given out by this host from its block, whatever the last read showed. An empty
+		// block goes back; if that fails, it stays this host's, for its next addresses.
+		ob.used &^= m
+		if ob.used == 0 {
+			if err := g.releaseBlock(ctx, gp, id); err != nil {
+				return fmt.Errorf("%s: address released, but its empty block stays: %w", what, err)
+			}
+		}
+		return nil
+	}
 	fresh := false
 	for attempt := 1; ; attempt++ {
-		if r, id, ok := gp.blockOf(off); ok {
+		if r, _, ok := gp.blockOf(off); ok {
 			if g.host != "" && r.host == g.host {
-				_, _, m := split(off)
-				if ob := gp.own[id]; ob != nil && ob.used&m != 0 {
-					ob.used &^= m
-					// An empty block goes back; if that fails, it stays this host's, for its
-					// next addresses.
-					if ob.used == 0 {
-						if err := g.releaseBlock(ctx, gp, id); err != nil {
-							return fmt.Errorf("%s: address released, but its empty block stays: %w", what, err)
-						}
-					}
-				}
-				return nil
+				return nil // this host's block, and the address not in use (above)
 			}
 			if fresh {
 				return nil // another host's block: its host releases its addresses
@@ -1100,11 +1160,8 @@ func (g *Global) Reconcile(ctx context.Context, id PoolID, live []netip.Addr) (f
 	for _, a := range live {
 		if off, ok := gp.cache.offset(a); ok {
 			keep[off] = struct{}{}
-			if r, id, ok := gp.blockOf(off); ok && r.host == g.host {
-				if ob := gp.own[id]; ob != nil {
-					_, _, m := split(off)
-					ob.used |= m & ob.held
-				}
+			if _, ob, m := gp.ownOf(off); ob != nil {
+				ob.used |= m & ob.held
 			}
 		}
 	}
@@ -1241,8 +1298,10 @@ func (g *Global) Usage(ctx context.Context, id PoolID) (size uint64, inUse int, 
 	}
 	defer unlock()
 	inUse = gp.cache.inUse
-	for _, ob := range gp.own {
-		inUse -= bits.OnesCount64(ob.held) - bits.OnesCount64(ob.used)
+	for id, ob := range gp.own {
+		if g.recorded(gp, id) {
+			inUse -= bits.OnesCount64(ob.held) - bits.OnesCount64(ob.used&ob.held)
+		}
 	}
 	return gp.cache.size(), inUse, nil
 }

@@ -20,6 +20,14 @@ import (
 // the caller keeps anyway (a restarted host gets its addresses back from its records, by static
 // requests, as it does with the local allocator). A block goes back to the pool, with one
 // compare-and-swap, when its last address is released.
+//
+// Reads may go back in time (a Consul server that restarted answers before it has replayed its
+// log), so a read never decides alone what the host may allocate from: which addresses of a
+// block it gave out is known only here and is never forgotten for a read that does not show
+// the block (only a release, or ReconcileBlocks with the live addresses, clears them), and the
+// host gives out new addresses only from a block that its own compare-and-swap showed to be its
+// (the claim, or a rewrite of the chunk as read, which fails if the read was stale) since the
+// last read that did not show it.
 
 // blockRec is a block as a chunk records it: the bit of its first offset in the chunk
 // (aligned to the pool's block size), the bits it holds in that word (those that were free
@@ -36,9 +44,13 @@ type blockID struct {
 	start uint16
 }
 
-// ownBlock is a block of this host: the bits it holds and those allocated.
+// ownBlock is a block of this host: the bits it holds and those allocated. sureAt is the
+// Global's epoch when a compare-and-swap of this host last showed the block to be its, zero
+// after a read that did not show it: the host allocates from it only while sureAt is the
+// current epoch (SuspendBlocks starts a new one).
 type ownBlock struct {
 	held, used uint64
+	sureAt     uint64
 }
 
 // minBlockPool is the smallest dynamic range that is handed out in blocks; smaller pools
@@ -124,10 +136,12 @@ func (gp *gpool) groupHasBlock(ci u128, start uint16) bool {
 	return slices.ContainsFunc(gp.blocks[ci], func(r blockRec) bool { return r.start == start })
 }
 
-// syncOwn brings this host's blocks in line with the records of chunk ci just read: a block of
-// this host that the chunk records is kept with its allocations (or adopted with none, after a
-// restart: the endpoints' static requests mark theirs), one the chunk no longer records is
-// dropped (it was released for this host while it was away). It needs gp.sem.
+// syncOwn brings this host's blocks in line with the records of chunk ci just read, which
+// may be older than what this host knows: a block of this host that the chunk records is kept
+// with its allocations (or adopted with none, after a restart: the endpoints' static requests
+// mark theirs; it is allocated from once confirmed), one the chunk does not record is no
+// longer allocated from, and is forgotten once none of its addresses is in use (it was
+// released for this host while it was away, or the read is stale). It needs gp.sem.
 func (g *Global) syncOwn(gp *gpool, ci u128) {
 	if g.host == "" {
 		return
@@ -143,17 +157,49 @@ func (g *Global) syncOwn(gp *gpool, ci u128) {
 		seen[r.start] = true
 		id := blockID{ci, r.start}
 		if ob := gp.own[id]; ob != nil {
-			ob.held = r.held
-			ob.used &= r.held
+			if ob.held != r.held {
+				ob.held, ob.sureAt = r.held, 0
+			}
 		} else {
 			gp.own[id] = &ownBlock{held: r.held}
 		}
 	}
 	for id := range gp.own {
 		if id.ci == ci && !seen[id.start] {
-			delete(gp.own, id)
+			gp.unseen(id)
 		}
 	}
+}
+
+// unseen records that a read did not show the block id of this host: it is no longer
+// allocated from, and is forgotten if none of its addresses is in use. It needs gp.sem.
+func (gp *gpool) unseen(id blockID) {
+	ob := gp.own[id]
+	if ob == nil {
+		return
+	}
+	ob.sureAt = 0
+	if ob.used == 0 {
+		delete(gp.own, id)
+	}
+}
+
+// ownOf returns the block of this host that off belongs to (in its group), whether or not
+// the last read showed it, and the bit of off; nil if there is none. It needs gp.sem.
+func (gp *gpool) ownOf(off u128) (blockID, *ownBlock, uint64) {
+	k := blockBits(gp.cache)
+	if k == 0 || len(gp.own) == 0 {
+		return blockID{}, nil, 0
+	}
+	ci, _, m := split(off)
+	id := blockID{ci, uint16(off.lo&(chunkSize-1)) &^ (1<<k - 1)}
+	return id, gp.own[id], m
+}
+
+// recorded reports whether the last read of the chunk of id records it as this host's block.
+// It needs gp.sem.
+func (g *Global) recorded(gp *gpool, id blockID) bool {
+	return slices.ContainsFunc(gp.blocks[id.ci], func(r blockRec) bool { return r.start == id.start && r.host == g.host })
 }
 
 // offsetIn returns the offset of bit i of word w of chunk ci.
@@ -162,12 +208,13 @@ func offsetIn(ci u128, start uint16, i int) u128 {
 	return u128{base.hi, base.lo | uint64(start&^63) | uint64(i)}
 }
 
-// allocOwn allocates the lowest free address of one of this host's blocks, with no store call.
-func (gp *gpool) allocOwn() (u128, bool) {
+// allocOwn allocates the lowest free address of one of this host's blocks confirmed in epoch,
+// with no store call.
+func (gp *gpool) allocOwn(epoch uint64) (u128, bool) {
 	var best blockID
 	found := false
 	for id, ob := range gp.own {
-		if ob.held&^ob.used == 0 {
+		if ob.sureAt != epoch || ob.held&^ob.used == 0 {
 			continue
 		}
 		if !found || id.ci.less(best.ci) || (id.ci == best.ci && id.start < best.start) {
@@ -184,8 +231,9 @@ func (gp *gpool) allocOwn() (u128, bool) {
 }
 
 // findGroup returns a group of the pool (aligned, of its block size) with free dynamic
-// offsets and no block, searching from the pool's next position, and the bits of its word it
-// would hold. It looks at a bounded number of groups.
+// offsets and no block (none recorded, none this host knows as its), searching from the
+// pool's next position, and the bits of its word it would hold. It looks at a bounded number
+// of groups.
 func (gp *gpool) findGroup() (blockID, uint64, bool) {
 	p := gp.cache
 	k := blockBits(p)
@@ -213,7 +261,7 @@ func (gp *gpool) findGroup() (blockID, uint64, bool) {
 				held |= 1 << (uint64(start&63) + i)
 			}
 		}
-		if held != 0 && !gp.groupHasBlock(ci, start) {
+		if held != 0 && !gp.groupHasBlock(ci, start) && gp.own[blockID{ci, start}] == nil {
 			return blockID{ci, start}, held, true
 		}
 		next := offsetIn(ci, start, int(uint64(start&63)+size-1)).add1()
@@ -261,7 +309,7 @@ func (g *Global) claim(ctx context.Context, gp *gpool) (u128, blockID, bool, err
 		gp.own = map[blockID]*ownBlock{}
 	}
 	i := bits.TrailingZeros64(held)
-	gp.own[id] = &ownBlock{held: held, used: 1 << uint(i)}
+	gp.own[id] = &ownBlock{held: held, used: 1 << uint(i), sureAt: g.epoch.Load()}
 	end := offsetIn(id.ci, id.start, 63-bits.LeadingZeros64(held))
 	if end.less(p.hi) {
 		p.setNext(end.add1())
@@ -271,10 +319,72 @@ func (g *Global) claim(ctx context.Context, gp *gpool) (u128, blockID, bool, err
 	return offsetIn(id.ci, id.start, i), id, true, nil
 }
 
+// confirm makes sure of one of this host's blocks that a read shows and that has free
+// addresses, but that no compare-and-swap of this host has shown to be its since (adopted
+// after a restart, or shown again after a stale read): it writes the chunk back as read, over
+// the revision read, which fails if the read was stale. Every block of this host that the
+// chunk records is then confirmed. It reports false with a nil error when there is no such
+// block; on a lost compare-and-swap it returns the store's error and the chunk's index (the
+// caller reads it again). It needs gp.sem.
+func (g *Global) confirm(ctx context.Context, gp *gpool) (u128, bool, error) {
+	var ci u128
+	found := false
+	for id, ob := range gp.own {
+		if ob.sureAt == g.epoch.Load() || ob.held&^ob.used == 0 || !g.recorded(gp, id) {
+			continue
+		}
+		if !found || id.ci.less(ci) {
+			ci, found = id.ci, true
+		}
+	}
+	if !found {
+		return u128{}, false, nil
+	}
+	if err := g.rewriteChunk(ctx, gp, ci); err != nil {
+		return ci, false, err
+	}
+	return ci, true, nil
+}
+
+// rewriteChunk writes chunk ci of gp back as last read, over the revision read: it succeeds
+// only if the read was current, which a read alone cannot tell (a store that restarted may
+// answer from the past). Then every block of this host that the chunk records is confirmed.
+// The errors are writeChunk's. It needs gp.sem.
+func (g *Global) rewriteChunk(ctx context.Context, gp *gpool, ci u128) error {
+	if _, err := g.writeChunk(ctx, gp, ci); err != nil {
+		return err
+	}
+	for id, ob := range gp.own {
+		if id.ci == ci && g.recorded(gp, id) {
+			ob.sureAt = g.epoch.Load()
+		}
+	}
+	return nil
+}
+
+// current reports whether chunk ci of gp, as last read, is the chunk as it is, before a
+// request is refused for what the read shows: for a Global with blocks, by rewriting it
+// (rewriteChunk), which re-reads it on a lost compare-and-swap and reports false; without
+// blocks the read is taken as it is. It needs gp.sem.
+func (g *Global) current(ctx context.Context, gp *gpool, ci u128) (bool, error) {
+	if g.host == "" || gp.revs[ci] == 0 {
+		return true, nil
+	}
+	err := g.rewriteChunk(ctx, gp, ci)
+	switch {
+	case err == nil:
+		return true, nil
+	case !isCASFailure(err):
+		return false, err
+	}
+	return false, g.loadChunk(ctx, gp, ci)
+}
+
 // releaseBlock gives the empty block id of this host back to the pool: one compare-and-swap of
 // its chunk, retried on a race. A block the chunk no longer records as this host's is dropped.
 // It needs gp.sem.
 func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error {
+	reread := false
 	for attempt := 1; ; attempt++ {
 		ob := gp.own[id]
 		if ob == nil || ob.used != 0 {
@@ -283,8 +393,16 @@ func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error 
 		recs := gp.blocks[id.ci]
 		i := slices.IndexFunc(recs, func(r blockRec) bool { return r.start == id.start && r.host == g.host })
 		if i < 0 {
-			delete(gp.own, id)
-			return nil
+			if reread {
+				delete(gp.own, id)
+				return nil
+			}
+			// The last read did not show it; it may have been stale.
+			if err := g.loadChunk(ctx, gp, id.ci); err != nil {
+				return err
+			}
+			reread = true
+			continue
 		}
 		for b := 0; b < 64; b++ {
 			if ob.held&(1<<uint(b)) != 0 {
@@ -396,12 +514,29 @@ func (g *Global) ReleaseBlock(ctx context.Context, id PoolID, prefix netip.Prefi
 	}
 }
 
+// SuspendBlocks stops this host's allocation from its blocks, in every pool, until
+// ResumeBlocks: for a host whose registration lapsed, whose blocks the other hosts may give
+// back (and claim) once they have reclaimed its endpoints, with no store write of this host to
+// fail. Meanwhile dynamic requests take one compare-and-swap per address, outside the blocks;
+// releases and static requests inside the blocks are as before. It is safe for concurrent use.
+func (g *Global) SuspendBlocks() {
+	g.paused.Store(true)
+	g.epoch.Add(1) // what was confirmed before is to be confirmed again
+}
+
+// ResumeBlocks ends SuspendBlocks, once ReconcileBlocks has run on the pools of this host's
+// endpoints: it allocates again from the blocks that a compare-and-swap made since shows to
+// be still its. It is safe for concurrent use.
+func (g *Global) ResumeBlocks() { g.paused.Store(false) }
+
 // ReconcileBlocks re-reads the chunks of pool id and sets the allocations of this host's
 // blocks to the addresses of live inside them: for a host whose registration lapsed while
 // others may have reclaimed its endpoints (and given back its blocks), live lists the
 // addresses of its endpoints whose records are still there; the others are taken back, or
-// not, by static requests. A block of this host that the store no longer records is dropped;
-// one left empty is given back.
+// not, by static requests. A block of this host that the read does not show is no longer
+// allocated from, and dropped when no address of live is in it; one left empty is given back;
+// the others are allocated from again only once a compare-and-swap shows them still this
+// host's (the read may be stale).
 // Other addresses are left alone. Errors: ctx's error; [ErrUnknownPool]; the store's errors.
 func (g *Global) ReconcileBlocks(ctx context.Context, id PoolID, live []netip.Addr) error {
 	gp, unlock, err := g.loadedPool(ctx, id)
@@ -410,18 +545,16 @@ func (g *Global) ReconcileBlocks(ctx context.Context, id PoolID, live []netip.Ad
 	}
 	defer unlock()
 	for _, ob := range gp.own {
-		ob.used = 0
+		ob.used, ob.sureAt = 0, 0
 	}
 	for _, a := range live {
 		off, ok := gp.cache.offset(a)
 		if !ok {
 			continue
 		}
-		if r, bid, ok := gp.blockOf(off); ok && r.host == g.host {
-			if ob := gp.own[bid]; ob != nil {
-				_, _, m := split(off)
-				ob.used |= m & ob.held
-			}
+		// Also in a block the read did not show: it may be stale.
+		if _, ob, m := gp.ownOf(off); ob != nil {
+			ob.used |= m & ob.held
 		}
 	}
 	var errs []error

@@ -3,12 +3,19 @@ package ipam_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	"pgregory.net/rapid"
 
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/ipam/ipamkv"
+	"github.com/cnmkit/cnm/kvstore"
 )
 
 // TestGlobalBlocksSuite runs the allocator suite on a Global with per-host blocks.
@@ -132,7 +139,8 @@ func TestGlobalBlocksTwoHosts(t *testing.T) {
 }
 
 // TestGlobalBlocksRestart: a restarted host adopts its blocks from the store and takes its
-// addresses back with static requests, with no store write; another host can neither take nor
+// addresses back with static requests, with no store write, and confirms the blocks with one
+// before it gives out a new address from them; another host can neither take nor
 // free an address of those blocks; a block given back (as for a host that died) is free again.
 func TestGlobalBlocksRestart(t *testing.T) {
 	ctx := t.Context()
@@ -165,8 +173,10 @@ func TestGlobalBlocksRestart(t *testing.T) {
 	if next := reqAddr(t, a2, p.ID, netip.Addr{}); next != mine[5] {
 		t.Fatalf("next dynamic address after the restart = %s, want %s (free in host-a's block)", next, mine[5])
 	}
-	if w := cs.writes.Load(); w != 0 {
-		t.Fatalf("%d store writes to take back and allocate inside host-a's blocks, want 0", w)
+	// One write: the chunk rewritten as read, which confirms the adopted blocks (a read
+	// can be stale) before the first address is given out from them.
+	if w := cs.writes.Load(); w != 1 {
+		t.Fatalf("%d store writes to take back and allocate inside host-a's blocks, want 1", w)
 	}
 
 	b := newGlobalOn(t, s, ipam.GlobalConfig{Host: "host-b"})
@@ -233,5 +243,281 @@ func TestGlobalBlocksStaleRelease(t *testing.T) {
 	blocks, err := newGlobalOn(t, s, ipam.GlobalConfig{}).Blocks(ctx, p.ID)
 	if err != nil || len(blocks) != 2 {
 		t.Fatalf("blocks = %v (%v), want host-b's (with %s) and host-a's (with %s)", blocks, err, first, x)
+	}
+}
+
+// laggingStore wraps a GlobalStore whose reads can go back in time, as those of a Consul
+// server that restarted and answers before it has replayed its log: after snapshot, the next
+// reads that lag allows (Get and List) answer from the state at the snapshot, while writes,
+// compare-and-swap included, act on the current state.
+type laggingStore struct {
+	ipam.GlobalStore
+	mu    sync.Mutex
+	old   map[string]ipam.StoreEntry // the state at the last snapshot
+	stale int                        // reads left to answer from old
+}
+
+// snapshot records the current state, for the stale reads that lag allows later.
+func (l *laggingStore) snapshot(t interface {
+	Helper()
+	Fatal(...any)
+}) {
+	t.Helper()
+	entries, err := l.GlobalStore.List(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[string]ipam.StoreEntry{}
+	for _, e := range entries {
+		old[e.Key] = e
+	}
+	l.mu.Lock()
+	l.old = old
+	l.mu.Unlock()
+}
+
+// lag makes the next n reads answer from the state at the last snapshot.
+func (l *laggingStore) lag(n int) {
+	l.mu.Lock()
+	l.stale = n
+	l.mu.Unlock()
+}
+
+// staleRead reports whether this read answers from the snapshot, counting it.
+func (l *laggingStore) staleRead() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stale == 0 {
+		return false
+	}
+	l.stale--
+	return true
+}
+
+func (l *laggingStore) Get(ctx context.Context, key string) ([]byte, uint64, error) {
+	if !l.staleRead() {
+		return l.GlobalStore.Get(ctx, key)
+	}
+	e, ok := l.old[key]
+	if !ok {
+		return nil, 0, fmt.Errorf("stale get %q: %w", key, kvstore.ErrKeyNotFound)
+	}
+	return e.Value, e.Revision, nil
+}
+
+func (l *laggingStore) List(ctx context.Context, prefix string) ([]ipam.StoreEntry, error) {
+	if !l.staleRead() {
+		return l.GlobalStore.List(ctx, prefix)
+	}
+	var out []ipam.StoreEntry
+	for k, e := range l.old {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b ipam.StoreEntry) int { return strings.Compare(a.Key, b.Key) })
+	return out, nil
+}
+
+// TestGlobalBlocksStaleReadKeepsAllocations: a read that goes back to before this host
+// claimed its block (a restarted store that has not replayed its log) must not make the host
+// forget which addresses of the block it gave out: when the block shows again, they are still
+// taken.
+func TestGlobalBlocksStaleReadKeepsAllocations(t *testing.T) {
+	ctx := t.Context()
+	l := &laggingStore{GlobalStore: ipamkv.Adapt(openBolt(t, true))}
+	a, err := ipam.NewGlobal(l, ipam.GlobalConfig{Host: "host-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.55.0.0/16")})
+	l.snapshot(t) // before any block
+	given := map[netip.Addr]bool{}
+	for range 3 {
+		given[reqAddr(t, a, p.ID, netip.Addr{})] = true
+	}
+	// A listing (the sweep's, Usage's) answered from before the block, then the state as it is.
+	l.lag(2) // the index, then the chunks
+	if _, err := a.Addresses(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	for range 64 {
+		x := reqAddr(t, a, p.ID, netip.Addr{})
+		if given[x] {
+			t.Fatalf("%s given twice by host-a after a stale read", x)
+		}
+		given[x] = true
+	}
+}
+
+// TestGlobalBlocksStaleReadNoAdoption: a read that goes back to before this host gave its
+// block back must not make it allocate from that block again, which another host has
+// claimed since.
+func TestGlobalBlocksStaleReadNoAdoption(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, true)
+	l := &laggingStore{GlobalStore: ipamkv.Adapt(s)}
+	a, err := ipam.NewGlobal(l, ipam.GlobalConfig{Host: "host-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newGlobalOn(t, s, ipam.GlobalConfig{Host: "host-b"})
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.56.0.0/16")})
+	x := reqAddr(t, a, p.ID, netip.Addr{})
+	l.snapshot(t) // host-a's block with x
+	// The block goes back.
+	if err := a.ReleaseAddress(ctx, p.ID, x); err != nil {
+		t.Fatal(err)
+	}
+	if got := reqAddr(t, b, p.ID, netip.Addr{}); got != x {
+		t.Fatalf("host-b's first address = %s, want %s (the block host-a gave back)", got, x)
+	}
+	l.lag(2) // the index, then the chunks
+	if _, err := a.Addresses(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	for range 64 {
+		if got := reqAddr(t, a, p.ID, netip.Addr{}); got == x {
+			t.Fatalf("host-a gave %s, host-b's, after a stale read showed its old block", got)
+		}
+	}
+}
+
+// TestPropertyGlobalBlocksStaleReads runs random sequences on two hosts with blocks whose
+// reads may go back to any earlier state (each host's store answers its next few reads from
+// a snapshot it took at some point): whatever they read, no address is given to a host while
+// either host holds it, and a restarted host takes its addresses back.
+func TestPropertyGlobalBlocksStaleReads(t *testing.T) {
+	s := openBolt(t, true)
+	var run atomic.Int64
+	rapid.Check(t, func(t *rapid.T) {
+		ctx := context.Background()
+		cfg := ipam.GlobalConfig{Prefix: fmt.Sprintf("t/%d", run.Add(1))}
+		names := [2]string{"host-a", "host-b"}
+		var (
+			stores [2]*laggingStore
+			hosts  [2]*ipam.Global
+		)
+		open := func(i int) {
+			c := cfg
+			c.Host = names[i]
+			g, err := ipam.NewGlobal(stores[i], c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hosts[i] = g
+		}
+		for i := range hosts {
+			stores[i] = &laggingStore{GlobalStore: ipamkv.Adapt(s)}
+			open(i)
+		}
+		pool, err := hosts[0].RequestPool(ctx, ipam.PoolRequest{Subnet: pfx("10.60.0.0/24")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range stores {
+			stores[i].snapshot(t)
+		}
+		holder := map[netip.Addr]int{} // address -> host that holds it
+		held := func(i int) []netip.Addr {
+			var out []netip.Addr
+			for a, h := range holder {
+				if h == i {
+					out = append(out, a)
+				}
+			}
+			slices.SortFunc(out, netip.Addr.Compare)
+			return out
+		}
+		host := func(t *rapid.T) int { return rapid.IntRange(0, 1).Draw(t, "host") }
+		t.Repeat(map[string]func(*rapid.T){
+			"dynamic": func(t *rapid.T) {
+				i := host(t)
+				got, err := hosts[i].RequestAddress(ctx, pool.ID, netip.Addr{})
+				if err != nil {
+					return // a stale read may make it give up; it must not hand out a held address
+				}
+				if h, ok := holder[got]; ok {
+					t.Fatalf("%s given to %s, held by %s", got, names[i], names[h])
+				}
+				holder[got] = i
+			},
+			"release": func(t *rapid.T) {
+				i := host(t)
+				mine := held(i)
+				if len(mine) == 0 {
+					return
+				}
+				a := rapid.SampledFrom(mine).Draw(t, "addr")
+				if err := hosts[i].ReleaseAddress(ctx, pool.ID, a); err != nil {
+					t.Fatalf("%s: ReleaseAddress(%s): %v", names[i], a, err)
+				}
+				delete(holder, a)
+			},
+			"snapshot": func(t *rapid.T) {
+				stores[host(t)].snapshot(t)
+			},
+			"lag": func(t *rapid.T) {
+				stores[host(t)].lag(rapid.IntRange(1, 4).Draw(t, "reads"))
+			},
+			"read": func(t *rapid.T) {
+				_, _ = hosts[host(t)].Addresses(ctx, pool.ID)
+			},
+			"reconcile": func(t *rapid.T) {
+				i := host(t)
+				_ = hosts[i].ReconcileBlocks(ctx, pool.ID, held(i))
+			},
+			"restart": func(t *rapid.T) {
+				i := host(t)
+				open(i)
+				for _, a := range held(i) {
+					if _, err := hosts[i].RequestAddress(ctx, pool.ID, a); err != nil {
+						t.Fatalf("%s after a restart: RequestAddress(%s): %v", names[i], a, err)
+					}
+				}
+			},
+		})
+	})
+}
+
+// TestGlobalBlocksSuspended: a host whose registration lapsed (SuspendBlocks) gives out no
+// address from its blocks, which the others may give back and claim meanwhile; once
+// reconciled and resumed, it allocates again only from a block still its.
+func TestGlobalBlocksSuspended(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, true)
+	cs := &countingStore{GlobalStore: ipamkv.Adapt(s)}
+	a, err := ipam.NewGlobal(cs, ipam.GlobalConfig{Host: "host-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newGlobalOn(t, s, ipam.GlobalConfig{Host: "host-b"})
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.57.0.0/16")})
+	x := reqAddr(t, a, p.ID, netip.Addr{}) // in host-a's first block
+	blocks, err := a.Blocks(ctx, p.ID)
+	if err != nil || len(blocks) != 1 {
+		t.Fatalf("blocks = %v (%v), want one", blocks, err)
+	}
+	a.SuspendBlocks()
+	cs.reset()
+	y := reqAddr(t, a, p.ID, netip.Addr{})
+	if blocks[0].Prefix.Contains(y) || cs.writes.Load() != 1 {
+		t.Fatalf("suspended: %s with %d writes, want an address outside %s with one write", y, cs.writes.Load(), blocks[0].Prefix)
+	}
+	// The others reclaim x's endpoint and give the block back; host-b claims it.
+	if ok, err := newGlobalOn(t, s, ipam.GlobalConfig{}).ReleaseBlock(ctx, p.ID, blocks[0].Prefix, "host-a"); err != nil || !ok {
+		t.Fatalf("ReleaseBlock: %v, %v", ok, err)
+	}
+	if got := reqAddr(t, b, p.ID, netip.Addr{}); got != x {
+		t.Fatalf("host-b's first address = %s, want %s", got, x)
+	}
+	if err := a.ReconcileBlocks(ctx, p.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	a.ResumeBlocks()
+	for range 64 {
+		if got := reqAddr(t, a, p.ID, netip.Addr{}); blocks[0].Prefix.Contains(got) || got == y {
+			t.Fatalf("host-a after resuming: %s, in host-b's block %s or given already", got, blocks[0].Prefix)
+		}
 	}
 }
