@@ -701,6 +701,11 @@ func (s *Store) mapErr(ctx context.Context, err error, timeout time.Duration) er
 		if msg := status.Convert(err).Message(); msg == context.DeadlineExceeded.Error() || msg == context.Canceled.Error() {
 			return &unavailableError{endpoints: s.endpoints, cause: "the server gave up: " + msg}
 		}
+		// A server shutting down fails the proposals its raft node had not committed with
+		// raft's own ErrStopped, which etcd does not turn into a gRPC code.
+		if msg := status.Convert(err).Message(); msg == "raft: stopped" {
+			return &unavailableError{endpoints: s.endpoints, cause: "the server is stopping: " + msg}
+		}
 	}
 	return err
 }
