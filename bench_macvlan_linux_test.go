@@ -14,10 +14,10 @@ import (
 	"github.com/cnmkit/cnm"
 	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/internal/runstore"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 	"github.com/vishvananda/netlink"
-	"go.etcd.io/bbolt"
 )
 
 // BenchmarkPrivilegedMacvlanConnect measures Controller.Connect on a macvlan network (parent
@@ -26,10 +26,10 @@ import (
 //   - raw: the netlink calls of the same attach, by hand: the macvlan link created in the
 //     sandbox's namespace in one message, its lookup, address, link up and default route (the
 //     kernel objects Connect makes, no more);
-//   - floor: everything Connect must do, by hand: one bbolt commit without fsync on the
-//     RunDir's tmpfs (the run store's, which holds the records of Connect's endpoints), the
-//     same raw calls, and the sandbox's hosts file rewritten on that tmpfs, one after the
-//     other as Connect makes them.
+//   - floor: everything Connect must do, by hand: one write to a run store's journal on the
+//     RunDir's tmpfs (package internal/runstore, which holds the records of Connect's
+//     endpoints), the same raw calls, and the sandbox's hosts file rewritten on that tmpfs,
+//     one after the other as Connect makes them.
 //
 // Each iteration times raw, the commit alone and floor in turn, starting with a different one
 // each time, then Connect, so that they meet the same machine load; sandboxes and namespaces are made and removed outside the timings. It
@@ -79,21 +79,16 @@ func BenchmarkPrivilegedMacvlanConnect(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(raw.Close)
-	// The store's floor: one bbolt commit without fsync on the RunDir's tmpfs, as the run
-	// store's.
-	db, err := bbolt.Open(filepath.Join(runDir, "floor.db"), 0o600, &bbolt.Options{NoSync: true})
+	// The store's floor: one record written to a run store's journal on the RunDir's tmpfs.
+	rs, _, err := runstore.Open(filepath.Join(runDir, "floor.log"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { db.Close() })
+	b.Cleanup(func() { rs.Close() })
+	record := make([]byte, 600) // about an endpoint record's JSON
 	commit := func(bucket, key string) error {
-		return db.Update(func(tx *bbolt.Tx) error {
-			bk, err := tx.CreateBucketIfNotExists([]byte(bucket))
-			if err != nil {
-				return err
-			}
-			return bk.Put([]byte(key), make([]byte, 400))
-		})
+		_, err := rs.AtomicPut(ctx, bucket+"/"+key, record, 0)
+		return err
 	}
 	nsDir := b.TempDir()
 	hosts := filepath.Join(runDir, "floor-hosts")

@@ -35,13 +35,14 @@
 // records whose kernel objects vanished are cleaned up. Repairs returns what was fixed.
 //
 // The endpoints that Connect makes for a sandbox with a namespace (all but host-mode ones)
-// keep their records in the run store instead (RunDir/records.db, Config.RunStore): bbolt
-// without fsync on the RunDir's tmpfs. Such an endpoint lives no longer than its sandbox's
-// namespace, which a reboot removes, so its record must outlive a crash of the process, which
-// it does (the writes are in the page cache), not of the machine: Connect's one commit costs
-// tens of microseconds instead of two disk flushes. After a reboot the tmpfs is empty, and the
-// sandboxes' records, without their namespaces, are dropped as before. Endpoints made by
-// Network.CreateEndpoint, and host-mode sandboxes' endpoints, stay in the local store.
+// keep their records in the run store instead (RunDir/records.log, Config.RunStore): a journal
+// on the RunDir's tmpfs, appended with one write and no fsync. Such an endpoint lives no longer
+// than its sandbox's namespace, which a reboot removes, so its record must outlive a crash of
+// the process, which it does (the write is in the page cache), not of the machine: Connect's
+// one commit costs microseconds instead of two disk flushes. After a reboot the tmpfs is
+// empty, and the sandboxes' records, without their namespaces, are dropped as before.
+// Endpoints made by Network.CreateEndpoint, and host-mode sandboxes' endpoints, stay in the
+// local store.
 //
 // A network whose driver or IPAM driver is not registered at start (one registered with
 // RegisterDriver after New) is never pruned: it waits, with its records, name, subnets and
@@ -203,11 +204,11 @@ type Config struct {
 	Machine sandbox.Machine
 	// Store replaces the embedded bbolt store. The Controller does not close a Store it was given.
 	Store kvstore.Store
-	// RunStore replaces the run store, RunDir/records.db: bbolt with no fsync, for the records
-	// of endpoints that Connect makes for a sandbox with a namespace, which a reboot removes
-	// with the namespace (see "State and restart" in the package doc). Connect commits to it
-	// before its kernel work rather than beside it, so it must commit in tens of
-	// microseconds. The Controller does not close a RunStore it was given; giving Store here
+	// RunStore replaces the run store, RunDir/records.log (a journal in memory and on the
+	// tmpfs, no fsync), for the records of endpoints that Connect makes for a sandbox with a
+	// namespace, which a reboot removes with the namespace (see "State and restart" in the
+	// package doc). Connect commits to it before its kernel work rather than beside it, so it
+	// must commit in microseconds. The Controller does not close a RunStore it was given; giving Store here
 	// as well keeps every record in it.
 	RunStore kvstore.Store
 	// IPAM replaces the built-in "default" IPAM driver (ipam.Default with its default pools).

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/internal/nstest"
+	"github.com/cnmkit/cnm/internal/runstore"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 	"github.com/google/go-cmp/cmp"
@@ -93,7 +94,7 @@ func TestPrivilegedRunDirWarning(t *testing.T) {
 // cycleState is what must not grow over create/delete cycles of sandboxes.
 type cycleState struct {
 	fds, goroutines, hostLinks, runFiles, dataFiles, keys, runKeys int
-	dbBytes, runDBBytes                                            int64
+	dbBytes                                                        int64
 	maps                                                           map[string]int
 }
 
@@ -101,7 +102,8 @@ type cycleState struct {
 // bridge network) and DeleteSandbox of the oldest, five sandboxes alive throughout, DataDir on
 // the disk and RunDir on a tmpfs, and checks that nothing grows from the 50th cycle to the
 // last: the process's descriptors and goroutines, the links of the host namespace, the files
-// under RunDir and DataDir, the keys in the local and run stores and the sizes of their files, and the
+// under RunDir and DataDir, the keys in the local and run stores, the size of the local store's
+// file (and that the run store's journal stays under its compaction bound), and the
 // Controller's maps (sandboxes, endpoints, gateway claims).
 func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 	nstest.Privileged(t)
@@ -160,15 +162,11 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		runFi, err := os.Stat(filepath.Join(runDir, "records.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
 		return cycleState{
 			fds: len(fds), goroutines: runtime.NumGoroutine(), hostLinks: len(links),
 			runFiles: count(runDir), dataFiles: count(dataDir), keys: len(kvs), dbBytes: fi.Size(),
-			runKeys: len(runKVs), runDBBytes: runFi.Size(),
-			maps: cnm.MapSizesForTest(c),
+			runKeys: len(runKVs),
+			maps:    cnm.MapSizesForTest(c),
 		}
 	}
 	// No collection during the cycles (the heap grows by about 40 MB): a descriptor left open
@@ -176,7 +174,10 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	const alive, cycles, from = 5, 300, 50
 	var ids []string
-	var before cycleState
+	var (
+		before     cycleState
+		maxJournal int64
+	)
 	for i := range cycles {
 		id := fmt.Sprintf("cycle%d", i)
 		if _, err := c.NewSandbox(ctx, id); err != nil {
@@ -192,6 +193,13 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 			}
 			ids = ids[1:]
 		}
+		// The run store's journal grows by each write and is compacted past
+		// runstore.CompactAt: bounded, not constant.
+		fi, err := os.Stat(filepath.Join(runDir, "records.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		maxJournal = max(maxJournal, fi.Size())
 		if i == from-1 {
 			// Loopback, the bridge, and the host ends of the live sandboxes' veths.
 			before = settled(t, state, func(s cycleState) bool { return s.hostLinks == 2+alive })
@@ -207,6 +215,9 @@ func TestPrivilegedSandboxCycleNoGrowth(t *testing.T) {
 	}
 	if after.maps["sandboxes"] != alive || after.maps["endpoints"] != alive {
 		t.Errorf("maps %v: want %d sandboxes and endpoints", after.maps, alive)
+	}
+	if maxJournal > runstore.CompactAt+16<<10 {
+		t.Errorf("the run store's journal reached %d bytes, want it compacted near %d", maxJournal, runstore.CompactAt)
 	}
 	if after.runKeys != alive {
 		t.Errorf("run store holds %d keys, want the %d live endpoints' records", after.runKeys, alive)

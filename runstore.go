@@ -8,29 +8,30 @@ import (
 
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/internal/errclass"
+	"github.com/cnmkit/cnm/internal/runstore"
 	"github.com/cnmkit/cnm/kvstore"
-	"github.com/cnmkit/cnm/kvstore/boltdb"
 	"github.com/cnmkit/cnm/sandbox"
 )
 
-// runStoreFile is the name of the run store's file under Config.RunDir.
-const runStoreFile = "records.db"
+// runStoreFile is the name of the run store's journal under Config.RunDir.
+const runStoreFile = "records.log"
 
 // The run store holds the records of what lives no longer than a sandbox's namespace: the
 // endpoints Connect makes for a sandbox with a namespace (its own, a shared one or a
 // caller's). Such an endpoint describes kernel state that a reboot removes (on the next start
 // its sandbox's record is found without a namespace, and the endpoint is left and deleted),
-// so its record must survive a crash of the process, not of the machine. Kept on the RunDir's
-// tmpfs, with no fsync, its commit costs tens of microseconds instead of two disk flushes:
-// Connect's only store commit is off the disk. A crash of the process keeps every committed
-// write (they are in the page cache; bbolt writes its meta page last, so a commit cut short
-// leaves the previous one). A reboot empties the tmpfs, and the endpoints go with their
-// namespaces; were RunDir on a disk (New warns), a power cut could leave the file unreadable:
-// New then starts it afresh and reports the repair, and the sandboxes whose namespaces the
-// reboot removed are dropped from their own records as before.
+// so its record must survive a crash of the process, not of the machine. It is kept in
+// memory and in a journal on the RunDir's tmpfs (package internal/runstore): a commit is one
+// write(2) of a few microseconds, with no fsync, instead of two disk flushes, so Connect's only
+// store commit is off the disk. A crash of the process keeps every committed write (it is in
+// the page cache); an entry cut short by the crash is dropped at the next start. A reboot
+// empties the tmpfs, and the endpoints go with their namespaces; were RunDir on a disk (New
+// warns), a power cut could leave a torn or unreadable journal: New drops the torn entries or
+// starts it afresh and reports the repair, and the sandboxes whose namespaces the reboot
+// removed are dropped from their own records as before.
 
-// openRunStore opens Config.RunStore, or the bbolt file RunDir/records.db. It reports what
-// made the file unreadable, if it had to start it afresh, once New can report repairs.
+// openRunStore opens Config.RunStore, or the journal RunDir/records.log. It returns, for New to
+// report, what it repaired: a torn tail dropped, or a file that is not a journal removed.
 func (c *Controller) openRunStore() (repair *drivers.Repair, err error) {
 	if c.cfg.RunStore != nil {
 		c.run = c.cfg.RunStore
@@ -40,17 +41,19 @@ func (c *Controller) openRunStore() (repair *drivers.Repair, err error) {
 		return nil, fmt.Errorf("cnm: run dir: %w", err)
 	}
 	path := filepath.Join(c.cfg.RunDir, runStoreFile)
-	cfg := boltdb.Config{Logger: c.log, NoSync: true}
-	s, err := boltdb.Open(path, cfg)
-	if err != nil && !errors.Is(err, errclass.ErrUnavailable) && !errors.Is(err, errclass.ErrInvalidParameter) {
+	s, dropped, err := runstore.Open(path)
+	if err != nil && !errors.Is(err, errclass.ErrUnavailable) {
 		// Not a lock held by another process: the file itself is bad.
 		if rerr := os.Remove(path); rerr == nil {
 			repair = &drivers.Repair{Object: "run store " + path, Action: "removed", Reason: fmt.Sprintf("unreadable (%v): started afresh", err)}
-			s, err = boltdb.Open(path, cfg)
+			s, _, err = runstore.Open(path)
 		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cnm: run store: %w", err)
+	}
+	if dropped > 0 {
+		repair = &drivers.Repair{Object: "run store " + path, Action: "truncated", Reason: fmt.Sprintf("dropped a torn last write (%d bytes): the process died while writing it", dropped)}
 	}
 	c.run, c.ownRun = s, true
 	return repair, nil

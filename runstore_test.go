@@ -128,8 +128,8 @@ func TestRunStoreRecords(t *testing.T) {
 func TestRunStoreUnreadable(t *testing.T) {
 	l := newFakeLab(t)
 	l.c.Close()
-	path := filepath.Join(l.runDir, "records.db")
-	if err := os.WriteFile(path, []byte(strings.Repeat("not a bbolt file ", 512)), 0o600); err != nil {
+	path := filepath.Join(l.runDir, "records.log")
+	if err := os.WriteFile(path, []byte(strings.Repeat("not a journal ", 512)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c := l.open(t, nil)

@@ -141,7 +141,7 @@ type Config struct {
 	// NoSync skips the fsync after each commit: a crash of the machine can lose or corrupt
 	// recent writes, while a crash of the process loses nothing committed (the writes are in
 	// the page cache, the meta page last). It is for tests, and for data that dies with the
-	// machine anyway, on a tmpfs (cnm's run store, RunDir/records.db).
+	// machine anyway, on a tmpfs.
 	NoSync bool
 	// WatchHistory is how many recent events the store keeps in memory to resume a Watch
 	// from a revision. Zero means [DefaultWatchHistory] (10,000); negative is an error.
