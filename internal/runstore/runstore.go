@@ -9,8 +9,9 @@
 // entry is in the page cache once write returns. An entry cut short (the process killed in the
 // middle of its write, or a power cut with the file on a disk) and everything after it are
 // dropped at the next Open, which checks each entry's length and CRC-32C. Open rewrites the
-// journal with the live records only, as does a write once the journal holds more than four
-// times their size (and at least CompactAt bytes), so it stays bounded.
+// journal with the live records only (to a new file renamed over it), as does a write once the
+// journal holds more than four times their size (and at least CompactAt bytes), so it stays
+// bounded.
 //
 // The file is locked (flock) while a Store has it open: a second Open fails with an error
 // matching errclass.ErrUnavailable. There is no Watch: it fails with an error matching
@@ -59,14 +60,15 @@ const (
 type Store struct {
 	path string
 
-	mu     sync.Mutex // guards following
-	f      *os.File   // nil once closed
-	rev    uint64
-	kv     map[string]kvstore.KVPair
-	size   int64 // bytes in the journal file
-	live   int64 // bytes the live records take in a compacted journal
-	broken error // a write that could not be undone: every later write fails with it
-	buf    []byte
+	mu         sync.Mutex // guards following
+	f          *os.File   // nil once closed
+	rev        uint64
+	kv         map[string]kvstore.KVPair
+	size       int64 // bytes in the journal file
+	live       int64 // bytes the live records take in a compacted journal
+	broken     error // a write that could not be undone: every later write fails with it
+	compactErr error // the last compaction's failure: the journal as it was stays whole
+	buf        []byte
 }
 
 var (
@@ -78,7 +80,7 @@ var (
 // are reported in dropped, in bytes. A file that is not a journal fails with an error naming
 // the path.
 func Open(path string) (s *Store, dropped int, err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openLocked(path, false)
 	if err != nil {
 		return nil, 0, fmt.Errorf("runstore: open %q: %w", path, err)
 	}
@@ -87,9 +89,6 @@ func Open(path string) (s *Store, dropped int, err error) {
 			f.Close()
 		}
 	}()
-	if err := lock(f); err != nil {
-		return nil, 0, fmt.Errorf("runstore: open %q: %w", path, err)
-	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, 0, fmt.Errorf("runstore: read %q: %w", path, err)
@@ -101,12 +100,43 @@ func Open(path string) (s *Store, dropped int, err error) {
 		}
 		dropped = s.replay(b[len(magic):])
 	}
-	// The journal is rewritten with the live records, over the same file (its lock held).
-	if err := s.rewrite(f); err != nil {
+	// The journal is rewritten with the live records (a new file, renamed over it).
+	s.f = f
+	if err := s.rewrite(); err != nil {
 		return nil, 0, fmt.Errorf("runstore: rewrite %q: %w", path, err)
 	}
-	s.f = f
 	return s, dropped, nil
+}
+
+// openLocked opens the file at path (truncated with trunc) and takes its lock. The lock is
+// taken again on the new file when the one it got was renamed over while it waited.
+func openLocked(path string, trunc bool) (*os.File, error) {
+	flags := os.O_RDWR | os.O_CREATE
+	if trunc {
+		flags |= os.O_TRUNC
+	}
+	for {
+		f, err := os.OpenFile(path, flags, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := lock(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+		fi, ferr := f.Stat()
+		pi, perr := os.Stat(path)
+		if ferr == nil && perr == nil && os.SameFile(fi, pi) {
+			return f, nil
+		}
+		f.Close()
+		if ferr != nil {
+			return nil, ferr
+		}
+		if perr != nil && !errors.Is(perr, os.ErrNotExist) {
+			return nil, perr
+		}
+	}
 }
 
 // replay applies the entries of b and returns how many bytes it dropped from the first entry
@@ -204,25 +234,35 @@ func appendEntry(b []byte, rev uint64, ops []kvstore.Op) []byte {
 }
 
 // rewrite writes the live records, each at its own revision, then an empty entry at the
-// store's revision (so that revisions keep growing after a reopen), over f's content.
-func (s *Store) rewrite(f *os.File) error {
+// store's revision (so that revisions keep growing after a reopen), to a new file that it
+// locks and renames over the journal: a crash at any point leaves the old journal or the new
+// one whole. The store then writes to the new file.
+func (s *Store) rewrite() error {
 	b := []byte(magic)
 	for _, k := range slices.Sorted(maps.Keys(s.kv)) {
 		p := s.kv[k]
 		b = appendEntry(b, p.Revision, []kvstore.Op{{Key: k, Value: p.Value}})
 	}
 	b = appendEntry(b, s.rev, nil)
-	if _, err := f.WriteAt(b, 0); err != nil {
+	tmp := s.path + ".new"
+	f, err := openLocked(tmp, true)
+	if err != nil {
 		return err
 	}
-	if err := f.Truncate(int64(len(b))); err != nil {
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(tmp)
 		return err
 	}
-	if _, err := f.Seek(int64(len(b)), 0); err != nil {
+	if err := os.Rename(tmp, s.path); err != nil {
+		f.Close()
+		os.Remove(tmp)
 		return err
 	}
+	old := s.f
+	s.f = f
 	s.size, s.live = int64(len(b)), int64(len(b))
-	return nil
+	return old.Close()
 }
 
 // begin checks ctx and that the store is open; the caller holds s.mu.
@@ -273,8 +313,9 @@ func (s *Store) commit(ops []kvstore.Op) (uint64, error) {
 		}
 	}
 	if s.size > CompactAt && s.size > 4*s.live {
-		if err := s.rewrite(s.f); err != nil {
-			s.broken = fmt.Errorf("runstore: compact %q: %w", s.path, err)
+		if err := s.rewrite(); err != nil {
+			// The journal as it was is whole: the next write tries again.
+			s.compactErr = err
 		}
 	}
 	return rev, nil
