@@ -208,8 +208,8 @@ type Config struct {
 	// tmpfs, no fsync), for the records of endpoints that Connect makes for a sandbox with a
 	// namespace, which a reboot removes with the namespace (see "State and restart" in the
 	// package doc). Connect commits to it before its kernel work rather than beside it, so it
-	// must commit in microseconds. The Controller does not close a RunStore it was given; giving Store here
-	// as well keeps every record in it.
+	// must commit in microseconds. The Controller does not close a RunStore it was given;
+	// giving Store here as well keeps every record in it.
 	RunStore kvstore.Store
 	// IPAM replaces the built-in "default" IPAM driver (ipam.Default with its default pools).
 	IPAM ipam.Allocator
