@@ -262,7 +262,12 @@ func (s *Store) rewrite() error {
 	old := s.f
 	s.f = f
 	s.size, s.live = int64(len(b)), int64(len(b))
-	return old.Close()
+	if old != nil {
+		// The journal is the new file now: the old descriptor (and its lock on the replaced
+		// file) holds nothing the store depends on, so an error closing it changes nothing.
+		_ = old.Close()
+	}
+	return nil
 }
 
 // begin checks ctx and that the store is open; the caller holds s.mu.
