@@ -222,3 +222,27 @@ func BenchmarkPut(b *testing.B) {
 		}
 	}
 }
+
+// TestCrashMidRewrite: a process killed while it rewrote the journal leaves the new file
+// half-written beside the journal (the rename never happened). Open reads the journal, and its
+// own rewrite replaces the leftover.
+func TestCrashMidRewrite(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "records.log")
+	s := open(t, path)
+	if _, err := s.Put(ctx, "k", []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := os.WriteFile(path+".new", []byte(magic+"half an ent"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	defer s.Close()
+	if p, err := s.Get(ctx, "k"); err != nil || string(p.Value) != "kept" {
+		t.Fatalf("k = %q, %v; want kept", p.Value, err)
+	}
+	if _, err := os.Stat(path + ".new"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the half-written file is still there: %v", err)
+	}
+}
