@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/runstore"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/sandbox"
@@ -42,8 +41,9 @@ func (c *Controller) openRunStore() (repair *drivers.Repair, err error) {
 	}
 	path := filepath.Join(c.cfg.RunDir, runStoreFile)
 	s, dropped, err := runstore.Open(path)
-	if err != nil && !errors.Is(err, errclass.ErrUnavailable) {
-		// Not a lock held by another process: the file itself is bad.
+	if errors.Is(err, runstore.ErrNotJournal) {
+		// The file's content cannot be read back (any other error, such as a lock another
+		// process holds or a descriptor limit, leaves the file alone).
 		if rerr := os.Remove(path); rerr == nil {
 			repair = &drivers.Repair{Object: "run store " + path, Action: "removed", Reason: fmt.Sprintf("unreadable (%v): started afresh", err)}
 			s, _, err = runstore.Open(path)

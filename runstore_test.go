@@ -1,6 +1,7 @@
 package cnm_test
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/epobj"
+	"github.com/cnmkit/cnm/internal/runstore"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox/sandboxtest"
@@ -143,4 +145,86 @@ func TestRunStoreUnreadable(t *testing.T) {
 	mustNetwork(t, c, "n1", network.WithSubnet(netip.MustParsePrefix("10.26.0.0/24")))
 	mustSandbox(t, c, "box")
 	mustConnect(t, c, "n1", "box")
+}
+
+// failingStore is a run store whose writes fail while fail is set.
+type failingStore struct {
+	*runstore.Store
+	fail error
+}
+
+func (s *failingStore) AtomicPut(ctx context.Context, key string, value []byte, prev uint64) (uint64, error) {
+	if s.fail != nil {
+		return 0, s.fail
+	}
+	return s.Store.AtomicPut(ctx, key, value, prev)
+}
+
+// TestRunStoreCommitFails: Connect commits its run-store record before any kernel work, so a
+// commit that fails leaves no interface, no Join in the driver, no endpoint and no lease.
+func TestRunStoreCommitFails(t *testing.T) {
+	ctx := t.Context()
+	l := newFakeLab(t)
+	l.c.Close()
+	rs, _, err := runstore.Open(filepath.Join(t.TempDir(), "records.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rs.Close() })
+	boom := errors.New("boom")
+	fs := &failingStore{Store: rs, fail: boom}
+	c := l.open(t, func(cfg *cnm.Config) { cfg.RunStore = fs })
+	n := mustNetwork(t, c, "n1", network.WithSubnet(netip.MustParsePrefix("10.27.0.0/24")))
+	mustSandbox(t, c, "box")
+	addr := netip.MustParseAddr("10.27.0.9")
+	if _, err := c.Connect(ctx, "n1", "box", endpoint.WithIPv4(addr)); !errors.Is(err, boom) {
+		t.Fatalf("Connect with the run store failing = %v, want boom", err)
+	}
+	if links := l.links(t, "box"); len(links) != 0 {
+		t.Errorf("box has links %v after the failed Connect, want none", links)
+	}
+	if slices.ContainsFunc(l.bridge.Calls(), func(c string) bool { return strings.HasPrefix(c, "Join ") }) {
+		t.Errorf("the driver was asked to Join: %v", l.bridge.Calls())
+	}
+	if eps := n.Endpoints(); len(eps) != 0 {
+		t.Errorf("n1 has %d endpoints after the failed Connect, want none", len(eps))
+	}
+	fs.fail = nil
+	if ep := mustConnect(t, c, "n1", "box", endpoint.WithIPv4(addr)); ep.Info().IPv4.Addr() != addr {
+		t.Fatalf("Connect again got %s, want %s (its lease was not released)", ep.Info().IPv4.Addr(), addr)
+	}
+}
+
+// TestRunStoreHeldElsewhere: a run store another process holds makes New fail with
+// ErrUnavailable, and leaves its journal as it was (only a file that is not a journal is
+// started afresh).
+func TestRunStoreHeldElsewhere(t *testing.T) {
+	ctx := t.Context()
+	l := newFakeLab(t)
+	mustNetwork(t, l.c, "n1", network.WithSubnet(netip.MustParsePrefix("10.28.0.0/24")))
+	mustSandbox(t, l.c, "box")
+	mustConnect(t, l.c, "n1", "box")
+	l.c.Close()
+	path := filepath.Join(l.runDir, "records.log")
+	held, _, err := runstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := held.List(ctx, "")
+	if err != nil || len(before) != 1 {
+		t.Fatalf("journal holds %v, %v; want the one endpoint record", before, err)
+	}
+	if _, err := cnm.New(ctx, cnm.Config{DataDir: t.TempDir(), RunDir: l.runDir, Machine: l.m,
+		Drivers: map[string]drivers.Driver{"bridge": l.bridge}}); !errors.Is(err, cnm.ErrUnavailable) {
+		t.Fatalf("New with the run store held = %v, want ErrUnavailable", err)
+	}
+	held.Close()
+	again, _, err := runstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if after, err := again.List(ctx, ""); err != nil || len(after) != 1 || after[0].Key != before[0].Key {
+		t.Fatalf("journal after the refused New holds %v, %v; want %v", after, err, before)
+	}
 }

@@ -367,7 +367,10 @@ func (e *Ep) Join(ctx context.Context, sb sandbox.Sandbox) error {
 	predicted := rec
 	if e.cfg.InlineCommit {
 		r, err := e.store(rb, predicted, rev)
-		done <- stored{r, err}
+		if err != nil {
+			return fmt.Errorf("endpoint %s: join %s: store: %w", name, sb.ID(), err) // nothing made yet
+		}
+		done <- stored{r, nil}
 	} else {
 		go func() {
 			r, err := e.store(rb, predicted, rev)

@@ -42,6 +42,10 @@ const magic = "cnm-run-journal-1\n"
 // CompactAt is the journal size below which a write never compacts it.
 const CompactAt = 64 << 10
 
+// ErrNotJournal is what Open returns, wrapped, for a file that is not a run store journal:
+// its content cannot be read back, so nothing is lost by starting it afresh.
+var ErrNotJournal = errors.New("not a run store journal")
+
 // lockWait is how long Open waits for another Store's lock on the file.
 const lockWait = time.Second
 
@@ -96,7 +100,7 @@ func Open(path string) (s *Store, dropped int, err error) {
 	s = &Store{path: path, kv: map[string]kvstore.KVPair{}}
 	if len(b) > 0 {
 		if !bytes.HasPrefix(b, []byte(magic)) {
-			return nil, 0, fmt.Errorf("runstore: %q is not a run store journal", path)
+			return nil, 0, fmt.Errorf("runstore: %q: %w", path, ErrNotJournal)
 		}
 		dropped = s.replay(b[len(magic):])
 	}

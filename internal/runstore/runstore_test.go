@@ -134,8 +134,8 @@ func TestNotAJournal(t *testing.T) {
 	if err := os.WriteFile(path, junk, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := Open(path); err == nil {
-		t.Fatal("Open of a file that is not a journal succeeded")
+	if _, _, err := Open(path); !errors.Is(err, ErrNotJournal) {
+		t.Fatalf("Open of a file that is not a journal = %v, want ErrNotJournal", err)
 	}
 	if b, _ := os.ReadFile(path); string(b) != string(junk) {
 		t.Fatalf("the file became %q", b)
