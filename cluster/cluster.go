@@ -27,7 +27,9 @@
 // # Where each fact lives
 //
 // In the global store: network records (netobj.Key), name keys (NameKeyPrefix), delete
-// fences (DeletingKeyPrefix), endpoint records (epobj.Key, each naming its host), host
+// fences (DeletingKeyPrefix), endpoint records (epobj.Key, each naming its host; those of
+// endpoints Connect made for a sandbox's namespace are copies of the host's run-store records,
+// written behind Connect once the host holds a record on the network: netobj.WriteBehind), host
 // records (HostKeyPrefix, bound to the host's lease), the global IPAM's state, and drivers'
 // allocations kept in the network records. In the local store: this host's identity
 // (HostIDKey), which lets a restarted host take its registry entry back while another host of
@@ -182,6 +184,9 @@ type Cluster struct {
 	pending   map[string]struct{} // IDs of global networks being created here
 	uncertain []uncertainKey      // keys to delete once the store answers
 	reclaimed []drivers.Repair    // what this host repaired in the global store
+	// registeredOnce is set by New's registration; resumed, then, if it took over this
+	// host's live entry (Resumed).
+	registeredOnce, resumed bool
 }
 
 var _ netobj.Records = (*Cluster)(nil)
@@ -295,8 +300,25 @@ func (c *Cluster) CreateNetwork(ctx context.Context, rec netobj.Record, b []byte
 // first and then lists the endpoints, so one of the two always sees the other, and a network
 // deleted outright before the transaction (its fence already gone with its record) fails the
 // record's check. So a new endpoint costs one round trip to the store, which
-// Controller.Connect overlaps with the kernel work.
+// Controller.Connect overlaps with the kernel work (or, once the host holds a record on the
+// network, leaves behind it: netobj.WriteBehind).
 func (c *Cluster) CreateEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte) (uint64, error) {
+	rev, err := c.createEndpoint(ctx, rec, key, b, false)
+	c.Uncertain(err, netobj.UncertainKey{Key: key})
+	return rev, err
+}
+
+// PutEndpoint implements netobj.Records: CreateEndpoint's fenced transaction for a writer
+// that retries until it knows the outcome (netobj.WriteBehind): an unanswered write is not
+// handed to Uncertain, whose cleanup would delete the record that a retry confirms, and a
+// record already at key (an earlier try that landed) is this one, whose revision it returns.
+func (c *Cluster) PutEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte) (uint64, error) {
+	return c.createEndpoint(ctx, rec, key, b, true)
+}
+
+// createEndpoint is the fenced transaction of CreateEndpoint; with adopt, a record already at
+// key is taken as written.
+func (c *Cluster) createEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte, adopt bool) (uint64, error) {
 	fence := DeletingKeyPrefix + rec.ID
 	rev, err := c.store.Batch(ctx, []kvstore.Op{
 		{Key: key, Value: b, Check: true},
@@ -309,11 +331,15 @@ func (c *Cluster) CreateEndpoint(ctx context.Context, rec netobj.Record, key str
 	case errors.Is(err, kvstore.ErrKeyNotFound):
 		return 0, &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "deleted by another host"}
 	case errors.Is(err, kvstore.ErrKeyExists):
+		if adopt {
+			if kv, gerr := c.store.Get(ctx, key); gerr == nil {
+				return kv.Revision, nil
+			}
+		}
 		if _, gerr := c.store.Get(ctx, fence); gerr == nil {
 			return 0, &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "being deleted by another host"}
 		}
 	}
-	c.Uncertain(err, netobj.UncertainKey{Key: key})
 	return 0, err
 }
 

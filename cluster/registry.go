@@ -59,6 +59,7 @@ func (c *Cluster) register(ctx context.Context) error {
 	}
 	key := hostKeyPrefix + c.cfg.Host
 	b, _ := json.Marshal(hostRecord{Name: c.cfg.Host, ID: c.hostID, Started: time.Now().UTC()})
+	took := false
 	for attempt := 0; ; attempt++ {
 		_, err = lease.AtomicPut(bctx, key, b, 0)
 		if !errors.Is(err, kvstore.ErrKeyExists) || attempt > 3 {
@@ -84,16 +85,29 @@ func (c *Cluster) register(ctx context.Context) error {
 			err = derr
 			break
 		}
+		took = true
 	}
 	if err != nil {
 		_ = lease.Revoke(context.WithoutCancel(ctx))
 		return fmt.Errorf("cluster: host registry: %s: %w", c.cfg.Host, kvstore.Unavailable(bctx, ctx, err))
 	}
 	c.mu.Lock()
+	if !c.registeredOnce {
+		c.registeredOnce, c.resumed = true, took
+	}
 	c.lease = lease
 	c.mu.Unlock()
 	c.log.Info("registered host", "host", c.cfg.Host, "ttl", lease.TTL())
 	return nil
+}
+
+// Resumed says whether New took over this host's own live entry in the registry (a restart
+// before its lease ran out): no other host can have reclaimed its endpoints since its last
+// registration. False after a first start, or a restart after the lease ran out.
+func (c *Cluster) Resumed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resumed
 }
 
 func shortHostID(id string) string { return id[:min(8, len(id))] }

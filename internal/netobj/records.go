@@ -2,6 +2,7 @@ package netobj
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/cnmkit/cnm/drivers"
@@ -30,6 +31,11 @@ type Records interface {
 	// behind (or, when the store did not answer, has its owner delete it once it does: see
 	// Uncertain). It returns the record's revision.
 	CreateEndpoint(ctx context.Context, rec Record, key string, b []byte) (uint64, error)
+	// PutEndpoint is CreateEndpoint for a writer that retries until it knows the outcome
+	// (WriteBehind): a write the store did not answer is not handed to Uncertain, and a
+	// record already at key counts as written (an earlier try that landed): its revision is
+	// returned.
+	PutEndpoint(ctx context.Context, rec Record, key string, b []byte) (uint64, error)
 	// BeginDelete starts the deletion of network rec. It fails with an error matching
 	// cnm.ErrConflict while any host has endpoints on the network. On success the caller
 	// removes the network's driver state and calls finish: with ok true to remove the records,
@@ -59,6 +65,18 @@ func (l localRecords) CreateNetwork(ctx context.Context, rec Record, b []byte) e
 
 func (l localRecords) CreateEndpoint(ctx context.Context, _ Record, key string, b []byte) (uint64, error) {
 	return l.s.AtomicPut(ctx, key, b, 0)
+}
+
+func (l localRecords) PutEndpoint(ctx context.Context, _ Record, key string, b []byte) (uint64, error) {
+	rev, err := l.s.AtomicPut(ctx, key, b, 0)
+	if errors.Is(err, kvstore.ErrKeyExists) {
+		kv, gerr := l.s.Get(ctx, key)
+		if gerr != nil {
+			return 0, gerr
+		}
+		return kv.Revision, nil
+	}
+	return rev, err
 }
 
 func (l localRecords) BeginDelete(ctx context.Context, rec Record) (func(context.Context, bool) error, error) {
