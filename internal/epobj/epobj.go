@@ -126,6 +126,9 @@ type Config struct {
 	// beside it, which on a busy machine saves the goroutine's wake-up and the two competing
 	// for the CPUs.
 	InlineCommit bool
+	// Republish, when set, writes the global copy of the endpoint's record again (Rewrite),
+	// the record's own copy being in Store (netobj.WriteBehind); its revision stays.
+	Republish func(ctx context.Context, key string, b []byte) error
 	// Seq returns a number larger than any it returned before; it orders joins.
 	Seq    func() uint64
 	Logger *slog.Logger
@@ -193,6 +196,16 @@ func (e *Ep) Rewrite(ctx context.Context) error {
 	rec := e.rec
 	e.mu.Unlock()
 	defer e.end()
+	if e.cfg.Republish != nil {
+		b, err := json.Marshal(rec)
+		if err == nil {
+			err = e.cfg.Republish(ctx, Key(rec.NetworkID, rec.ID), b)
+		}
+		if err != nil {
+			return fmt.Errorf("endpoint %s: rewrite record: %w", rec.Name, err)
+		}
+		return nil
+	}
 	rev, err := e.store(ctx, rec, 0)
 	if err != nil {
 		return fmt.Errorf("endpoint %s: rewrite record: %w", rec.Name, err)

@@ -87,7 +87,11 @@ type Config struct {
 	// commits to it before its kernel work rather than beside it (epobj.Config.InlineCommit).
 	// Nil: they go to Records like the others.
 	RunStore kvstore.Store
-	IPAM     ipam.Allocator
+	// Behind, when set with RunStore, keeps the global copies of the records of a global
+	// network's runtime endpoints, whose own records are then in RunStore too (WriteBehind).
+	// Nil: those records are the global store's alone, written in line.
+	Behind *WriteBehind
+	IPAM   ipam.Allocator
 	// Exclude lists prefixes an auto-picked subnet must avoid (the host's routes).
 	Exclude []netip.Prefix
 	// OnDelete is called once the network is deleted.
@@ -405,6 +409,15 @@ func (n *Net) epConfig(runtime bool) epobj.Config {
 			return rs.AtomicPut(ctx, key, b, 0)
 		}
 	}
+	if bs := n.behindStore(runtime); bs != nil {
+		cfg.Store, cfg.InlineCommit = bs, true
+		cfg.CreateRecord = func(ctx context.Context, key string, b []byte) (uint64, error) {
+			return bs.AtomicPut(ctx, key, b, 0)
+		}
+		cfg.Republish = func(ctx context.Context, key string, b []byte) error {
+			return bs.w.republish(ctx, n, key, b)
+		}
+	}
 	if !n.rec.Internal && !n.cfg.Entry.Caps.NoIPAM {
 		if len(n.rec.IPv4) > 0 {
 			cfg.Gateway = n.rec.IPv4[0].Gateway
@@ -423,6 +436,15 @@ func (n *Net) runStore(runtime bool) kvstore.Store {
 		return nil
 	}
 	return n.cfg.RunStore
+}
+
+// behindStore returns the store of a runtime endpoint's record on a global network whose
+// global copies Config.Behind keeps; nil otherwise.
+func (n *Net) behindStore(runtime bool) *behindStore {
+	if !runtime || n.cfg.RunStore == nil || n.cfg.Behind == nil || !n.Global() {
+		return nil
+	}
+	return n.cfg.Behind.store(n)
 }
 
 func (n *Net) dropEndpoint(id string) {
@@ -659,6 +681,13 @@ func (n *Net) RestoreEndpoint(ctx context.Context, rec epobj.Record, rev uint64,
 	n.endpoints[rec.ID] = ep
 	n.names[rec.Name] = rec.ID
 	n.mu.Unlock()
+	if bs := n.behindStore(runtime); bs != nil {
+		// Its global copy is written unless it is there: the process may have stopped
+		// before it was.
+		if b, err := json.Marshal(rec); err == nil {
+			bs.w.Requeue(n, epobj.Key(n.rec.ID, rec.ID), b)
+		}
+	}
 	return ep, nil
 }
 
@@ -874,6 +903,12 @@ func (n *Net) Forget(ctx context.Context) error {
 // reports false when the record was there.
 func (n *Net) Reassert(ctx context.Context, ep *epobj.Ep) (bool, error) {
 	rec := ep.Record()
+	if n.cfg.Behind != nil && n.cfg.Behind.Owns(ep.Store()) {
+		// Its global copy may be queued yet.
+		if err := n.cfg.Behind.Flush(ctx); err != nil {
+			return false, err
+		}
+	}
 	if _, err := n.cfg.Records.Store().Get(ctx, epobj.Key(n.rec.ID, rec.ID)); !errors.Is(err, kvstore.ErrKeyNotFound) {
 		return false, err
 	}
