@@ -313,10 +313,13 @@ type Controller struct {
 	bridge   bool            // whether "bridge" is the built-in bridge driver
 	seq      atomic.Uint64
 	cluster  *cluster.Cluster // nil without Config.GlobalStore
-	gossip   *gossipPlane     // nil without Config.Gossip or GossipNode
-	gw       gatewayService
-	bus      events.Bus  // what Events returns; closed by Close
-	dns      *dnsService // the embedded DNS resolver; nil when off
+	// behind keeps the global copies of runtime endpoints' records on global networks, whose
+	// own records are in the run store; nil without a cluster or a run store of its own.
+	behind *netobj.WriteBehind
+	gossip *gossipPlane // nil without Config.Gossip or GossipNode
+	gw     gatewayService
+	bus    events.Bus  // what Events returns; closed by Close
+	dns    *dnsService // the embedded DNS resolver; nil when off
 
 	// ops counts the operations in flight: each is added under mu while the Controller is
 	// open (begin), and Close waits for them once it has marked the Controller closed.
@@ -825,7 +828,7 @@ func (c *Controller) netConfig(e *drivers.Entry, a ipam.Allocator) netobj.Config
 	}
 	// Scope is the driver's, stated at registration: its networks' records go to the cluster.
 	if e.Caps.DataScope == drivers.GlobalScope && c.cluster != nil {
-		cfg.Records = c.cluster
+		cfg.Records, cfg.Behind = c.cluster, c.behind
 	}
 	if !e.Caps.NoIPAM {
 		cfg.Exclude = c.hostRoutes()
@@ -1303,6 +1306,7 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		key     string
 		global  bool
 		runtime bool // its record is in the run store
+		behind  bool // a global endpoint's own record in the run store (netobj.WriteBehind)
 		drive   func(context.Context) (func(), error)
 		finish  func()
 		err     error
@@ -1324,6 +1328,9 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		}
 		r := removal{ep: ep, key: key, global: ep.Scope() == drivers.GlobalScope, drive: drive}
 		switch {
+		case r.global && c.behind != nil && c.behind.Owns(ep.Store()):
+			// Its own record is in the run store: deleted after the global copy, below.
+			r.behind = true
 		case r.global:
 		case c.run != c.store && ep.Store() == c.run:
 			r.runtime = true
@@ -1355,6 +1362,7 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 	var (
 		finish     []func()
 		globalKeys []string
+		behindKeys []string
 	)
 	for _, r := range rms {
 		if r.err != nil {
@@ -1369,6 +1377,9 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		if r.global {
 			globalKeys = append(globalKeys, r.key)
 		}
+		if r.behind {
+			behindKeys = append(behindKeys, r.key)
+		}
 		finish = append(finish, r.finish)
 	}
 	if rerr != nil {
@@ -1378,8 +1389,21 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		return errors.Join(append(errs, storeErr(serr))...)
 	}
 	if len(globalKeys) > 0 {
-		if err := deleteKeys(rb, c.cluster.Store(), globalKeys); err != nil {
+		var err error
+		if c.behind != nil {
+			// After the copies still queued: none may land once its record is deleted.
+			err = c.behind.DeleteGlobal(rb, globalKeys)
+		} else {
+			err = deleteKeys(rb, c.cluster.Store(), globalKeys)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("global store: %w", err))
+		} else if len(behindKeys) > 0 {
+			// A crash before this commit leaves records whose sandbox has no record: the
+			// next start deletes them with their endpoints.
+			if err := deleteKeys(rb, c.run, behindKeys); err != nil {
+				errs = append(errs, fmt.Errorf("run store: %w", err))
+			}
 		}
 	}
 	for _, f := range finish {
@@ -1435,6 +1459,9 @@ func (c *Controller) Connect(ctx context.Context, nameOrID, sandboxID string, op
 	ep, err := n.CreateEndpointForJoin(ctx, sandboxID, runtimeSandbox(sb), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err)
+	}
+	if c.behind != nil {
+		defer c.behind.Kick() // the record's global copy, if Join queued it
 	}
 	if err := ep.Join(ctx, sb); err != nil {
 		return nil, errors.Join(fmt.Errorf("cnm: connect %s to %s: %w", sandboxID, n.Name(), err), ep.Delete(context.WithoutCancel(ctx)))
@@ -1544,6 +1571,14 @@ func (c *Controller) openNow() error {
 
 func (c *Controller) closeResources() error {
 	var errs []error
+	if c.behind != nil {
+		// Before the cluster stops: the queued copies are written while the store answers.
+		wait := c.cfg.StoreTimeout
+		if wait <= 0 {
+			wait = DefaultStoreTimeout
+		}
+		errs = append(errs, c.behind.Close(wait))
+	}
 	if c.cluster != nil {
 		c.cluster.Stop()
 	}

@@ -2,6 +2,7 @@ package cnm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -49,6 +50,13 @@ func (c *Controller) initCluster(ctx context.Context) error {
 		return fmt.Errorf("cnm: %w", err)
 	}
 	c.cluster = cl
+	if c.run != nil && c.run != c.store {
+		timeout := cfg.StoreTimeout
+		if timeout <= 0 {
+			timeout = DefaultStoreTimeout
+		}
+		c.behind = netobj.NewWriteBehind(c.run, cl.Store(), timeout, c.log)
+	}
 	return nil
 }
 
@@ -166,8 +174,10 @@ func (s clusterSide) Allocators() map[string]drivers.NetworkAllocator {
 }
 
 // restoreGlobal adopts the global networks of the store and restores this host's endpoints on
-// them. It runs in restore, after the local networks; eps collects the joined endpoints.
-func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.Ep) (maxSeq uint64, err error) {
+// them: those whose own records are in the run store (runtime, the pairs of the run store
+// whose network restore did not know), then those the global store alone has. It runs in
+// restore, after the local networks; eps collects the joined endpoints.
+func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.Ep, runtime []kvstore.KVPair) (maxSeq uint64, err error) {
 	recs, err := c.cluster.NetworkRecords(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("cnm: restore: %w", err)
@@ -180,7 +190,56 @@ func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.
 	if err != nil {
 		return 0, fmt.Errorf("cnm: restore: %w", err)
 	}
+	ownKeys := map[string]cluster.EndpointRecord{}
 	for _, r := range own {
+		ownKeys[r.Key] = r
+	}
+	restored := map[string]bool{}
+	for _, p := range runtime {
+		var rec epobj.Record
+		if err := json.Unmarshal(p.Value, &rec); err != nil {
+			continue // restore read it already
+		}
+		restored[p.Key] = true
+		if _, ok := ownKeys[p.Key]; !ok && !c.cluster.Resumed() {
+			// The global copy is missing, and this host was away past its lease: the other
+			// hosts reclaimed the endpoint (or the copy was still queued when the process
+			// stopped, which a restart within the lease puts back). Its address may be
+			// another's by now.
+			c.dropRecord(ctx, c.run, p.Key, "endpoint "+rec.Name, "reclaimed by the other hosts while this host was away")
+			continue
+		}
+		n := c.networks[rec.NetworkID]
+		if n == nil {
+			if w := c.waiting[rec.NetworkID]; w != nil {
+				w.eps = append(w.eps, waitingEp{key: p.Key, rev: p.Revision, rec: rec, runtime: true})
+				maxSeq = max(maxSeq, rec.JoinSeq)
+				continue
+			}
+			c.dropRecord(ctx, c.run, p.Key, "endpoint "+rec.Name, "its network is gone")
+			if g, ok := ownKeys[p.Key]; ok {
+				c.dropGlobalRecord(ctx, g.Key, g.Revision, "endpoint "+rec.Name, "its network is gone")
+			}
+			continue
+		}
+		// Its global copy is written again unless it is there (RestoreEndpoint).
+		ep, err := n.RestoreEndpoint(ctx, rec, p.Revision, true)
+		if err != nil {
+			c.dropRecord(ctx, c.run, p.Key, "endpoint "+rec.Name, err.Error())
+			if g, ok := ownKeys[p.Key]; ok {
+				c.dropGlobalRecord(ctx, g.Key, g.Revision, "endpoint "+rec.Name, err.Error())
+			}
+			continue
+		}
+		maxSeq = max(maxSeq, rec.JoinSeq)
+		if rec.SandboxID != "" {
+			eps[rec.SandboxID] = append(eps[rec.SandboxID], ep)
+		}
+	}
+	for _, r := range own {
+		if restored[r.Key] {
+			continue
+		}
 		n := c.networks[r.NetworkID]
 		if n == nil {
 			if w := c.waiting[r.NetworkID]; w != nil {

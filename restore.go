@@ -51,6 +51,7 @@ func (c *Controller) restore(ctx context.Context) error {
 	// local store, and in the run store for those Connect made for a sandbox's namespace.
 	var maxSeq uint64
 	eps := map[string][]*epobj.Ep{} // sandbox ID -> joined endpoints
+	var later []kvstore.KVPair      // run-store records of networks not known yet: global ones
 	for _, rs := range c.recordStores() {
 		pairs, err = rs.s.List(ctx, epobj.KeyPrefix)
 		if err != nil {
@@ -69,6 +70,10 @@ func (c *Controller) restore(ctx context.Context) error {
 					maxSeq = max(maxSeq, rec.JoinSeq)
 					continue
 				}
+				if rs.runtime && c.behind != nil {
+					later = append(later, p) // a global network's, restored below
+					continue
+				}
 				c.dropRecord(ctx, rs.s, p.Key, "endpoint "+rec.Name, "its network is gone")
 				continue
 			}
@@ -85,7 +90,7 @@ func (c *Controller) restore(ctx context.Context) error {
 	}
 	if c.cluster != nil {
 		// Global networks and this host's endpoints on them, from the global store.
-		gseq, err := c.restoreGlobal(ctx, eps)
+		gseq, err := c.restoreGlobal(ctx, eps, later)
 		if err != nil {
 			return err
 		}

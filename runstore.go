@@ -28,6 +28,13 @@ const runStoreFile = "records.log"
 // warns), a power cut could leave a torn or unreadable journal: New drops the torn entries or
 // starts it afresh and reports the repair, and the sandboxes whose namespaces the reboot
 // removed are dropped from their own records as before.
+//
+// On a global network such an endpoint's record is in the run store too, and its copy in the
+// global store, which the other hosts read, follows (netobj.WriteBehind): in line for the
+// host's first endpoint on the network, which then fences the network's deletion on every host;
+// after Connect returns for the others. A restart within the host's lease writes the copies
+// its process had not written; after a longer absence a record without its global copy was
+// reclaimed by the other hosts (its address may be another's), and is dropped.
 
 // openRunStore opens Config.RunStore, or the journal RunDir/records.log. It returns, for New to
 // report, what it repaired: a torn tail dropped, or a file that is not a journal removed.

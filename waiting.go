@@ -13,6 +13,7 @@ import (
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/netobj"
 	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
 	"github.com/cnmkit/cnm/sandbox"
 )
@@ -249,9 +250,16 @@ func (c *Controller) resumeNetwork(ctx context.Context, w *waitingNet) error {
 // dropWaitingRecord deletes the record of an endpoint of a waiting network that cannot be
 // restored (its address is another's, its driver refused it), from the store it came from.
 func (c *Controller) dropWaitingRecord(ctx context.Context, w *waitingNet, e waitingEp, reason string) {
-	if w.global && c.cluster != nil {
+	if w.global && c.cluster != nil && !e.runtime {
 		c.dropGlobalRecord(ctx, e.key, e.rev, "endpoint "+e.rec.Name, reason)
 		return
+	}
+	if w.global && c.cluster != nil {
+		// Its own record is in the run store; its global copy, if written, goes first.
+		if err := c.cluster.Store().Delete(ctx, e.key); err != nil && !errors.Is(err, kvstore.ErrKeyNotFound) {
+			c.log.Error("restore: delete global record", "key", e.key, "err", err)
+			return
+		}
 	}
 	c.dropRecord(ctx, c.storeOf(e.runtime), e.key, "endpoint "+e.rec.Name, reason)
 }

@@ -1,0 +1,201 @@
+package cnm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cnmkit/cnm"
+	"github.com/cnmkit/cnm/drivers"
+	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/internal/epobj"
+	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/sandbox/sandboxtest"
+)
+
+// heldStore is a global store whose transactions (kvstore.Batcher: endpoint records, network
+// records) can be held back: a held Batch waits until release, or fails when its context ends,
+// having written nothing.
+type heldStore struct {
+	kvstore.Store
+	mu   sync.Mutex
+	gate chan struct{} // nil: open
+}
+
+func (h *heldStore) hold() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gate == nil {
+		h.gate = make(chan struct{})
+	}
+}
+
+func (h *heldStore) release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gate != nil {
+		close(h.gate)
+		h.gate = nil
+	}
+}
+
+func (h *heldStore) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
+	h.mu.Lock()
+	gate := h.gate
+	h.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return h.Store.(kvstore.Batcher).Batch(ctx, ops)
+}
+
+func (h *heldStore) Grant(ctx context.Context, ttl time.Duration) (kvstore.Lease, error) {
+	return h.Store.(kvstore.Leaser).Grant(ctx, ttl)
+}
+
+// TestGlobalWriteBehind: the record of an endpoint that Connect makes for a sandbox's namespace
+// on a global network is committed to the run store in line, and its global copy:
+//   - is written before Connect returns when the host has no other record on the network (a
+//     first Connect whose copy the store does not take fails with ErrUnavailable and leaves
+//     no record anywhere);
+//   - otherwise follows Connect, which returns while the global store holds the write back;
+//     the host's first record keeps another host from deleting the network meanwhile;
+//   - is deleted by DeleteSandbox after the write queued before it;
+//   - is written by the next start when the process stopped before it was (a restart within
+//     the host's lease).
+func TestGlobalWriteBehind(t *testing.T) {
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	prefix := fmt.Sprintf("wb%d", time.Now().UnixNano())
+	gs := openEtcd(t, ec.Endpoints(), prefix) // the test's own view of the global store
+	held := &heldStore{Store: openEtcd(t, ec.Endpoints(), prefix)}
+	t.Cleanup(held.release)
+	labA := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
+	openA := func() *cnm.Controller {
+		return labA.open(t, func(cfg *cnm.Config) {
+			cfg.NoPredefinedNetworks = true
+			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
+			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = held, "host-a", time.Second, time.Minute
+		})
+	}
+	a := openA()
+	labB := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
+	b := labB.open(t, func(cfg *cnm.Config) {
+		cfg.NoPredefinedNetworks = true
+		cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
+		cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout = openEtcd(t, ec.Endpoints(), prefix), "host-b", time.Second
+	})
+	g1, err := a.NewNetwork(ctx, "g1", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.91.0.0/24")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2, err := a.NewNetwork(ctx, "g2", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.91.1.0/24")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "host-b adopts g1", func() bool { return hasNetwork(b, "g1") })
+	inGlobal := func(nid, eid string) bool {
+		_, err := gs.Get(ctx, epobj.Key(nid, eid))
+		if err != nil && !errors.Is(err, kvstore.ErrKeyNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	inRun := func(c *cnm.Controller, nid, eid string) bool {
+		_, err := cnm.RunStoreForTest(c).Get(ctx, epobj.Key(nid, eid))
+		return err == nil
+	}
+
+	// The host's first endpoint on g1: its global copy is there when Connect returns.
+	mustSandbox(t, a, "s1")
+	e1 := mustConnect(t, a, "g1", "s1")
+	if !inGlobal(g1.ID(), e1.ID()) || !inRun(a, g1.ID(), e1.ID()) {
+		t.Fatalf("first endpoint: in the global store %v, in the run store %v; want both", inGlobal(g1.ID(), e1.ID()), inRun(a, g1.ID(), e1.ID()))
+	}
+
+	// The second: Connect returns while the global store holds its write back.
+	held.hold()
+	mustSandbox(t, a, "s2")
+	e2 := mustConnect(t, a, "g1", "s2")
+	if inGlobal(g1.ID(), e2.ID()) {
+		t.Fatal("second endpoint's global copy written while the store held writes back")
+	}
+	if !inRun(a, g1.ID(), e2.ID()) {
+		t.Fatal("second endpoint: no record in the run store")
+	}
+	if err := b.DeleteNetwork(ctx, "g1"); !errors.Is(err, cnm.ErrConflict) {
+		t.Fatalf("DeleteNetwork(g1) on host-b while host-a's copy is queued = %v, want ErrConflict", err)
+	}
+	// A first endpoint on g2 waits for its copy: the store does not take it, so Connect fails
+	// and leaves nothing.
+	mustSandbox(t, a, "s3")
+	if _, err := a.Connect(ctx, "g2", "s3"); !errors.Is(err, cnm.ErrUnavailable) {
+		t.Fatalf("Connect(g2) with the store holding writes back = %v, want ErrUnavailable", err)
+	}
+	if pairs, err := cnm.RunStoreForTest(a).List(ctx, epobj.KeyPrefix+g2.ID()+"/"); err != nil || len(pairs) != 0 {
+		t.Errorf("run store after the failed Connect: %d records of g2 (%v), want none", len(pairs), err)
+	}
+	if eps := g2.Endpoints(); len(eps) != 0 {
+		t.Errorf("g2 keeps %d endpoints after the failed Connect", len(eps))
+	}
+	held.release()
+	waitFor(t, 5*time.Second, "the second endpoint's global copy", func() bool { return inGlobal(g1.ID(), e2.ID()) })
+	if pairs, err := gs.List(ctx, epobj.KeyPrefix+g2.ID()+"/"); err != nil || len(pairs) != 0 {
+		t.Errorf("global store after the failed Connect: %d records of g2 (%v), want none", len(pairs), err)
+	}
+
+	// DeleteSandbox waits for the queued copy, then deletes both records.
+	held.hold()
+	mustSandbox(t, a, "s4")
+	e4 := mustConnect(t, a, "g1", "s4")
+	go func() { time.Sleep(200 * time.Millisecond); held.release() }()
+	if err := a.DeleteSandbox(ctx, "s4"); err != nil {
+		t.Fatalf("DeleteSandbox(s4): %v", err)
+	}
+	if inGlobal(g1.ID(), e4.ID()) || inRun(a, g1.ID(), e4.ID()) {
+		t.Errorf("after DeleteSandbox(s4): in the global store %v, in the run store %v; want neither", inGlobal(g1.ID(), e4.ID()), inRun(a, g1.ID(), e4.ID()))
+	}
+
+	// The process stops before a queued copy is written (Close gives up after StoreTimeout):
+	// the next start, within the lease, writes it.
+	held.hold()
+	mustSandbox(t, a, "s5")
+	e5 := mustConnect(t, a, "g1", "s5")
+	if err := a.Close(); err == nil {
+		t.Error("Close with a copy it could not write = nil, want the error that says so")
+	}
+	held.release()
+	if inGlobal(g1.ID(), e5.ID()) {
+		t.Fatal("s5's copy written though the store held it back until Close")
+	}
+	a = openA()
+	waitFor(t, 5*time.Second, "s5's copy written by the next start", func() bool { return inGlobal(g1.ID(), e5.ID()) })
+	ng1, err := a.Network("g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(ng1.Endpoints()); got != 3 {
+		t.Errorf("host-a's endpoints on g1 after the restart = %d, want 3 (s1, s2, s5)", got)
+	}
+	for _, id := range []string{"s1", "s2", "s5"} {
+		if err := a.DeleteSandbox(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.DeleteNetwork(ctx, "g1"); err != nil {
+		t.Fatalf("DeleteNetwork(g1) on host-b once host-a's endpoints are gone: %v", err)
+	}
+	if pairs, err := gs.List(ctx, epobj.KeyPrefix); err != nil || len(pairs) != 0 {
+		t.Errorf("global endpoint records left: %d (%v)", len(pairs), err)
+	}
+}
