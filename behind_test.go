@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/internal/epobj"
+	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
@@ -198,4 +200,122 @@ func TestGlobalWriteBehind(t *testing.T) {
 	if pairs, err := gs.List(ctx, epobj.KeyPrefix); err != nil || len(pairs) != 0 {
 		t.Errorf("global endpoint records left: %d (%v)", len(pairs), err)
 	}
+}
+
+// TestPrivilegedGlobalWriteBehindStoreRestart stops the store (the etcd member, the Consul
+// agent) while two hosts connect new sandboxes to a global network without pause, and starts
+// it again. Each host's first Connect writes its record in line; the others' copies follow
+// them, so Connect goes on working while the store is away, the copies queued (a Connect that
+// must claim an address block from the store fails as unavailable, and no other). Afterwards the
+// records are exactly the endpoints the hosts hold, and the global IPAM holds their addresses,
+// each once.
+func TestPrivilegedGlobalWriteBehindStoreRestart(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	for _, be := range globalBackends(t) {
+		t.Run(be.name, func(t *testing.T) {
+			t.Parallel()
+			writeBehindStoreRestart(t, be)
+		})
+	}
+}
+
+func writeBehindStoreRestart(t *testing.T, be globalBackend) {
+	ctx := t.Context()
+	hosts := map[string]*cnm.Controller{}
+	for _, name := range []string{"host-a", "host-b"} {
+		l := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
+		hosts[name] = l.open(t, func(cfg *cnm.Config) {
+			cfg.NoPredefinedNetworks = true
+			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
+			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = be.open(t), name, 2*time.Second, 30*time.Second
+		})
+	}
+	a, b := hosts["host-a"], hosts["host-b"]
+	subnet := netip.MustParsePrefix("10.71.0.0/16")
+	if _, err := a.NewNetwork(ctx, "w", globalDriver, network.WithSubnet(subnet)); err != nil {
+		t.Fatalf("NewNetwork: %v", err)
+	}
+	waitFor(t, 5*time.Second, "host-b adopts w", func() bool { return hasNetwork(b, "w") })
+
+	stop := make(chan struct{})
+	var (
+		wg                  sync.WaitGroup
+		mu                  sync.Mutex
+		ok, fails, inOutage int
+		outage              bool
+		other               []error
+	)
+	for name, c := range hosts {
+		for w := range 2 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					id := fmt.Sprintf("%s-w%d-%d", name, w, i)
+					if _, err := c.NewSandbox(ctx, id); err != nil {
+						mu.Lock()
+						other = append(other, err)
+						mu.Unlock()
+						return
+					}
+					_, err := c.Connect(ctx, "w", id)
+					mu.Lock()
+					switch {
+					case err == nil:
+						ok++
+						if outage {
+							inOutage++
+						}
+					case errors.Is(err, cnm.ErrUnavailable):
+						// Only an address block to claim needs the store (the host's
+						// first endpoint on w was written before the outage).
+						if !strings.Contains(err.Error(), "ipam: ") {
+							other = append(other, err)
+						}
+						fails++
+					default:
+						other = append(other, err)
+					}
+					mu.Unlock()
+					if err != nil {
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+			})
+		}
+	}
+	time.Sleep(time.Second)
+	be.stop()
+	mu.Lock()
+	outage = true
+	mu.Unlock()
+	time.Sleep(3 * time.Second)
+	mu.Lock()
+	outage = false
+	mu.Unlock()
+	be.start()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	t.Logf("%s: %d connects, %d of them while the store was stopped; %d failed as unavailable (address blocks to claim)", be.name, ok, inOutage, fails)
+	for _, err := range other {
+		t.Errorf("connect failed other than for an address block: %v", err)
+	}
+	s := be.open(t)
+	assertRecordsHeld(t, s, "w", subnet, ok, hosts)
+	for _, c := range hosts {
+		for _, sb := range c.Sandboxes() {
+			if err := c.DeleteSandbox(ctx, sb.ID()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := a.DeleteNetwork(ctx, "w"); err != nil {
+		t.Fatalf("DeleteNetwork: %v", err)
+	}
+	assertGlobalClean(t, s)
 }

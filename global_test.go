@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -663,26 +665,49 @@ func restartMidWork(t *testing.T, be globalBackend, blocks bool) {
 		t.Errorf("no create failed while the store was stopped")
 	}
 
-	// The records are exactly the endpoints the hosts have, once the writes of unknown
-	// outcome are cleaned up.
-	var nid string
-	held := map[string]bool{}
+	s := open(t)
+	assertRecordsHeld(t, s, "w", subnet, ok, map[string]*cnm.Controller{a.name: a.c, b.name: b.c})
+	t.Logf("%s: repairs on a: %d, on b: %d", be.name, len(a.c.Reclaimed()), len(b.c.Reclaimed()))
+
 	for _, h := range []*ghost{a, b} {
 		n, _ := h.c.Network("w")
+		for _, ep := range n.Endpoints() {
+			if err := ep.Delete(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := a.c.DeleteNetwork(ctx, "w"); err != nil {
+		t.Fatalf("DeleteNetwork: %v", err)
+	}
+	assertGlobalClean(t, s)
+}
+
+// assertRecordsHeld checks, once the writes of unknown outcome are cleaned up, that the records
+// of global network nw (subnet, its gateway the first address) in store s are exactly the
+// endpoints the hosts hold (created of them, as the caller counted), and that the global IPAM
+// holds the gateway and their addresses, each once, and nothing else.
+func assertRecordsHeld(t *testing.T, s kvstore.Store, nw string, subnet netip.Prefix, created int, hosts map[string]*cnm.Controller) {
+	t.Helper()
+	ctx := t.Context()
+	var nid string
+	held := map[string]bool{}
+	for _, c := range hosts {
+		n, err := c.Network(nw)
+		if err != nil {
+			t.Fatal(err)
+		}
 		nid = n.ID()
 		for _, ep := range n.Endpoints() {
 			held[ep.ID()] = true
 		}
 	}
-	if len(held) != ok {
-		t.Errorf("hosts hold %d endpoints, %d creates succeeded", len(held), ok)
+	if len(held) != created {
+		t.Errorf("hosts hold %d endpoints, %d creates succeeded", len(held), created)
 	}
-	s := open(t)
-	var recs []kvstore.KVPair
 	var diff string
 	waitFor(t, 30*time.Second, "records differ from the endpoints the hosts hold", func() bool {
-		var err error
-		recs, err = s.List(ctx, epobj.KeyPrefix+nid+"/")
+		recs, err := s.List(ctx, epobj.KeyPrefix+nid+"/")
 		if err != nil {
 			diff = err.Error()
 			return false
@@ -704,42 +729,53 @@ func restartMidWork(t *testing.T, be globalBackend, blocks bool) {
 		diff = fmt.Sprintf("records no host holds: %v; endpoints without a record: %v", extra, missing)
 		return len(extra) == 0 && len(missing) == 0
 	}, func() string { return diff })
-	// The IPAM holds the gateway and the records' addresses, and nothing else once the
-	// sweep has freed what failed creates took.
 	g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[netip.Addr]bool{netip.MustParseAddr("10.70.0.1"): true}
+	want := map[netip.Addr]bool{subnet.Addr().Next(): true}
 	holder := map[netip.Addr]string{}
-	for _, n := range []*ghost{a, b} {
-		nw, _ := n.c.Network("w")
-		for _, ep := range nw.Endpoints() {
+	for name, c := range hosts {
+		n, _ := c.Network(nw)
+		for _, ep := range n.Endpoints() {
 			addr := ep.Info().IPv4.Addr()
 			if want[addr] {
-				t.Fatalf("address %s held twice: by %s and by %s on %s", addr, holder[addr], ep.Name(), n.name)
+				t.Fatalf("address %s held twice: by %s and by %s on %s", addr, holder[addr], ep.Name(), name)
 			}
 			want[addr] = true
-			holder[addr] = ep.Name() + " on " + n.name
+			holder[addr] = ep.Name() + " on " + name
 		}
 	}
 	waitFor(t, 60*time.Second, "the global IPAM holds addresses no record holds", func() bool {
 		return ipamHoldsExactly(ctx, g, subnet, want)
-	})
-	t.Logf("%s: repairs on a: %d, on b: %d", be.name, len(a.c.Reclaimed()), len(b.c.Reclaimed()))
+	}, func() string { return ipamDiff(ctx, g, subnet, want) })
+}
 
-	for _, h := range []*ghost{a, b} {
-		n, _ := h.c.Network("w")
-		for _, ep := range n.Endpoints() {
-			if err := ep.Delete(ctx); err != nil {
-				t.Fatal(err)
-			}
+// ipamDiff says how the global IPAM's holdings in subnet differ from want: blocks without a
+// wanted address, and addresses outside the blocks that are not wanted.
+func ipamDiff(ctx context.Context, g *ipam.Global, subnet netip.Prefix, want map[netip.Addr]bool) string {
+	id := ipam.MakePoolID(ipam.GlobalSpace, subnet)
+	got, err := g.Addresses(ctx, id)
+	if err != nil {
+		return err.Error()
+	}
+	blocks, err := g.Blocks(ctx, id)
+	if err != nil {
+		return err.Error()
+	}
+	var empty []string
+	for _, b := range blocks {
+		if !slices.ContainsFunc(slices.Collect(maps.Keys(want)), b.Prefix.Contains) {
+			empty = append(empty, fmt.Sprintf("%+v", b))
 		}
 	}
-	if err := a.c.DeleteNetwork(ctx, "w"); err != nil {
-		t.Fatalf("DeleteNetwork: %v", err)
+	var extra []netip.Addr
+	for _, x := range got {
+		if !want[x] {
+			extra = append(extra, x)
+		}
 	}
-	assertGlobalClean(t, s)
+	return fmt.Sprintf("%d blocks, empty: %v; %d addresses outside blocks, not wanted: %v", len(blocks), empty, len(got), extra)
 }
 
 // TestPrivilegedGlobalLeaseLost ends every host's lease behind its back (as an outage longer
