@@ -184,6 +184,13 @@ func (w *WriteBehind) DeleteGlobal(ctx context.Context, keys []string) error {
 		if err != nil {
 			return err
 		}
+		// A create of one of them that was being written when this call began held it
+		// again: it is no fence from now on.
+		w.mu.Lock()
+		for _, k := range del {
+			delete(w.held[keyNetwork(k)], k)
+		}
+		w.mu.Unlock()
 	}
 	ops := make([]kvstore.Op, len(del))
 	for i, k := range del {
