@@ -16,6 +16,7 @@ import (
 
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/netns"
+	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/cnmkit/cnm/sandbox/internal/iftable"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -38,6 +39,7 @@ type Namespace struct {
 	shareID    string          // ModeContainer: the ID of the shared sandbox
 	ns         *netns.NS       // the sandbox's namespace, open until Close or Delete
 	nlh        *netlink.Handle // netlink in ns; ModeNamespace only
+	ifreq      int             // a socket in ns for the interface ioctls (cnl.LinkByNameIoctl); -1 for none
 	hostNS     *netns.NS       // the host namespace; SrcName links move from here. May be ns (ModeHost) or nil (ModeContainer)
 	filesDir   string
 	hostsPath  string
@@ -104,6 +106,7 @@ func newNamespace(cfg *Config) *Namespace {
 		domainname: cfg.Domainname,
 		extraHosts: slices.Clone(cfg.ExtraHosts),
 		log:        cfg.Logger,
+		ifreq:      -1,
 	}
 	s.ifaces.Init(&s.mu)
 	if s.hostname == "" {
@@ -266,13 +269,32 @@ func openHost(path string) (*netns.NS, error) {
 	return ns, nil
 }
 
-// openHandle makes the sandbox's long-lived netlink handle.
+// openHandle makes the sandbox's long-lived netlink handle, and the socket for the interface
+// ioctls, in one entry into the namespace.
 func (s *Namespace) openHandle() error {
-	h, err := newHandle(s.ns)
+	var h *netlink.Handle
+	fd := -1
+	err := s.ns.Do(func() error {
+		var err error
+		if h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
+			return err
+		}
+		if fd, err = cnl.IfreqSocket(); err != nil {
+			h.Close()
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		if err = h.SetSocketTimeout(netlinkTimeout); err != nil {
+			h.Close()
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("netlink handle in %s: %w", s.key, err)
 	}
-	s.nlh = h
+	s.nlh, s.ifreq = h, fd
 	return nil
 }
 
@@ -313,6 +335,10 @@ func (s *Namespace) closeHandles() error {
 	s.hostMu.Unlock()
 	if s.nlh != nil {
 		s.nlh.Close()
+	}
+	if s.ifreq >= 0 {
+		unix.Close(s.ifreq)
+		s.ifreq = -1
 	}
 	var errs []error
 	if s.ns != nil {
@@ -611,7 +637,7 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 	var link netlink.Link
 	var err error
 	if cfg.InSandbox {
-		if link, err = s.nlh.LinkByName(cfg.Name); err != nil {
+		if link, err = s.linkInSandbox(cfg.Name); err != nil {
 			if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {
 				st.inSandbox = false // not there: nothing to delete
 			}
@@ -671,6 +697,21 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 		}
 	}
 	return nil
+}
+
+// linkInSandbox returns the sandbox's link name with its index and MAC, all that configure
+// needs of it. It asks with ioctls, which do not wait for the RTNL lock (busy with the link's
+// creation a moment ago) and return no full link message to parse; a link without an
+// Ethernet address is looked up with netlink.
+func (s *Namespace) linkInSandbox(name string) (netlink.Link, error) {
+	index, mac, err := cnl.LinkByNameIoctl(s.ifreq, name)
+	if errors.Is(err, unix.ENODEV) {
+		return nil, netlink.LinkNotFoundError{}
+	}
+	if err != nil || mac == nil {
+		return s.nlh.LinkByName(name)
+	}
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, Name: name, HardwareAddr: mac}}, nil
 }
 
 // moveIn moves the host link cfg.SrcName into the sandbox and renames it to cfg.Name. It

@@ -47,3 +47,13 @@ func (s Socket) Close() {}
 
 // Exec fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
 func (s Socket) Exec(req *Request) error { return errNotSupported }
+
+// IfreqSocket fails with an error matching [errclass.ErrNotSupported]: the interface ioctls it
+// serves are Linux's.
+func IfreqSocket() (int, error) { return -1, errNotSupported }
+
+// LinkByNameIoctl fails with an error matching [errclass.ErrNotSupported]: the interface
+// ioctls are Linux's.
+func LinkByNameIoctl(fd int, name string) (int, net.HardwareAddr, error) {
+	return 0, nil, errNotSupported
+}
