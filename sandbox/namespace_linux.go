@@ -39,7 +39,7 @@ type Namespace struct {
 	shareID    string          // ModeContainer: the ID of the shared sandbox
 	ns         *netns.NS       // the sandbox's namespace, open until Close or Delete
 	nlh        *netlink.Handle // netlink in ns; ModeNamespace only
-	ifreq      int             // a socket in ns for the interface ioctls (cnl.LinkByNameIoctl); -1 for none
+	conn       *cnl.Conn       // in ns: link lookups by ioctl and batched requests; ModeNamespace only
 	hostNS     *netns.NS       // the host namespace; SrcName links move from here. May be ns (ModeHost) or nil (ModeContainer)
 	filesDir   string
 	hostsPath  string
@@ -106,7 +106,6 @@ func newNamespace(cfg *Config) *Namespace {
 		domainname: cfg.Domainname,
 		extraHosts: slices.Clone(cfg.ExtraHosts),
 		log:        cfg.Logger,
-		ifreq:      -1,
 	}
 	s.ifaces.Init(&s.mu)
 	if s.hostname == "" {
@@ -269,17 +268,17 @@ func openHost(path string) (*netns.NS, error) {
 	return ns, nil
 }
 
-// openHandle makes the sandbox's long-lived netlink handle, and the socket for the interface
-// ioctls, in one entry into the namespace.
+// openHandle makes the sandbox's long-lived netlink handle and its cnl.Conn, in one entry into
+// the namespace.
 func (s *Namespace) openHandle() error {
 	var h *netlink.Handle
-	fd := -1
+	var c *cnl.Conn
 	err := s.ns.Do(func() error {
 		var err error
 		if h, err = netlink.NewHandle(unix.NETLINK_ROUTE); err != nil {
 			return err
 		}
-		if fd, err = cnl.IfreqSocket(); err != nil {
+		if c, err = cnl.OpenConn(netlinkTimeout); err != nil {
 			h.Close()
 			return err
 		}
@@ -288,13 +287,13 @@ func (s *Namespace) openHandle() error {
 	if err == nil {
 		if err = h.SetSocketTimeout(netlinkTimeout); err != nil {
 			h.Close()
-			unix.Close(fd)
+			c.Close()
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("netlink handle in %s: %w", s.key, err)
 	}
-	s.nlh, s.ifreq = h, fd
+	s.nlh, s.conn = h, c
 	return nil
 }
 
@@ -336,9 +335,8 @@ func (s *Namespace) closeHandles() error {
 	if s.nlh != nil {
 		s.nlh.Close()
 	}
-	if s.ifreq >= 0 {
-		unix.Close(s.ifreq)
-		s.ifreq = -1
+	if s.conn != nil {
+		s.conn.Close()
 	}
 	var errs []error
 	if s.ns != nil {
@@ -656,27 +654,26 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 			return fmt.Errorf("set mac %s: %w", cfg.MAC, err)
 		}
 	}
-	if cfg.IPv4.IsValid() {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := s.nlh.AddrAdd(link, &netlink.Addr{IPNet: ipNet(cfg.IPv4)}); err != nil {
-			return fmt.Errorf("add address %s: %w", cfg.IPv4, err)
-		}
-	}
-	if cfg.IPv6.IsValid() {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := s.nlh.AddrAdd(link, &netlink.Addr{IPNet: ipNet(cfg.IPv6), Flags: unix.IFA_F_NODAD}); err != nil {
-			return fmt.Errorf("add address %s: %w", cfg.IPv6, err)
-		}
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.nlh.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set link up: %w", err)
+	// The addresses, then link up, in one message: the kernel handles them in order.
+	var reqs []*cnl.Request
+	var what []string
+	if cfg.IPv4.IsValid() {
+		reqs = append(reqs, cnl.AddrRequest(st.index, cfg.IPv4, 0))
+		what = append(what, "add address "+cfg.IPv4.String())
+	}
+	if cfg.IPv6.IsValid() {
+		reqs = append(reqs, cnl.AddrRequest(st.index, cfg.IPv6, unix.IFA_F_NODAD))
+		what = append(what, "add address "+cfg.IPv6.String())
+	}
+	reqs = append(reqs, cnl.LinkUpRequest(st.index))
+	what = append(what, "set link up")
+	for i, err := range s.conn.Batch(reqs...) {
+		if err != nil {
+			return fmt.Errorf("%s: %w", what[i], err)
+		}
 	}
 	if st.ownGW4 {
 		if err := s.nlh.RouteReplace(defaultRoute(st.index, cfg.Gateway)); err != nil {
@@ -704,7 +701,7 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 // creation a moment ago) and return no full link message to parse; a link without an
 // Ethernet address is looked up with netlink.
 func (s *Namespace) linkInSandbox(name string) (netlink.Link, error) {
-	index, mac, err := cnl.LinkByNameIoctl(s.ifreq, name)
+	index, mac, err := s.conn.LinkByName(name)
 	if errors.Is(err, unix.ENODEV) {
 		return nil, netlink.LinkNotFoundError{}
 	}

@@ -4,6 +4,7 @@ package nl
 
 import (
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -48,12 +49,33 @@ func (s Socket) Close() {}
 // Exec fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
 func (s Socket) Exec(req *Request) error { return errNotSupported }
 
-// IfreqSocket fails with an error matching [errclass.ErrNotSupported]: the interface ioctls it
-// serves are Linux's.
-func IfreqSocket() (int, error) { return -1, errNotSupported }
+// Conn stands for a NETLINK_ROUTE socket, which only Linux has. No value of it is ever made on
+// this system.
+type Conn struct{}
 
-// LinkByNameIoctl fails with an error matching [errclass.ErrNotSupported]: the interface
-// ioctls are Linux's.
-func LinkByNameIoctl(fd int, name string) (int, net.HardwareAddr, error) {
+// OpenConn fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
+func OpenConn(timeout time.Duration) (*Conn, error) { return nil, errNotSupported }
+
+// Close does nothing: no socket was opened.
+func (c *Conn) Close() error { return nil }
+
+// LinkByName fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
+func (c *Conn) LinkByName(name string) (int, net.HardwareAddr, error) {
 	return 0, nil, errNotSupported
 }
+
+// Batch fails each request with an error matching [errclass.ErrNotSupported]: netlink needs
+// Linux.
+func (c *Conn) Batch(reqs ...*Request) []error {
+	errs := make([]error, len(reqs))
+	for i := range errs {
+		errs[i] = errNotSupported
+	}
+	return errs
+}
+
+// AddrRequest returns nil: there is no netlink message to build on this system.
+func AddrRequest(index int, p netip.Prefix, flags uint32) *Request { return nil }
+
+// LinkUpRequest returns nil: there is no netlink message to build on this system.
+func LinkUpRequest(index int) *Request { return nil }
