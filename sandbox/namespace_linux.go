@@ -698,13 +698,11 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 
 // linkInSandbox returns the sandbox's link name with its index and MAC, all that configure
 // needs of it. It asks with ioctls, which do not wait for the RTNL lock (busy with the link's
-// creation a moment ago) and return no full link message to parse; a link without an
-// Ethernet address is looked up with netlink.
+// creation a moment ago) and return no full link message to parse. A link without an
+// Ethernet address, or not found, is looked up with netlink, whose answer names it (a
+// netlink.LinkNotFoundError when it is missing).
 func (s *Namespace) linkInSandbox(name string) (netlink.Link, error) {
 	index, mac, err := s.conn.LinkByName(name)
-	if errors.Is(err, unix.ENODEV) {
-		return nil, netlink.LinkNotFoundError{}
-	}
 	if err != nil || mac == nil {
 		return s.nlh.LinkByName(name)
 	}

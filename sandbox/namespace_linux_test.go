@@ -485,6 +485,9 @@ func TestPrivilegedAddInterfaceFailures(t *testing.T) {
 		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); !ok {
 			t.Fatalf("AddInterface = %v, want a link not found error", err)
 		}
+		if msg := err.Error(); !strings.HasPrefix(msg, "sandbox c1: add interface eth0: find link: ") || !strings.HasSuffix(msg, "not found") {
+			t.Errorf("AddInterface = %q, want it to say the link was not found", msg)
+		}
 		assertClean(t, "eth0")
 	})
 	t.Run("moved then failed", func(t *testing.T) {
