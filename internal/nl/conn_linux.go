@@ -124,8 +124,8 @@ func (c *Conn) Batch(reqs ...*Request) []error {
 			return fail(fmt.Errorf("netlink receive: %w", err))
 		}
 		for _, m := range msgs {
-			i := int(m.Header.Seq - first)
-			if m.Header.Type != unix.NLMSG_ERROR || m.Header.Seq < first || i >= len(reqs) || len(m.Data) < 4 {
+			i := m.Header.Seq - first // wraps with the sequence numbers
+			if m.Header.Type != unix.NLMSG_ERROR || i >= uint32(len(reqs)) || len(m.Data) < 4 {
 				continue // a late answer to an exchange that failed
 			}
 			left--
