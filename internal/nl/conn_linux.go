@@ -24,25 +24,21 @@ type Conn struct {
 	buf []byte     // under mu: the receive buffer
 }
 
-// OpenConn opens a Conn in the calling thread's namespace, with send and receive timeouts;
-// it asks the kernel for extended error messages and for acknowledgements without the
-// request echoed back.
+// OpenConn opens a Conn in the calling thread's namespace, with a receive timeout (the kernel
+// answers a request before its send returns: only a receive could wait), and asks the kernel
+// for extended error messages. Three system calls: a sandbox opens one with each namespace.
+// The socket is bound (to a port the kernel picks) by its first send.
 func OpenConn(timeout time.Duration) (*Conn, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, err
 	}
 	tv := unix.NsecToTimeval(timeout.Nanoseconds())
-	err = errors.Join(unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv),
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv),
-		unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}))
-	if err != nil {
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	// Only better messages and smaller acknowledgements; old kernels lack them.
-	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_EXT_ACK, 1)
-	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_EXT_ACK, 1) // only better messages; old kernels lack it
 	return &Conn{fd: fd, buf: make([]byte, 16<<10)}, nil
 }
 
@@ -145,8 +141,7 @@ func ackError(m syscall.NetlinkMessage) error {
 	if m.Header.Flags&unix.NLM_F_ACK_TLVS == 0 || len(m.Data) < 4+unix.SizeofNlMsghdr {
 		return err
 	}
-	// The request's header (NETLINK_CAP_ACK: without its payload unless the kernel ignored
-	// it), then the attributes.
+	// The request echoed back (only its header when capped), then the attributes.
 	h := (*unix.NlMsghdr)(unsafe.Pointer(&m.Data[4]))
 	rest := m.Data[4:]
 	skip := unix.SizeofNlMsghdr
