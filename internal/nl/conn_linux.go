@@ -208,3 +208,40 @@ func LinkUpRequest(index int) *Request {
 	req.AddData(msg)
 	return req
 }
+
+// RouteRequest returns the RTM_NEWROUTE request for a route to dst through the link with
+// index, in the main table, as the netlink library's RouteReplace (replace) or RouteAdd makes
+// it: via gw when it is valid, else on the link (scope link). dst must be masked.
+func RouteRequest(index int, dst netip.Prefix, gw netip.Addr, replace bool) *Request {
+	flags := unix.NLM_F_CREATE | unix.NLM_F_EXCL | unix.NLM_F_ACK
+	if replace {
+		flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE | unix.NLM_F_ACK
+	}
+	req := vnl.NewNetlinkRequest(unix.RTM_NEWROUTE, flags)
+	msg := vnl.NewRtMsg()
+	msg.Family = unix.AF_INET6
+	if dst.Addr().Is4() {
+		msg.Family = unix.AF_INET
+	}
+	msg.Dst_len = uint8(dst.Bits())
+	if !gw.IsValid() {
+		msg.Scope = unix.RT_SCOPE_LINK
+	}
+	req.AddData(msg)
+	req.AddData(vnl.NewRtAttr(unix.RTA_DST, dst.Addr().AsSlice()))
+	if gw.IsValid() {
+		req.AddData(vnl.NewRtAttr(unix.RTA_GATEWAY, gw.AsSlice()))
+	}
+	req.AddData(vnl.NewRtAttr(unix.RTA_OIF, vnl.Uint32Attr(uint32(index))))
+	return req
+}
+
+// DelLinkIndexRequest returns the RTM_DELLINK request that deletes the link with index. The
+// kernel answers ENODEV when there is none.
+func DelLinkIndexRequest(index int) *Request {
+	req := vnl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	req.AddData(msg)
+	return req
+}

@@ -2,6 +2,8 @@ package nl_test
 
 import (
 	"errors"
+	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -124,5 +126,63 @@ func TestPrivilegedConnBatch(t *testing.T) {
 	}
 	if errs := c.Batch(cnl.LinkUpRequest(1 << 30)); !errors.Is(errs[0], unix.ENODEV) {
 		t.Errorf("Batch(up of no link) = %v, want ENODEV", errs)
+	}
+}
+
+// TestPrivilegedConnRoutes adds routes with RouteRequest, on the link and via a gateway, replaces
+// the default route, checks them as the netlink library reads them, and deletes the link by
+// index with DelLinkIndexRequest.
+func TestPrivilegedConnRoutes(t *testing.T) {
+	nstest.Privileged(t)
+	c, h := connIn(t, nstest.NewNS(t))
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := h.LinkByName("va")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := l.Attrs().Index
+	def := netip.MustParsePrefix("0.0.0.0/0")
+	errs := c.Batch(cnl.AddrRequest(i, netip.MustParsePrefix("10.9.0.2/24"), 0), cnl.LinkUpRequest(i),
+		cnl.RouteRequest(i, netip.MustParsePrefix("192.0.2.0/24"), netip.MustParseAddr("10.9.0.1"), false),
+		cnl.RouteRequest(i, netip.MustParsePrefix("198.51.100.0/24"), netip.Addr{}, false),
+		cnl.RouteRequest(i, def, netip.MustParseAddr("10.9.0.1"), true),
+		cnl.RouteRequest(i, def, netip.MustParseAddr("10.9.0.254"), true))
+	if slices.ContainsFunc(errs, func(err error) bool { return err != nil }) {
+		t.Fatalf("Batch = %v, want no error", errs)
+	}
+	if err := c.Batch(cnl.RouteRequest(i, netip.MustParsePrefix("192.0.2.0/24"), netip.MustParseAddr("10.9.0.1"), false))[0]; !errors.Is(err, unix.EEXIST) {
+		t.Errorf("adding an existing route = %v, want EEXIST", err)
+	}
+	routes, err := h.RouteList(l, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range routes {
+		dst := "default"
+		if r.Dst != nil && r.Dst.IP != nil && !r.Dst.IP.IsUnspecified() {
+			dst = r.Dst.String()
+		}
+		got[dst] = fmt.Sprintf("via %v scope %v dev %d", r.Gw, r.Scope, r.LinkIndex)
+	}
+	want := map[string]string{
+		"default":         fmt.Sprintf("via 10.9.0.254 scope universe dev %d", i),
+		"10.9.0.0/24":     fmt.Sprintf("via <nil> scope link dev %d", i),
+		"192.0.2.0/24":    fmt.Sprintf("via 10.9.0.1 scope universe dev %d", i),
+		"198.51.100.0/24": fmt.Sprintf("via <nil> scope link dev %d", i),
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("routes = %v, want %v", got, want)
+	}
+	if err := c.Batch(cnl.DelLinkIndexRequest(i))[0]; err != nil {
+		t.Fatalf("delete va by index = %v", err)
+	}
+	if _, err := h.LinkByName("vb"); err == nil {
+		t.Error("vb is still there after va's deletion")
+	}
+	if err := c.Batch(cnl.DelLinkIndexRequest(i))[0]; !errors.Is(err, unix.ENODEV) {
+		t.Errorf("delete va again = %v, want ENODEV", err)
 	}
 }

@@ -79,3 +79,11 @@ func AddrRequest(index int, p netip.Prefix, flags uint32) *Request { return nil 
 
 // LinkUpRequest returns nil: there is no netlink message to build on this system.
 func LinkUpRequest(index int) *Request { return nil }
+
+// RouteRequest returns nil: there is no netlink message to build on this system.
+func RouteRequest(index int, dst netip.Prefix, gw netip.Addr, replace bool) *Request {
+	return nil
+}
+
+// DelLinkIndexRequest returns nil: there is no netlink message to build on this system.
+func DelLinkIndexRequest(index int) *Request { return nil }
