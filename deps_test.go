@@ -54,8 +54,8 @@ var depRules = []depRule{
 	},
 	{
 		From: []string{"sandbox/sandboxtest"},
-		Only: []string{"sandbox", "sandbox/internal/...", "internal/errclass", "internal/netns"},
-		Why:  "the in-memory machine is the sandbox package's twin: it uses that package, its bookkeeping (sandbox/internal/iftable) and errclass; internal/netns only through sandbox",
+		Only: []string{"sandbox", "sandbox/internal/...", "internal/errclass", "internal/netns", "internal/nl"},
+		Why:  "the in-memory machine is the sandbox package's twin: it uses that package, its bookkeeping (sandbox/internal/iftable) and errclass; internal/netns and internal/nl only through sandbox",
 	},
 	{
 		From: []string{"network/...", "endpoint/..."},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cnmkit/cnm/internal/errclass"
 	"github.com/cnmkit/cnm/internal/netns"
+	cnl "github.com/cnmkit/cnm/internal/nl"
 	"github.com/cnmkit/cnm/sandbox/internal/iftable"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -27,18 +28,19 @@ const netlinkTimeout = 10 * time.Second
 
 // Namespace is the Linux implementation of [Sandbox]. Its methods are safe for concurrent use.
 //
-// Lock order: filesMu, then mu. hostMu is taken alone. No lock is held across a netlink
-// call, except hostMu while the host handle is being made.
+// Lock order: filesMu, then mu. hostMu and nlMu are taken alone. No lock is held across a
+// netlink call, except hostMu and nlMu while their handles are being made (and the
+// cnl.Conn's own, across each of its batches).
 type Namespace struct {
 	// Immutable after New or Open.
 	id         string
 	mode       Mode
-	external   bool            // ModeNamespace on Config.Netns: the namespace is the caller's
-	key        string          // the namespace path Key returns
-	shareID    string          // ModeContainer: the ID of the shared sandbox
-	ns         *netns.NS       // the sandbox's namespace, open until Close or Delete
-	nlh        *netlink.Handle // netlink in ns; ModeNamespace only
-	hostNS     *netns.NS       // the host namespace; SrcName links move from here. May be ns (ModeHost) or nil (ModeContainer)
+	external   bool      // ModeNamespace on Config.Netns: the namespace is the caller's
+	key        string    // the namespace path Key returns
+	shareID    string    // ModeContainer: the ID of the shared sandbox
+	ns         *netns.NS // the sandbox's namespace, open until Close or Delete
+	conn       *cnl.Conn // in ns: link lookups by ioctl, the requests of New, AddInterface and RemoveInterface; ModeNamespace only
+	hostNS     *netns.NS // the host namespace; SrcName links move from here. May be ns (ModeHost) or nil (ModeContainer)
 	filesDir   string
 	hostsPath  string
 	resolvPath string
@@ -57,6 +59,9 @@ type Namespace struct {
 
 	hostMu sync.Mutex      // guards following
 	hostNL *netlink.Handle // netlink in hostNS, made on first use
+
+	nlMu sync.Mutex      // guards following
+	nlh  *netlink.Handle // netlink in ns for the rarer paths, made on first use (handle); ModeNamespace only
 
 	mu       sync.Mutex            // guards following
 	closed   bool                  // by Close or Delete: the handles are (being) closed
@@ -180,8 +185,7 @@ func (s *Namespace) create(ctx context.Context, cfg *Config) (err error) {
 		}
 		// Loopback is always index 1 in a namespace (LOOPBACK_IFINDEX): one call. In a
 		// caller's namespace too: the embedded DNS server listens there.
-		lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: 1, Name: "lo"}}
-		if err := s.nlh.LinkSetUp(lo); err != nil {
+		if err := s.conn.Batch(cnl.LinkUpRequest(1))[0]; err != nil {
 			return fmt.Errorf("set lo up: %w", err)
 		}
 	}
@@ -266,14 +270,35 @@ func openHost(path string) (*netns.NS, error) {
 	return ns, nil
 }
 
-// openHandle makes the sandbox's long-lived netlink handle.
+// openHandle opens the sandbox's long-lived netlink socket, its cnl.Conn. The netlink library's
+// handle, for the rarer paths, is made on first use (handle).
 func (s *Namespace) openHandle() error {
-	h, err := newHandle(s.ns)
+	var c *cnl.Conn
+	err := s.ns.Do(func() (err error) {
+		c, err = cnl.OpenConn(netlinkTimeout)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("netlink handle in %s: %w", s.key, err)
+		return fmt.Errorf("netlink socket in %s: %w", s.key, err)
 	}
-	s.nlh = h
+	s.conn = c
 	return nil
+}
+
+// handle returns the netlink library's handle in the sandbox's namespace, making it on first
+// use: restoring interfaces, a MAC to set, a link to move in, a lookup the ioctls can not
+// answer.
+func (s *Namespace) handle() (*netlink.Handle, error) {
+	s.nlMu.Lock()
+	defer s.nlMu.Unlock()
+	if s.nlh == nil {
+		h, err := newHandle(s.ns)
+		if err != nil {
+			return nil, fmt.Errorf("netlink handle in %s: %w", s.key, err)
+		}
+		s.nlh = h
+	}
+	return s.nlh, nil
 }
 
 // newHandle returns a route netlink handle in ns with the socket timeout set.
@@ -311,8 +336,14 @@ func (s *Namespace) closeHandles() error {
 		s.hostNL = nil
 	}
 	s.hostMu.Unlock()
+	s.nlMu.Lock()
 	if s.nlh != nil {
 		s.nlh.Close()
+		s.nlh = nil
+	}
+	s.nlMu.Unlock()
+	if s.conn != nil {
+		s.conn.Close()
 	}
 	var errs []error
 	if s.ns != nil {
@@ -370,11 +401,17 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 		if err := s.openHandle(); err != nil {
 			return nil, err
 		}
+		var h *netlink.Handle
+		if len(ifaces) > 0 {
+			if h, err = s.handle(); err != nil {
+				return nil, err
+			}
+		}
 		for _, ifc := range ifaces {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			link, err := s.nlh.LinkByName(ifc.Name)
+			link, err := h.LinkByName(ifc.Name)
 			if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {
 				s.log.Warn("sandbox interface gone: dropped", "sandbox", s.id, "interface", ifc.Name)
 				dropped = append(dropped, ifc.Name)
@@ -383,11 +420,11 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 			if err != nil {
 				return nil, fmt.Errorf("interface %s: %w", ifc.Name, err)
 			}
-			if !s.configured(link, ifc) {
+			if !configured(h, link, ifc) {
 				// A join cut short (a crash between the driver making the link and the sandbox
 				// configuring it): the link goes, and the caller hears it was dropped.
 				s.log.Warn("sandbox interface half-configured: removed", "sandbox", s.id, "interface", ifc.Name)
-				if err := s.nlh.LinkDel(link); err != nil {
+				if err := h.LinkDel(link); err != nil {
 					return nil, fmt.Errorf("interface %s: remove half-configured link: %w", ifc.Name, err)
 				}
 				dropped = append(dropped, ifc.Name)
@@ -416,11 +453,11 @@ func (s *Namespace) open(ctx context.Context, cfg *Config, ifaces []Interface) (
 }
 
 // configured reports whether link is up and holds the addresses ifc says it has.
-func (s *Namespace) configured(link netlink.Link, ifc Interface) bool {
+func configured(h *netlink.Handle, link netlink.Link, ifc Interface) bool {
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		return false
 	}
-	addrs, err := s.nlh.AddrList(link, netlink.FAMILY_ALL)
+	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return false
 	}
@@ -611,7 +648,7 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 	var link netlink.Link
 	var err error
 	if cfg.InSandbox {
-		if link, err = s.nlh.LinkByName(cfg.Name); err != nil {
+		if link, err = s.linkInSandbox(cfg.Name); err != nil {
 			if _, ok := errors.AsType[netlink.LinkNotFoundError](err); ok {
 				st.inSandbox = false // not there: nothing to delete
 			}
@@ -626,51 +663,66 @@ func (s *Namespace) configure(ctx context.Context, cfg *InterfaceConfig, st *add
 	if len(cfg.MAC) == 0 {
 		cfg.MAC = slices.Clone(link.Attrs().HardwareAddr)
 	} else if !slices.Equal(link.Attrs().HardwareAddr, cfg.MAC) {
-		if err := s.nlh.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
+		h, err := s.handle()
+		if err != nil {
+			return err
+		}
+		if err := h.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
 			return fmt.Errorf("set mac %s: %w", cfg.MAC, err)
-		}
-	}
-	if cfg.IPv4.IsValid() {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := s.nlh.AddrAdd(link, &netlink.Addr{IPNet: ipNet(cfg.IPv4)}); err != nil {
-			return fmt.Errorf("add address %s: %w", cfg.IPv4, err)
-		}
-	}
-	if cfg.IPv6.IsValid() {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := s.nlh.AddrAdd(link, &netlink.Addr{IPNet: ipNet(cfg.IPv6), Flags: unix.IFA_F_NODAD}); err != nil {
-			return fmt.Errorf("add address %s: %w", cfg.IPv6, err)
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := s.nlh.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set link up: %w", err)
+	// The addresses, link up, the default routes and the extra routes in one message: the
+	// kernel handles them in order.
+	var reqs []*cnl.Request
+	var what []string
+	if cfg.IPv4.IsValid() {
+		reqs = append(reqs, cnl.AddrRequest(st.index, cfg.IPv4, 0))
+		what = append(what, "add address "+cfg.IPv4.String())
 	}
+	if cfg.IPv6.IsValid() {
+		reqs = append(reqs, cnl.AddrRequest(st.index, cfg.IPv6, unix.IFA_F_NODAD))
+		what = append(what, "add address "+cfg.IPv6.String())
+	}
+	reqs = append(reqs, cnl.LinkUpRequest(st.index))
+	what = append(what, "set link up")
 	if st.ownGW4 {
-		if err := s.nlh.RouteReplace(defaultRoute(st.index, cfg.Gateway)); err != nil {
-			return fmt.Errorf("add default route via %s: %w", cfg.Gateway, err)
-		}
+		reqs = append(reqs, defaultRoute(st.index, cfg.Gateway))
+		what = append(what, "add default route via "+cfg.Gateway.String())
 	}
 	if st.ownGW6 {
-		if err := s.nlh.RouteReplace(defaultRoute(st.index, cfg.GatewayIPv6)); err != nil {
-			return fmt.Errorf("add default route via %s: %w", cfg.GatewayIPv6, err)
-		}
+		reqs = append(reqs, defaultRoute(st.index, cfg.GatewayIPv6))
+		what = append(what, "add default route via "+cfg.GatewayIPv6.String())
 	}
 	for _, r := range cfg.Routes {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := s.nlh.RouteAdd(extraRoute(st.index, r)); err != nil {
-			return fmt.Errorf("add route %s: %w", r.Destination, err)
+		reqs = append(reqs, cnl.RouteRequest(st.index, r.Destination.Masked(), r.NextHop, false))
+		what = append(what, "add route "+r.Destination.String())
+	}
+	for i, err := range s.conn.Batch(reqs...) {
+		if err != nil {
+			return fmt.Errorf("%s: %w", what[i], err)
 		}
 	}
 	return nil
+}
+
+// linkInSandbox returns the sandbox's link name with its index and MAC, all that configure
+// needs of it. It asks with ioctls, which do not wait for the RTNL lock (busy with the link's
+// creation a moment ago) and return no full link message to parse. A link without an
+// Ethernet address, or not found, is looked up with netlink, whose answer names it (a
+// netlink.LinkNotFoundError when it is missing).
+func (s *Namespace) linkInSandbox(name string) (netlink.Link, error) {
+	index, mac, err := s.conn.LinkByName(name)
+	if err != nil || mac == nil {
+		h, herr := s.handle()
+		if herr != nil {
+			return nil, herr
+		}
+		return h.LinkByName(name)
+	}
+	return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, Name: name, HardwareAddr: mac}}, nil
 }
 
 // moveIn moves the host link cfg.SrcName into the sandbox and renames it to cfg.Name. It
@@ -691,14 +743,18 @@ func (s *Namespace) moveIn(ctx context.Context, cfg *InterfaceConfig, st *addSta
 		return nil, fmt.Errorf("move host link %s in: %w", cfg.SrcName, err)
 	}
 	st.inSandbox = true
+	h, err := s.handle()
+	if err != nil {
+		return nil, err
+	}
 	// The kernel keeps the index when it is free in the sandbox, else picks another.
-	moved, err := s.nlh.LinkByName(cfg.SrcName)
+	moved, err := h.LinkByName(cfg.SrcName)
 	if err != nil {
 		return nil, fmt.Errorf("find moved link %s: %w", cfg.SrcName, err)
 	}
 	st.index = moved.Attrs().Index
 	if cfg.Name != cfg.SrcName {
-		if err := s.nlh.LinkSetName(moved, cfg.Name); err != nil {
+		if err := h.LinkSetName(moved, cfg.Name); err != nil {
 			return nil, fmt.Errorf("rename %s: %w", cfg.SrcName, err)
 		}
 		moved.Attrs().Name = cfg.Name
@@ -737,27 +793,23 @@ func (s *Namespace) rollbackAdd(cfg *InterfaceConfig, st *addState) error {
 // deleteLink deletes the sandbox link with index (when non-zero) or else the first of names
 // found. A link already gone is not an error.
 func (s *Namespace) deleteLink(index int, names ...string) error {
-	var link netlink.Link
 	if index > 0 {
-		link = &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index}}
-	} else {
-		for _, n := range names {
-			l, err := s.nlh.LinkByName(n)
-			if err == nil {
-				link = l
-				break
-			}
-			if _, ok := errors.AsType[netlink.LinkNotFoundError](err); !ok {
-				return fmt.Errorf("find link %s: %w", n, err)
-			}
+		if err := s.conn.Batch(cnl.DelLinkIndexRequest(index))[0]; err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete link: %w", err)
 		}
-		if link == nil {
+		return nil
+	}
+	for _, n := range names {
+		if n == "" {
+			continue
+		}
+		err := s.conn.Batch(cnl.DelLinkRequest(n))[0]
+		if err == nil {
 			return nil
 		}
-	}
-	err := s.nlh.LinkDel(link)
-	if err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("delete link: %w", err)
+		if !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete link %s: %w", n, err)
+		}
 	}
 	return nil
 }
@@ -851,7 +903,7 @@ func (s *Namespace) ensureDefaultRoutes() error {
 
 	var errs []error
 	for _, p := range picks {
-		err := s.nlh.RouteReplace(defaultRoute(p.idx, p.gw))
+		err := s.conn.Batch(defaultRoute(p.idx, p.gw))[0]
 		if err == nil {
 			s.log.Debug("default route set", "sandbox", s.id, "interface", p.name, "gateway", p.gw)
 			continue
@@ -1004,25 +1056,14 @@ func RemoveNamespace(runDir, id string) error {
 	return nil
 }
 
-// defaultRoute returns the route `default via gw dev <index>`.
-func defaultRoute(index int, gw netip.Addr) *netlink.Route {
+// defaultRoute returns the request for the route `default via gw dev <index>`, replacing one
+// there.
+func defaultRoute(index int, gw netip.Addr) *cnl.Request {
 	dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	family := netlink.FAMILY_V4
 	if gw.Is6() {
-		dst, family = netip.PrefixFrom(netip.IPv6Unspecified(), 0), netlink.FAMILY_V6
+		dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 	}
-	return &netlink.Route{LinkIndex: index, Dst: ipNet(dst), Gw: net.IP(gw.AsSlice()), Family: family}
-}
-
-// extraRoute returns the netlink form of r through the link index.
-func extraRoute(index int, r Route) *netlink.Route {
-	nr := &netlink.Route{LinkIndex: index, Dst: ipNet(r.Destination.Masked())}
-	if r.NextHop.IsValid() {
-		nr.Gw = net.IP(r.NextHop.AsSlice())
-	} else {
-		nr.Scope = netlink.SCOPE_LINK
-	}
-	return nr
+	return cnl.RouteRequest(index, dst, gw, true)
 }
 
 // maskedRoutes returns a copy of rs with the destinations masked.
@@ -1032,13 +1073,6 @@ func maskedRoutes(rs []Route) []Route {
 		out[i].Destination = out[i].Destination.Masked()
 	}
 	return out
-}
-
-// ipNet converts p to the net.IPNet netlink wants, keeping the address bits (an interface
-// address is not masked).
-func ipNet(p netip.Prefix) *net.IPNet {
-	a := p.Addr()
-	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(p.Bits(), a.BitLen())}
 }
 
 // mkdirAllTracked is os.MkdirAll(dir, 0o755) that returns the directories it made, from

@@ -293,6 +293,46 @@ func TestPrivilegedAddInterfaceSrcName(t *testing.T) {
 	}
 }
 
+// TestPrivilegedAddInterfaceInSandboxMAC checks what AddInterface learns of an InSandbox link
+// (by ioctl, not netlink): with no MAC given, the link's own is the interface's; with another
+// MAC given, the link takes it.
+func TestPrivilegedAddInterfaceInSandboxMAC(t *testing.T) {
+	nstest.Privileged(t)
+	e := newEnv(t)
+	sb := e.newSandbox(e.config("c1"))
+	h := handleIn(t, sb)
+
+	e.vethInto(sb, "vh0", "eth0", nil)
+	if err := sb.AddInterface(t.Context(), sandbox.InterfaceConfig{Name: "eth0", InSandbox: true, IPv4: pfx("10.99.0.2/24")}); err != nil {
+		t.Fatalf("AddInterface(eth0) = %v", err)
+	}
+	e.vethInto(sb, "vh1", "eth1", mustMAC("02:42:0a:62:00:01"))
+	want := mustMAC("02:42:0a:62:00:02")
+	if err := sb.AddInterface(t.Context(), sandbox.InterfaceConfig{Name: "eth1", InSandbox: true, MAC: want, IPv4: pfx("10.98.0.2/24")}); err != nil {
+		t.Fatalf("AddInterface(eth1) = %v", err)
+	}
+	l0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := h.LinkByName("eth1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l1.Attrs().HardwareAddr.String(); got != want.String() {
+		t.Errorf("eth1's MAC = %s, want %s", got, want)
+	}
+	ifs := sb.Interfaces()
+	if len(ifs) != 2 || ifs[0].MAC.String() != l0.Attrs().HardwareAddr.String() || ifs[1].MAC.String() != want.String() {
+		t.Errorf("Interfaces() = %+v, want eth0 with MAC %s and eth1 with %s", ifs, l0.Attrs().HardwareAddr, want)
+	}
+	for _, l := range []netlink.Link{l0, l1} {
+		if l.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("%s is down", l.Attrs().Name)
+		}
+	}
+}
+
 func TestPrivilegedDefaultRouteHandover(t *testing.T) {
 	nstest.Privileged(t)
 	e := newEnv(t)
@@ -444,6 +484,9 @@ func TestPrivilegedAddInterfaceFailures(t *testing.T) {
 		err := sb.AddInterface(t.Context(), sandbox.InterfaceConfig{Name: "eth0", InSandbox: true})
 		if _, ok := errors.AsType[netlink.LinkNotFoundError](err); !ok {
 			t.Fatalf("AddInterface = %v, want a link not found error", err)
+		}
+		if msg := err.Error(); !strings.HasPrefix(msg, "sandbox c1: add interface eth0: find link: ") || !strings.HasSuffix(msg, "not found") {
+			t.Errorf("AddInterface = %q, want it to say the link was not found", msg)
 		}
 		assertClean(t, "eth0")
 	})

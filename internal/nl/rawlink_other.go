@@ -4,6 +4,7 @@ package nl
 
 import (
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/cnmkit/cnm/internal/errclass"
@@ -47,3 +48,42 @@ func (s Socket) Close() {}
 
 // Exec fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
 func (s Socket) Exec(req *Request) error { return errNotSupported }
+
+// Conn stands for a NETLINK_ROUTE socket, which only Linux has. No value of it is ever made on
+// this system.
+type Conn struct{}
+
+// OpenConn fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
+func OpenConn(timeout time.Duration) (*Conn, error) { return nil, errNotSupported }
+
+// Close does nothing: no socket was opened.
+func (c *Conn) Close() error { return nil }
+
+// LinkByName fails with an error matching [errclass.ErrNotSupported]: netlink needs Linux.
+func (c *Conn) LinkByName(name string) (int, net.HardwareAddr, error) {
+	return 0, nil, errNotSupported
+}
+
+// Batch fails each request with an error matching [errclass.ErrNotSupported]: netlink needs
+// Linux.
+func (c *Conn) Batch(reqs ...*Request) []error {
+	errs := make([]error, len(reqs))
+	for i := range errs {
+		errs[i] = errNotSupported
+	}
+	return errs
+}
+
+// AddrRequest returns nil: there is no netlink message to build on this system.
+func AddrRequest(index int, p netip.Prefix, flags uint32) *Request { return nil }
+
+// LinkUpRequest returns nil: there is no netlink message to build on this system.
+func LinkUpRequest(index int) *Request { return nil }
+
+// RouteRequest returns nil: there is no netlink message to build on this system.
+func RouteRequest(index int, dst netip.Prefix, gw netip.Addr, replace bool) *Request {
+	return nil
+}
+
+// DelLinkIndexRequest returns nil: there is no netlink message to build on this system.
+func DelLinkIndexRequest(index int) *Request { return nil }
