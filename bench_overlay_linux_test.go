@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -61,7 +62,9 @@ func newBenchOverlayGossip(b *testing.B, timings gossip.Config) *benchOverlay {
 			HostTTL: time.Minute,
 			Gossip: &gossip.Config{BindAddr: netip.MustParseAddr("127.0.0.1"), BindPort: port, Keys: [][]byte{key},
 				ProbeInterval: timings.ProbeInterval, ProbeTimeout: timings.ProbeTimeout, SuspicionMult: timings.SuspicionMult},
-			GossipPeers: peers, Overlay: overlay.Config{VTEP: netip.MustParsePrefix(vtep).Addr()}})
+			GossipPeers: peers, Overlay: overlay.Config{VTEP: netip.MustParsePrefix(vtep).Addr()},
+			// CNM_BENCH_NODNS=1: without the embedded DNS resolver, to see what it costs.
+			DisableDNS: os.Getenv("CNM_BENCH_NODNS") != ""})
 		if err != nil {
 			b.Fatal(err)
 		}

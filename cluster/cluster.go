@@ -303,36 +303,40 @@ func (c *Cluster) CreateNetwork(ctx context.Context, rec netobj.Record, b []byte
 // Controller.Connect overlaps with the kernel work (or, once the host holds a record on the
 // network, leaves behind it: netobj.WriteBehind).
 func (c *Cluster) CreateEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte) (uint64, error) {
-	rev, err := c.createEndpoint(ctx, rec, key, b, false)
+	rev, err := c.createEndpoints(ctx, rec, []kvstore.KVPair{{Key: key, Value: b}}, false)
 	c.Uncertain(err, netobj.UncertainKey{Key: key})
 	return rev, err
 }
 
-// PutEndpoint implements netobj.Records: CreateEndpoint's fenced transaction for a writer
-// that retries until it knows the outcome (netobj.WriteBehind): an unanswered write is not
-// handed to Uncertain, whose cleanup would delete the record that a retry confirms, and a
-// record already at key (an earlier try that landed) is this one, whose revision it returns.
-func (c *Cluster) PutEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte) (uint64, error) {
-	return c.createEndpoint(ctx, rec, key, b, true)
+// PutEndpoints implements netobj.Records: CreateEndpoint's fenced transaction, for several
+// records at once, for a writer that retries until it knows the outcome (netobj.WriteBehind):
+// an unanswered write is not handed to Uncertain, whose cleanup would delete the records that
+// a retry confirms, and a single record already at its key (an earlier try that landed) is
+// this one, whose revision it returns.
+func (c *Cluster) PutEndpoints(ctx context.Context, rec netobj.Record, kvs []kvstore.KVPair) (uint64, error) {
+	return c.createEndpoints(ctx, rec, kvs, true)
 }
 
-// createEndpoint is the fenced transaction of CreateEndpoint; with adopt, a record already at
-// key is taken as written.
-func (c *Cluster) createEndpoint(ctx context.Context, rec netobj.Record, key string, b []byte, adopt bool) (uint64, error) {
+// createEndpoints is the fenced transaction of CreateEndpoint for the records kvs; with adopt,
+// a single record already at its key is taken as written.
+func (c *Cluster) createEndpoints(ctx context.Context, rec netobj.Record, kvs []kvstore.KVPair, adopt bool) (uint64, error) {
 	fence := DeletingKeyPrefix + rec.ID
-	rev, err := c.store.Batch(ctx, []kvstore.Op{
-		{Key: key, Value: b, Check: true},
-		{Key: fence, Check: true}, // a checked delete of a missing key: "absent", nothing written
-		{Key: netobj.Key(rec.ID), Exists: true},
-	})
+	ops := make([]kvstore.Op, 0, len(kvs)+2)
+	for _, kv := range kvs {
+		ops = append(ops, kvstore.Op{Key: kv.Key, Value: kv.Value, Check: true})
+	}
+	ops = append(ops,
+		kvstore.Op{Key: fence, Check: true}, // a checked delete of a missing key: "absent", nothing written
+		kvstore.Op{Key: netobj.Key(rec.ID), Exists: true})
+	rev, err := c.store.Batch(ctx, ops)
 	switch {
 	case err == nil:
 		return rev, nil
 	case errors.Is(err, kvstore.ErrKeyNotFound):
 		return 0, &errclass.ConflictError{Kind: "network", Name: rec.Name, Reason: "deleted by another host"}
 	case errors.Is(err, kvstore.ErrKeyExists):
-		if adopt {
-			if kv, gerr := c.store.Get(ctx, key); gerr == nil {
+		if adopt && len(kvs) == 1 {
+			if kv, gerr := c.store.Get(ctx, kvs[0].Key); gerr == nil {
 				return kv.Revision, nil
 			}
 		}

@@ -253,7 +253,7 @@ func (w *WriteBehind) republish(ctx context.Context, n *Net, key string, b []byt
 	if err := w.Flush(ctx); err != nil {
 		return err
 	}
-	rev, err := n.cfg.Records.PutEndpoint(ctx, n.Record(), key, b)
+	rev, err := n.cfg.Records.PutEndpoints(ctx, n.Record(), []kvstore.KVPair{{Key: key, Value: b}})
 	if err != nil {
 		return err
 	}
@@ -293,16 +293,13 @@ func (w *WriteBehind) loop() {
 		case <-tick.C:
 		}
 		for {
-			w.mu.Lock()
-			if len(w.queue) == 0 {
-				w.mu.Unlock()
+			ops := w.next()
+			if len(ops) == 0 {
 				break
 			}
-			op := w.queue[0]
-			w.mu.Unlock()
-			err := w.apply(ctx, op)
+			err := w.apply(ctx, ops)
 			if errors.Is(err, errclass.ErrUnavailable) {
-				w.log.Warn("global store: queued write of an endpoint record failed; trying again", "key", op.key, "err", err)
+				w.log.Warn("global store: queued write of endpoint records failed; trying again", "records", len(ops), "first", ops[0].key, "err", err)
 				select {
 				case <-w.stop:
 					return
@@ -313,11 +310,11 @@ func (w *WriteBehind) loop() {
 			}
 			pause = 50 * time.Millisecond
 			if err != nil {
-				w.log.Error("global store: queued write of an endpoint record given up", "key", op.key, "err", err)
+				w.log.Error("global store: queued write of endpoint records given up", "records", len(ops), "first", ops[0].key, "err", err)
 			}
 			w.mu.Lock()
-			w.queue = w.queue[1:]
-			w.finished = op.seq
+			w.queue = w.queue[len(ops):]
+			w.finished = ops[len(ops)-1].seq
 			close(w.progress)
 			w.progress = make(chan struct{})
 			w.mu.Unlock()
@@ -325,11 +322,66 @@ func (w *WriteBehind) loop() {
 	}
 }
 
-// apply makes one queued write.
-func (w *WriteBehind) apply(ctx context.Context, op wbOp) error {
+// wbBatch is the most creates the writer puts in one transaction (Consul takes 64 operations
+// in one, etcd 128 by default).
+const wbBatch = 32
+
+// next returns the writes to make next, leaving them queued: the head's, with the creates of
+// the same network queued right behind a create (a burst of Connects), for one transaction.
+func (w *WriteBehind) next() []wbOp {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queue) == 0 {
+		return nil
+	}
+	head := w.queue[0]
+	n := 1
+	for head.create && n < len(w.queue) && n < wbBatch && w.queue[n].create && w.queue[n].n == head.n {
+		n++
+	}
+	return slices.Clone(w.queue[:n])
+}
+
+// apply makes queued writes: several creates of one network in one transaction, falling back
+// to one at a time when one of them is there already (an earlier try that landed).
+func (w *WriteBehind) apply(ctx context.Context, ops []wbOp) error {
+	if len(ops) == 1 {
+		return w.applyOne(ctx, ops[0])
+	}
+	kvs := make([]kvstore.KVPair, len(ops))
+	for i, op := range ops {
+		kvs[i] = kvstore.KVPair{Key: op.key, Value: op.b}
+	}
+	n := ops[0].n
+	rev, err := n.cfg.Records.PutEndpoints(ctx, n.Record(), kvs)
+	if errors.Is(err, kvstore.ErrKeyExists) {
+		var errs []error
+		for _, op := range ops {
+			if err := w.applyOne(ctx, op); err != nil {
+				if errors.Is(err, errclass.ErrUnavailable) {
+					return err // the whole is tried again; those written count as written
+				}
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	for _, op := range ops {
+		w.holdLocked(n.ID(), op.key, rev)
+	}
+	w.mu.Unlock()
+	return nil
+}
+
+// applyOne makes one queued write.
+func (w *WriteBehind) applyOne(ctx context.Context, op wbOp) error {
 	nid := op.n.ID()
 	if op.create {
-		rev, err := op.n.cfg.Records.PutEndpoint(ctx, op.n.Record(), op.key, op.b)
+		rev, err := op.n.cfg.Records.PutEndpoints(ctx, op.n.Record(), []kvstore.KVPair{{Key: op.key, Value: op.b}})
 		if err != nil {
 			return err
 		}

@@ -31,11 +31,13 @@ type Records interface {
 	// behind (or, when the store did not answer, has its owner delete it once it does: see
 	// Uncertain). It returns the record's revision.
 	CreateEndpoint(ctx context.Context, rec Record, key string, b []byte) (uint64, error)
-	// PutEndpoint is CreateEndpoint for a writer that retries until it knows the outcome
-	// (WriteBehind): a write the store did not answer is not handed to Uncertain, and a
-	// record already at key counts as written (an earlier try that landed): its revision is
-	// returned.
-	PutEndpoint(ctx context.Context, rec Record, key string, b []byte) (uint64, error)
+	// PutEndpoints is CreateEndpoint of the records kvs (their Key and Value) in one
+	// transaction, for a writer that retries until it knows the outcome (WriteBehind): a write
+	// the store did not answer is not handed to Uncertain. A single record already at its key
+	// counts as written (an earlier try that landed): its revision is returned. With several,
+	// one already there fails the whole with an error matching kvstore.ErrKeyExists, and the
+	// caller writes them one by one.
+	PutEndpoints(ctx context.Context, rec Record, kvs []kvstore.KVPair) (uint64, error)
 	// BeginDelete starts the deletion of network rec. It fails with an error matching
 	// cnm.ErrConflict while any host has endpoints on the network. On success the caller
 	// removes the network's driver state and calls finish: with ok true to remove the records,
@@ -67,16 +69,23 @@ func (l localRecords) CreateEndpoint(ctx context.Context, _ Record, key string, 
 	return l.s.AtomicPut(ctx, key, b, 0)
 }
 
-func (l localRecords) PutEndpoint(ctx context.Context, _ Record, key string, b []byte) (uint64, error) {
-	rev, err := l.s.AtomicPut(ctx, key, b, 0)
-	if errors.Is(err, kvstore.ErrKeyExists) {
-		kv, gerr := l.s.Get(ctx, key)
-		if gerr != nil {
-			return 0, gerr
+func (l localRecords) PutEndpoints(ctx context.Context, _ Record, kvs []kvstore.KVPair) (uint64, error) {
+	var rev uint64
+	for _, kv := range kvs {
+		r, err := l.s.AtomicPut(ctx, kv.Key, kv.Value, 0)
+		if errors.Is(err, kvstore.ErrKeyExists) && len(kvs) == 1 {
+			got, gerr := l.s.Get(ctx, kv.Key)
+			if gerr != nil {
+				return 0, gerr
+			}
+			return got.Revision, nil
 		}
-		return kv.Revision, nil
+		if err != nil {
+			return 0, err
+		}
+		rev = r
 	}
-	return rev, err
+	return rev, nil
 }
 
 func (l localRecords) BeginDelete(ctx context.Context, rec Record) (func(context.Context, bool) error, error) {
