@@ -7,7 +7,9 @@
 #   host-ns       the bridge and the VXLAN device in the host's namespace (flannel's layout);
 #   per-net-ns    both in a namespace of the network's own (libnetwork's layout, and cnm's);
 #   direct-vxlan  the VXLAN device itself in the container, no veth and no bridge: the floor
-#                 of any VXLAN overlay.
+#                 of any VXLAN overlay;
+#   macvlan       the VXLAN device in a namespace of the network's own, and a macvlan child of
+#                 it (bridge mode) in the container in place of the veth and the bridge.
 # Each round prints the average RTT in ms of N pings 2 ms apart (N=300 by default; INTERVAL
 # sets the spacing in seconds), underlay before and after.
 #
@@ -42,6 +44,20 @@ setup() { # $1 variant
       ip -n c$h neigh add $pip lladdr $pmac dev vx1 nud permanent
       continue
     fi
+    if [ $1 = macvlan ]; then
+      ip netns add ov$h; ip -n ov$h link set lo up
+      ip -n h$h link add vx1 type vxlan id 4096 local $me dstport 4789 nolearning proxy
+      ip -n h$h link set vx1 netns ov$h
+      ip -n ov$h link set vx1 mtu 1450 up
+      ip -n ov$h link add eth0 link vx1 type macvlan mode bridge
+      ip -n ov$h link set eth0 netns c$h
+      ip -n c$h link set eth0 address $mac mtu 1450
+      ip -n c$h addr add $ip/24 dev eth0; ip -n c$h link set eth0 up; ip -n c$h link set lo up
+      ip netns exec ov$h bridge fdb add $pmac dev vx1 dst $peer self permanent
+      ip -n ov$h neigh add $pip lladdr $pmac dev vx1 nud permanent
+      ip -n c$h neigh add $pip lladdr $pmac dev eth0 nud permanent 2>/dev/null || true
+      continue
+    fi
     case $1 in
     host) ns=h$h;;
     netns) ns=ov$h; ip netns add ov$h; ip -n ov$h link set lo up;;
@@ -67,6 +83,7 @@ for round in $(seq ${ROUNDS:-5}); do
   setup host; ip netns exec ca ping -c 2 -i 0.2 -q 10.9.0.3 >/dev/null; hh=$(pingrtt ca 10.9.0.3); teardown
   setup netns; ip netns exec ca ping -c 2 -i 0.2 -q 10.9.0.3 >/dev/null; n=$(pingrtt ca 10.9.0.3); teardown
   setup direct; ip netns exec ca ping -c 2 -i 0.2 -q 10.9.0.3 >/dev/null; d=$(pingrtt ca 10.9.0.3); teardown
+  setup macvlan; ip netns exec ca ping -c 2 -i 0.2 -q 10.9.0.3 >/dev/null; m=$(pingrtt ca 10.9.0.3); teardown
   u2=$(pingrtt hb 192.0.2.11)
-  echo "round $round underlay $u host-ns $hh per-net-ns $n direct-vxlan $d underlay2 $u2"
+  echo "round $round underlay $u host-ns $hh per-net-ns $n direct-vxlan $d macvlan $m underlay2 $u2"
 done
