@@ -68,6 +68,14 @@
 // out, so that this stays rare. New needs the global store to answer: it restores the global
 // networks.
 //
+// An endpoint that Connect makes for a sandbox's namespace on a global network keeps its record
+// in the run store, as on a local network, and the copy that the other hosts read follows it
+// (netobj.WriteBehind). For the host's first endpoint on the network, the copy is written
+// before Connect returns, and from then on fences the network's deletion on every host. For the
+// others, it is written after Connect returns, in order, and retried until the store answers.
+// So such a Connect does not wait for the store's round trip. It works while the store is
+// down, unless it must claim a new address block.
+//
 // All of this lives in package cluster, with its own lock and lifecycle; a network's Records
 // (netobj.LocalRecords, or the cluster) is chosen by its driver's DataScope, stated at
 // registration. The gossip plane (Config.Gossip) is started and stopped with the Controller
@@ -77,7 +85,7 @@
 //
 // Local store: local networks' and their endpoints' records, sandbox records, this host's
 // identity in the cluster. Run store: the records of the endpoints Connect makes for a
-// sandbox's namespace. Global store: global networks' records (with their drivers'
+// sandbox's namespace (on global networks too: the global store has their copies). Global store: global networks' records (with their drivers'
 // allocations, such as a VNI), name keys, delete fences, their endpoints' records (each naming
 // its host), host registry entries, the global IPAM, the gossip keyring. Kernel: namespaces,
 // links, addresses, routes, rules, rebuilt or adopted from the records at start. Memory: only
