@@ -168,6 +168,26 @@ func TestGlobalWriteBehind(t *testing.T) {
 		t.Errorf("after DeleteSandbox(s4): in the global store %v, in the run store %v; want neither", inGlobal(g1.ID(), e4.ID()), inRun(a, g1.ID(), e4.ID()))
 	}
 
+	// An endpoint made by Network.CreateEndpoint keeps its record in the global store alone
+	// (it may outlive its sandbox): DeleteSandbox deletes it there.
+	ex, err := g1.CreateEndpoint(ctx, "x1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sx := mustSandbox(t, a, "s6")
+	if err := ex.Join(ctx, sx); err != nil {
+		t.Fatal(err)
+	}
+	if !inGlobal(g1.ID(), ex.ID()) || inRun(a, g1.ID(), ex.ID()) {
+		t.Errorf("CreateEndpoint's endpoint: in the global store %v, in the run store %v; want the global store only", inGlobal(g1.ID(), ex.ID()), inRun(a, g1.ID(), ex.ID()))
+	}
+	if err := a.DeleteSandbox(ctx, "s6"); err != nil {
+		t.Fatal(err)
+	}
+	if inGlobal(g1.ID(), ex.ID()) {
+		t.Error("CreateEndpoint's endpoint: its record left in the global store by DeleteSandbox")
+	}
+
 	// The process stops before a queued copy is written (Close gives up after StoreTimeout):
 	// the next start, within the lease, writes it.
 	held.hold()

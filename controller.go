@@ -85,12 +85,13 @@
 //
 // Local store: local networks' and their endpoints' records, sandbox records, this host's
 // identity in the cluster. Run store: the records of the endpoints Connect makes for a
-// sandbox's namespace (on global networks too: the global store has their copies). Global store: global networks' records (with their drivers'
-// allocations, such as a VNI), name keys, delete fences, their endpoints' records (each naming
-// its host), host registry entries, the global IPAM, the gossip keyring. Kernel: namespaces,
-// links, addresses, routes, rules, rebuilt or adopted from the records at start. Memory: only
-// what the store and the kernel give back (the networks waiting for a driver, the
-// gateway-network claims, both rebuilt from records).
+// sandbox's namespace (on global networks too: the global store has their copies). Global
+// store: global networks' records (with their drivers' allocations, such as a VNI), name keys,
+// delete fences, their endpoints' records (each naming its host), host registry entries, the
+// global IPAM, the gossip keyring. Kernel: namespaces, links, addresses, routes, rules,
+// rebuilt or adopted from the records at start. Memory: only what the store and the kernel
+// give back (the networks waiting for a driver, the gateway-network claims, both rebuilt from
+// records).
 //
 // # Events
 //
@@ -1382,11 +1383,11 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 			}
 			continue
 		}
-		if r.global {
-			globalKeys = append(globalKeys, r.key)
-		}
-		if r.behind {
+		switch {
+		case r.behind:
 			behindKeys = append(behindKeys, r.key)
+		case r.global:
+			globalKeys = append(globalKeys, r.key)
 		}
 		finish = append(finish, r.finish)
 	}
@@ -1397,21 +1398,19 @@ func (c *Controller) deleteSandbox(ctx context.Context, sb *sbox) error {
 		return errors.Join(append(errs, storeErr(serr))...)
 	}
 	if len(globalKeys) > 0 {
-		var err error
-		if c.behind != nil {
-			// After the copies still queued: none may land once its record is deleted.
-			err = c.behind.DeleteGlobal(rb, globalKeys)
-		} else {
-			err = deleteKeys(rb, c.cluster.Store(), globalKeys)
-		}
-		if err != nil {
+		if err := deleteKeys(rb, c.cluster.Store(), globalKeys); err != nil {
 			errs = append(errs, fmt.Errorf("global store: %w", err))
-		} else if len(behindKeys) > 0 {
-			// A crash before this commit leaves records whose sandbox has no record: the
-			// next start deletes them with their endpoints.
-			if err := deleteKeys(rb, c.run, behindKeys); err != nil {
-				errs = append(errs, fmt.Errorf("run store: %w", err))
-			}
+		}
+	}
+	if len(behindKeys) > 0 {
+		// The global copies after the writes still queued for their networks (none may land
+		// once its record is deleted), then the run store's records. A crash in between
+		// leaves records whose sandbox has no record: the next start deletes them with
+		// their endpoints.
+		if err := c.behind.DeleteGlobal(rb, behindKeys); err != nil {
+			errs = append(errs, fmt.Errorf("global store: %w", err))
+		} else if err := deleteKeys(rb, c.run, behindKeys); err != nil {
+			errs = append(errs, fmt.Errorf("run store: %w", err))
 		}
 	}
 	for _, f := range finish {
