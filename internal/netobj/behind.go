@@ -398,7 +398,10 @@ func (w *WriteBehind) applyOne(ctx context.Context, op wbOp) error {
 	}
 	rev, err := w.global.AtomicPut(ctx, op.key, op.b, rev)
 	if err != nil {
-		if errors.Is(err, kvstore.ErrKeyModified) || errors.Is(err, kvstore.ErrKeyNotFound) {
+		if errors.Is(err, kvstore.ErrKeyNotFound) {
+			// Reclaimed by the other hosts (a lapse of this host's registration): no fence;
+			// Reassert puts it back. A record changed by another writer stays held, so that
+			// its delete still goes to the store.
 			w.mu.Lock()
 			delete(w.held[nid], op.key)
 			w.mu.Unlock()
