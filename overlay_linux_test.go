@@ -20,6 +20,7 @@ import (
 	"github.com/cnmkit/cnm/drivers/overlay"
 	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/gossip"
+	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/netns"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
@@ -180,7 +181,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 	start(a)
 	start(b, a.c.GossipNode().LocalAddr().String())
 
-	nw, err := a.c.NewNetwork(ctx, "ov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.80.0.0/24")))
+	nw, err := a.c.NewNetwork(ctx, "ov", "overlay", network.WithSubnet(netip.MustParsePrefix("10.80.0.0/16")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,12 +307,37 @@ func TestPrivilegedOverlay(t *testing.T) {
 		t.Fatalf("host-a fdb after host-b's return: %q", show(a, "bridge", "fdb", "show", "dev", "vx-"+vni))
 	}
 
-	// The global store goes away: traffic between existing endpoints does not care.
+	// The global store goes away: traffic between existing endpoints does not care, and a new
+	// container joins on host-a, which has c1 on the network: its record's global copy
+	// follows once the store is back. (A container joins and leaves first, with the store
+	// up, so that host-a holds a confirmed address block with room: claiming or confirming
+	// one needs the store.)
+	mustSandbox(t, a.c, "c4")
+	mustConnect(t, a.c, "ov", "c4")
+	if err := a.c.DeleteSandbox(ctx, "c4"); err != nil {
+		t.Fatal(err)
+	}
 	ec.Stop(0)
 	if _, ok := nstest.Ping(c1.Key(), e2.Info().IPv4.Addr().String(), 3); !ok {
 		t.Fatal("c1 does not reach c2 with etcd down")
 	}
+	c3 := mustSandbox(t, a.c, "c3")
+	e3 := mustConnect(t, a.c, "ov", "c3")
+	waitFor(t, 10*time.Second, "c3, joined with etcd down, reaches c2 on host-b", func() bool {
+		_, ok := nstest.Ping(c3.Key(), e2.Info().IPv4.Addr().String(), 1)
+		return ok
+	})
 	ec.Start(0)
+	waitFor(t, 20*time.Second, "c3's record in the global store once etcd is back", func() bool {
+		_, err := gs.Get(ctx, epobj.Key(nw.ID(), e3.ID()))
+		return err == nil
+	})
+	if err := a.c.DeleteSandbox(ctx, "c3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gs.Get(ctx, epobj.Key(nw.ID(), e3.ID())); !errors.Is(err, kvstore.ErrKeyNotFound) {
+		t.Fatalf("c3's record after DeleteSandbox: %v, want it gone", err)
+	}
 
 	// c1 leaves: host-a's namespace for the network goes, host-b forgets c1.
 	if err := a.c.Disconnect(ctx, "ov", "c1"); err != nil {
