@@ -1,10 +1,14 @@
 package cnm_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +21,9 @@ import (
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/kvstore"
+	"github.com/cnmkit/cnm/kvstore/etcd"
 	"github.com/cnmkit/cnm/network"
+	"github.com/cnmkit/cnm/sandbox"
 	"github.com/cnmkit/cnm/sandbox/sandboxtest"
 )
 
@@ -338,4 +344,152 @@ func writeBehindStoreRestart(t *testing.T, be globalBackend) {
 		t.Fatalf("DeleteNetwork: %v", err)
 	}
 	assertGlobalClean(t, s)
+}
+
+// wbKillEnv carries the child's configuration (wbKillConfig, as JSON) for
+// TestWriteBehindKillHelper.
+const wbKillEnv = "CNM_WB_KILL_CHILD"
+
+type wbKillConfig struct {
+	Etcd             []string
+	Prefix           string
+	HostNetns        string
+	DataDir, RunDir  string
+	Network, Sandbox string
+}
+
+// openWBKillHost opens the Controller of TestPrivilegedGlobalWriteBehindKilled's host on cfg
+// with global store gs.
+func openWBKillHost(ctx context.Context, cfg wbKillConfig, gs kvstore.Store) (*cnm.Controller, error) {
+	return cnm.New(ctx, cnm.Config{
+		DataDir: cfg.DataDir, RunDir: cfg.RunDir, HostNetns: cfg.HostNetns, NoPredefinedNetworks: true,
+		Drivers:     map[string]drivers.Driver{"gp2p": &gp2pDriver{p2pDriver{hostPath: cfg.HostNetns}}},
+		GlobalStore: gs, Hostname: "host-k", StoreTimeout: 2 * time.Second,
+	})
+}
+
+// TestWriteBehindKillHelper is the child of TestPrivilegedGlobalWriteBehindKilled: it opens
+// the host's Controller with the global store holding transactions back, connects a new
+// sandbox to the network (its record's copy queued), prints its endpoint's ID, and waits to be
+// killed.
+func TestWriteBehindKillHelper(t *testing.T) {
+	raw := os.Getenv(wbKillEnv)
+	if raw == "" {
+		return
+	}
+	var cfg wbKillConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := etcd.Open(ctx, etcd.Config{Endpoints: cfg.Etcd, Prefix: cfg.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &heldStore{Store: s}
+	c, err := openWBKillHost(ctx, cfg, held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.hold()
+	if _, err := c.NewSandbox(ctx, cfg.Sandbox); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := c.Connect(ctx, cfg.Network, cfg.Sandbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("connected %s\n", ep.ID())
+	select {} // until killed
+}
+
+// TestPrivilegedGlobalWriteBehindKilled: a host's process is killed (SIGKILL) right after a
+// Connect whose record's global copy was still queued (the store held it back). The next start
+// (within the host's lease) finds the record in the run store, keeps the endpoint (its
+// interface survived in the sandbox's namespace) and writes the copy; DeleteSandbox removes it.
+func TestPrivilegedGlobalWriteBehindKilled(t *testing.T) {
+	nstest.Privileged(t)
+	t.Parallel()
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	cfg := wbKillConfig{Etcd: ec.Endpoints(), Prefix: "killed", HostNetns: nstest.NewNS(t).Path(),
+		DataDir: t.TempDir(), RunDir: t.TempDir(), Network: "gx", Sandbox: "sb2"}
+	gs := openEtcd(t, cfg.Etcd, cfg.Prefix)
+	t.Cleanup(func() {
+		ids, _ := sandbox.ListNamespaces(cfg.RunDir)
+		for _, id := range ids {
+			sandbox.RemoveNamespace(cfg.RunDir, id)
+		}
+	})
+	c, err := openWBKillHost(ctx, cfg, gs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nw, err := c.NewNetwork(ctx, "gx", "gp2p", network.WithSubnet(netip.MustParsePrefix("10.73.0.0/24")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSandbox(t, c, "sb1")
+	mustConnect(t, c, "gx", "sb1") // the host's first endpoint on gx: its copy fences gx
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	b, _ := json.Marshal(cfg)
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestWriteBehindKillHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), wbKillEnv+"="+string(b))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	epID, ok := strings.CutPrefix(strings.TrimSpace(line), "connected ")
+	if err != nil || !ok {
+		t.Fatalf("child: %q, %v", line, err)
+	}
+	key := epobj.Key(nw.ID(), epID)
+	if _, err := gs.Get(ctx, key); !errors.Is(err, kvstore.ErrKeyNotFound) {
+		t.Fatalf("sb2's copy before the restart: %v, want none (the child's store held it back)", err)
+	}
+
+	c, err = openWBKillHost(ctx, cfg, gs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, r := range c.Repairs() {
+		if strings.Contains(r.String(), "sb2") {
+			t.Errorf("restart repaired %q, want sb2's endpoint kept", r)
+		}
+	}
+	waitFor(t, 10*time.Second, "sb2's copy written by the restarted host", func() bool {
+		_, err := gs.Get(ctx, key)
+		return err == nil
+	})
+	nw, _ = c.Network("gx")
+	ep, err := nw.Endpoint(epID)
+	if err != nil || ep.Info().SandboxID != "sb2" {
+		t.Fatalf("sb2's endpoint after the restart: %v, %v; want it joined to sb2", ep, err)
+	}
+	// The p2p driver gives each endpoint's host end the gateway's address: with sb1 gone,
+	// the host's route to the subnet is sb2's.
+	if err := c.DeleteSandbox(ctx, "sb1"); err != nil {
+		t.Fatal(err)
+	}
+	pingOK(t, mustGet(t, c, "sb2"), netip.MustParseAddr("10.73.0.1"))
+	if err := c.DeleteSandbox(ctx, "sb2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteNetwork(ctx, "gx"); err != nil {
+		t.Fatal(err)
+	}
+	assertGlobalClean(t, gs)
 }
