@@ -207,6 +207,11 @@ func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.
 			// stopped, which a restart within the lease puts back). Its address may be
 			// another's by now.
 			c.dropRecord(ctx, c.run, p.Key, "endpoint "+rec.Name, "reclaimed by the other hosts while this host was away")
+			// A list that went back in time (a Consul server answering before it replayed
+			// its log) may have missed a copy that is there: it goes with its endpoint.
+			if err := c.cluster.Store().Delete(ctx, p.Key); err != nil && !errors.Is(err, kvstore.ErrKeyNotFound) {
+				c.log.Warn("restore: delete global record", "key", p.Key, "err", err)
+			}
 			continue
 		}
 		n := c.networks[rec.NetworkID]
