@@ -264,72 +264,31 @@ func writeBehindStoreRestart(t *testing.T, be globalBackend) {
 	}
 	waitFor(t, 5*time.Second, "host-b adopts w", func() bool { return hasNetwork(b, "w") })
 
-	stop := make(chan struct{})
-	var (
-		wg                  sync.WaitGroup
-		mu                  sync.Mutex
-		ok, fails, inOutage int
-		outage              bool
-		other               []error
-	)
+	var work []func(i int) error
 	for name, c := range hosts {
 		for w := range 2 {
-			wg.Go(func() {
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					id := fmt.Sprintf("%s-w%d-%d", name, w, i)
-					if _, err := c.NewSandbox(ctx, id); err != nil {
-						mu.Lock()
-						other = append(other, err)
-						mu.Unlock()
-						return
-					}
-					_, err := c.Connect(ctx, "w", id)
-					mu.Lock()
-					switch {
-					case err == nil:
-						ok++
-						if outage {
-							inOutage++
-						}
-					case errors.Is(err, cnm.ErrUnavailable):
-						// Only an address block to claim needs the store (the host's
-						// first endpoint on w was written before the outage).
-						if !strings.Contains(err.Error(), "ipam: ") {
-							other = append(other, err)
-						}
-						fails++
-					default:
-						other = append(other, err)
-					}
-					mu.Unlock()
-					if err != nil {
-						time.Sleep(50 * time.Millisecond)
-					}
+			work = append(work, func(i int) error {
+				id := fmt.Sprintf("%s-w%d-%d", name, w, i)
+				if _, err := c.NewSandbox(ctx, id); err != nil {
+					return fmt.Errorf("new sandbox: %w", err)
 				}
+				_, err := c.Connect(ctx, "w", id)
+				return err
 			})
 		}
 	}
-	time.Sleep(time.Second)
-	be.stop()
-	mu.Lock()
-	outage = true
-	mu.Unlock()
-	time.Sleep(3 * time.Second)
-	mu.Lock()
-	outage = false
-	mu.Unlock()
-	be.start()
-	time.Sleep(3 * time.Second)
-	close(stop)
-	wg.Wait()
-	t.Logf("%s: %d connects, %d of them while the store was stopped; %d failed as unavailable (address blocks to claim)", be.name, ok, inOutage, fails)
-	for _, err := range other {
-		t.Errorf("connect failed other than for an address block: %v", err)
+	tl := workThroughRestart(be, work)
+	ok := tl.ok
+	t.Logf("%s: %d connects, %d of them while the store was stopped; %d failed as unavailable (address blocks to claim)", be.name, ok, tl.inOutage, len(tl.unavailable))
+	for _, err := range tl.other {
+		t.Errorf("connect failed other than unavailable: %v", err)
+	}
+	for _, err := range tl.unavailable {
+		// Only an address block to claim needs the store (the host's first endpoint on w
+		// was written before the outage).
+		if !strings.Contains(err.Error(), "ipam: ") {
+			t.Errorf("connect failed other than for an address block: %v", err)
+		}
 	}
 	s := be.open(t)
 	assertRecordsHeld(t, s, "w", subnet, ok, hosts)

@@ -615,53 +615,23 @@ func restartMidWork(t *testing.T, be globalBackend, blocks bool) {
 	}
 	waitFor(t, 5*time.Second, "b does not see w", func() bool { return hasNetwork(b.c, "w") })
 
-	stop := make(chan struct{})
-	var (
-		wg        sync.WaitGroup
-		mu        sync.Mutex
-		ok, fails int
-		other     []error
-	)
+	var work []func(i int) error
 	for hi, h := range []*ghost{a, b} {
 		n, _ := h.c.Network("w")
 		for w := range 3 {
-			wg.Go(func() {
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					_, err := n.CreateEndpoint(ctx, fmt.Sprintf("h%d-w%d-%d", hi, w, i))
-					mu.Lock()
-					switch {
-					case err == nil:
-						ok++
-					case errors.Is(err, cnm.ErrUnavailable):
-						fails++
-					default:
-						other = append(other, err)
-					}
-					mu.Unlock()
-					if err != nil {
-						time.Sleep(50 * time.Millisecond)
-					}
-				}
+			work = append(work, func(i int) error {
+				_, err := n.CreateEndpoint(ctx, fmt.Sprintf("h%d-w%d-%d", hi, w, i))
+				return err
 			})
 		}
 	}
-	time.Sleep(time.Second)
-	be.stop()
-	time.Sleep(3 * time.Second)
-	be.start()
-	time.Sleep(3 * time.Second)
-	close(stop)
-	wg.Wait()
-	t.Logf("%s: %d endpoints created, %d creates failed as unavailable", be.name, ok, fails)
-	for _, err := range other {
+	tl := workThroughRestart(be, work)
+	ok := tl.ok
+	t.Logf("%s: %d endpoints created, %d creates failed as unavailable", be.name, ok, len(tl.unavailable))
+	for _, err := range tl.other {
 		t.Errorf("create failed other than unavailable: %v", err)
 	}
-	if fails == 0 {
+	if len(tl.unavailable) == 0 {
 		t.Errorf("no create failed while the store was stopped")
 	}
 
@@ -681,6 +651,69 @@ func restartMidWork(t *testing.T, be globalBackend, blocks bool) {
 		t.Fatalf("DeleteNetwork: %v", err)
 	}
 	assertGlobalClean(t, s)
+}
+
+// tally is what workThroughRestart's workers did.
+type tally struct {
+	ok, inOutage int     // calls that succeeded; of them, while the server was stopped
+	unavailable  []error // calls that failed with ErrUnavailable
+	other        []error // calls that failed otherwise
+}
+
+// workThroughRestart runs each of work in a loop of its own (its argument counts its calls),
+// without pause but for 50ms after a failure, for a second, while be's server is stopped for 3
+// seconds, and for 3 seconds after it started again; it returns what the calls did.
+func workThroughRestart(be globalBackend, work []func(i int) error) tally {
+	stop := make(chan struct{})
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		tl     tally
+		outage bool
+	)
+	for _, f := range work {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := f(i)
+				mu.Lock()
+				switch {
+				case err == nil:
+					tl.ok++
+					if outage {
+						tl.inOutage++
+					}
+				case errors.Is(err, cnm.ErrUnavailable):
+					tl.unavailable = append(tl.unavailable, err)
+				default:
+					tl.other = append(tl.other, err)
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+		})
+	}
+	setOutage := func(on bool) {
+		mu.Lock()
+		outage = on
+		mu.Unlock()
+	}
+	time.Sleep(time.Second)
+	be.stop()
+	setOutage(true)
+	time.Sleep(3 * time.Second)
+	setOutage(false)
+	be.start()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	return tl
 }
 
 // assertRecordsHeld checks, once the writes of unknown outcome are cleaned up, that the records
