@@ -76,21 +76,15 @@ func TestPrivilegedConnLinkByName(t *testing.T) {
 func TestPrivilegedConnBatch(t *testing.T) {
 	nstest.Privileged(t)
 	c, h := connIn(t, nstest.NewNS(t))
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb"}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := h.LinkByName("va")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := vethIn(t, h)
 	i := l.Attrs().Index
 	v4, v6 := netip.MustParsePrefix("10.9.0.2/24"), netip.MustParsePrefix("fd00:9::2/64")
 	errs := c.Batch(cnl.AddrRequest(i, v4, 0), cnl.AddrRequest(i, v6, unix.IFA_F_NODAD), cnl.LinkUpRequest(i))
 	if slices.ContainsFunc(errs, func(err error) bool { return err != nil }) {
 		t.Fatalf("Batch = %v, want no error", errs)
 	}
-	if l, err = h.LinkByIndex(i); err != nil || l.Attrs().RawFlags&unix.IFF_UP == 0 {
-		t.Errorf("va after the batch: %v, flags %#x; want up", err, l.Attrs().RawFlags)
+	if up, err := h.LinkByIndex(i); err != nil || up.Attrs().RawFlags&unix.IFF_UP == 0 {
+		t.Errorf("va after the batch: %v, %v; want it up", err, up)
 	}
 	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
@@ -135,13 +129,7 @@ func TestPrivilegedConnBatch(t *testing.T) {
 func TestPrivilegedConnRoutes(t *testing.T) {
 	nstest.Privileged(t)
 	c, h := connIn(t, nstest.NewNS(t))
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb"}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := h.LinkByName("va")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := vethIn(t, h)
 	i := l.Attrs().Index
 	def := netip.MustParsePrefix("0.0.0.0/0")
 	errs := c.Batch(cnl.AddrRequest(i, netip.MustParsePrefix("10.9.0.2/24"), 0), cnl.LinkUpRequest(i),
@@ -185,4 +173,17 @@ func TestPrivilegedConnRoutes(t *testing.T) {
 	if err := c.Batch(cnl.DelLinkIndexRequest(i))[0]; !errors.Is(err, unix.ENODEV) {
 		t.Errorf("delete va again = %v, want ENODEV", err)
 	}
+}
+
+// vethIn makes the veth pair va and vb with h, and returns va.
+func vethIn(t *testing.T, h *netlink.Handle) netlink.Link {
+	t.Helper()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := h.LinkByName("va")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
