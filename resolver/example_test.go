@@ -26,7 +26,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // in a sandbox, 127.0.0.11:53 as the UDP socket
 	if err != nil {
 		panic(err)
 	}

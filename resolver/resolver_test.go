@@ -41,20 +41,36 @@ func newResolver(t *testing.T, cfg Config) *Resolver {
 // its clients query.
 func serve(t *testing.T, r *Resolver, id string, upstreams ...netip.AddrPort) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := loopbackPair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
-	}
 	if err := r.Serve(Sandbox{ID: id, UDP: pc, TCP: ln, Upstreams: upstreams}); err != nil {
 		t.Fatal(err)
 	}
 	return addr
+}
+
+// loopbackPair listens on one port of 127.0.0.1 for UDP and TCP. The kernel picks the UDP
+// port; the same TCP port may be in use by another process's connection (the test packages
+// run side by side), so a refused TCP bind tries another port.
+func loopbackPair() (net.PacketConn, net.Listener, error) {
+	var err error
+	for range 20 {
+		var pc net.PacketConn
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		var ln net.Listener
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+	}
+	return nil, nil, err
 }
 
 func query(t *testing.T, proto string, server netip.AddrPort, name string, qtype uint16) *dns.Msg {
@@ -161,15 +177,11 @@ func upstream(t *testing.T, count int) netip.AddrPort {
 		}
 		w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := loopbackPair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		t.Fatal(err)
-	}
 	var wg sync.WaitGroup
 	us := &dns.Server{PacketConn: pc, Handler: h}
 	ts := &dns.Server{Listener: ln, Handler: h}
