@@ -20,6 +20,8 @@ import (
 	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
+	"github.com/cnmkit/cnm/ipam"
+	"github.com/cnmkit/cnm/ipam/ipamkv"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/kvstore/etcd"
 	"github.com/cnmkit/cnm/network"
@@ -30,10 +32,32 @@ import (
 // heldStore is a global store whose transactions (kvstore.Batcher: endpoint records, network
 // records) can be held back: a held Batch waits until release, or fails when its context ends,
 // having written nothing.
+// Its IPAM writes can be made to lose their answers (loseIPAM), as a store restarting
+// mid-Connect.
 type heldStore struct {
 	kvstore.Store
 	mu   sync.Mutex
 	gate chan struct{} // nil: open
+	// lose makes AtomicPuts of IPAM keys apply, then fail with ErrUnavailable.
+	lose bool
+}
+
+// loseIPAM makes the AtomicPuts of IPAM keys apply and then fail, until release.
+func (h *heldStore) loseIPAM() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lose = true
+}
+
+func (h *heldStore) AtomicPut(ctx context.Context, key string, value []byte, prev uint64) (uint64, error) {
+	h.mu.Lock()
+	lose := h.lose && strings.Contains(key, "/ipam/")
+	h.mu.Unlock()
+	rev, err := h.Store.AtomicPut(ctx, key, value, prev)
+	if err == nil && lose {
+		return 0, fmt.Errorf("held store: put %q: answer lost: %w", key, cnm.ErrUnavailable)
+	}
+	return rev, err
 }
 
 func (h *heldStore) hold() {
@@ -51,6 +75,7 @@ func (h *heldStore) release() {
 		close(h.gate)
 		h.gate = nil
 	}
+	h.lose = false
 }
 
 func (h *heldStore) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
@@ -107,7 +132,9 @@ func TestGlobalWriteBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g2, err := a.NewNetwork(ctx, "g2", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.91.1.0/24")))
+	// g2's gateway is outside the host's address blocks: its first Connect claims one.
+	g2, err := a.NewNetwork(ctx, "g2", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.91.1.0/24")),
+		network.WithGateway(netip.MustParseAddr("10.91.1.254")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +188,26 @@ func TestGlobalWriteBehind(t *testing.T) {
 	if pairs, err := gs.List(ctx, epobj.KeyPrefix+g2.ID()+"/"); err != nil || len(pairs) != 0 {
 		t.Errorf("global store after the failed Connect: %d records of g2 (%v), want none", len(pairs), err)
 	}
+	// The store takes the claim of an address block on g2 but its answer is lost: Connect
+	// fails, and the block, which no address of host-a's is in, is given back by host-a's
+	// next sweep.
+	held.loseIPAM()
+	if _, err := a.Connect(ctx, "g2", "s3"); !errors.Is(err, cnm.ErrUnavailable) {
+		t.Fatalf("Connect(g2) with the claim's answer lost = %v, want ErrUnavailable", err)
+	}
+	held.release()
+	gi, err := ipamkv.NewGlobal(gs, ipam.GlobalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g2Subnet := netip.MustParsePrefix("10.91.1.0/24")
+	g2Want := map[netip.Addr]bool{netip.MustParseAddr("10.91.1.254"): true} // the gateway
+	if blocks, err := gi.Blocks(ctx, ipam.MakePoolID(ipam.GlobalSpace, g2Subnet)); err != nil || len(blocks) != 1 {
+		t.Fatalf("g2's blocks after the claim's answer was lost: %v (%v), want host-a's", blocks, err)
+	}
+	waitFor(t, 15*time.Second, "g2's empty address block given back", func() bool {
+		return ipamHoldsExactly(ctx, gi, g2Subnet, g2Want)
+	}, func() string { return ipamDiff(ctx, gi, g2Subnet, g2Want) })
 
 	// DeleteSandbox waits for the queued copy, then deletes both records.
 	held.hold()

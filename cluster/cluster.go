@@ -18,6 +18,8 @@
 //     no longer registered, delete fences of departed hosts, and orphans that no record refers
 //     to for 10s (global IPAM addresses and pools, the address blocks of departed hosts
 //     (ipam.Global's per-host blocks), drivers' network allocations);
+//   - on every host, at the same interval: its own address blocks that a release or claim the
+//     store did not answer left empty are given back (ipam.Global.ReleaseEmptyBlocks);
 //   - the cleanup of writes whose outcome is unknown (the store did not answer): their keys
 //     are deleted once the store answers again and has kept them absent for 10s.
 //

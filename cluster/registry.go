@@ -350,6 +350,7 @@ func (c *Cluster) watchHosts(ctx context.Context) {
 					c.reclaimHosts(ctx, gone) // skips the hosts registered again
 				}
 			case <-sweep.C:
+				c.releaseEmptyBlocks(ctx)
 				if blocksPending && c.registered() && c.reconcileBlocks(ctx) {
 					c.resumeBlocks()
 					blocksPending = false
@@ -376,6 +377,24 @@ type blockReconciler interface {
 	ReconcileBlocks(ctx context.Context, id ipam.PoolID, live []netip.Addr) error
 	SuspendBlocks()
 	ResumeBlocks()
+}
+
+// emptyBlockReleaser is what releaseEmptyBlocks needs of a global IPAM with per-host blocks;
+// ipam.Global has it.
+type emptyBlockReleaser interface {
+	ReleaseEmptyBlocks(ctx context.Context) error
+}
+
+// releaseEmptyBlocks gives back this host's address blocks that a release or a claim the
+// store did not answer left with no address in use, if the IPAM has blocks. Each host does
+// its own: only it knows which addresses of its blocks it gave out (their records may still
+// be queued behind Connect).
+func (c *Cluster) releaseEmptyBlocks(ctx context.Context) {
+	if r, ok := c.ipam.(emptyBlockReleaser); ok {
+		if err := r.ReleaseEmptyBlocks(ctx); err != nil {
+			c.log.Warn("global: give back empty address blocks", "err", err)
+		}
+	}
 }
 
 // suspendBlocks stops the allocation from this host's address blocks, if the IPAM has them.

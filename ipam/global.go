@@ -329,6 +329,10 @@ type gpool struct {
 	// own are this host's blocks and their allocations: the only record of those, so kept
 	// when the cache is dropped.
 	own map[blockID]*ownBlock
+	// loose are blocks of this host that the store may record with none of their addresses
+	// in use: a release that failed, a claim whose write's outcome is unknown. Each counts the
+	// reads that did not show it; ReleaseEmptyBlocks gives them back.
+	loose map[blockID]int
 }
 
 func newGPool(rec poolRecord) *gpool {

@@ -1,10 +1,12 @@
 package ipam
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"net/netip"
 	"slices"
@@ -298,6 +300,9 @@ func (g *Global) claim(ctx context.Context, gp *gpool) (u128, blockID, bool, err
 	gp.blocks[id.ci] = append(slices.Clip(gp.blocks[id.ci]), blockRec{start: id.start, held: held, host: g.host})
 	created, err := g.writeChunk(ctx, gp, id.ci)
 	if err != nil {
+		if !isCASFailure(err) {
+			gp.setLoose(id) // the claim may have been applied, its answer lost
+		}
 		return u128{}, id, false, err
 	}
 	if created {
@@ -419,10 +424,13 @@ func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error 
 			// The write may have been applied with its answer lost (a store restarting):
 			// then the block is free in the store and another host may claim it, so this
 			// host stops allocating from it either way. Had the write failed, the block
-			// stays recorded as this host's with no address in use until ReconcileBlocks.
+			// stays recorded as this host's with no address in use, until
+			// ReleaseEmptyBlocks (or ReconcileBlocks) gives it back.
 			delete(gp.own, id)
+			gp.setLoose(id)
 			return err
 		case attempt >= g.maxAttempts:
+			gp.setLoose(id)
 			return g.gaveUp(err)
 		}
 		if err := backoff(ctx, attempt); err != nil {
@@ -432,6 +440,84 @@ func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error 
 			return err
 		}
 	}
+}
+
+// setLoose records that the store may hold block id as this host's with none of its addresses
+// in use. It needs gp.sem.
+func (gp *gpool) setLoose(id blockID) {
+	if gp.loose == nil {
+		gp.loose = map[blockID]int{}
+	}
+	gp.loose[id] = 0
+}
+
+// looseReads is how many reads in a row must not show a loose block before it is forgotten:
+// one read may be stale (a store that restarted and has not replayed its log).
+const looseReads = 3
+
+// ReleaseEmptyBlocks gives back the address blocks of this host that a release or a claim
+// left in the store with none of their addresses in use, because the store did not answer it
+// (or the release lost its races MaxAttempts times). Without it such a block stays this
+// host's, for its next addresses, and no other host may use it while this one is registered.
+// A block that one of this host's addresses went to since is left to the release of its last
+// address. A block that looseReads reads of its chunk in a row do not show as this host's is
+// forgotten. A multi-host Controller calls it at every sweep of its cluster; call it now and
+// then when using a Global directly. It is safe for concurrent use. Errors: ctx's error; the
+// store's errors (the blocks it could not give back are tried again at the next call).
+func (g *Global) ReleaseEmptyBlocks(ctx context.Context) error {
+	if g.host == "" {
+		return nil
+	}
+	g.mu.Lock()
+	pools := slices.Collect(maps.Values(g.pools))
+	g.mu.Unlock()
+	var errs []error
+	for _, gp := range pools {
+		if err := gp.lock(ctx); err != nil {
+			return fmt.Errorf("ipam: release empty blocks: %w", err)
+		}
+		if err := g.releaseLoose(ctx, gp); err != nil {
+			errs = append(errs, fmt.Errorf("ipam: release empty blocks of pool %s: %w", gp.id, err))
+		}
+		gp.unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// releaseLoose gives back the loose blocks of gp (ReleaseEmptyBlocks). It needs gp.sem.
+func (g *Global) releaseLoose(ctx context.Context, gp *gpool) error {
+	if len(gp.loose) == 0 {
+		return nil
+	}
+	if gp.cache == nil {
+		if err := g.loadAll(ctx, gp); err != nil {
+			return err
+		}
+	}
+	for _, id := range slices.SortedFunc(maps.Keys(gp.loose), func(a, b blockID) int {
+		return cmp.Or(a.ci.cmp(b.ci), cmp.Compare(a.start, b.start))
+	}) {
+		if ob := gp.own[id]; ob != nil && ob.used != 0 {
+			delete(gp.loose, id) // in use again: the release of its last address gives it back
+			continue
+		}
+		if err := g.loadChunk(ctx, gp, id.ci); err != nil {
+			return err
+		}
+		if !g.recorded(gp, id) {
+			if gp.loose[id]++; gp.loose[id] >= looseReads {
+				delete(gp.loose, id)
+			}
+			continue
+		}
+		if err := g.releaseBlock(ctx, gp, id); err != nil {
+			return err
+		}
+		if _, ok := gp.own[id]; !ok {
+			delete(gp.loose, id)
+		}
+	}
+	return nil
 }
 
 // Block is an address block of a pool and the host that holds it.

@@ -246,6 +246,91 @@ func TestGlobalBlocksStaleRelease(t *testing.T) {
 	}
 }
 
+// TestGlobalBlocksLooseReleased: a block left in the store with no address in use, because
+// the store did not answer its release or its claim, is given back by ReleaseEmptyBlocks; a
+// loose block that an address went to since is kept.
+func TestGlobalBlocksLooseReleased(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, true)
+	f := &faultStore{GlobalStore: ipamkv.Adapt(s)}
+	a, err := ipam.NewGlobal(f, ipam.GlobalConfig{Host: "host-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := newGlobalOn(t, s, ipam.GlobalConfig{})
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.55.0.0/24")})
+	gw := reqAddr(t, a, p.ID, netip.MustParseAddr("10.55.0.1")) // keeps the chunk: releases are puts
+	blocks := func() []ipam.Block {
+		t.Helper()
+		b, err := reader.Blocks(ctx, p.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	gone := errors.New("injected: store gone")
+	sweep := func(what string) {
+		t.Helper()
+		if err := a.ReleaseEmptyBlocks(ctx); err != nil {
+			t.Fatalf("ReleaseEmptyBlocks %s: %v", what, err)
+		}
+		if b := blocks(); len(b) != 0 {
+			t.Errorf("blocks after ReleaseEmptyBlocks %s: %v, want none", what, b)
+		}
+		if got, err := reader.Addresses(ctx, p.ID); err != nil || !slices.Equal(got, []netip.Addr{gw}) {
+			t.Errorf("addresses after ReleaseEmptyBlocks %s: %v (%v), want only %s", what, got, err, gw)
+		}
+	}
+
+	// A release the store did not answer.
+	x := reqAddr(t, a, p.ID, netip.Addr{})
+	f.fail(1, gone)
+	if err := a.ReleaseAddress(ctx, p.ID, x); !errors.Is(err, gone) || !strings.Contains(err.Error(), "empty block stays") {
+		t.Fatalf("release with the store gone: %v", err)
+	}
+	if b := blocks(); len(b) != 1 || b[0].Host != "host-a" || !b[0].Prefix.Contains(x) {
+		t.Fatalf("blocks after the failed release: %v, want host-a's with %s", b, x)
+	}
+	sweep("after a failed release")
+
+	// A claim applied, its answer lost.
+	f.lose(1, gone)
+	if _, err := a.RequestAddress(ctx, p.ID, netip.Addr{}); !errors.Is(err, gone) {
+		t.Fatalf("request with the claim's answer lost: %v", err)
+	}
+	if b := blocks(); len(b) != 1 || b[0].Host != "host-a" {
+		t.Fatalf("blocks after the lost answer: %v, want host-a's", b)
+	}
+	sweep("after a claim's lost answer")
+
+	// A claim that was not applied: nothing to give back, for as many calls as it takes to
+	// forget it.
+	f.fail(1, gone)
+	if _, err := a.RequestAddress(ctx, p.ID, netip.Addr{}); !errors.Is(err, gone) {
+		t.Fatalf("request with the store gone: %v", err)
+	}
+	for range 4 {
+		sweep("after a failed claim")
+	}
+
+	// A loose block that an address went to since stays, until that address goes.
+	f.lose(1, gone)
+	if _, err := a.RequestAddress(ctx, p.ID, netip.Addr{}); !errors.Is(err, gone) {
+		t.Fatalf("request with the claim's answer lost: %v", err)
+	}
+	y := reqAddr(t, a, p.ID, netip.Addr{})
+	if err := a.ReleaseEmptyBlocks(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b := blocks(); len(b) != 1 || !b[0].Prefix.Contains(y) {
+		t.Fatalf("blocks with %s in use: %v, want its block", y, b)
+	}
+	if err := a.ReleaseAddress(ctx, p.ID, y); err != nil {
+		t.Fatal(err)
+	}
+	sweep("after the last address of a used loose block went")
+}
+
 // laggingStore wraps a GlobalStore whose reads can go back in time, as those of a Consul
 // server that restarted and answers before it has replayed its log: after snapshot, the next
 // reads that lag allows (Get and List) answer from the state at the snapshot, while writes,

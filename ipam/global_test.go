@@ -426,6 +426,7 @@ type faultStore struct {
 	mu       sync.Mutex
 	failPuts int   // the next failPuts AtomicPuts fail with err
 	err      error // the error they fail with
+	applied  bool  // the failing puts are applied first: the answer is lost, not the write
 	puts     int
 }
 
@@ -434,8 +435,13 @@ func (f *faultStore) AtomicPut(ctx context.Context, key string, value []byte, pr
 	f.puts++
 	if f.failPuts > 0 {
 		f.failPuts--
-		err := f.err
+		err, applied := f.err, f.applied
 		f.mu.Unlock()
+		if applied {
+			if _, perr := f.GlobalStore.AtomicPut(ctx, key, value, prev); perr != nil {
+				return 0, perr
+			}
+		}
 		return 0, err
 	}
 	f.mu.Unlock()
@@ -445,7 +451,16 @@ func (f *faultStore) AtomicPut(ctx context.Context, key string, value []byte, pr
 func (f *faultStore) fail(n int, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.failPuts, f.err, f.puts = n, err, 0
+	f.failPuts, f.err, f.applied, f.puts = n, err, false, 0
+}
+
+// lose makes the next n AtomicPuts apply, then fail with err, as a write whose answer a
+// restarting store lost.
+func (f *faultStore) lose(n int, err error) {
+	f.fail(n, err)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.applied = true
 }
 
 // TestGlobalStoreFaults checks the error paths: a store error is returned and drops the cache,
