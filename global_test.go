@@ -830,6 +830,16 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "b does not see g", func() bool { return hasNetwork(b.c, "g") })
 	nb, _ := b.c.Network("g")
+	// The gateway is in host-a's first address block; two endpoints fill that block, and go
+	// once the others are in blocks of their own: the gateway alone keeps its block.
+	var fillers []endpoint.Endpoint
+	for _, name := range []string{"f1", "f2"} {
+		ep, err := na.CreateEndpoint(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fillers = append(fillers, ep)
+	}
 	want := map[netip.Addr]bool{netip.MustParseAddr("10.71.0.1"): true}
 	for i, n := range []network.Network{na, nb, na, nb} {
 		ep, err := n.CreateEndpoint(ctx, fmt.Sprintf("e%d", i))
@@ -837,6 +847,11 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 			t.Fatal(err)
 		}
 		want[ep.Info().IPv4.Addr()] = true
+	}
+	for _, ep := range fillers {
+		if err := ep.Delete(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// Revoke every lease with a raw client: the registry entries go at once.
@@ -871,9 +886,12 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 			return false
 		}
 		return ipamHoldsExactly(ctx, g, subnet, want)
-	})
+	}, func() string { return ipamDiff(ctx, g, subnet, want) })
 	// Stable: a later sweep does not take anything away again.
 	time.Sleep(3 * time.Second)
+	if !ipamHoldsExactly(ctx, g, subnet, want) {
+		t.Errorf("after the sweeps, the global IPAM holds other than the gateway and the endpoints: %s", ipamDiff(ctx, g, subnet, want))
+	}
 	recs, err := s.List(ctx, epobj.KeyPrefix+na.ID()+"/")
 	if err != nil || len(recs) != 4 {
 		t.Fatalf("after the sweeps: %d records (%v), want 4", len(recs), err)

@@ -123,6 +123,8 @@ type Networks interface {
 type Network interface {
 	ID() string
 	Name() string
+	// Record returns the network's record: its subnets, gateways and aux addresses.
+	Record() netobj.Record
 	Eps() []*epobj.Ep
 	// Reassert puts back the record of ep, reclaimed by others while this host was away.
 	Reassert(ctx context.Context, ep *epobj.Ep) (bool, error)

@@ -93,6 +93,9 @@ type fakeNet struct {
 func (n *fakeNet) ID() string       { return n.id }
 func (n *fakeNet) Name() string     { return "net-" + n.id }
 func (n *fakeNet) Eps() []*epobj.Ep { return nil }
+func (n *fakeNet) Record() netobj.Record {
+	return netobj.Record{ID: n.id, Name: n.Name()}
+}
 func (n *fakeNet) Reassert(context.Context, *epobj.Ep) (bool, error) {
 	return false, nil
 }

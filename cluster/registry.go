@@ -419,7 +419,8 @@ func (c *Cluster) registered() bool {
 }
 
 // reconcileBlocks sets the allocations of this host's address blocks (ipam.Global) to the
-// addresses of its endpoints whose records are still in the store, after its registration
+// addresses of its endpoints whose records are still in the store, and the gateways and aux
+// addresses of its global networks, after its registration
 // lapsed: the addresses of those others reclaimed meanwhile are free in its blocks again, for
 // reassert to take back. It reports whether every pool was reconciled: false when the store
 // did not answer (nothing is changed in a pool whose records could not all be read).
@@ -430,6 +431,16 @@ func (c *Cluster) reconcileBlocks(ctx context.Context) bool {
 	}
 	live := map[ipam.PoolID][]netip.Addr{}
 	for _, n := range c.cfg.Networks.Global() {
+		// The network's gateways and aux addresses are in this host's blocks when it
+		// created the network: they stay, whatever the endpoints.
+		rec := n.Record()
+		for _, cfg := range append(slices.Clone(rec.IPv4), rec.IPv6...) {
+			pool := ipam.MakePoolID(ipam.GlobalSpace, cfg.Subnet)
+			live[pool] = append(live[pool], slices.Collect(maps.Values(cfg.AuxAddresses))...)
+			if cfg.Gateway.IsValid() {
+				live[pool] = append(live[pool], cfg.Gateway)
+			}
+		}
 		for _, ep := range n.Eps() {
 			rec := ep.Record()
 			_, err := c.store.Get(ctx, epobj.Key(n.ID(), rec.ID))
