@@ -17,6 +17,7 @@ import (
 	"github.com/cnmkit/cnm"
 	"github.com/cnmkit/cnm/drivers"
 	"github.com/cnmkit/cnm/drivers/driverstest"
+	"github.com/cnmkit/cnm/endpoint"
 	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/nstest"
 	"github.com/cnmkit/cnm/internal/storetest"
@@ -32,32 +33,44 @@ import (
 // heldStore is a global store whose transactions (kvstore.Batcher: endpoint records, network
 // records) can be held back: a held Batch waits until release, or fails when its context ends,
 // having written nothing.
-// Its IPAM writes can be made to lose their answers (loseIPAM), as a store restarting
-// mid-Connect.
+// Its IPAM writes can be made to fail (failIPAM) or to lose their answers (loseIPAM), as a
+// store going away or restarting mid-call.
 type heldStore struct {
 	kvstore.Store
 	mu   sync.Mutex
 	gate chan struct{} // nil: open
-	// lose makes AtomicPuts of IPAM keys apply, then fail with ErrUnavailable.
-	lose bool
+	// ipamFault is what AtomicPuts of IPAM keys do: "" succeed, "fail" fail with
+	// ErrUnavailable having written nothing, "lose" write and then fail so.
+	ipamFault string
 }
 
-// loseIPAM makes the AtomicPuts of IPAM keys apply and then fail, until release.
+// failIPAM makes the AtomicPuts of IPAM keys fail, having written nothing, until release.
+func (h *heldStore) failIPAM() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ipamFault = "fail"
+}
+
+// loseIPAM makes the AtomicPuts of IPAM keys write and then fail, until release.
 func (h *heldStore) loseIPAM() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.lose = true
+	h.ipamFault = "lose"
 }
 
 func (h *heldStore) AtomicPut(ctx context.Context, key string, value []byte, prev uint64) (uint64, error) {
 	h.mu.Lock()
-	lose := h.lose && strings.Contains(key, "/ipam/")
+	fault := h.ipamFault
 	h.mu.Unlock()
-	rev, err := h.Store.AtomicPut(ctx, key, value, prev)
-	if err == nil && lose {
-		return 0, fmt.Errorf("held store: put %q: answer lost: %w", key, cnm.ErrUnavailable)
+	if fault == "" || !strings.Contains(key, "/ipam/") {
+		return h.Store.AtomicPut(ctx, key, value, prev)
 	}
-	return rev, err
+	if fault == "lose" {
+		if _, err := h.Store.AtomicPut(ctx, key, value, prev); err != nil {
+			return 0, err
+		}
+	}
+	return 0, fmt.Errorf("held store: put %q: %s: %w", key, fault, cnm.ErrUnavailable)
 }
 
 func (h *heldStore) hold() {
@@ -75,7 +88,7 @@ func (h *heldStore) release() {
 		close(h.gate)
 		h.gate = nil
 	}
-	h.lose = false
+	h.ipamFault = ""
 }
 
 func (h *heldStore) Batch(ctx context.Context, ops []kvstore.Op) (uint64, error) {
@@ -272,6 +285,71 @@ func TestGlobalWriteBehind(t *testing.T) {
 	}
 	if pairs, err := gs.List(ctx, epobj.KeyPrefix); err != nil || len(pairs) != 0 {
 		t.Errorf("global endpoint records left: %d (%v)", len(pairs), err)
+	}
+}
+
+// TestGlobalEmptyBlockAfterRestart: a release of an address block's last address that the
+// store did not take, then a restart of the host within its lease: the block, adopted from the
+// store with none of the host's addresses in it, is given back by the host's first sweep.
+func TestGlobalEmptyBlockAfterRestart(t *testing.T) {
+	ctx := t.Context()
+	ec := storetest.StartEtcd(t)
+	prefix := fmt.Sprintf("eb%d", time.Now().UnixNano())
+	gs := openEtcd(t, ec.Endpoints(), prefix)
+	held := &heldStore{Store: openEtcd(t, ec.Endpoints(), prefix)}
+	t.Cleanup(held.release)
+	lab := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
+	open := func() *cnm.Controller {
+		return lab.open(t, func(cfg *cnm.Config) {
+			cfg.NoPredefinedNetworks = true
+			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
+			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = held, "host-a", time.Second, time.Minute
+		})
+	}
+	a := open()
+	subnet := netip.MustParsePrefix("10.92.0.0/24")
+	g, err := a.NewNetwork(ctx, "g", globalDriver, network.WithSubnet(subnet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The gateway and e1, e2 fill the host's first block of four; e3 is in a second.
+	want := map[netip.Addr]bool{subnet.Addr().Next(): true}
+	var e3 endpoint.Endpoint
+	for _, name := range []string{"e1", "e2", "e3"} {
+		ep, err := g.CreateEndpoint(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "e3" {
+			e3 = ep
+		} else {
+			want[ep.Info().IPv4.Addr()] = true
+		}
+	}
+	held.failIPAM()
+	if err := e3.Delete(ctx); err != nil {
+		t.Logf("delete e3 with the IPAM's writes failing: %v", err)
+	}
+	held.release()
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gi, err := ipamkv.NewGlobal(gs, ipam.GlobalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ipamHoldsExactly(ctx, gi, subnet, want) {
+		t.Fatal("e3's block was given back before the restart: the test proves nothing")
+	}
+	a = open()
+	waitFor(t, 15*time.Second, "e3's empty block given back after the restart", func() bool {
+		return ipamHoldsExactly(ctx, gi, subnet, want)
+	}, func() string { return ipamDiff(ctx, gi, subnet, want) })
+	if _, err := a.Network("g"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteNetwork(ctx, "g"); !errors.Is(err, cnm.ErrConflict) {
+		t.Fatalf("DeleteNetwork with e1 and e2 = %v, want ErrConflict", err)
 	}
 }
 

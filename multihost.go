@@ -265,6 +265,8 @@ func (c *Controller) restoreGlobal(ctx context.Context, eps map[string][]*epobj.
 			eps[r.SandboxID] = append(eps[r.SandboxID], ep)
 		}
 	}
+	// Every address this host holds on the restored networks is requested again.
+	c.cluster.SettleBlocks(ctx)
 	return maxSeq, nil
 }
 

@@ -397,6 +397,31 @@ func (c *Cluster) releaseEmptyBlocks(ctx context.Context) {
 	}
 }
 
+// blockSettler is what SettleBlocks needs of a global IPAM with per-host blocks; ipam.Global
+// has it.
+type blockSettler interface {
+	SettleBlocks(ctx context.Context, id ipam.PoolID) error
+}
+
+// SettleBlocks is called once the Controller restored the endpoints of the global networks
+// known here: this host's address blocks in their pools that none of its addresses is in are
+// given back at the next sweep tick, unless an address goes to them first. Pools of networks
+// still waiting for their driver are left alone.
+func (c *Cluster) SettleBlocks(ctx context.Context) {
+	r, ok := c.ipam.(blockSettler)
+	if !ok {
+		return
+	}
+	for _, n := range c.cfg.Networks.Global() {
+		rec := n.Record()
+		for _, cfg := range append(slices.Clone(rec.IPv4), rec.IPv6...) {
+			if err := r.SettleBlocks(ctx, ipam.MakePoolID(ipam.GlobalSpace, cfg.Subnet)); err != nil {
+				c.log.Warn("global: settle address blocks", "network", rec.Name, "subnet", cfg.Subnet, "err", err)
+			}
+		}
+	}
+}
+
 // suspendBlocks stops the allocation from this host's address blocks, if the IPAM has them.
 func (c *Cluster) suspendBlocks() {
 	if r, ok := c.ipam.(blockReconciler); ok {

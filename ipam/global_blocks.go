@@ -21,7 +21,9 @@ import (
 // memory, with no store call: the fact that an address is used is its endpoint's record, which
 // the caller keeps anyway (a restarted host gets its addresses back from its records, by static
 // requests, as it does with the local allocator). A block goes back to the pool, with one
-// compare-and-swap, when its last address is released.
+// compare-and-swap, when its last address is released; one left in the store with none of the
+// host's addresses in use (a release or claim the store did not answer, or, after a restart,
+// a release that never reached it: SettleBlocks) goes back at the next ReleaseEmptyBlocks.
 //
 // Reads may go back in time (a Consul server that restarted answers before it has replayed its
 // log), so a read never decides alone what the host may allocate from: which addresses of a
@@ -482,6 +484,38 @@ func (g *Global) ReleaseEmptyBlocks(ctx context.Context) error {
 		gp.unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// SettleBlocks marks the blocks of this host in pool id in which none of its addresses is in
+// use, to be given back by the next ReleaseEmptyBlocks unless an address goes to one of them
+// first. Call it after a restart, once every address this host holds in the pool was requested
+// again (the static requests of its endpoints, gateways and aux addresses): the blocks are
+// adopted from the store with no address in use, and one that its previous run left empty (a
+// release that did not reach the store before the process stopped) would stay this host's.
+// It is safe for concurrent use. Errors: ctx's error; [ErrUnknownPool]; the store's errors.
+func (g *Global) SettleBlocks(ctx context.Context, id PoolID) error {
+	if g.host == "" {
+		return nil
+	}
+	gp, err := g.poolFor(ctx, id)
+	if err != nil {
+		return fmt.Errorf("ipam: settle blocks of pool %s: %w", id, err)
+	}
+	if err := gp.lock(ctx); err != nil {
+		return fmt.Errorf("ipam: settle blocks of pool %s: %w", id, err)
+	}
+	defer gp.unlock()
+	if gp.cache == nil {
+		if err := g.loadAll(ctx, gp); err != nil {
+			return fmt.Errorf("ipam: settle blocks of pool %s: %w", id, err)
+		}
+	}
+	for bid, ob := range gp.own {
+		if ob.used == 0 {
+			gp.setLoose(bid)
+		}
+	}
+	return nil
 }
 
 // releaseLoose gives back the loose blocks of gp (ReleaseEmptyBlocks). It needs gp.sem.

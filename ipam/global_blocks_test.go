@@ -331,6 +331,40 @@ func TestGlobalBlocksLooseReleased(t *testing.T) {
 	sweep("after the last address of a used loose block went")
 }
 
+// TestGlobalBlocksSettle: after a restart, once the host's addresses are requested again,
+// SettleBlocks marks the blocks none of them is in, and ReleaseEmptyBlocks gives those back.
+func TestGlobalBlocksSettle(t *testing.T) {
+	ctx := t.Context()
+	s := openBolt(t, true)
+	a := newGlobalOn(t, s, ipam.GlobalConfig{Host: "host-a"})
+	p := reqPool(t, a, ipam.PoolRequest{Subnet: pfx("10.56.0.0/24")})
+	var kept netip.Addr
+	for i := range 6 { // two blocks of four, the first with the network's address left out
+		x := reqAddr(t, a, p.ID, netip.Addr{})
+		if i == 0 {
+			kept = x
+		}
+	}
+	again := newGlobalOn(t, s, ipam.GlobalConfig{Host: "host-a"}) // the restart
+	if got := reqAddr(t, again, p.ID, kept); got != kept {
+		t.Fatalf("static request of %s after the restart = %s", kept, got)
+	}
+	if err := again.SettleBlocks(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.ReleaseEmptyBlocks(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blocks, err := newGlobalOn(t, s, ipam.GlobalConfig{}).Blocks(ctx, p.ID)
+	if err != nil || len(blocks) != 1 || !blocks[0].Prefix.Contains(kept) {
+		t.Fatalf("blocks after SettleBlocks and ReleaseEmptyBlocks: %v (%v), want only the one with %s", blocks, err, kept)
+	}
+	unknown := ipam.MakePoolID(ipam.GlobalSpace, pfx("10.57.0.0/24"))
+	if err := again.SettleBlocks(ctx, unknown); !errors.Is(err, ipam.ErrUnknownPool) {
+		t.Errorf("SettleBlocks of an unknown pool: %v, want ErrUnknownPool", err)
+	}
+}
+
 // laggingStore wraps a GlobalStore whose reads can go back in time, as those of a Consul
 // server that restarted and answers before it has replayed its log: after snapshot, the next
 // reads that lag allows (Get and List) answer from the state at the snapshot, while writes,
