@@ -10,7 +10,10 @@
 //   - the watch of global networks: those other hosts create are adopted here, those they
 //     delete forgotten (through [Networks], the Controller's side);
 //   - the watch of the registry: a host that leaves (its lease ran out, or it left) has its
-//     endpoints reclaimed, their addresses freed; hosts joining and leaving are published as
+//     endpoints reclaimed, their addresses freed (each record deleted in a transaction that
+//     requires the host's registry key to be absent: a registry read may go back in time, as
+//     a restarted Consul server's does, and miss a live host; so do the deletes of a departed
+//     host's delete fences); hosts joining and leaving are published as
 //     events; this host registers again when its own lease lapsed (an outage longer than the
 //     TTL), and puts back the records of its endpoints that others reclaimed meanwhile (its
 //     address blocks give out no address from the lapse until they are reconciled);
@@ -128,8 +131,9 @@ type Network interface {
 	Eps() []*epobj.Ep
 	// Reassert puts back the record of ep, reclaimed by others while this host was away.
 	Reassert(ctx context.Context, ep *epobj.Ep) (bool, error)
-	// Reclaim deletes the record of an endpoint of a departed host and frees its addresses.
-	Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, error)
+	// ReleaseReclaimed frees the addresses of an endpoint of a departed host, whose record
+	// the cluster deleted.
+	ReleaseReclaimed(ctx context.Context, rec epobj.Record) error
 }
 
 // Config configures a Cluster.

@@ -100,14 +100,11 @@ func (n *fakeNet) Reassert(context.Context, *epobj.Ep) (bool, error) {
 	return false, nil
 }
 
-func (n *fakeNet) Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, error) {
-	if err := n.store.AtomicDelete(ctx, epobj.Key(n.id, rec.ID), rev); err != nil {
-		return false, nil
-	}
+func (n *fakeNet) ReleaseReclaimed(ctx context.Context, rec epobj.Record) error {
 	n.mu.Lock()
 	n.reclaimed = append(n.reclaimed, rec.Name)
 	n.mu.Unlock()
-	return true, nil
+	return nil
 }
 
 // host is one host of a test cluster: its local store and its side.

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"net/netip"
 	"slices"
@@ -50,7 +51,11 @@ func (c *Cluster) sweep(ctx context.Context) {
 	}
 	for _, f := range fences {
 		if _, ok := hosts[string(f.Value)]; !ok {
-			_ = c.store.AtomicDelete(ctx, f.Key, f.Revision)
+			// Only if its host is still not registered when the delete commits (as above).
+			_, _ = c.store.Batch(ctx, []kvstore.Op{
+				{Key: f.Key, Check: true, PrevRevision: f.Revision},
+				{Key: hostKeyPrefix + string(f.Value), Check: true},
+			})
 		}
 	}
 }
@@ -267,13 +272,26 @@ func (c *Cluster) reclaim(ctx context.Context, gone map[string]bool, pairs []kvs
 		if n == nil {
 			continue
 		}
-		ok, err := n.Reclaim(ctx, rec, p.Revision)
-		if err != nil {
+		// The record goes at its revision (of the survivors reclaiming at once, one does),
+		// and only if its host is still not registered when the delete commits: the
+		// registry read that named it gone may have gone back in time (a Consul server
+		// answering before it replayed its log) and missed a live host.
+		_, err := c.store.Batch(ctx, []kvstore.Op{
+			{Key: p.Key, Check: true, PrevRevision: p.Revision},
+			{Key: hostKeyPrefix + rec.Host, Check: true},
+		})
+		switch {
+		case errors.Is(err, kvstore.ErrKeyModified) || errors.Is(err, kvstore.ErrKeyNotFound):
+			continue // reclaimed by another survivor, or written again by its host
+		case errors.Is(err, kvstore.ErrKeyExists):
+			continue // its host is registered
+		case err != nil:
 			c.log.Warn("global: reclaim endpoint", "endpoint", rec.Name, "host", rec.Host, "err", err)
 			continue
 		}
-		if ok {
-			c.noteGlobalRepair(drivers.Repair{Object: "endpoint " + rec.Name + " of host " + rec.Host, Action: "reclaimed", Reason: "its host left the registry"})
+		c.noteGlobalRepair(drivers.Repair{Object: "endpoint " + rec.Name + " of host " + rec.Host, Action: "reclaimed", Reason: "its host left the registry"})
+		if err := n.ReleaseReclaimed(ctx, rec); err != nil {
+			c.log.Warn("global: reclaim endpoint", "endpoint", rec.Name, "host", rec.Host, "err", err)
 		}
 	}
 }

@@ -939,18 +939,10 @@ func (n *Net) Reassert(ctx context.Context, ep *epobj.Ep) (bool, error) {
 	return true, nil
 }
 
-// Reclaim deletes the record of an endpoint that another host left behind (that host is gone
-// from the registry) and frees its addresses. The record is deleted at its revision first, so
-// when several survivors reclaim the same endpoint only one frees the addresses. It reports
-// whether this call reclaimed it.
-func (n *Net) Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, error) {
-	err := n.cfg.Records.Store().AtomicDelete(ctx, epobj.Key(n.rec.ID, rec.ID), rev)
-	if errors.Is(err, kvstore.ErrKeyNotFound) || errors.Is(err, kvstore.ErrKeyModified) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("network %s: reclaim endpoint %s: %w", n.rec.Name, rec.Name, err)
-	}
+// ReleaseReclaimed frees the addresses of rec, an endpoint of another host that is gone from
+// the registry, whose record the cluster deleted (the delete at its revision makes one
+// survivor the one that frees them).
+func (n *Net) ReleaseReclaimed(ctx context.Context, rec epobj.Record) error {
 	var errs []error
 	if rec.IPv4.IsValid() && n.poolV4 != "" {
 		errs = append(errs, n.cfg.IPAM.ReleaseAddress(ctx, n.poolV4, rec.IPv4.Addr()))
@@ -959,9 +951,9 @@ func (n *Net) Reclaim(ctx context.Context, rec epobj.Record, rev uint64) (bool, 
 		errs = append(errs, n.cfg.IPAM.ReleaseAddress(ctx, n.poolV6, rec.IPv6.Addr()))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return true, fmt.Errorf("network %s: reclaim endpoint %s: ipam: %w", n.rec.Name, rec.Name, err)
+		return fmt.Errorf("network %s: reclaim endpoint %s: ipam: %w", n.rec.Name, rec.Name, err)
 	}
-	return true, nil
+	return nil
 }
 
 // portsViaGateway reports whether the network's published ports go on its endpoints'
