@@ -901,6 +901,12 @@ func (n *Net) Forget(ctx context.Context) error {
 // takes its addresses back from IPAM, then writes the record. An address that another endpoint
 // took meanwhile fails it with an error matching cnm.ErrConflict, and nothing is changed. It
 // reports false when the record was there.
+//
+// A read may go back in time (a Consul server answering before it replayed its log): the
+// reconcile of this host's address blocks may have taken the record for gone and freed its
+// addresses, and this call's own read may do the same. So a record found there has its
+// addresses taken back too (those held already are left as they are), and one that the write
+// finds there keeps the addresses taken for it.
 func (n *Net) Reassert(ctx context.Context, ep *epobj.Ep) (bool, error) {
 	rec := ep.Record()
 	if n.cfg.Behind != nil && n.cfg.Behind.Owns(ep.Store()) {
@@ -909,7 +915,23 @@ func (n *Net) Reassert(ctx context.Context, ep *epobj.Ep) (bool, error) {
 			return false, err
 		}
 	}
-	if _, err := n.cfg.Records.Store().Get(ctx, epobj.Key(n.rec.ID, rec.ID)); !errors.Is(err, kvstore.ErrKeyNotFound) {
+	addrs := []struct {
+		pool ipam.PoolID
+		p    netip.Prefix
+	}{{n.poolV4, rec.IPv4}, {n.poolV6, rec.IPv6}}
+	_, err := n.cfg.Records.Store().Get(ctx, epobj.Key(n.rec.ID, rec.ID))
+	switch {
+	case err == nil:
+		for _, a := range addrs {
+			if a.pool == "" || !a.p.IsValid() {
+				continue
+			}
+			if _, err := n.cfg.IPAM.RequestAddress(ctx, a.pool, a.p.Addr()); err != nil && !errors.Is(err, ipam.ErrAddressInUse) {
+				return false, fmt.Errorf("network %s: endpoint %s: hold %s: %w", n.rec.Name, rec.Name, a.p.Addr(), err)
+			}
+		}
+		return false, nil
+	case !errors.Is(err, kvstore.ErrKeyNotFound):
 		return false, err
 	}
 	var taken []func()
@@ -919,10 +941,7 @@ func (n *Net) Reassert(ctx context.Context, ep *epobj.Ep) (bool, error) {
 		}
 	}
 	rb := context.WithoutCancel(ctx)
-	for _, a := range []struct {
-		pool ipam.PoolID
-		p    netip.Prefix
-	}{{n.poolV4, rec.IPv4}, {n.poolV6, rec.IPv6}} {
+	for _, a := range addrs {
 		if a.pool == "" || !a.p.IsValid() {
 			continue
 		}
@@ -933,6 +952,9 @@ func (n *Net) Reassert(ctx context.Context, ep *epobj.Ep) (bool, error) {
 		taken = append(taken, func() { _ = n.cfg.IPAM.ReleaseAddress(rb, a.pool, a.p.Addr()) })
 	}
 	if err := ep.Rewrite(ctx); err != nil {
+		if errors.Is(err, kvstore.ErrKeyExists) {
+			return false, nil // there after all: the read went back in time
+		}
 		undo()
 		return false, err
 	}
