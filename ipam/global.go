@@ -174,6 +174,8 @@ type Global struct {
 	// new epoch: a block confirmed in an earlier one is confirmed again before use.
 	paused atomic.Bool
 	epoch  atomic.Uint64 // from 1
+	// loose is set while a pool may have loose blocks (ReleaseEmptyBlocks).
+	loose atomic.Bool
 
 	// indexSem is held (a token sent) by the goroutine that reads and writes the index in
 	// RequestPool or ReleasePool, so that those calls in one Global do not defeat each other.

@@ -303,7 +303,7 @@ func (g *Global) claim(ctx context.Context, gp *gpool) (u128, blockID, bool, err
 	created, err := g.writeChunk(ctx, gp, id.ci)
 	if err != nil {
 		if !isCASFailure(err) {
-			gp.setLoose(id) // the claim may have been applied, its answer lost
+			g.setLoose(gp, id) // the claim may have been applied, its answer lost
 		}
 		return u128{}, id, false, err
 	}
@@ -429,10 +429,10 @@ func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error 
 			// stays recorded as this host's with no address in use, until
 			// ReleaseEmptyBlocks (or ReconcileBlocks) gives it back.
 			delete(gp.own, id)
-			gp.setLoose(id)
+			g.setLoose(gp, id)
 			return err
 		case attempt >= g.maxAttempts:
-			gp.setLoose(id)
+			g.setLoose(gp, id)
 			return g.gaveUp(err)
 		}
 		if err := backoff(ctx, attempt); err != nil {
@@ -446,11 +446,12 @@ func (g *Global) releaseBlock(ctx context.Context, gp *gpool, id blockID) error 
 
 // setLoose records that the store may hold block id as this host's with none of its addresses
 // in use. It needs gp.sem.
-func (gp *gpool) setLoose(id blockID) {
+func (g *Global) setLoose(gp *gpool, id blockID) {
 	if gp.loose == nil {
 		gp.loose = map[blockID]int{}
 	}
 	gp.loose[id] = 0
+	g.loose.Store(true)
 }
 
 // looseReads is how many reads in a row must not show a loose block before it is forgotten:
@@ -467,7 +468,7 @@ const looseReads = 3
 // then when using a Global directly. It is safe for concurrent use. Errors: ctx's error; the
 // store's errors (the blocks it could not give back are tried again at the next call).
 func (g *Global) ReleaseEmptyBlocks(ctx context.Context) error {
-	if g.host == "" {
+	if g.host == "" || !g.loose.Swap(false) {
 		return nil
 	}
 	g.mu.Lock()
@@ -476,10 +477,14 @@ func (g *Global) ReleaseEmptyBlocks(ctx context.Context) error {
 	var errs []error
 	for _, gp := range pools {
 		if err := gp.lock(ctx); err != nil {
+			g.loose.Store(true) // the pools left are looked at next time
 			return fmt.Errorf("ipam: release empty blocks: %w", err)
 		}
 		if err := g.releaseLoose(ctx, gp); err != nil {
 			errs = append(errs, fmt.Errorf("ipam: release empty blocks of pool %s: %w", gp.id, err))
+		}
+		if len(gp.loose) > 0 {
+			g.loose.Store(true)
 		}
 		gp.unlock()
 	}
@@ -512,7 +517,7 @@ func (g *Global) SettleBlocks(ctx context.Context, id PoolID) error {
 	}
 	for bid, ob := range gp.own {
 		if ob.used == 0 {
-			gp.setLoose(bid)
+			g.setLoose(gp, bid)
 		}
 	}
 	return nil
