@@ -152,7 +152,11 @@ type GlobalConfig struct {
 // knows) and a release does nothing. [Global.Addresses] lists this host's allocated
 // addresses in its blocks and none of other hosts' blocks ([Global.Blocks] lists those);
 // [Global.Usage] counts a block's addresses as in use. A block of a host that is gone (its
-// records reclaimed) is given back with [Global.ReleaseBlock].
+// records reclaimed) is given back with [Global.ReleaseBlock]. A block of this host left in
+// the store with none of its addresses in use (a release or a claim the store did not answer;
+// after a restart, one that [Global.SettleBlocks] finds empty once restore has requested the
+// host's addresses) is given back by [Global.ReleaseEmptyBlocks], which the caller runs now
+// and then (cnm's cluster does at every sweep tick).
 //
 // A read may go back in time (a Consul server that restarted can answer before it has
 // replayed its log). So a read never makes a host forget which addresses of its blocks it gave
