@@ -445,9 +445,8 @@ func (c *Cluster) registered() bool {
 
 // reconcileBlocks sets the allocations of this host's address blocks (ipam.Global) to the
 // addresses of its endpoints whose records are still in the store, and the gateways and aux
-// addresses of its global networks, after its registration
-// lapsed: the addresses of those others reclaimed meanwhile are free in its blocks again, for
-// reassert to take back. It reports whether every pool was reconciled: false when the store
+// addresses of its global networks, after its registration lapsed: the addresses of those
+// others reclaimed meanwhile are free in its blocks again, for reassert to take back. It reports whether every pool was reconciled: false when the store
 // did not answer (nothing is changed in a pool whose records could not all be read).
 func (c *Cluster) reconcileBlocks(ctx context.Context) bool {
 	r, ok := c.ipam.(blockReconciler)

@@ -623,6 +623,8 @@ func testBatch(t *testing.T, s kvstore.Store) {
 		t.Errorf("Batch did not delete bt/old: Get error = %v", err)
 	}
 
+	batchAbsentCheck(t, s, b) // keys outside the watched prefix
+
 	if noWatch {
 		return
 	}
@@ -638,6 +640,34 @@ func testBatch(t *testing.T, s kvstore.Store) {
 	slices.Sort(got)
 	if want := []string{"delete bt/old", "put bt/keep", "put bt/new"}; !slices.Equal(got, want) {
 		t.Errorf("batch events = %q, want %q", got, want)
+	}
+}
+
+// batchAbsentCheck: a checked delete at revision 0 is a check that the key is absent (it
+// writes nothing): the batch fails with ErrKeyExists, applying nothing, while the key is there,
+// and applies once it is gone. cnm's cluster deletes a departed host's records so, on the
+// condition that the host's registry key is absent when the delete commits.
+func batchAbsentCheck(t *testing.T, s kvstore.Store, b kvstore.Batcher) {
+	ctx := t.Context()
+	rRec := mustPut(t, s, "ba/rec", "r")
+	mustPut(t, s, "ba/host", "h")
+	ops := []kvstore.Op{{Key: "ba/rec", Check: true, PrevRevision: rRec}, {Key: "ba/host", Check: true}}
+	if _, err := b.Batch(ctx, ops); !errors.Is(err, kvstore.ErrKeyExists) {
+		t.Fatalf("Batch(delete, if ba/host is absent) with ba/host there: error = %v, want ErrKeyExists", err)
+	}
+	if got := mustGet(t, s, "ba/rec"); got.Revision != rRec {
+		t.Errorf("failed Batch changed ba/rec: %s", fmtPair(got))
+	}
+	if err := s.Delete(ctx, "ba/host"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Batch(ctx, ops); err != nil {
+		t.Fatalf("Batch(delete, if ba/host is absent) with ba/host gone: %v", err)
+	}
+	for _, key := range []string{"ba/rec", "ba/host"} {
+		if _, err := s.Get(ctx, key); !errors.Is(err, kvstore.ErrKeyNotFound) {
+			t.Errorf("after the Batch, Get(%s) error = %v, want ErrKeyNotFound", key, err)
+		}
 	}
 }
 
