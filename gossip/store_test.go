@@ -521,6 +521,12 @@ func TestStoreDriverLost(t *testing.T) {
 			sc.joinNetwork("net1")
 			sc.waitSynced("net1")
 			syncedBefore := sc.totalStats().EventsFromSync
+			t.Cleanup(func() {
+				if t.Failed() { // what the checks after a failed wait would have said
+					t.Logf("counters of every node: %+v", sc.totalStats())
+					sc.logLastErrors()
+				}
+			})
 			first := sc.waitHolder("")
 			var others []*Node
 			for _, nd := range sc.nodes {
