@@ -109,6 +109,21 @@ func (h *heldStore) Grant(ctx context.Context, ttl time.Duration) (kvstore.Lease
 	return h.Store.(kvstore.Leaser).Grant(ctx, ttl)
 }
 
+// globalFakeHost returns a function that opens, on a fake machine of its own (the same one at
+// each call, as a restart), the Controller of host name on the global store gs, with the fake
+// global-scope driver and no predefined networks; timeout and ttl are Config.StoreTimeout and
+// HostTTL (0: the defaults).
+func globalFakeHost(t *testing.T, gs kvstore.Store, name string, timeout, ttl time.Duration) func() *cnm.Controller {
+	l := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
+	return func() *cnm.Controller {
+		return l.open(t, func(cfg *cnm.Config) {
+			cfg.NoPredefinedNetworks = true
+			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
+			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = gs, name, timeout, ttl
+		})
+	}
+}
+
 // TestGlobalWriteBehind: the record of an endpoint that Connect makes for a sandbox's namespace
 // on a global network is committed to the run store in line, and its global copy:
 //   - is written before Connect returns when the host has no other record on the network (a
@@ -126,21 +141,9 @@ func TestGlobalWriteBehind(t *testing.T) {
 	gs := openEtcd(t, ec.Endpoints(), prefix) // the test's own view of the global store
 	held := &heldStore{Store: openEtcd(t, ec.Endpoints(), prefix)}
 	t.Cleanup(held.release)
-	labA := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
-	openA := func() *cnm.Controller {
-		return labA.open(t, func(cfg *cnm.Config) {
-			cfg.NoPredefinedNetworks = true
-			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
-			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = held, "host-a", time.Second, time.Minute
-		})
-	}
+	openA := globalFakeHost(t, held, "host-a", time.Second, time.Minute)
 	a := openA()
-	labB := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
-	b := labB.open(t, func(cfg *cnm.Config) {
-		cfg.NoPredefinedNetworks = true
-		cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
-		cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout = openEtcd(t, ec.Endpoints(), prefix), "host-b", time.Second
-	})
+	b := globalFakeHost(t, openEtcd(t, ec.Endpoints(), prefix), "host-b", time.Second, 0)()
 	g1, err := a.NewNetwork(ctx, "g1", globalDriver, network.WithSubnet(netip.MustParsePrefix("10.91.0.0/24")))
 	if err != nil {
 		t.Fatal(err)
@@ -298,14 +301,7 @@ func TestGlobalEmptyBlockAfterRestart(t *testing.T) {
 	gs := openEtcd(t, ec.Endpoints(), prefix)
 	held := &heldStore{Store: openEtcd(t, ec.Endpoints(), prefix)}
 	t.Cleanup(held.release)
-	lab := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
-	open := func() *cnm.Controller {
-		return lab.open(t, func(cfg *cnm.Config) {
-			cfg.NoPredefinedNetworks = true
-			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
-			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = held, "host-a", time.Second, time.Minute
-		})
-	}
+	open := globalFakeHost(t, held, "host-a", time.Second, time.Minute)
 	a := open()
 	subnet := netip.MustParsePrefix("10.92.0.0/24")
 	g, err := a.NewNetwork(ctx, "g", globalDriver, network.WithSubnet(subnet))
@@ -375,12 +371,7 @@ func writeBehindStoreRestart(t *testing.T, be globalBackend) {
 	ctx := t.Context()
 	hosts := map[string]*cnm.Controller{}
 	for _, name := range []string{"host-a", "host-b"} {
-		l := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
-		hosts[name] = l.open(t, func(cfg *cnm.Config) {
-			cfg.NoPredefinedNetworks = true
-			cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
-			cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = be.open(t), name, 2*time.Second, 30*time.Second
-		})
+		hosts[name] = globalFakeHost(t, be.open(t), name, 2*time.Second, 30*time.Second)()
 	}
 	a, b := hosts["host-a"], hosts["host-b"]
 	subnet := netip.MustParsePrefix("10.71.0.0/16")

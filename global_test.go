@@ -854,22 +854,8 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 		}
 	}
 
-	// Revoke every lease with a raw client: the registry entries go at once.
-	cli, err := clientv3.New(clientv3.Config{Endpoints: ec.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	leases, err := cli.Leases(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range leases.Leases {
-		if _, err := cli.Revoke(ctx, l.ID); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Logf("revoked %d leases", len(leases.Leases))
+	// The registry entries go at once.
+	t.Logf("revoked %d leases", revokeLeases(t, ec.Endpoints()))
 
 	s := openEtcd(t, ec.Endpoints(), prefix)
 	g, err := ipamkv.NewGlobal(s, ipam.GlobalConfig{})
@@ -908,6 +894,27 @@ func TestPrivilegedGlobalLeaseLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertGlobalClean(t, s)
+}
+
+// revokeLeases revokes every lease of the etcd at endpoints with a raw client, as an outage
+// longer than the TTL would end them, and returns how many there were.
+func revokeLeases(t *testing.T, endpoints []string) int {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	leases, err := cli.Leases(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases.Leases {
+		if _, err := cli.Revoke(t.Context(), l.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return len(leases.Leases)
 }
 
 // gp2pDriver is the p2p test driver with global scope: its networks live in the global store,

@@ -9,18 +9,12 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/cnmkit/cnm"
-	"github.com/cnmkit/cnm/drivers"
-	"github.com/cnmkit/cnm/drivers/driverstest"
 	"github.com/cnmkit/cnm/internal/epobj"
 	"github.com/cnmkit/cnm/internal/storetest"
 	"github.com/cnmkit/cnm/ipam"
 	"github.com/cnmkit/cnm/ipam/ipamkv"
 	"github.com/cnmkit/cnm/kvstore"
 	"github.com/cnmkit/cnm/network"
-	"github.com/cnmkit/cnm/sandbox/sandboxtest"
 )
 
 // staleGetStore is a global store whose next Gets of endpoint records (as many as stale says)
@@ -69,12 +63,7 @@ func staleReadAfterLapse(t *testing.T, staleGets int64) {
 	prefix := fmt.Sprintf("sr%d", time.Now().UnixNano())
 	gs := openEtcd(t, ec.Endpoints(), prefix)
 	stale := &staleGetStore{Store: openEtcd(t, ec.Endpoints(), prefix)}
-	lab := &fakeLab{m: sandboxtest.NewMachine(), bridge: driverstest.NewFake(drivers.Capabilities{}), dataDir: t.TempDir(), runDir: t.TempDir()}
-	a := lab.open(t, func(cfg *cnm.Config) {
-		cfg.NoPredefinedNetworks = true
-		cfg.Drivers[globalDriver] = driverstest.NewFake(drivers.Capabilities{DataScope: drivers.GlobalScope})
-		cfg.GlobalStore, cfg.Hostname, cfg.StoreTimeout, cfg.HostTTL = stale, "host-a", time.Second, 2*time.Second
-	})
+	a := globalFakeHost(t, stale, "host-a", time.Second, 2*time.Second)()
 	subnet := netip.MustParsePrefix("10.93.0.0/24")
 	g, err := a.NewNetwork(ctx, "g", globalDriver, network.WithSubnet(subnet))
 	if err != nil {
@@ -98,20 +87,7 @@ func staleReadAfterLapse(t *testing.T, staleGets int64) {
 	}
 
 	stale.stale.Store(staleGets)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: ec.Endpoints(), DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	leases, err := cli.Leases(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range leases.Leases {
-		if _, err := cli.Revoke(ctx, l.ID); err != nil {
-			t.Fatal(err)
-		}
-	}
+	revokeLeases(t, ec.Endpoints())
 	waitFor(t, 15*time.Second, "host-a registers again and every read it was given went back", func() bool {
 		hosts, err := a.Hosts(ctx)
 		return err == nil && len(hosts) == 1 && stale.stale.Load() <= 0
